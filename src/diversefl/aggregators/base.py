@@ -1,0 +1,176 @@
+"""The aggregator contract: stacked client updates ``[n, d]`` plus a round context in,
+an :class:`Aggregate` (update ``[d]`` and per-client accepted mask ``[n]``) out."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class RoundContext:
+    """Everything an aggregator or attack may look at in one round besides the updates.
+
+    ``guiding`` is computed lazily (only DiverseFL-style rules pay for it); ``byzantine`` is
+    the true Byzantine mask, which only the oracle, the attacks and the metrics may read.
+    """
+
+    round: int
+    n: int
+    f: int
+    generator: torch.Generator
+    client_ids: Tensor | None = None
+    byzantine: Tensor | None = None
+    guiding_fn: Callable[[], Tensor] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.client_ids is None:
+            self.client_ids = torch.arange(self.n)
+
+    @cached_property
+    def guiding(self) -> Tensor:
+        """Server-side guiding gradients ``[n, d]``, one per client, on its shared sample."""
+        if self.guiding_fn is None:
+            raise RuntimeError("this round context has no guiding gradients (no shared samples)")
+        return self.guiding_fn()
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """Result of one aggregation: the update to step with and who contributed to it.
+
+    ``scores`` holds per-client diagnostics ``[n]`` (e.g. DiverseFL's ``c1`` and ``c2``).
+    """
+
+    update: Tensor
+    accepted: Tensor
+    scores: dict[str, Tensor] = field(default_factory=dict)
+
+
+# Entries beyond this magnitude are treated as malformed: no real gradient is this large, and
+# squaring them (distances, norms) would overflow float32 to inf.
+MAX_ABS = 1e15
+
+
+class AggregatorError(ValueError):
+    """A method cannot run with the given federation (e.g. Krum with n <= 2f + 2)."""
+
+
+@dataclass
+class Aggregator:
+    """Base class: subclasses are dataclasses whose fields are the method's settings."""
+
+    name: ClassVar[str] = "base"
+    needs_guiding: ClassVar[bool] = False
+
+    def check(self, n: int, f: int) -> None:
+        """Raise :class:`AggregatorError` when the method cannot work with n clients, f Byzantine."""
+        if n < 1:
+            raise AggregatorError(f"{self.name}: needs at least one client, got n={n}")
+
+    def prepare(self, grads: Tensor, ctx: RoundContext) -> Tensor:
+        """Client-side transform applied to every computed gradient before attacks (noise etc)."""
+        return grads
+
+    def aggregate(self, updates: Tensor, ctx: RoundContext) -> Aggregate:
+        """The rule itself, on rows that are all finite and well-formed."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """Explicit state carried between rounds (empty for stateless rules)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the state saved by :meth:`state_dict`."""
+
+    def __call__(self, updates: Tensor, ctx: RoundContext) -> Aggregate:
+        """Validate rows, run the rule on the valid ones, and map the result back to all n."""
+        updates, valid = sanitize(updates, ctx.n)
+        if bool(valid.all()):
+            return self.aggregate(updates, ctx)
+        return self._aggregate_valid_subset(updates, valid, ctx)
+
+    def _aggregate_valid_subset(
+        self, updates: Tensor, valid: Tensor, ctx: RoundContext
+    ) -> Aggregate:
+        d = updates.shape[1]
+        idx = valid.nonzero().flatten()
+        if idx.numel() == 0:
+            return Aggregate(
+                update=torch.zeros(d, dtype=updates.dtype, device=updates.device),
+                accepted=torch.zeros(ctx.n, dtype=torch.bool, device=updates.device),
+            )
+        sub = subcontext(ctx, idx)
+        inner = self.aggregate(updates[idx], sub)
+        accepted = torch.zeros(ctx.n, dtype=torch.bool, device=updates.device)
+        accepted[idx] = inner.accepted
+        scores = {}
+        for key, value in inner.scores.items():
+            full = torch.full((ctx.n,), float("nan"), dtype=value.dtype, device=value.device)
+            full[idx] = value
+            scores[key] = full
+        return Aggregate(update=inner.update, accepted=accepted, scores=scores)
+
+
+def subcontext(ctx: RoundContext, idx: Tensor) -> RoundContext:
+    """The round context restricted to the clients ``idx`` (f shrinks by the dropped rows)."""
+    dropped = ctx.n - idx.numel()
+    guiding_fn = None
+    if ctx.guiding_fn is not None:
+        guiding_fn = lambda: ctx.guiding[idx]  # noqa: E731
+    return RoundContext(
+        round=ctx.round,
+        n=int(idx.numel()),
+        f=max(0, ctx.f - dropped),
+        generator=ctx.generator,
+        client_ids=ctx.client_ids[idx],
+        byzantine=None if ctx.byzantine is None else ctx.byzantine[idx],
+        guiding_fn=guiding_fn,
+        extras=ctx.extras,
+    )
+
+
+def sanitize(updates: Tensor, n: int | None = None) -> tuple[Tensor, Tensor]:
+    """Return float updates ``[n, d]`` and a mask of well-formed rows (others zeroed).
+
+    Accepts a stacked tensor or a list of rows; a row of the wrong length or a non-float dtype
+    is marked invalid instead of raising, so one malformed client cannot crash a round.
+    """
+    if isinstance(updates, list | tuple):
+        lengths = [int(u.numel()) if isinstance(u, Tensor) else -1 for u in updates]
+        d = max(set(lengths), key=lengths.count) if lengths else 0
+        rows, valid = [], []
+        for u, length in zip(updates, lengths, strict=True):
+            ok = length == d and u.dtype.is_floating_point
+            rows.append(u.reshape(-1).float() if ok else torch.zeros(d))
+            valid.append(ok)
+        updates = torch.stack(rows) if rows else torch.zeros(0, d)
+        valid_t = torch.tensor(valid, dtype=torch.bool)
+    else:
+        if updates.dim() != 2:
+            raise AggregatorError(
+                f"updates must be [n_clients, d], got shape {tuple(updates.shape)}"
+            )
+        if not updates.dtype.is_floating_point:
+            updates = updates.float()
+        valid_t = torch.ones(updates.shape[0], dtype=torch.bool, device=updates.device)
+    if n is not None and updates.shape[0] != n:
+        raise AggregatorError(f"expected updates for {n} clients, got {updates.shape[0]} rows")
+    finite = torch.isfinite(updates).all(dim=1) & valid_t.to(updates.device)
+    if updates.shape[1] > 0:
+        finite &= updates.abs().amax(dim=1) <= MAX_ABS
+    if not bool(finite.all()):
+        updates = torch.where(finite[:, None], updates, torch.zeros((), dtype=updates.dtype))
+    return updates, finite
+
+
+def settings(agg: Any) -> dict[str, Any]:
+    """The dataclass fields of an aggregator or attack, for run files and summaries."""
+    return {f.name: getattr(agg, f.name) for f in dataclasses.fields(agg)}

@@ -1,0 +1,58 @@
+"""The Python API: ``diversefl.run(config) -> RunResult`` for notebooks and scripts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from diversefl.config import Config, apply_overrides, load_config, make_config, to_toml_dict
+from diversefl.engine.runner import RunResult, train
+from diversefl.results import prepare_run_dir
+
+
+def resolve_config(
+    config: Config | dict[str, Any] | str | Path | None = None,
+    overrides: list[str] | None = None,
+) -> Config:
+    """Turn a Config, a nested dict, a TOML path or None (defaults) into a validated Config."""
+    if isinstance(config, Config):
+        raw = to_toml_dict(config)
+        return make_config(apply_overrides(raw, overrides or [])) if overrides else config
+    if isinstance(config, dict):
+        return make_config(apply_overrides(config, overrides or []))
+    return load_config(config, overrides)
+
+
+def run(
+    config: Config | dict[str, Any] | str | Path | None = None,
+    *,
+    data_dir: str | Path | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+    overrides: list[str] | None = None,
+) -> RunResult:
+    """Run one experiment and return its metrics and summary.
+
+    ``config`` may be a :class:`Config`, a dict shaped like the TOML file, a path to a TOML
+    file, or None for the defaults. With ``out``, the run directory is written there.
+    """
+    cfg = resolve_config(config, overrides)
+    out_dir = None
+    if out is not None:
+        out_dir = Path(out)
+        resuming = prepare_run_dir(out_dir, resume=resume, overwrite=overwrite)
+        if resuming and (out_dir / "config.toml").exists():
+            saved = load_config(out_dir / "config.toml")
+            if config is not None and to_toml_dict(saved) != to_toml_dict(cfg):
+                raise ValueError(f"--resume: the config differs from {out_dir / 'config.toml'}")
+            cfg = saved
+        resume = resuming
+    return train(
+        cfg,
+        out_dir,
+        data_dir=None if data_dir is None else str(data_dir),
+        resume=resume,
+        progress=progress,
+    )

@@ -1,0 +1,28 @@
+"""The attack contract. Message attacks replace what Byzantine clients send, seeing what an
+omniscient adversary would (every honest gradient); data attacks poison the Byzantine
+clients' training batches before their gradients are computed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import Tensor
+
+from diversefl.aggregators.base import RoundContext
+
+
+@dataclass
+class Attack:
+    """Base class: subclasses are dataclasses whose fields are the attack's settings."""
+
+    name: ClassVar[str] = "base"
+
+    def poison(self, x: Tensor, y: Tensor, ctx: RoundContext) -> tuple[Tensor, Tensor]:
+        """Transform the Byzantine clients' batches ``x [f, m, ...]``, ``y [f, m]``."""
+        return x, y
+
+    def __call__(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
+        """Return what the Byzantine clients send, ``[f, d]``, given the honest gradients
+        ``[n - f, d]`` and the gradients the Byzantine clients computed themselves ``[f, d]``."""
+        return byzantine

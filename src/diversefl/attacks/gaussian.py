@@ -1,0 +1,24 @@
+"""Gaussian attack (paper Section 4.1): the message is pure N(0, sigma^2) noise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from diversefl.aggregators.base import RoundContext
+from diversefl.attacks.base import Attack
+
+
+@dataclass
+class Gaussian(Attack):
+    """Each Byzantine entry is drawn i.i.d. from N(0, sigma^2)."""
+
+    name: ClassVar[str] = "gaussian"
+    sigma: float = 1e4  # sigma_G: 1e4 for softmax regression, 10 for neural networks
+
+    def __call__(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
+        noise = torch.randn(byzantine.shape, generator=ctx.generator, dtype=byzantine.dtype)
+        return (self.sigma * noise).to(byzantine.device)

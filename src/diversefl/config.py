@@ -1,0 +1,228 @@
+"""Every setting of a run, validated: unknown keys and bad values fail before training starts,
+with an error naming the key and what is allowed."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Which dataset and how it is split across clients."""
+
+    dataset: Literal["digits", "mnist", "fashion-mnist", "cifar10", "cifar100"] = "mnist"
+    partition: Literal["sorted", "iid", "dirichlet", "two-class"] = "sorted"  # paper: sorted
+    alpha: float = Field(0.5, gt=0)  # Dirichlet concentration (partition = "dirichlet")
+
+
+class ModelConfig(_Section):
+    """Which network to train."""
+
+    name: Literal["softmax", "mlp", "cifar_cnn", "vgg11_gn"] = "softmax"
+
+
+class ClientsConfig(_Section):
+    """The federation: how many clients, their batch and the one-time shared sample."""
+
+    n: int = Field(23, ge=1)  # paper: 23 clients
+    batch: int | float = 300  # examples per round: an int, or a fraction of the shard (0.1)
+    sample: int | float = 30  # one-time sample shared with the server: int or fraction
+
+    @field_validator("batch", "sample")
+    @classmethod
+    def _positive(cls, v: int | float) -> int | float:
+        if isinstance(v, float) and not 0 < v <= 1:
+            raise ValueError(f"a fraction must be in (0, 1], got {v}")
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"a count must be >= 1, got {v}")
+        return v
+
+
+class OptimConfig(_Section):
+    """Server step ``theta <- theta - lr_r (aggregate + weight_decay * theta)``."""
+
+    lr: float = Field(0.001, gt=0)
+    schedule: Literal["constant", "inv_sqrt", "step", "warmup_step"] = "inv_sqrt"
+    weight_decay: float = Field(0.0067, ge=0)  # lambda in eq. 2
+    milestones: list[int] = []  # rounds after which lr is multiplied by gamma
+    gamma: float = Field(0.1, gt=0)
+    warmup_rounds: int = Field(0, ge=0)
+    warmup_start_lr: float = Field(0.0, ge=0)
+
+
+class AttackConfig(_Section):
+    """Who is Byzantine and what they send; extra keys are the attack's own settings."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    name: str = "none"
+    f: int = Field(5, ge=0)  # number of Byzantine clients (ignored when name = "none")
+    byzantine: Literal["seeded", "per_round"] | list[int] = "seeded"
+
+    def params(self) -> dict[str, Any]:
+        """The attack-specific settings (everything but name, f, byzantine)."""
+        return dict(self.model_extra or {})
+
+
+class AggregatorConfig(_Section):
+    """The server's rule; extra keys are the rule's own settings (e.g. eps1, eps2)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    name: str = "mean"
+
+    def params(self) -> dict[str, Any]:
+        """The aggregator-specific settings."""
+        return dict(self.model_extra or {})
+
+
+class EvalConfig(_Section):
+    """How often to test, checkpoint and record per-client decisions."""
+
+    every: int = Field(10, ge=1)  # evaluate on the test set every k rounds (and the last)
+    checkpoint_every: int = Field(50, ge=1)  # rounds between checkpoints
+    batch: int = Field(2000, ge=1)  # test-set batch size
+    decisions: bool = True  # write decisions.csv (round, client, byzantine, accepted, scores)
+
+
+class EngineConfig(_Section):
+    """Where and how the batched tensor work runs."""
+
+    device: str = "cpu"  # cpu | cuda | cuda:1
+    clients_per_chunk: int = Field(0, ge=0)  # 0 = all clients in one batched call
+
+
+class Config(_Section):
+    """A full run: what `diversefl run` reads from TOML and writes back as config.toml."""
+
+    name: str = ""  # run name; the run directory defaults to runs/<name>
+    seed: int = 0
+    rounds: int = Field(1000, ge=1)
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    clients: ClientsConfig = ClientsConfig()
+    optim: OptimConfig = OptimConfig()
+    attack: AttackConfig = AttackConfig()
+    aggregator: AggregatorConfig = AggregatorConfig()
+    eval: EvalConfig = EvalConfig()
+    engine: EngineConfig = EngineConfig()
+
+    @model_validator(mode="after")
+    def _check_components(self) -> Config:
+        # Imported here: the registries import torch-heavy modules; config stays light.
+        from diversefl import aggregators, attacks
+
+        agg = aggregators.get(self.aggregator.name, **self.aggregator.params())
+        atk = attacks.get(self.attack.name, **self.attack.params())
+        f = self.byzantine_count(atk)
+        if f >= self.clients.n and self.attack.name != "none":
+            raise ValueError(f"attack.f: f={f} must be smaller than clients.n={self.clients.n}")
+        if isinstance(self.attack.byzantine, list):
+            bad = [i for i in self.attack.byzantine if not 0 <= i < self.clients.n]
+            if bad:
+                raise ValueError(
+                    f"attack.byzantine: client ids {bad} outside 0..{self.clients.n - 1}"
+                )
+            if len(set(self.attack.byzantine)) != len(self.attack.byzantine):
+                raise ValueError("attack.byzantine: duplicate client ids")
+        agg.check(self.clients.n, f)
+        return self
+
+    def byzantine_count(self, atk: Any = None) -> int:
+        """How many clients are Byzantine in this run (0 without an attack)."""
+        if self.attack.name == "none":
+            return 0
+        if isinstance(self.attack.byzantine, list):
+            return len(self.attack.byzantine)
+        return self.attack.f
+
+
+def _format_error(err: pydantic.ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "literal_error":
+            msg = f"{msg} (got {e.get('input')!r})"
+        elif "input" in e and e["type"] != "value_error":
+            msg = f"{msg} (got {e['input']!r})"
+        lines.append(f"{key}: {msg}" if key else msg)
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def _allowed_keys_hint(err: pydantic.ValidationError) -> str:
+    hints = []
+    for e in err.errors():
+        if e["type"] != "extra_forbidden":
+            continue
+        section: Any = Config
+        for part in e["loc"][:-1]:
+            section = Config.model_fields[str(part)].annotation
+        hints.append(f"allowed keys here: {', '.join(section.model_fields)}")
+    return ("\n  " + "\n  ".join(hints)) if hints else ""
+
+
+def make_config(raw: dict[str, Any]) -> Config:
+    """Validate a nested dict into a :class:`Config`, raising :class:`ConfigError`."""
+    try:
+        return Config.model_validate(raw)
+    except pydantic.ValidationError as err:
+        raise ConfigError(_format_error(err) + _allowed_keys_hint(err)) from None
+    except ValueError as err:  # registry errors raised from inside validators
+        raise ConfigError(f"invalid config:\n  {err}") from None
+
+
+def parse_value(text: str) -> Any:
+    """Parse an override value as TOML (numbers, booleans, lists, quoted strings), else str."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides to a raw config dict (returns a new dict)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {part} is not a section")
+        node[parts[-1]] = parse_value(value.strip())
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a TOML file (or start from defaults), apply overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            raw = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{p}: not valid TOML: {err}") from None
+    return make_config(apply_overrides(raw, overrides or []))
+
+
+def to_toml_dict(cfg: Config) -> dict[str, Any]:
+    """The fully resolved config as a TOML-serialisable dict (what config.toml holds)."""
+    return cfg.model_dump(mode="json")

@@ -1,0 +1,1 @@
+"""The simulation engine: flat parameters, batched per-client gradients, the round loop."""

@@ -1,0 +1,273 @@
+"""One simulated federation: state (model, shards, shared samples) plus a round function.
+A round is a few large tensor operations over all clients at once, never a loop over clients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import functional_call
+
+from diversefl import aggregators, attacks
+from diversefl.aggregators.base import Aggregate, RoundContext
+from diversefl.config import Config
+from diversefl.data.datasets import Dataset, load_dataset
+from diversefl.data.partition import partition
+from diversefl.engine.gradients import batched_grads
+from diversefl.engine.params import FlatModel
+from diversefl.engine.schedules import make_schedule
+from diversefl.engine.seeding import generator, seed_for
+from diversefl.models import build_model
+
+
+def _count(spec: int | float, length: int) -> int:
+    """An int count, or a fraction of ``length`` (at least 1), capped at ``length``."""
+    k = spec if isinstance(spec, int) else round(spec * length)
+    return max(1, min(int(k), length))
+
+
+def pad_rows(rows: list[Tensor], fill: int = 0) -> tuple[Tensor, Tensor]:
+    """Stack ragged 1-D index tensors into ``[n, L]`` plus their lengths ``[n]``."""
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    out = torch.full((len(rows), int(lengths.max())), fill, dtype=torch.long)
+    for j, r in enumerate(rows):
+        out[j, : len(r)] = r
+    return out, lengths
+
+
+def draw_without_replacement(
+    lengths: Tensor, k: Tensor, gen: torch.Generator, width: int
+) -> tuple[Tensor, Tensor]:
+    """For every row j, ``k[j]`` distinct positions in ``0..lengths[j]-1`` at once.
+
+    Returns positions ``[n, K]`` (K = max k) and a weight mask ``[n, K]`` that is 1 for the
+    first ``k[j]`` entries. Row j only depends on row j of one ``[n, width]`` uniform draw.
+    """
+    n = lengths.shape[0]
+    keys = torch.rand(n, width, generator=gen)
+    keys[torch.arange(width)[None, :] >= lengths[:, None]] = 2.0  # never pick padding
+    K = int(k.max())
+    pos = torch.topk(keys, K, dim=1, largest=False, sorted=True).indices
+    w = (torch.arange(K)[None, :] < k[:, None]).float()
+    return pos, w
+
+
+@dataclass
+class RoundRecord:
+    """What happened in one round (kept for metrics and decisions.csv)."""
+
+    round: int
+    lr: float
+    byzantine: Tensor
+    accepted: Tensor
+    scores: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Simulation:
+    """The simulated federation for one config: build once, then call :meth:`step` per round."""
+
+    def __init__(self, cfg: Config, data_dir: str | None = None, dataset: Dataset | None = None):
+        self.cfg = cfg
+        self.device = torch.device(cfg.engine.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("engine.device = cuda but torch sees no CUDA device")
+        self.data = dataset or load_dataset(cfg.data.dataset, data_dir)
+        n = cfg.clients.n
+        self.n = n
+        parts = partition(
+            self.data.y_train, n, cfg.data.partition, seed=cfg.seed, alpha=cfg.data.alpha
+        )
+        empty = [j for j, p in enumerate(parts) if len(p) == 0]
+        if empty:
+            raise ValueError(f"clients {empty} received no training data; use fewer clients")
+        self.shards, self.shard_len = pad_rows([torch.as_tensor(p) for p in parts])
+        self.batch_k = torch.tensor([_count(cfg.clients.batch, int(L)) for L in self.shard_len])
+        self.sample_k = torch.tensor([_count(cfg.clients.sample, int(L)) for L in self.shard_len])
+
+        self.x_train = self.data.x_train.to(self.device)
+        self.y_train = self.data.y_train.to(self.device)
+        self.x_test = self.data.x_test.to(self.device)
+        self.y_test = self.data.y_test.to(self.device)
+
+        torch.manual_seed(seed_for(cfg.seed, "init"))
+        module = build_model(cfg.model.name, tuple(self.data.input_shape), self.data.num_classes)
+        self.fm = FlatModel(module.to(self.device))
+        self.theta = self.fm.flatten()
+
+        self.aggregator = aggregators.get(cfg.aggregator.name, **cfg.aggregator.params())
+        self.attack = attacks.get(cfg.attack.name, **cfg.attack.params())
+        self.f = cfg.byzantine_count()
+        self.aggregator.check(n, self.f)
+        self.fixed_byzantine = self._initial_byzantine()
+        self.schedule = make_schedule(
+            cfg.optim.schedule,
+            cfg.optim.lr,
+            cfg.optim.milestones,
+            cfg.optim.gamma,
+            cfg.optim.warmup_rounds,
+            cfg.optim.warmup_start_lr,
+        )
+        self.sample_idx, self.sample_w = self._shared_samples()
+
+    # -- setup ---------------------------------------------------------------------------
+    def _initial_byzantine(self) -> Tensor | None:
+        """The fixed Byzantine mask, or None when it is redrawn every round."""
+        spec = self.cfg.attack.byzantine
+        mask = torch.zeros(self.n, dtype=torch.bool)
+        if self.f == 0:
+            return mask
+        if isinstance(spec, list):
+            mask[spec] = True
+            return mask
+        if spec == "per_round":
+            return None
+        perm = torch.randperm(self.n, generator=generator(self.cfg.seed, "byzantine"))
+        mask[perm[: self.f]] = True
+        return mask
+
+    def byzantine_mask(self, r: int) -> Tensor:
+        """Which clients are Byzantine in round r."""
+        if self.fixed_byzantine is not None:
+            return self.fixed_byzantine
+        perm = torch.randperm(self.n, generator=generator(self.cfg.seed, "byzantine", r))
+        mask = torch.zeros(self.n, dtype=torch.bool)
+        mask[perm[: self.f]] = True
+        return mask
+
+    def _shared_samples(self) -> tuple[Tensor, Tensor]:
+        """Each client's one-time uniform sample (indices ``[n, S]``, weights ``[n, S]``).
+
+        Client j's sample depends only on (seed, j), so a real client can draw the same one.
+        """
+        rows = []
+        for j in range(self.n):
+            L = int(self.shard_len[j])
+            perm = torch.randperm(L, generator=generator(self.cfg.seed, "sample", j))
+            rows.append(self.shards[j, perm[: int(self.sample_k[j])]])
+        idx, lengths = pad_rows(rows)
+        w = (torch.arange(idx.shape[1])[None, :] < lengths[:, None]).float()
+        return idx, w
+
+    # -- one round -----------------------------------------------------------------------
+    def draw_batches(self, r: int) -> tuple[Tensor, Tensor]:
+        """Mini-batch indices ``[n, m]`` into the training set and weights for round r."""
+        gen = generator(self.cfg.seed, "batch", r)
+        pos, w = draw_without_replacement(self.shard_len, self.batch_k, gen, self.shards.shape[1])
+        return self.shards.gather(1, pos), w
+
+    def guiding(self, theta: Tensor) -> Tensor:
+        """Server-side gradients ``[n, d]`` on each client's shared sample (eq. 6)."""
+        idx = self.sample_idx.to(self.device)
+        return batched_grads(
+            self.fm,
+            theta,
+            self.x_train[idx],
+            self.y_train[idx],
+            self.sample_w.to(self.device),
+            self.cfg.engine.clients_per_chunk or None,
+        )
+
+    def context(self, r: int, byz: Tensor) -> RoundContext:
+        """The round context handed to the attack and the aggregator."""
+        theta = self.theta
+        return RoundContext(
+            round=r,
+            n=self.n,
+            f=self.f,
+            generator=generator(self.cfg.seed, "round", r),
+            byzantine=byz.to(self.device),
+            guiding_fn=lambda: self.guiding(theta),
+            extras={"num_classes": self.data.num_classes},
+        )
+
+    def client_updates(self, r: int, byz: Tensor, ctx: RoundContext) -> Tensor:
+        """What every client sends in round r, ``[n, d]`` (attacks applied)."""
+        torch.manual_seed(seed_for(self.cfg.seed, "dropout", r))
+        idx, w = self.draw_batches(r)
+        idx, w = idx.to(self.device), w.to(self.device)
+        x, y = self.x_train[idx], self.y_train[idx]
+        byz_d = byz.to(self.device)
+        if bool(byz.any()):
+            xb, yb = self.attack.poison(x[byz_d], y[byz_d], ctx)
+            x, y = x.clone(), y.clone()
+            x[byz_d], y[byz_d] = xb, yb
+        grads = batched_grads(
+            self.fm, self.theta, x, y, w, self.cfg.engine.clients_per_chunk or None
+        )
+        grads = self.aggregator.prepare(grads, ctx)
+        if bool(byz.any()):
+            grads[byz_d] = self.attack(grads[~byz_d], grads[byz_d], ctx).to(grads.dtype)
+        return grads
+
+    def step(self, r: int) -> RoundRecord:
+        """Run round r (1-based): client updates, aggregation, server step (eq. 11)."""
+        byz = self.byzantine_mask(r)
+        ctx = self.context(r, byz)
+        updates = self.client_updates(r, byz, ctx)
+        agg: Aggregate = self.aggregator(updates, ctx)
+        lr = self.schedule(r)
+        self.theta = self.theta - lr * (agg.update + self.cfg.optim.weight_decay * self.theta)
+        return RoundRecord(
+            round=r,
+            lr=lr,
+            byzantine=byz.cpu(),
+            accepted=agg.accepted.cpu(),
+            scores={k: v.detach().cpu() for k, v in agg.scores.items()},
+        )
+
+    def byzantine_ids(self) -> list[int] | str:
+        """The Byzantine client ids for the run files ("per_round" when redrawn each round)."""
+        if self.fixed_byzantine is None:
+            return "per_round"
+        return self.fixed_byzantine.nonzero().flatten().tolist()
+
+    # -- evaluation ----------------------------------------------------------------------
+    @property
+    def extra_metric_names(self) -> list[str]:
+        """Metric columns beyond the standard ones (none yet; attacks may add some)."""
+        return []
+
+    def extra_summary(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """Summary entries beyond the standard ones."""
+        return {}
+
+    @torch.no_grad()
+    def evaluate(self, theta: Tensor | None = None) -> dict[str, float]:
+        """Test accuracy and mean cross-entropy of the current (or given) model."""
+        theta = self.theta if theta is None else theta
+        preds = self.predict(theta)
+        loss = self._test_loss
+        return {
+            "test_accuracy": float((preds == self.y_test).float().mean()),
+            "test_loss": loss,
+        }
+
+    @torch.no_grad()
+    def predict(self, theta: Tensor) -> Tensor:
+        """Predicted classes for the whole test set (eval mode: no dropout)."""
+        module = self.fm.module
+        module.eval()
+        params = self.fm.unflatten(theta)
+        preds, total = [], 0.0
+        bs = self.cfg.eval.batch
+        for start in range(0, self.x_test.shape[0], bs):
+            xb, yb = self.x_test[start : start + bs], self.y_test[start : start + bs]
+            logits = functional_call(module, (params, self.fm.buffers), (xb,))
+            total += float(F.cross_entropy(logits, yb, reduction="sum"))
+            preds.append(logits.argmax(1))
+        module.train()
+        self._test_loss = total / self.x_test.shape[0]
+        return torch.cat(preds)
+
+    # -- checkpointing -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly (all randomness is keyed by round)."""
+        return {"theta": self.theta.cpu(), "aggregator": self.aggregator.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.theta = state["theta"].to(self.device)
+        self.aggregator.load_state_dict(state["aggregator"])

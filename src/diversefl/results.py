@@ -1,0 +1,155 @@
+"""The run directory: config.toml, metrics.csv, decisions.csv, summary.json, checkpoint.pt.
+Writers are append-only and truncate back to the checkpoint on resume; the checkpoint is
+written atomically (temp file + rename) so a kill mid-write never leaves it corrupt."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+import torch
+
+METRIC_COLUMNS = [
+    "round",
+    "test_accuracy",
+    "test_loss",
+    "n_accepted",
+    "tpr",
+    "fpr",
+    "lr",
+    "seconds",
+]
+DECISION_COLUMNS = ["round", "client", "byzantine", "accepted"]
+
+
+class RunDirError(RuntimeError):
+    """The output directory holds a run and neither --resume nor --overwrite was given."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same directory and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Atomically save a checkpoint (torch pickle of tensors and plain values)."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint`."""
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomically write pretty JSON."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def write_toml(path: Path, obj: dict[str, Any]) -> None:
+    """Atomically write TOML."""
+    atomic_write_bytes(path, tomli_w.dumps(obj).encode())
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """Rows of a CSV file as dicts (empty list when the file does not exist)."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+class CsvLog:
+    """An append-only CSV with a fixed header that can be cut back to a given round."""
+
+    def __init__(self, path: Path, columns: list[str]) -> None:
+        self.path = path
+        self.columns = columns
+        self._buffer: list[dict[str, Any]] = []
+
+    def truncate_after(self, last_round: int) -> None:
+        """Keep only rows with round <= last_round (resume from that checkpoint)."""
+        rows = [r for r in read_csv(self.path) if int(r["round"]) <= last_round]
+        self._rewrite(rows)
+
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        with self.path.open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=self.columns, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Queue a row; it reaches disk at the next :meth:`flush`."""
+        self._buffer.append(row)
+
+    def flush(self) -> None:
+        """Append the queued rows to the file (creating it with its header)."""
+        if not self.path.exists():
+            self._rewrite([])
+        if self._buffer:
+            with self.path.open("a", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=self.columns, extrasaction="ignore")
+                w.writerows(self._buffer)
+                fh.flush()
+                os.fsync(fh.fileno())
+            self._buffer.clear()
+
+
+def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> bool:
+    """Create ``out`` or check it may be used; return True when a checkpoint will be resumed."""
+    if resume and overwrite:
+        raise RunDirError("--resume and --overwrite exclude each other")
+    if out.exists() and any(out.iterdir()):
+        has_run = any((out / f).exists() for f in ("summary.json", "checkpoint.pt", "metrics.csv"))
+        if resume:
+            if not (out / "checkpoint.pt").exists():
+                if (out / "summary.json").exists():
+                    return True  # finished run without checkpoint: nothing to redo
+                raise RunDirError(f"--resume: no checkpoint.pt in {out}")
+            return True
+        if has_run and not overwrite:
+            raise RunDirError(
+                f"{out} already holds a run; pass --resume to continue it or --overwrite to "
+                "replace it"
+            )
+        if overwrite:
+            for name in (
+                "summary.json",
+                "checkpoint.pt",
+                "metrics.csv",
+                "decisions.csv",
+                "config.toml",
+            ):
+                (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return False
+
+
+def load_run(run_dir: str | Path) -> dict[str, Any]:
+    """Read a finished (or partial) run directory: config, metrics rows and summary."""
+    import tomllib
+
+    d = Path(run_dir)
+    if not (d / "metrics.csv").exists():
+        raise FileNotFoundError(f"{d} is not a run directory (no metrics.csv)")
+    cfg = tomllib.loads((d / "config.toml").read_text()) if (d / "config.toml").exists() else {}
+    summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
+    return {"dir": d, "config": cfg, "metrics": read_csv(d / "metrics.csv"), "summary": summary}
