@@ -71,7 +71,7 @@ class Aggregator:
     needs_guiding: ClassVar[bool] = False
 
     def check(self, n: int, f: int) -> None:
-        """Raise :class:`AggregatorError` when the method cannot work with n clients, f Byzantine."""
+        """Raise :class:`AggregatorError` when the rule cannot work for n clients, f Byzantine."""
         if n < 1:
             raise AggregatorError(f"{self.name}: needs at least one client, got n={n}")
 
