@@ -18,6 +18,7 @@ from diversefl.aggregators.base import (
     sanitize,
     settings,
 )
+from diversefl.aggregators.diversefl import DiverseFL
 from diversefl.aggregators.mean import Mean
 from diversefl.aggregators.oracle import Oracle
 from diversefl.registry import build
@@ -25,6 +26,7 @@ from diversefl.registry import build
 REGISTRY: dict[str, type[Aggregator]] = {
     "mean": Mean,
     "oracle": Oracle,
+    "diversefl": DiverseFL,
 }
 
 
