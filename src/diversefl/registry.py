@@ -30,4 +30,7 @@ def build(registry: dict[str, type], kind: str, name: str, params: dict[str, Any
     except pydantic.ValidationError as err:
         first = err.errors()[0]
         key = ".".join(str(p) for p in first["loc"])
-        raise ValueError(f"{kind}.{key}: {first['msg']} (got {first.get('input')!r})") from None
+        msg = first["msg"].removeprefix("Value error, ")
+        if key:
+            raise ValueError(f"{kind}.{key}: {msg} (got {first.get('input')!r})") from None
+        raise ValueError(f"{kind} {name!r}: {msg}") from None

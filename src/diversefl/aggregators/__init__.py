@@ -18,14 +18,27 @@ from diversefl.aggregators.base import (
     sanitize,
     settings,
 )
+from diversefl.aggregators.bulyan import Bulyan
 from diversefl.aggregators.diversefl import DiverseFL
+from diversefl.aggregators.krum import Krum, MultiKrum
 from diversefl.aggregators.mean import Mean
+from diversefl.aggregators.median import Median
+from diversefl.aggregators.noisy_median import NoisyMedian
 from diversefl.aggregators.oracle import Oracle
+from diversefl.aggregators.trimmed_mean import TrimmedMean, TrimmedMeanGuerraoui, TrimmedMeanXie
 from diversefl.registry import build
 
 REGISTRY: dict[str, type[Aggregator]] = {
     "mean": Mean,
     "oracle": Oracle,
+    "krum": Krum,
+    "multi_krum": MultiKrum,
+    "bulyan": Bulyan,
+    "median": Median,
+    "noisy_median": NoisyMedian,
+    "trimmed_mean": TrimmedMean,
+    "trimmed_mean_xie": TrimmedMeanXie,
+    "trimmed_mean_guerraoui": TrimmedMeanGuerraoui,
     "diversefl": DiverseFL,
 }
 

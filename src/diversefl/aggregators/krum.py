@@ -1,0 +1,159 @@
+"""Krum and Multi-Krum (Blanchard et al., 2017): keep the update(s) closest to their neighbours.
+
+Distance convention (shared with :mod:`diversefl.aggregators.bulyan`): the pairwise squared
+Euclidean distances are computed ONCE per round by :func:`pairwise_sq_dists`, in float64, from
+exact coordinate differences (``torch.pdist``), never with the Gram trick
+``|a|^2 + |b|^2 - 2 a.b``: in float32 that trick cancels catastrophically when the update norms
+are large compared with their spread (exactly the regime of a scaled attack), which could change
+Krum's choice. The columns are processed in chunks, so the float64 copy stays small even for
+models with millions of parameters. Scores are returned in float64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from diversefl.aggregators.base import Aggregate, Aggregator, AggregatorError, RoundContext
+from diversefl.aggregators.mean import mean_of
+
+# Columns per float64 chunk in pairwise_sq_dists: 2**18 columns x 8 bytes = 2 MiB per client.
+_CHUNK = 1 << 18
+
+
+def pairwise_sq_dists(updates: Tensor) -> Tensor:
+    """Squared Euclidean distances between all rows, ``dist[i, j] = ||z_i - z_j||_2^2``.
+
+    Parameters
+    ----------
+    updates : Tensor
+        Client updates ``[n, d]`` (any float dtype; must be finite).
+
+    Returns
+    -------
+    Tensor
+        Symmetric float64 matrix ``[n, n]`` with an exactly zero diagonal. Computed from exact
+        coordinate differences in float64 (no Gram-trick cancellation), column chunk by chunk.
+    """
+    n, d = updates.shape
+    dist = torch.zeros(n, n, dtype=torch.float64, device=updates.device)
+    if n < 2:
+        return dist
+    rows, cols = torch.triu_indices(n, n, offset=1, device=updates.device)
+    upper = torch.zeros(rows.numel(), dtype=torch.float64, device=updates.device)
+    for start in range(0, d, _CHUNK):
+        chunk = updates[:, start : start + _CHUNK].to(torch.float64)
+        upper += torch.pdist(chunk).square()
+    dist[rows, cols] = upper
+    dist[cols, rows] = upper
+    return dist
+
+
+def neighbour_count(n: int, f: int) -> int:
+    """Krum's number of neighbours ``n - f - 2``, clamped to ``[1, n - 1]`` (0 when n = 1).
+
+    The clamp only matters outside Krum's requirement ``n > 2f + 2`` (under it,
+    ``n - f - 2 > f >= 0``): after the base class drops malformed rows, or in Bulyan's last
+    recursive selections when ``f <= 2``. One neighbour keeps the score meaningful (distance to
+    the nearest other update) where zero neighbours would make every score 0.
+    """
+    return min(max(n - f - 2, 1), n - 1)
+
+
+def sum_of_nearest(masked: Tensor, k: int) -> Tensor:
+    """Row sums of the ``k`` smallest entries; ``masked`` has +inf wherever a pair is excluded."""
+    if k <= 0:
+        return torch.zeros(masked.shape[0], dtype=masked.dtype, device=masked.device)
+    return masked.topk(k, dim=1, largest=False).values.sum(1)
+
+
+def krum_scores(dist: Tensor, f: int) -> Tensor:
+    """Krum score of every client (paper, supplementary A, eq. 15).
+
+    ``score(i)`` is the sum of the squared distances from ``z_i`` to its ``n - f - 2`` nearest
+    OTHER updates (see :func:`neighbour_count` for the clamp outside ``n > 2f + 2``).
+
+    Parameters
+    ----------
+    dist : Tensor
+        Pairwise SQUARED Euclidean distances ``[n, n]`` (e.g. from :func:`pairwise_sq_dists`);
+        they are summed as given, not squared again.
+    f : int
+        Assumed number of Byzantine clients.
+
+    Returns
+    -------
+    Tensor
+        Scores ``[n]``, same dtype as ``dist``; lower means more central.
+    """
+    n = dist.shape[0]
+    masked = dist.clone()
+    masked.fill_diagonal_(float("inf"))
+    return sum_of_nearest(masked, neighbour_count(n, f))
+
+
+def _check_krum(name: str, n: int, f: int) -> None:
+    if f < 0:
+        raise AggregatorError(f"{name}: f must be >= 0, got f={f}")
+    if n <= 2 * f + 2:
+        raise AggregatorError(
+            f"{name}: needs n > 2f + 2 clients, got n={n}, f={f} (n must be at least {2 * f + 3})"
+        )
+
+
+@dataclass
+class Krum(Aggregator):
+    """Krum (Blanchard et al., 2017; paper supplementary A, eqs. 15-16).
+
+    Step with the single update whose summed squared distance to its ``n - f - 2`` nearest
+    other updates is smallest; ties go to the lowest client index. Requires ``n > 2f + 2``.
+    """
+
+    name: ClassVar[str] = "krum"
+
+    def check(self, n: int, f: int) -> None:
+        super().check(n, f)
+        _check_krum(self.name, n, f)
+
+    def aggregate(self, updates: Tensor, ctx: RoundContext) -> Aggregate:
+        scores = krum_scores(pairwise_sq_dists(updates), ctx.f)
+        best = int(torch.argmin(scores))  # first minimum: ties -> lowest index
+        accepted = torch.zeros(updates.shape[0], dtype=torch.bool, device=updates.device)
+        accepted[best] = True
+        return Aggregate(update=updates[best].clone(), accepted=accepted, scores={"krum": scores})
+
+
+@dataclass
+class MultiKrum(Aggregator):
+    """Multi-Krum (Blanchard et al., 2017): average the ``m`` updates with the lowest Krum scores.
+
+    Scores as in :class:`Krum`; ties at the cut go to the lowest client index. With ``m = 1``
+    this is Krum. If malformed rows were dropped so that fewer than ``m`` remain, all remaining
+    rows are averaged.
+    """
+
+    name: ClassVar[str] = "multi_krum"
+
+    m: int | None = None  # how many lowest-score updates to average; None = n - f
+
+    def check(self, n: int, f: int) -> None:
+        super().check(n, f)
+        _check_krum(self.name, n, f)
+        if self.m is not None and not 1 <= self.m <= n:
+            raise AggregatorError(f"{self.name}: needs 1 <= m <= n, got m={self.m}, n={n}")
+
+    def aggregate(self, updates: Tensor, ctx: RoundContext) -> Aggregate:
+        n = updates.shape[0]
+        scores = krum_scores(pairwise_sq_dists(updates), ctx.f)
+        m = n - ctx.f if self.m is None else self.m
+        m = min(max(m, 1), n)
+        # stable sort: equal scores keep index order, so ties at the cut go to the lowest index
+        chosen = torch.sort(scores, stable=True).indices[:m]
+        accepted = torch.zeros(n, dtype=torch.bool, device=updates.device)
+        accepted[chosen] = True
+        return Aggregate(
+            update=mean_of(updates, accepted), accepted=accepted, scores={"multi_krum": scores}
+        )

@@ -1,0 +1,176 @@
+"""Coordinate-wise trimmed means: Yin et al. (2018) by rank, Xie et al. (2018) and Guerraoui
+et al. (2018) by distance to the coordinate median."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from diversefl.aggregators.base import Aggregate, Aggregator, AggregatorError, RoundContext
+from diversefl.aggregators.median import median_of_sorted
+
+
+def trimmed_count(beta: float, n: int) -> int:
+    """``floor(beta * n)``, robust to float error (``0.29 * 100`` counts as 29, not 28)."""
+    return math.floor(beta * n + 1e-9)
+
+
+def rank_trimmed_mean(updates: Tensor, trim: int) -> Tensor:
+    """Per coordinate, drop the ``trim`` largest and ``trim`` smallest values, average the rest.
+
+    Parameters
+    ----------
+    updates
+        Client updates ``[n, d]``.
+    trim
+        Values removed from each end of every coordinate; needs ``0 <= 2 * trim < n``.
+        ``trim == 0`` is the plain mean.
+
+    Returns
+    -------
+    Tensor
+        The aggregate ``[d]``.
+    """
+    n = updates.shape[0]
+    if trim < 0 or n - 2 * trim < 1:
+        raise ValueError(f"cannot trim {trim} values from each end of {n}")
+    if trim == 0:
+        return updates.mean(0)
+    return torch.sort(updates, dim=0).values[trim : n - trim].mean(0)
+
+
+def closest_to_median_mean(updates: Tensor, keep: int) -> Tensor:
+    """Per coordinate, average the ``keep`` values closest to the coordinate median.
+
+    This is the trimmed mean of Xie et al. (2018) (``keep = n - f``) and of Guerraoui et al.
+    (2018) (``keep = n - 2f``, also Bulyan's last step with ``keep = n' - 2f``). The median of
+    an even count is the mean of the two middle values (as in
+    :func:`diversefl.aggregators.median.coordinate_median`). Ties in distance are broken toward
+    the smaller value, so the result depends only on the multiset of values in each coordinate
+    (it is invariant to the order of the clients).
+
+    Parameters
+    ----------
+    updates
+        Client updates ``[n, d]``, all finite.
+    keep
+        How many values to average per coordinate, ``1 <= keep <= n``.
+
+    Returns
+    -------
+    Tensor
+        The aggregate ``[d]``.
+
+    Raises
+    ------
+    ValueError
+        If ``keep`` is outside ``[1, n]``.
+    """
+    n = updates.shape[0]
+    if not 1 <= keep <= n:
+        raise ValueError(f"keep must be in [1, {n}], got {keep}")
+    ordered = torch.sort(updates, dim=0).values
+    if keep == n:
+        return ordered.mean(0)
+    dist = (ordered - median_of_sorted(ordered)).abs()
+    # A stable sort over the value-sorted rows breaks distance ties toward the smaller value.
+    closest = torch.sort(dist, dim=0, stable=True).indices[:keep]
+    return torch.gather(ordered, 0, closest).mean(0)
+
+
+def _all_accepted(updates: Tensor) -> Tensor:
+    return torch.ones(updates.shape[0], dtype=torch.bool, device=updates.device)
+
+
+@dataclass
+class TrimmedMean(Aggregator):
+    """Coordinate-wise trimmed mean of Yin et al. (2018).
+
+    For each coordinate ``u``, remove the ``floor(beta * n)`` largest and the
+    ``floor(beta * n)`` smallest of ``{z_1(u), ..., z_n(u)}`` and average the remaining values
+    (supplementary A of the DiverseFL paper, "Trimmed Mean"). When ``floor(beta * n) == 0``
+    this is the plain mean. The trimmed set differs per coordinate, so no client is excluded
+    as a whole: ``accepted`` is all True.
+
+    Parameters
+    ----------
+    beta
+        Fraction trimmed from each end, ``0 <= beta < 1/2``.
+    """
+
+    name: ClassVar[str] = "trimmed_mean"
+
+    beta: float = 0.1  # trim 10% from each end of every coordinate
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.beta < 0.5:
+            raise AggregatorError(f"{self.name}: beta must be in [0, 0.5), got {self.beta}")
+
+    def aggregate(self, updates: Tensor, ctx: RoundContext) -> Aggregate:
+        trim = trimmed_count(self.beta, updates.shape[0])
+        return Aggregate(update=rank_trimmed_mean(updates, trim), accepted=_all_accepted(updates))
+
+
+@dataclass
+class _ClosestToMedianTrimmedMean(Aggregator):
+    """Shared body of the median-centred trimmed means: keep ``self.kept(n, f)`` values."""
+
+    _requirement: ClassVar[str] = ""  # the condition on n, f stated in check() errors
+
+    def kept(self, n: int, f: int) -> int:
+        raise NotImplementedError
+
+    def check(self, n: int, f: int) -> None:
+        super().check(n, f)
+        if f < 0:
+            raise AggregatorError(f"{self.name}: f must be >= 0, got f={f}")
+        keep = self.kept(n, f)
+        if keep < 1:
+            raise AggregatorError(
+                f"{self.name}: keeps {keep} values per coordinate with n={n}, f={f}; "
+                f"needs {self._requirement}"
+            )
+
+    def aggregate(self, updates: Tensor, ctx: RoundContext) -> Aggregate:
+        n = updates.shape[0]
+        self.check(n, ctx.f)
+        update = closest_to_median_mean(updates, self.kept(n, ctx.f))
+        return Aggregate(update=update, accepted=_all_accepted(updates))
+
+
+@dataclass
+class TrimmedMeanXie(_ClosestToMedianTrimmedMean):
+    """Coordinate-wise trimmed mean of Xie et al. (2018).
+
+    For each coordinate, average the ``n - f`` values closest to the coordinate median
+    (supplementary A of the DiverseFL paper, "Trimmed Mean"); see
+    :func:`closest_to_median_mean` for the median and tie conventions. With ``f = 0`` it is the
+    plain mean. The kept set differs per coordinate, so ``accepted`` is all True.
+    """
+
+    name: ClassVar[str] = "trimmed_mean_xie"
+    _requirement: ClassVar[str] = "n - f >= 1"
+
+    def kept(self, n: int, f: int) -> int:
+        return n - f
+
+
+@dataclass
+class TrimmedMeanGuerraoui(_ClosestToMedianTrimmedMean):
+    """Coordinate-wise trimmed mean of Guerraoui et al. (2018).
+
+    For each coordinate, average the ``n - 2f`` values closest to the coordinate median
+    (supplementary A of the DiverseFL paper, "Trimmed Mean"; the last step of Bulyan); see
+    :func:`closest_to_median_mean` for the median and tie conventions. The kept set differs per
+    coordinate, so ``accepted`` is all True.
+    """
+
+    name: ClassVar[str] = "trimmed_mean_guerraoui"
+    _requirement: ClassVar[str] = "n - 2f >= 1"
+
+    def kept(self, n: int, f: int) -> int:
+        return n - 2 * f

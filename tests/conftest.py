@@ -1,0 +1,48 @@
+"""Shared test fixtures: where the real datasets are, and tiny configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_dir() -> Path | None:
+    """$DIVERSEFL_DATA, else the sibling ../shared/data of a checkout (tests only)."""
+    env = os.environ.get("DIVERSEFL_DATA")
+    if env:
+        return Path(env)
+    sibling = REPO.parent / "shared" / "data"
+    return sibling if sibling.exists() else None
+
+
+@pytest.fixture
+def mnist_dir() -> Path:
+    d = data_dir()
+    if d is None or not (d / "mnist").exists():
+        pytest.skip("MNIST not available: set DIVERSEFL_DATA")
+    return d
+
+
+def tiny_config(**sections) -> dict:
+    """A fast digits config (softmax, 6 clients); override sections by keyword."""
+    cfg = {
+        "seed": 0,
+        "rounds": 30,
+        "data": {"dataset": "digits", "partition": "sorted"},
+        "model": {"name": "softmax"},
+        "clients": {"n": 6, "batch": 0.5, "sample": 8},
+        "optim": {"lr": 0.5, "schedule": "constant", "weight_decay": 0.0},
+        "attack": {"name": "none"},
+        "aggregator": {"name": "mean"},
+        "eval": {"every": 5, "checkpoint_every": 10},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            cfg[key] = {**cfg.get(key, {}), **value}
+        else:
+            cfg[key] = value
+    return cfg

@@ -1,0 +1,56 @@
+"""Config validation: every bad key or value is one clear error naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from diversefl.config import ConfigError, load_config, make_config, to_toml_dict
+
+
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        (["data.datasett=1"], "data.datasett: unknown key"),
+        (["data.datasett=1"], "allowed keys here: dataset"),
+        (["bogus=1"], "bogus: unknown key"),
+        (["optim.lr=-1"], "optim.lr"),
+        (["clients.n=0"], "clients.n"),
+        (['clients.n="many"'], "clients.n"),
+        (["clients.batch=1.5"], "clients.batch"),
+        (["aggregator.name=krumm"], "aggregator.name: unknown aggregator 'krumm'; allowed:"),
+        (["attack.name=nope"], "attack.name: unknown attack 'nope'; allowed:"),
+        (["attack.name=sign_flip", "attack.sigma=3"], "attack.sigma: unknown setting"),
+        (['attack.name="gaussian"', 'attack.sigma="x"'], "attack.sigma"),
+        (['data.dataset="svhn"'], "data.dataset"),
+        (['optim.schedule="cosine"'], "optim.schedule"),
+        (["attack.name=sign_flip", "attack.f=23"], "attack.f"),
+        (["attack.name=sign_flip", "attack.byzantine=[0, 30]"], "attack.byzantine"),
+        (["aggregator.name=diversefl", "aggregator.eps1=3"], "eps1"),
+    ],
+)
+def test_errors_name_the_key(overrides, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert needle in str(err.value)
+
+
+def test_defaults_are_the_paper_softmax_setting():
+    cfg = make_config({})
+    assert cfg.clients.n == 23 and cfg.clients.batch == 300 and cfg.clients.sample == 30
+    assert cfg.optim.schedule == "inv_sqrt" and cfg.optim.weight_decay == 0.0067
+
+
+def test_roundtrip_and_file_errors(tmp_path: Path):
+    import tomli_w
+
+    cfg = load_config(None, ["aggregator.name=diversefl", "aggregator.eps2=3.0"])
+    p = tmp_path / "c.toml"
+    p.write_text(tomli_w.dumps(to_toml_dict(cfg)))
+    assert to_toml_dict(load_config(p)) == to_toml_dict(cfg)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.toml")
+    (tmp_path / "bad.toml").write_text("rounds = = 3")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(tmp_path / "bad.toml")

@@ -1,0 +1,147 @@
+"""The round loop: batches, shared samples, the server step, seeds, schedules."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import tiny_config
+
+import diversefl
+from diversefl.config import make_config
+from diversefl.engine.gradients import loop_grads
+from diversefl.engine.schedules import make_schedule
+from diversefl.engine.simulator import Simulation, draw_without_replacement
+
+
+def test_batches_come_from_own_shard_without_replacement():
+    sim = Simulation(make_config(tiny_config(clients={"n": 7, "batch": 0.3})))
+    idx, w = sim.draw_batches(1)
+    for j in range(sim.n):
+        shard = set(sim.shards[j, : sim.shard_len[j]].tolist())
+        k = int(w[j].sum())
+        assert k == max(1, round(0.3 * int(sim.shard_len[j])))
+        chosen = idx[j, :k].tolist()
+        assert set(chosen) <= shard
+        assert len(set(chosen)) == k
+    idx2, _ = sim.draw_batches(2)
+    assert not torch.equal(idx, idx2)
+
+
+def test_draw_rows_are_independent_of_other_rows():
+    lengths = torch.tensor([5, 9, 3])
+    k = torch.tensor([2, 4, 3])
+    pos, w = draw_without_replacement(lengths, k, torch.Generator().manual_seed(3), 9)
+    assert w.sum(1).tolist() == [2, 4, 3]
+    for j in range(3):
+        assert (pos[j, : k[j]] < lengths[j]).all()
+
+
+def test_shared_sample_size_and_origin():
+    sim = Simulation(make_config(tiny_config(clients={"n": 5, "sample": 0.1})))
+    for j in range(sim.n):
+        s = int(sim.sample_w[j].sum())
+        assert s == max(1, round(0.1 * int(sim.shard_len[j])))
+        shard = set(sim.shards[j, : sim.shard_len[j]].tolist())
+        assert set(sim.sample_idx[j, :s].tolist()) <= shard
+
+
+def test_server_step_matches_hand_computation():
+    cfg = make_config(
+        tiny_config(
+            model={"name": "mlp"},
+            optim={"lr": 0.3, "schedule": "constant", "weight_decay": 0.01},
+        )
+    )
+    sim = Simulation(cfg)
+    theta0 = sim.theta.clone()
+    idx, w = sim.draw_batches(1)
+    grads = loop_grads(sim.fm, theta0, sim.x_train[idx], sim.y_train[idx], w)
+    expected = theta0 - 0.3 * (grads.mean(0) + 0.01 * theta0)
+    sim.step(1)
+    torch.testing.assert_close(sim.theta, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_oracle_averages_only_honest_clients():
+    cfg = make_config(
+        tiny_config(
+            attack={"name": "sign_flip", "f": 2, "byzantine": [1, 4]},
+            aggregator={"name": "oracle"},
+            optim={"lr": 0.2, "schedule": "constant", "weight_decay": 0.0},
+        )
+    )
+    sim = Simulation(cfg)
+    theta0 = sim.theta.clone()
+    idx, w = sim.draw_batches(1)
+    grads = loop_grads(sim.fm, theta0, sim.x_train[idx], sim.y_train[idx], w)
+    honest = [0, 2, 3, 5]
+    rec = sim.step(1)
+    torch.testing.assert_close(sim.theta, theta0 - 0.2 * grads[honest].mean(0), atol=1e-5,
+                               rtol=1e-4)
+    assert rec.byzantine.tolist() == [False, True, False, False, True, False]
+    assert rec.accepted.tolist() == [True, False, True, True, False, True]
+
+
+def test_same_seed_same_numbers_and_seed_matters():
+    cfg = tiny_config(attack={"name": "gaussian", "f": 1, "sigma": 1.0},
+                      aggregator={"name": "diversefl"})
+    a = diversefl.run(cfg)
+    b = diversefl.run(cfg)
+    c = diversefl.run({**cfg, "seed": 1})
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(a.metrics) == strip(b.metrics)
+    assert torch.equal(a.theta, b.theta)
+    assert not torch.equal(a.theta, c.theta)
+
+
+def test_seeded_byzantine_ids_recorded_and_per_round_varies():
+    r = diversefl.run(tiny_config(rounds=5, attack={"name": "sign_flip", "f": 2}))
+    ids = r.summary["byzantine_ids"]
+    assert len(ids) == 2 and all(0 <= i < 6 for i in ids)
+    sim = Simulation(make_config(tiny_config(attack={"name": "sign_flip", "f": 2,
+                                                     "byzantine": "per_round"})))
+    masks = {tuple(sim.byzantine_mask(r).tolist()) for r in range(1, 20)}
+    assert len(masks) > 1 and all(sum(m) == 2 for m in masks)
+
+
+def test_no_attack_means_no_byzantine_even_with_f():
+    r = diversefl.run(tiny_config(rounds=5, attack={"name": "none", "f": 3}))
+    assert r.summary["f"] == 0 and r.summary["byzantine_ids"] == []
+
+
+def test_label_flip_poisons_only_byzantine_batches():
+    cfg = make_config(tiny_config(attack={"name": "label_flip", "f": 1, "byzantine": [2]}))
+    sim = Simulation(cfg)
+    byz = sim.byzantine_mask(1)
+    ctx = sim.context(1, byz)
+    seen = {}
+    original = sim.attack.poison
+
+    def spy(x, y, c):
+        out = original(x, y, c)
+        seen["in"], seen["out"] = y.clone(), out[1].clone()
+        return out
+
+    sim.attack.poison = spy
+    sim.client_updates(1, byz, ctx)
+    assert seen["in"].shape[0] == 1
+    assert torch.equal(seen["out"], 9 - seen["in"])
+
+
+@pytest.mark.parametrize(
+    "kind,kwargs,expected",
+    [
+        ("inv_sqrt", {"lr": 0.001}, {1: 0.001, 4: 0.0005, 100: 0.0001}),
+        ("step", {"lr": 0.06, "milestones": [500, 950], "gamma": 0.5},
+         {1: 0.06, 500: 0.06, 501: 0.03, 950: 0.03, 951: 0.015}),
+        ("warmup_step", {"lr": 0.1, "warmup_rounds": 1000, "warmup_start_lr": 0.05,
+                         "milestones": [2000], "gamma": 0.4},
+         {1: 0.05, 1000: 0.1, 1500: 0.1, 2001: 0.04}),
+        ("constant", {"lr": 0.3}, {1: 0.3, 999: 0.3}),
+    ],
+)
+def test_schedules(kind, kwargs, expected):
+    sched = make_schedule(kind, **kwargs)
+    for r, lr in expected.items():
+        assert math.isclose(sched(r), lr, rel_tol=1e-9), (r, sched(r), lr)
