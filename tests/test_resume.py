@@ -52,12 +52,14 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path):
     assert not (out / "summary.json").exists()
 
     # an existing run directory is never reused silently
-    again = subprocess.run(_cli("run", str(cfg_path), "--out", str(out), "--quiet"),
-                           capture_output=True, text=True)
+    again = subprocess.run(
+        _cli("run", str(cfg_path), "--out", str(out), "--quiet"), capture_output=True, text=True
+    )
     assert again.returncode != 0 and "--resume" in again.stdout
 
-    done = subprocess.run(_cli("run", "--out", str(out), "--resume", "--quiet"),
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        _cli("run", "--out", str(out), "--resume", "--quiet"), capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert _metrics(out / "metrics.csv") == _metrics(tmp_path / "ref" / "metrics.csv")
     with (out / "decisions.csv").open() as a, (tmp_path / "ref" / "decisions.csv").open() as b:

@@ -77,15 +77,17 @@ def test_oracle_averages_only_honest_clients():
     grads = loop_grads(sim.fm, theta0, sim.x_train[idx], sim.y_train[idx], w)
     honest = [0, 2, 3, 5]
     rec = sim.step(1)
-    torch.testing.assert_close(sim.theta, theta0 - 0.2 * grads[honest].mean(0), atol=1e-5,
-                               rtol=1e-4)
+    torch.testing.assert_close(
+        sim.theta, theta0 - 0.2 * grads[honest].mean(0), atol=1e-5, rtol=1e-4
+    )
     assert rec.byzantine.tolist() == [False, True, False, False, True, False]
     assert rec.accepted.tolist() == [True, False, True, True, False, True]
 
 
 def test_same_seed_same_numbers_and_seed_matters():
-    cfg = tiny_config(attack={"name": "gaussian", "f": 1, "sigma": 1.0},
-                      aggregator={"name": "diversefl"})
+    cfg = tiny_config(
+        attack={"name": "gaussian", "f": 1, "sigma": 1.0}, aggregator={"name": "diversefl"}
+    )
     a = diversefl.run(cfg)
     b = diversefl.run(cfg)
     c = diversefl.run({**cfg, "seed": 1})
@@ -99,8 +101,9 @@ def test_seeded_byzantine_ids_recorded_and_per_round_varies():
     r = diversefl.run(tiny_config(rounds=5, attack={"name": "sign_flip", "f": 2}))
     ids = r.summary["byzantine_ids"]
     assert len(ids) == 2 and all(0 <= i < 6 for i in ids)
-    sim = Simulation(make_config(tiny_config(attack={"name": "sign_flip", "f": 2,
-                                                     "byzantine": "per_round"})))
+    sim = Simulation(
+        make_config(tiny_config(attack={"name": "sign_flip", "f": 2, "byzantine": "per_round"}))
+    )
     masks = {tuple(sim.byzantine_mask(r).tolist()) for r in range(1, 20)}
     assert len(masks) > 1 and all(sum(m) == 2 for m in masks)
 
@@ -133,11 +136,22 @@ def test_label_flip_poisons_only_byzantine_batches():
     "kind,kwargs,expected",
     [
         ("inv_sqrt", {"lr": 0.001}, {1: 0.001, 4: 0.0005, 100: 0.0001}),
-        ("step", {"lr": 0.06, "milestones": [500, 950], "gamma": 0.5},
-         {1: 0.06, 500: 0.06, 501: 0.03, 950: 0.03, 951: 0.015}),
-        ("warmup_step", {"lr": 0.1, "warmup_rounds": 1000, "warmup_start_lr": 0.05,
-                         "milestones": [2000], "gamma": 0.4},
-         {1: 0.05, 1000: 0.1, 1500: 0.1, 2001: 0.04}),
+        (
+            "step",
+            {"lr": 0.06, "milestones": [500, 950], "gamma": 0.5},
+            {1: 0.06, 500: 0.06, 501: 0.03, 950: 0.03, 951: 0.015},
+        ),
+        (
+            "warmup_step",
+            {
+                "lr": 0.1,
+                "warmup_rounds": 1000,
+                "warmup_start_lr": 0.05,
+                "milestones": [2000],
+                "gamma": 0.4,
+            },
+            {1: 0.05, 1000: 0.1, 1500: 0.1, 2001: 0.04},
+        ),
         ("constant", {"lr": 0.3}, {1: 0.3, 999: 0.3}),
     ],
 )

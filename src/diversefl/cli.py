@@ -80,8 +80,13 @@ def _run_demo(args: argparse.Namespace) -> int:
         )
         rows.append((agg, res.summary))
     table = Table(title="demo: sign flip, n = 23, f = 5")
-    for col in ("aggregator", "final accuracy", "Byzantine rejected (TPR)", "honest rejected (FPR)",
-                "seconds"):
+    for col in (
+        "aggregator",
+        "final accuracy",
+        "Byzantine rejected (TPR)",
+        "honest rejected (FPR)",
+        "seconds",
+    ):
         table.add_column(col)
     for agg, s in rows:
         tpr = "-" if s["mean_tpr"] is None else f"{s['mean_tpr']:.3f}"
@@ -113,8 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("config", nargs="?", help="TOML config file (omit for the demo)")
     r.add_argument("--data-dir", help="dataset directory (default: $DIVERSEFL_DATA)")
     r.add_argument("--out", help="run directory (default: runs/<name>-<time>)")
-    r.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set aggregator.name=median (repeatable)")
+    r.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set aggregator.name=median (repeatable)",
+    )
     r.add_argument("--device", help="cpu | cuda | cuda:N")
     r.add_argument("--seed", type=int)
     r.add_argument("--rounds", type=int)

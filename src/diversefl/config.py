@@ -122,7 +122,7 @@ class Config(_Section):
         # Imported here: the registries import torch-heavy modules; config stays light.
         from diversefl import aggregators, attacks
 
-        agg = aggregators.get(self.aggregator.name, **self.aggregator.params())
+        agg = aggregators.get_method(self.aggregator.name, **self.aggregator.params())
         atk = attacks.get(self.attack.name, **self.attack.params())
         f = self.byzantine_count(atk)
         if f >= self.clients.n and self.attack.name != "none":

@@ -48,6 +48,13 @@ def get(name: str, **params: Any) -> Aggregator:
     return build(REGISTRY, "aggregator", name, params)
 
 
+def get_method(name: str, **params: Any) -> Any:
+    """Build what ``[aggregator] name`` selects: an aggregator or a protocol such as RSA."""
+    from diversefl.protocols import PROTOCOLS
+
+    return build({**REGISTRY, **PROTOCOLS}, "aggregator", name, params)
+
+
 __all__ = [
     "REGISTRY",
     "Aggregate",
@@ -55,6 +62,7 @@ __all__ = [
     "AggregatorError",
     "RoundContext",
     "get",
+    "get_method",
     "sanitize",
     "settings",
 ]

@@ -97,7 +97,7 @@ class Simulation:
         self.fm = FlatModel(module.to(self.device))
         self.theta = self.fm.flatten()
 
-        self.aggregator = aggregators.get(cfg.aggregator.name, **cfg.aggregator.params())
+        self.aggregator = aggregators.get_method(cfg.aggregator.name, **cfg.aggregator.params())
         self.attack = attacks.get(cfg.attack.name, **cfg.attack.params())
         self.f = cfg.byzantine_count()
         self.aggregator.check(n, self.f)
@@ -183,8 +183,11 @@ class Simulation:
             extras={"num_classes": self.data.num_classes},
         )
 
-    def client_updates(self, r: int, byz: Tensor, ctx: RoundContext) -> Tensor:
-        """What every client sends in round r, ``[n, d]`` (attacks applied)."""
+    def client_gradients(
+        self, r: int, byz: Tensor, ctx: RoundContext, theta: Tensor | None = None
+    ) -> Tensor:
+        """Every client's mini-batch gradient ``[n, d]`` at ``theta`` (global ``[d]`` or one
+        model per client ``[n, d]``); Byzantine batches are poisoned by data attacks."""
         torch.manual_seed(seed_for(self.cfg.seed, "dropout", r))
         idx, w = self.draw_batches(r)
         idx, w = idx.to(self.device), w.to(self.device)
@@ -192,11 +195,14 @@ class Simulation:
         byz_d = byz.to(self.device)
         if bool(byz.any()):
             xb, yb = self.attack.poison(x[byz_d], y[byz_d], ctx)
-            x, y = x.clone(), y.clone()
-            x[byz_d], y[byz_d] = xb, yb
-        grads = batched_grads(
-            self.fm, self.theta, x, y, w, self.cfg.engine.clients_per_chunk or None
-        )
+            x[byz_d], y[byz_d] = xb, yb  # x, y are fresh copies (advanced indexing)
+        theta = self.theta if theta is None else theta
+        return batched_grads(self.fm, theta, x, y, w, self.cfg.engine.clients_per_chunk or None)
+
+    def client_updates(self, r: int, byz: Tensor, ctx: RoundContext) -> Tensor:
+        """What every client sends in round r, ``[n, d]`` (attacks applied)."""
+        grads = self.client_gradients(r, byz, ctx)
+        byz_d = byz.to(self.device)
         grads = self.aggregator.prepare(grads, ctx)
         if bool(byz.any()):
             grads[byz_d] = self.attack(grads[~byz_d], grads[byz_d], ctx).to(grads.dtype)
@@ -206,6 +212,8 @@ class Simulation:
         """Run round r (1-based): client updates, aggregation, server step (eq. 11)."""
         byz = self.byzantine_mask(r)
         ctx = self.context(r, byz)
+        if hasattr(self.aggregator, "step"):  # a protocol (RSA) runs its own round
+            return self.aggregator.step(self, r, byz, ctx)
         updates = self.client_updates(r, byz, ctx)
         agg: Aggregate = self.aggregator(updates, ctx)
         lr = self.schedule(r)

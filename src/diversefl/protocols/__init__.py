@@ -1,0 +1,9 @@
+"""Training protocols that are not a gradient aggregation rule (clients keep model copies)."""
+
+from __future__ import annotations
+
+from diversefl.protocols.rsa import RSA
+
+PROTOCOLS: dict[str, type] = {"rsa": RSA}
+
+__all__ = ["PROTOCOLS", "RSA"]
