@@ -40,6 +40,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise SystemExit("error: --resume needs --out RUN_DIR (or a config)")
         config = Path(args.out) / "config.toml"
     cfg = resolve_config(config, _run_overrides(args))
+    if args.config and "[sweep]" in Path(args.config).read_text():
+        console.print(
+            "note: this file defines a \\[sweep] grid; running only its base config "
+            "(`diversefl sweep` runs the grid)"
+        )
     out = Path(args.out) if args.out else _default_out(cfg.name or Path(str(config)).stem)
     result = run(
         cfg,
@@ -96,6 +101,40 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """``diversefl sweep CONFIG``: the aggregators x attacks x seeds grid of a sweep file."""
+    from diversefl.sweep import load_sweep, run_sweep
+
+    cells = load_sweep(args.config, _run_overrides(args))
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    console.print(f"sweep: {len(cells)} runs into {out}")
+    rows = run_sweep(
+        cells,
+        out,
+        data_dir=args.data_dir,
+        progress=not args.quiet,
+        echo=lambda m: console.print(m, highlight=False),
+    )
+    table = Table(title=f"sweep {Path(args.config).name}: final test accuracy")
+    for col in ("aggregator", "attack", "seed", "final acc", "best acc", "TPR", "FPR", "s"):
+        table.add_column(col)
+    for r in rows:
+        fmt = lambda v: "-" if v in (None, "") else f"{float(v):.3f}"  # noqa: E731
+        table.add_row(
+            r["aggregator"],
+            r["attack"],
+            str(r["seed"]),
+            fmt(r["final_test_accuracy"]),
+            fmt(r["best_test_accuracy"]),
+            fmt(r["mean_tpr"]),
+            fmt(r["mean_fpr"]),
+            f"{float(r['wall_seconds']):.0f}",
+        )
+    console.print(table)
+    console.print(f"wrote {out / 'sweep.csv'}")
+    return 0
+
+
 def cmd_data_fetch(args: argparse.Namespace) -> int:
     """``diversefl data fetch NAME --to DIR``: download and verify a dataset."""
     from diversefl.data.fetch import fetch
@@ -131,6 +170,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
+
+    sw = sub.add_parser("sweep", help="run a grid of aggregators x attacks x seeds")
+    sw.add_argument("config", help="TOML file with a base config and a [sweep] table")
+    sw.add_argument("--data-dir", help="dataset directory (default: $DIVERSEFL_DATA)")
+    sw.add_argument("--out", help="sweep directory (default: runs/<config name>)")
+    sw.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a base config key (repeatable)",
+    )
+    sw.add_argument("--device", help="cpu | cuda | cuda:N")
+    sw.add_argument("--seed", type=int, help=argparse.SUPPRESS)
+    sw.add_argument("--rounds", type=int, help="override the number of rounds of every run")
+    sw.add_argument("--quiet", action="store_true", help="no per-run progress bars")
+    sw.set_defaults(func=cmd_sweep)
 
     d = sub.add_parser("data", help="dataset utilities")
     dsub = d.add_subparsers(dest="data_command", required=True)

@@ -39,6 +39,9 @@ class ClientsConfig(_Section):
     n: int = Field(23, ge=1)  # paper: 23 clients
     batch: int | float = 300  # examples per round: an int, or a fraction of the shard (0.1)
     sample: int | float = 30  # one-time sample shared with the server: int or fraction
+    # "mean": gradient of the mean batch loss (eq. 3); "sum": of the summed loss, i.e. m times
+    # larger (the softmax-regression preset: see README "Reproducing the paper")
+    loss: Literal["mean", "sum"] = "mean"
 
     @field_validator("batch", "sample")
     @classmethod
@@ -220,6 +223,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raw = tomllib.loads(p.read_text())
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{p}: not valid TOML: {err}") from None
+    # A sweep file's base config can be run on its own; the grid is `diversefl sweep`'s.
+    raw.pop("sweep", None)
     return make_config(apply_overrides(raw, overrides or []))
 
 

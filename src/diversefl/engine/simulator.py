@@ -86,6 +86,11 @@ class Simulation:
         self.shards, self.shard_len = pad_rows([torch.as_tensor(p) for p in parts])
         self.batch_k = torch.tensor([_count(cfg.clients.batch, int(L)) for L in self.shard_len])
         self.sample_k = torch.tensor([_count(cfg.clients.sample, int(L)) for L in self.shard_len])
+        # Loss scale per client: 1 (mean loss) or the client's batch size (summed loss). The
+        # guiding gradient uses the same scale, so it estimates what an honest client sends.
+        self.loss_scale = (self.batch_k.float() if cfg.clients.loss == "sum" else torch.ones(n)).to(
+            self.device
+        )
 
         self.x_train = self.data.x_train.to(self.device)
         self.y_train = self.data.y_train.to(self.device)
@@ -168,6 +173,7 @@ class Simulation:
             self.y_train[idx],
             self.sample_w.to(self.device),
             self.cfg.engine.clients_per_chunk or None,
+            self.loss_scale,
         )
 
     def context(self, r: int, byz: Tensor) -> RoundContext:
@@ -197,7 +203,9 @@ class Simulation:
             xb, yb = self.attack.poison(x[byz_d], y[byz_d], ctx)
             x[byz_d], y[byz_d] = xb, yb  # x, y are fresh copies (advanced indexing)
         theta = self.theta if theta is None else theta
-        return batched_grads(self.fm, theta, x, y, w, self.cfg.engine.clients_per_chunk or None)
+        return batched_grads(
+            self.fm, theta, x, y, w, self.cfg.engine.clients_per_chunk or None, self.loss_scale
+        )
 
     def client_updates(self, r: int, byz: Tensor, ctx: RoundContext) -> Tensor:
         """What every client sends in round r, ``[n, d]`` (attacks applied)."""

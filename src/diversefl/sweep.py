@@ -1,0 +1,194 @@
+"""Grids of runs (aggregators x attacks x seeds) in one process, one run directory per cell
+and a ``sweep.csv`` summarising them. Finished cells are skipped, unfinished ones resumed, so
+an interrupted sweep continues where it stopped."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from diversefl.config import Config, ConfigError, apply_overrides, make_config
+
+SWEEP_COLUMNS = [
+    "aggregator",
+    "attack",
+    "seed",
+    "final_test_accuracy",
+    "best_test_accuracy",
+    "mean_tpr",
+    "mean_fpr",
+    "wall_seconds",
+    "run_dir",
+]
+SWEEP_KEYS = {"aggregators", "attacks", "seeds"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of a sweep: its labels and its fully validated config."""
+
+    aggregator: str
+    attack: str
+    seed: int
+    config: Config
+
+    @property
+    def dirname(self) -> str:
+        return f"{self.aggregator}__{self.attack}__seed{self.seed}"
+
+
+def _entry(item: Any, kind: str) -> tuple[str, str, dict[str, Any], list[str]]:
+    """(label, name, params, overrides) from a string or a table entry of the grid."""
+    if isinstance(item, str):
+        return item, item, {}, []
+    if not isinstance(item, dict) or "name" not in item:
+        raise ConfigError(
+            f"sweep.{kind}: each entry is a name or a table with 'name', got {item!r}"
+        )
+    item = dict(item)
+    name = item.pop("name")
+    label = item.pop("label", name)
+    sets = item.pop("set", {})
+    if not isinstance(sets, dict):
+        raise ConfigError(f"sweep.{kind}: 'set' must be a table of dotted keys, got {sets!r}")
+    overrides = [f"{k}={json.dumps(v)}" for k, v in sets.items()]
+    return label, name, item, overrides
+
+
+def expand(raw: dict[str, Any]) -> list[Cell]:
+    """Every cell of the grid, validated up front (a bad cell fails before any training)."""
+    raw = copy.deepcopy(raw)
+    grid = raw.pop("sweep", None)
+    if not isinstance(grid, dict):
+        raise ConfigError("a sweep config needs a [sweep] table with aggregators/attacks/seeds")
+    unknown = sorted(set(grid) - SWEEP_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"sweep.{unknown[0]}: unknown key; allowed: {', '.join(sorted(SWEEP_KEYS))}"
+        )
+    base_agg = raw.get("aggregator", {}).get("name", "mean")
+    base_atk = raw.get("attack", {}).get("name", "none")
+    aggs = [_entry(a, "aggregators") for a in grid.get("aggregators", [base_agg])]
+    atks = [_entry(a, "attacks") for a in grid.get("attacks", [base_atk])]
+    seeds = grid.get("seeds", [raw.get("seed", 0)])
+    labels = [a[0] for a in aggs]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"sweep.aggregators: duplicate labels {labels}; give each a 'label'")
+    cells = []
+    for a_label, a_name, a_params, a_sets in aggs:
+        for k_label, k_name, k_params, k_sets in atks:
+            for seed in seeds:
+                cfg = copy.deepcopy(raw)
+                cfg["aggregator"] = {"name": a_name, **a_params}
+                cfg["attack"] = {
+                    **{k: v for k, v in raw.get("attack", {}).items() if k in ("f", "byzantine")},
+                    "name": k_name,
+                    **k_params,
+                }
+                cfg["seed"] = seed
+                cfg["name"] = f"{a_label}__{k_label}__seed{seed}"
+                cfg = apply_overrides(cfg, a_sets + k_sets)
+                try:
+                    config = make_config(cfg)
+                except ConfigError as err:
+                    raise ConfigError(f"sweep cell {cfg['name']}: {err}") from None
+                cells.append(Cell(a_label, k_label, seed, config))
+    return cells
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> list[Cell]:
+    """Read a sweep TOML file, apply ``--set`` overrides to the base config, expand it."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"sweep file not found: {p}")
+    try:
+        raw = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{p}: not valid TOML: {err}") from None
+    return expand(apply_overrides(raw, overrides or []))
+
+
+def _summary_row(cell: Cell, summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    row = {
+        "aggregator": cell.aggregator,
+        "attack": cell.attack,
+        "seed": cell.seed,
+        "run_dir": run_dir.name,
+    }
+    for key in SWEEP_COLUMNS[3:-1]:
+        row[key] = summary.get(key)
+    for key in ("final_main_accuracy", "final_backdoor_accuracy"):
+        if key in summary:
+            row[key] = summary[key]
+    return row
+
+
+def run_sweep(
+    cells: list[Cell],
+    out: str | Path,
+    data_dir: str | None = None,
+    progress: bool = True,
+    echo: Any = print,
+) -> list[dict[str, Any]]:
+    """Run every cell into ``out/<aggregator>__<attack>__seed<k>`` and write ``sweep.csv``."""
+    from diversefl.api import run
+    from diversefl.config import to_toml_dict
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, cell in enumerate(cells, 1):
+        run_dir = out / cell.dirname
+        summary_path = run_dir / "summary.json"
+        if summary_path.exists() and not (run_dir / ".running").exists():
+            summary = json.loads(summary_path.read_text())
+            saved = tomllib.loads((run_dir / "config.toml").read_text())
+            if saved != to_toml_dict(cell.config):
+                raise ConfigError(
+                    f"{run_dir} holds a finished run with a different config; use another --out"
+                )
+            echo(
+                f"[{i}/{len(cells)}] {cell.dirname}: done already "
+                f"(acc {summary['final_test_accuracy']:.4f})"
+            )
+        else:
+            resume = (run_dir / "checkpoint.pt").exists()
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / ".running").touch()
+            if summary_path.exists():
+                summary_path.unlink()
+            result = run(
+                cell.config,
+                data_dir=data_dir,
+                out=run_dir,
+                resume=resume,
+                overwrite=not resume,
+                progress=progress,
+            )
+            (run_dir / ".running").unlink()
+            summary = result.summary
+            echo(
+                f"[{i}/{len(cells)}] {cell.dirname}: acc {summary['final_test_accuracy']:.4f}, "
+                f"tpr {summary['mean_tpr']}, fpr {summary['mean_fpr']} "
+                f"({summary['wall_seconds']:.1f} s)"
+            )
+        rows.append(_summary_row(cell, summary, run_dir))
+        write_sweep_csv(out / "sweep.csv", rows)
+    return rows
+
+
+def write_sweep_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """One row per run: labels, final/best accuracy, detection rates, wall time."""
+    columns = list(SWEEP_COLUMNS)
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=columns)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if v is None else v) for k, v in r.items()})

@@ -1,0 +1,81 @@
+"""The `diversefl` command end to end (in-process through main(), and one real subprocess)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import tomli_w
+from conftest import tiny_config
+
+from diversefl.cli import main
+
+
+def test_demo_runs_mean_and_diversefl(tmp_path: Path, capsys):
+    assert main(["run", "--rounds", "20", "--out", str(tmp_path / "demo"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "mean" in out and "diversefl" in out
+    for agg in ("mean", "diversefl"):
+        summary = json.loads((tmp_path / "demo" / agg / "summary.json").read_text())
+        assert summary["rounds"] == 20 and summary["attack"] == "sign_flip"
+    dfl = json.loads((tmp_path / "demo" / "diversefl" / "summary.json").read_text())
+    assert dfl["mean_tpr"] == 1.0  # sign-flipped updates fail C1 every round
+
+
+def test_run_writes_run_directory(tmp_path: Path):
+    cfg_path = tmp_path / "c.toml"
+    cfg_path.write_text(tomli_w.dumps(tiny_config(rounds=12)))
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "run",
+                str(cfg_path),
+                "--out",
+                str(out),
+                "--quiet",
+                "--set",
+                "aggregator.name=oracle",
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["checkpoint.pt", "config.toml", "decisions.csv", "metrics.csv", "summary.json"]
+    with (out / "metrics.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["round"]) for r in rows] == [5, 10, 12]
+    assert {"round", "test_accuracy", "test_loss", "n_accepted", "seconds"} <= set(rows[0])
+    summary = json.loads((out / "summary.json").read_text())
+    for key in (
+        "final_test_accuracy",
+        "best_test_accuracy",
+        "rounds",
+        "wall_seconds",
+        "seed",
+        "versions",
+    ):
+        assert key in summary
+    assert summary["seed"] == 3 and summary["aggregator"] == "oracle"
+    assert set(summary["versions"]) == {"python", "torch", "diversefl"}
+    assert 'name = "oracle"' in (out / "config.toml").read_text()
+
+
+def test_bad_config_is_a_clear_error_before_training(tmp_path: Path, capsys):
+    out = tmp_path / "never"
+    code = main(["run", "--out", str(out), "--set", "optim.lr=-1", "--quiet"])
+    assert code == 2
+    assert "optim.lr" in capsys.readouterr().out
+    assert not (out / "metrics.csv").exists()
+
+
+def test_console_script_help():
+    res = subprocess.run(
+        [sys.executable, "-m", "diversefl.cli", "--help"], capture_output=True, text=True
+    )
+    assert res.returncode == 0 and "sweep" in res.stdout and "run" in res.stdout
