@@ -75,6 +75,8 @@ class Result:
     examples: int  # real examples per round, summed over clients
     step_ms: float
     grad_ms: float
+    gather_ms: float  # draw_batches + x_train[idx] / y_train[idx]
+    server_ms: float  # aggregator (sanitize + mean) + the theta update, on [n, d] grads
     loop_round_ms: float
     loop_grad_ms: float
     loop_rounds: int
@@ -181,6 +183,17 @@ def get_data(data_dir: str | None) -> tuple[Dataset, str]:
         return synthetic_mnist(), note
 
 
+def load_note() -> str:
+    """The 1-minute load average, with a warning when other work competes for the CPU."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return "unknown"
+    busy = load > 0.5 * (os.cpu_count() or 1)
+    warn = "  WARNING: other processes use the CPU; times are inflated" if busy else ""
+    return f"{load:.2f} on {os.cpu_count()} cpus{warn}"
+
+
 # -- matmul peak --------------------------------------------------------------------------
 def matmul_peak(shapes: list[tuple[str, tuple[int, ...], tuple[int, ...]]], reps: int) -> list:
     """GFLOP/s (median of ``reps``) of torch.mm / torch.bmm on each fp32 shape."""
@@ -255,6 +268,22 @@ def run_setting(s: Setting, data: Dataset, rounds: int, warmup: int, loop_rounds
     grad_ms = median_ms(lambda: batched_grads(sim.fm, theta, x, y, w), rounds, warmup)
     measured = peak_rss_delta(lambda: batched_grads(sim.fm, theta, x, y, w))
 
+    # The rest of a batched round, piece by piece.
+    def gather() -> None:
+        i, _ = sim.draw_batches(r + 1)
+        sim.x_train[i], sim.y_train[i]
+
+    grads = batched_grads(sim.fm, theta, x, y, w)
+    ctx = sim.context(r + 1, sim.byzantine_mask(r + 1))
+    wd = sim.cfg.optim.weight_decay
+
+    def server() -> None:
+        agg = sim.aggregator(sim.aggregator.prepare(grads, ctx), ctx)
+        theta - sim.schedule(r + 1) * (agg.update + wd * theta)
+
+    gather_ms = median_ms(gather, rounds, warmup)
+    server_ms = median_ms(server, rounds, warmup)
+
     # Per-client loop: the same round with loop_grads.
     loop_round(sim, r + 1)  # warm-up
     loop = [loop_round(sim, r + 2 + i) for i in range(loop_rounds)]
@@ -267,6 +296,8 @@ def run_setting(s: Setting, data: Dataset, rounds: int, warmup: int, loop_rounds
         examples=examples,
         step_ms=step_ms,
         grad_ms=grad_ms,
+        gather_ms=gather_ms,
+        server_ms=server_ms,
         loop_round_ms=statistics.median(t for t, _ in loop),
         loop_grad_ms=statistics.median(g for _, g in loop),
         loop_rounds=loop_rounds,
@@ -325,6 +356,8 @@ def table(results: list[Result], peak: float) -> str:
         row("examples / round", lambda res: f"{res.examples:,}"),
         row("batched: ms / round (step)", lambda res: f"{res.step_ms:.2f}"),
         row("batched: ms grads only", lambda res: f"{res.grad_ms:.2f}"),
+        row("  of which draw + gather", lambda res: f"{res.gather_ms:.2f}"),
+        row("  of which aggregate + update", lambda res: f"{res.server_ms:.2f}"),
         row("loop: ms / round", lambda res: f"{res.loop_round_ms:.2f}"),
         row("loop: ms grads only", lambda res: f"{res.loop_grad_ms:.2f}"),
         row("loop rounds timed", lambda res: str(res.loop_rounds)),
@@ -377,18 +410,23 @@ def main(argv: list[str] | None = None) -> None:
         default=os.environ.get(DATA_ENV_VAR),
         help=f"directory holding mnist/ (default ${DATA_ENV_VAR}); synthetic data if missing",
     )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--profile", action="store_true", help="profile one MLP round too")
     args = parser.parse_args(argv)
     rounds, warmup = (3, 1) if args.quick else (max(1, args.rounds), max(1, args.warmup))
 
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     data, note = get_data(args.data_dir)
     print(f"data: {note}")
     print(
-        f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"torch {torch.__version__}, threads {torch.get_num_threads()} "
+        f"({'--threads' if args.threads > 0 else 'torch default'}), "
         f"{platform.processor() or platform.machine()}, cpus {os.cpu_count()}"
     )
-    print(f"timed rounds {rounds} (warm-up {warmup}); all times are medians\n")
+    print(f"timed rounds {rounds} (warm-up {warmup}); all times are medians")
+    print(f"load average at start: {load_note()}\n")
 
     mlp23 = 23 * 261  # examples in one MLP n=23 round (the engine's biggest matmuls)
     shapes = [
@@ -418,7 +456,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     if args.profile:
         profile_mlp_step(data)
-    print(f"\ntotal benchmark time {time.perf_counter() - t_start:.1f} s")
+    print(f"\nload average at end: {load_note()}")
+    print(f"total benchmark time {time.perf_counter() - t_start:.1f} s")
 
 
 if __name__ == "__main__":

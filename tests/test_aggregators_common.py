@@ -1,0 +1,122 @@
+"""Properties every registered aggregator must have: permutation equivariance, malformed rows
+rejected without a crash or a NaN (property-based, with hypothesis), registry behaviour."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from diversefl import aggregators
+from diversefl.aggregators import RoundContext
+
+NAMES = sorted(aggregators.REGISTRY)
+
+
+def _limits_ok(name: str, n: int, f: int) -> bool:
+    try:
+        aggregators.get(name).check(n, f)
+    except aggregators.AggregatorError:
+        return False
+    return True
+
+
+def _ctx(n: int, f: int, guiding: torch.Tensor, byz: torch.Tensor | None = None) -> RoundContext:
+    return RoundContext(
+        round=1,
+        n=n,
+        f=f,
+        generator=torch.Generator().manual_seed(0),
+        guiding_fn=lambda: guiding,
+        byzantine=byz,
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_permutation_permutes_accepted_and_keeps_aggregate(name):
+    n, f, d = 11, 2, 6
+    gen = torch.Generator().manual_seed(7)
+    updates = torch.randn(n, d, generator=gen)
+    guiding = updates + 0.5 * torch.randn(n, d, generator=gen)
+    byz = torch.zeros(n, dtype=torch.bool)
+    byz[[1, 6]] = True
+    perm = torch.randperm(n, generator=gen)
+    agg = aggregators.get(name)
+    if name == "noisy_median":
+        agg = aggregators.get(name, sigma=0.0)
+    a = agg(updates, _ctx(n, f, guiding, byz))
+    b = agg(updates[perm], _ctx(n, f, guiding[perm], byz[perm]))
+    torch.testing.assert_close(b.update, a.update, rtol=1e-5, atol=1e-6)
+    assert b.accepted.tolist() == a.accepted[perm].tolist()
+
+
+BAD = st.sampled_from(["nan", "inf", "-inf", "huge", "zeros"])
+
+
+@pytest.mark.parametrize("name", NAMES)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 16),
+    d=st.integers(1, 12),
+    bad=st.lists(st.tuples(st.integers(0, 15), BAD), max_size=6),
+    seed=st.integers(0, 2**16),
+)
+def test_malformed_rows_never_crash_or_leak(name, n, d, bad, seed):
+    f = 0
+    while _limits_ok(name, n, f + 1) and f + 1 < n:
+        f += 1
+    if not _limits_ok(name, n, f):
+        return  # this n is impossible for the method (a config-time error elsewhere)
+    gen = torch.Generator().manual_seed(seed)
+    updates = torch.randn(n, d, generator=gen)
+    guiding = updates.clone()
+    broken = set()
+    for row, kind in bad:
+        if row >= n:
+            continue
+        value = {
+            "nan": float("nan"),
+            "inf": float("inf"),
+            "-inf": float("-inf"),
+            "huge": 1e38,
+            "zeros": 0.0,
+        }[kind]
+        if kind == "zeros":  # an all-zero row is well-formed (it may be accepted)
+            updates[row] = 0.0
+            broken.discard(row)
+        else:
+            updates[row, row % d] = value
+            broken.add(row)
+    agg = aggregators.get(name)
+    out = agg(updates, _ctx(n, f, guiding))
+    assert out.update.shape == (d,)
+    assert torch.isfinite(out.update).all()
+    for row in broken:
+        assert not bool(out.accepted[row]), f"{name} accepted malformed row {row}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_wrong_length_or_dtype_rows_rejected_via_list(name):
+    n, d = 9, 5
+    rows = [torch.randn(d) for _ in range(n)]
+    rows[2] = torch.randn(d + 3)  # wrong length
+    rows[4] = torch.randint(0, 5, (d,))  # wrong dtype
+    guiding = torch.stack(
+        [r if r.numel() == d and r.is_floating_point() else torch.ones(d) for r in rows]
+    )
+    if not _limits_ok(name, n, 1):
+        return
+    out = aggregators.get(name)(rows, _ctx(n, 1, guiding))
+    assert not out.accepted[2] and not out.accepted[4]
+    assert torch.isfinite(out.update).all()
+
+
+def test_f_zero_gives_the_mean_where_the_method_says_so():
+    updates = torch.randn(7, 4, generator=torch.Generator().manual_seed(3))
+    ctx = _ctx(7, 0, updates)
+    for name in ("mean", "oracle", "trimmed_mean_xie", "trimmed_mean_guerraoui", "diversefl"):
+        torch.testing.assert_close(aggregators.get(name)(updates, ctx).update, updates.mean(0))
+    torch.testing.assert_close(
+        aggregators.get("trimmed_mean", beta=0.0)(updates, ctx).update, updates.mean(0)
+    )
