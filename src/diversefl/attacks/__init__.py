@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from diversefl.attacks.backdoor import Backdoor
 from diversefl.attacks.base import Attack
 from diversefl.attacks.gaussian import Gaussian
 from diversefl.attacks.label_flip import LabelFlip
@@ -18,6 +19,7 @@ REGISTRY: dict[str, type[Attack]] = {
     "sign_flip": SignFlip,
     "same_value": SameValue,
     "label_flip": LabelFlip,
+    "backdoor": Backdoor,
 }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 from torch import Tensor
 
 from diversefl.aggregators.base import RoundContext
@@ -17,6 +18,17 @@ class Attack:
     """Base class: subclasses are dataclasses whose fields are the attack's settings."""
 
     name: ClassVar[str] = "base"
+    # Extra per-evaluation metrics this attack defines (e.g. the backdoor's success rate).
+    metric_names: ClassVar[tuple[str, ...]] = ()
+
+    def choose_byzantine(self, labels: np.ndarray, parts: list[np.ndarray]) -> list[int] | None:
+        """Clients this attack makes Byzantine given the partition, or None to use the config's
+        ``attack.f`` / ``attack.byzantine`` (the backdoor picks the source-class owners)."""
+        return None
+
+    def metrics(self, preds: Tensor, labels: Tensor) -> dict[str, float]:
+        """Attack-specific metrics from test-set predictions (see ``metric_names``)."""
+        return {}
 
     def poison(self, x: Tensor, y: Tensor, ctx: RoundContext) -> tuple[Tensor, Tensor]:
         """Transform the Byzantine clients' batches ``x [f, m, ...]``, ``y [f, m]``."""

@@ -104,9 +104,15 @@ class Simulation:
 
         self.aggregator = aggregators.get_method(cfg.aggregator.name, **cfg.aggregator.params())
         self.attack = attacks.get(cfg.attack.name, **cfg.attack.params())
-        self.f = cfg.byzantine_count()
+        chosen = self.attack.choose_byzantine(self.data.y_train.numpy(), parts)
+        self.f = cfg.byzantine_count() if chosen is None else len(chosen)
+        if chosen is not None and self.f >= n:
+            raise ValueError(
+                f"attack {cfg.attack.name!r} makes {self.f} of {n} clients Byzantine; "
+                "use more clients or another partition"
+            )
         self.aggregator.check(n, self.f)
-        self.fixed_byzantine = self._initial_byzantine()
+        self.fixed_byzantine = self._initial_byzantine(chosen)
         self.schedule = make_schedule(
             cfg.optim.schedule,
             cfg.optim.lr,
@@ -118,11 +124,14 @@ class Simulation:
         self.sample_idx, self.sample_w = self._shared_samples()
 
     # -- setup ---------------------------------------------------------------------------
-    def _initial_byzantine(self) -> Tensor | None:
+    def _initial_byzantine(self, chosen: list[int] | None = None) -> Tensor | None:
         """The fixed Byzantine mask, or None when it is redrawn every round."""
         spec = self.cfg.attack.byzantine
         mask = torch.zeros(self.n, dtype=torch.bool)
         if self.f == 0:
+            return mask
+        if chosen is not None:  # the attack decides (backdoor: the source-class owners)
+            mask[chosen] = True
             return mask
         if isinstance(spec, list):
             mask[spec] = True
@@ -243,23 +252,30 @@ class Simulation:
     # -- evaluation ----------------------------------------------------------------------
     @property
     def extra_metric_names(self) -> list[str]:
-        """Metric columns beyond the standard ones (none yet; attacks may add some)."""
-        return []
+        """Metric columns beyond the standard ones (the attack's, e.g. backdoor accuracy)."""
+        return list(self.attack.metric_names)
 
     def extra_summary(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        """Summary entries beyond the standard ones."""
-        return {}
+        """``final_<metric>`` and ``best_<metric>`` for the attack's extra metrics."""
+        out: dict[str, Any] = {}
+        for name in self.attack.metric_names:
+            values = [float(r[name]) for r in rows if r.get(name) not in (None, "")]
+            if values:
+                out[f"final_{name}"] = values[-1]
+                out[f"max_{name}"] = max(values)
+        return out
 
     @torch.no_grad()
     def evaluate(self, theta: Tensor | None = None) -> dict[str, float]:
         """Test accuracy and mean cross-entropy of the current (or given) model."""
         theta = self.theta if theta is None else theta
         preds = self.predict(theta)
-        loss = self._test_loss
-        return {
+        out = {
             "test_accuracy": float((preds == self.y_test).float().mean()),
-            "test_loss": loss,
+            "test_loss": self._test_loss,
         }
+        out.update(self.attack.metrics(preds, self.y_test))
+        return out
 
     @torch.no_grad()
     def predict(self, theta: Tensor) -> Tensor:
