@@ -81,7 +81,8 @@ class Result:
     loop_grad_ms: float
     loop_rounds: int
     gflop: float
-    mem_analytic: int  # bytes per client
+    mem_analytic: int  # bytes per client: activations + one gradient row
+    input_bytes: int  # bytes per client of the gathered input batch
     mem_measured: int | None  # bytes per client, or None when it could not be measured
 
 
@@ -117,15 +118,12 @@ def grad_flops_per_example(module: nn.Module) -> int:
 def activation_floats_per_example(module: nn.Module) -> int:
     """Floats per example a reasonable implementation keeps for backward.
 
-    The (gathered) input row, every layer output that backward reads (each Linear's output,
-    each ReLU's output), and the log-softmax of the logits.
+    Every Linear's output, every hidden ReLU's output (the next Linear's input) and the
+    log-softmax of the logits. The input row itself is not counted (see ``input_bytes``).
     """
     lins = linear_layers(module)
-    n_relu = sum(isinstance(m, nn.ReLU) for m in module.modules())
-    hidden = [lin.out_features for lin in lins[:-1]]
-    floats = lins[0].in_features + sum(lin.out_features for lin in lins)
-    floats += sum(hidden[:n_relu]) + lins[-1].out_features
-    return floats
+    hidden = sum(lin.out_features for lin in lins[:-1])  # each followed by a ReLU here
+    return sum(lin.out_features for lin in lins) + hidden + lins[-1].out_features
 
 
 def _proc_kb(field: str) -> int | None:
@@ -303,6 +301,7 @@ def run_setting(s: Setting, data: Dataset, rounds: int, warmup: int, loop_rounds
         loop_rounds=loop_rounds,
         gflop=grad_flops_per_example(module) * examples / 1e9,
         mem_analytic=(act + sim.fm.dim) * BYTES_F32,
+        input_bytes=int(x[0].numel()) * BYTES_F32,
         mem_measured=None if measured is None else measured // s.n,
     )
 
@@ -367,7 +366,8 @@ def table(results: list[Result], peak: float) -> str:
         row("batched grads GFLOP/s", lambda res: f"{gflops(res):.1f}"),
         row("% of matmul peak", lambda res: f"{100 * gflops(res) / peak:.0f}%"),
         row("% of peak, whole step", lambda res: f"{100 * res.gflop / step_s(res) / peak:.0f}%"),
-        row("mem/client analytic", lambda res: fmt_bytes(res.mem_analytic)),
+        row("mem/client input batch", lambda res: fmt_bytes(res.input_bytes)),
+        row("mem/client analytic (act+grad)", lambda res: fmt_bytes(res.mem_analytic)),
         row("mem/client measured", lambda res: fmt_bytes(res.mem_measured)),
         row(
             f"TARGET mlp grads >= {MLP_PEAK_TARGET:.0%} peak",
@@ -443,14 +443,14 @@ def main(argv: list[str] | None = None) -> None:
 
     results = []
     for s in SETTINGS:
-        loop_n = rounds if s.n <= 230 else max(2, rounds // 5)
+        loop_n = rounds if s.n <= 23 else max(2, rounds // (2 if s.n <= 230 else 10))
         results.append(run_setting(s, data, rounds, warmup, loop_n))
     print(table(results, peak))
     print(
         "\nFLOPs: matmul only, per real example: fwd 2*in*out + weight-grad 2*in*out per Linear,"
         "\n  + input-grad 2*in*out for every Linear but the first."
-        "\nmem/client analytic: fp32 input row + Linear/ReLU outputs + log-softmax per example"
-        "\n  times m, plus one gradient row of d floats."
+        "\nmem/client analytic: fp32 Linear/ReLU outputs + log-softmax per example times m,"
+        "\n  plus one gradient row of d floats (the input batch, m*in floats, is listed apart)."
         "\nmem/client measured: peak-RSS rise (/proc VmHWM) during one batched_grads call / n"
         "\n  (the gathered batch x already exists, so it is not included)."
     )

@@ -28,6 +28,11 @@ class RoundContext:
     client_ids: Tensor | None = None
     byzantine: Tensor | None = None
     guiding_fn: Callable[[], Tensor] | None = None
+    # Server-side gradient at the current model on training examples ``idx`` (1-D index
+    # tensor), and the union of the clients' one-time samples: what a rule with a server
+    # dataset (FLTrust's root data) may use.
+    server_grad_fn: Callable[[Tensor], Tensor] | None = None
+    shared_samples: Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -133,6 +138,8 @@ def subcontext(ctx: RoundContext, idx: Tensor) -> RoundContext:
         client_ids=ctx.client_ids[idx],
         byzantine=None if ctx.byzantine is None else ctx.byzantine[idx],
         guiding_fn=guiding_fn,
+        server_grad_fn=ctx.server_grad_fn,
+        shared_samples=ctx.shared_samples,
         extras=ctx.extras,
     )
 

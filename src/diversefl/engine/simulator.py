@@ -185,6 +185,14 @@ class Simulation:
             self.loss_scale,
         )
 
+    def server_gradient(self, theta: Tensor, idx: Tensor) -> Tensor:
+        """Gradient ``[d]`` of the mean loss on training examples ``idx`` (server-held data)."""
+        idx = idx.to(self.device)
+        w = torch.ones(1, idx.numel(), device=self.device)
+        return batched_grads(
+            self.fm, theta, self.x_train[idx][None], self.y_train[idx][None], w
+        )[0]
+
     def context(self, r: int, byz: Tensor) -> RoundContext:
         """The round context handed to the attack and the aggregator."""
         theta = self.theta
@@ -195,6 +203,8 @@ class Simulation:
             generator=generator(self.cfg.seed, "round", r),
             byzantine=byz.to(self.device),
             guiding_fn=lambda: self.guiding(theta),
+            server_grad_fn=lambda idx: self.server_gradient(theta, idx),
+            shared_samples=self.sample_idx[self.sample_w > 0],
             extras={"num_classes": self.data.num_classes},
         )
 
