@@ -23,6 +23,8 @@ def _limits_ok(name: str, n: int, f: int) -> bool:
 
 
 def _ctx(n: int, f: int, guiding: torch.Tensor, byz: torch.Tensor | None = None) -> RoundContext:
+    # A server gradient (FLTrust's root data) along the mean of the finite guiding rows.
+    root = guiding.nan_to_num(0.0, 0.0, 0.0).clamp(-1e3, 1e3).mean(0) + 1e-3
     return RoundContext(
         round=1,
         n=n,
@@ -30,6 +32,8 @@ def _ctx(n: int, f: int, guiding: torch.Tensor, byz: torch.Tensor | None = None)
         generator=torch.Generator().manual_seed(0),
         guiding_fn=lambda: guiding,
         byzantine=byz,
+        server_grad_fn=lambda idx: root,
+        shared_samples=torch.arange(n),
     )
 
 

@@ -19,7 +19,10 @@ from diversefl.aggregators.base import (
     settings,
 )
 from diversefl.aggregators.bulyan import Bulyan
+from diversefl.aggregators.centered_clipping import CenteredClipping
 from diversefl.aggregators.diversefl import DiverseFL
+from diversefl.aggregators.fltrust import FLTrust
+from diversefl.aggregators.geomed import GeoMed
 from diversefl.aggregators.krum import Krum, MultiKrum
 from diversefl.aggregators.mean import Mean
 from diversefl.aggregators.median import Median
@@ -40,6 +43,9 @@ REGISTRY: dict[str, type[Aggregator]] = {
     "trimmed_mean_xie": TrimmedMeanXie,
     "trimmed_mean_guerraoui": TrimmedMeanGuerraoui,
     "diversefl": DiverseFL,
+    "fltrust": FLTrust,
+    "geomed": GeoMed,
+    "centered_clipping": CenteredClipping,
 }
 
 

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from diversefl.attacks.adaptive import AdaptiveDiverseFL
+from diversefl.attacks.alie import ALIE
 from diversefl.attacks.backdoor import Backdoor
 from diversefl.attacks.base import Attack
 from diversefl.attacks.gaussian import Gaussian
+from diversefl.attacks.ipm import IPM
 from diversefl.attacks.label_flip import LabelFlip
+from diversefl.attacks.min_max import MinMax
+from diversefl.attacks.min_sum import MinSum
 from diversefl.attacks.none import NoAttack
 from diversefl.attacks.same_value import SameValue
 from diversefl.attacks.sign_flip import SignFlip
@@ -20,6 +25,11 @@ REGISTRY: dict[str, type[Attack]] = {
     "same_value": SameValue,
     "label_flip": LabelFlip,
     "backdoor": Backdoor,
+    "alie": ALIE,
+    "ipm": IPM,
+    "min_max": MinMax,
+    "min_sum": MinSum,
+    "adaptive": AdaptiveDiverseFL,
 }
 
 

@@ -1,0 +1,169 @@
+"""ALIE, IPM, Min-Max / Min-Sum and the adaptive DiverseFL attack against hand computations and
+plain-loop references."""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import pytest
+import torch
+
+from diversefl import aggregators, attacks
+from diversefl.aggregators import RoundContext
+from diversefl.attacks.alie import alie_z_max
+from diversefl.attacks.min_max import agr_agnostic_gamma, perturbation_vector
+
+
+def _ctx(n: int, f: int, **kw) -> RoundContext:
+    return RoundContext(round=1, n=n, f=f, generator=torch.Generator().manual_seed(0), **kw)
+
+
+def _rows(t: torch.Tensor) -> list[list[float]]:
+    return [[float(x) for x in row] for row in t]
+
+
+def _dist(a: list[float], b: list[float]) -> float:
+    return math.sqrt(sum((x - y) ** 2 for x, y in zip(a, b, strict=True)))
+
+
+# -- ALIE ---------------------------------------------------------------------------------
+
+
+def test_alie_z_max_hand_computation():
+    # n = 23, f = 5: s = floor(23 / 2 + 1) - 5 = floor(12.5) - 5 = 7 supporters needed,
+    # z_max = Phi^{-1}((23 - 7) / 23) = Phi^{-1}(0.695652...) = 0.511936...
+    assert alie_z_max(23, 5) == pytest.approx(0.5119362138713294, abs=1e-12)
+    assert alie_z_max(23, 5) == pytest.approx(NormalDist().inv_cdf(16 / 23), abs=1e-12)
+    # n = 50, f = 24: s = 26 - 24 = 2, z = Phi^{-1}(48 / 50)
+    assert alie_z_max(50, 24) == pytest.approx(NormalDist().inv_cdf(0.96), abs=1e-12)
+    assert math.isfinite(alie_z_max(10, 9))  # Byzantine majority: s clamped to 1
+
+
+@pytest.mark.parametrize("z", [None, 1.5])
+def test_alie_sends_mean_minus_z_std_plain_loops(z):
+    n, f, d = 23, 5, 4
+    gen = torch.Generator().manual_seed(1)
+    honest = torch.randn(n - f, d, generator=gen, dtype=torch.float64)
+    byz = torch.randn(f, d, generator=gen, dtype=torch.float64)
+    out = attacks.get("alie", z=z)(honest, byz, _ctx(n, f))
+    zz = NormalDist().inv_cdf(16 / 23) if z is None else z
+    rows = _rows(honest)
+    m = len(rows)
+    for j in range(d):
+        mu = sum(r[j] for r in rows) / m
+        sigma = math.sqrt(sum((r[j] - mu) ** 2 for r in rows) / m)  # population std
+        for k in range(f):
+            assert float(out[k, j]) == pytest.approx(mu - zz * sigma, abs=1e-12)
+
+
+# -- IPM ----------------------------------------------------------------------------------
+
+
+def test_ipm_direction_and_norm():
+    gen = torch.Generator().manual_seed(2)
+    honest, byz = torch.randn(6, 9, generator=gen), torch.randn(3, 9, generator=gen)
+    out = attacks.get("ipm", epsilon=0.3)(honest, byz, _ctx(9, 3))
+    mean = honest.mean(0)
+    assert out.shape == (3, 9)
+    for row in out:
+        cos = torch.nn.functional.cosine_similarity(row, mean, dim=0)
+        assert float(cos) == pytest.approx(-1.0, abs=1e-6)
+        assert float(row.norm()) == pytest.approx(0.3 * float(mean.norm()), rel=1e-6)
+
+
+# -- Min-Max / Min-Sum --------------------------------------------------------------------
+
+
+def _holds(rule: str, mal: list[float], rows: list[list[float]]) -> bool:
+    """The rule's bound with plain loops (a tiny relative slack for float rounding)."""
+    if rule == "max":
+        lhs = max(_dist(mal, h) for h in rows)
+        rhs = max(_dist(a, b) for a in rows for b in rows)
+    else:
+        lhs = sum(_dist(mal, h) ** 2 for h in rows)
+        rhs = max(sum(_dist(a, b) ** 2 for b in rows) for a in rows)
+    return lhs <= rhs * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("name,rule", [("min_max", "max"), ("min_sum", "sum")])
+@pytest.mark.parametrize("perturbation", ["std", "unit", "sign"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_agr_agnostic_gamma_is_at_the_edge(name, rule, perturbation, seed):
+    gen = torch.Generator().manual_seed(seed)
+    honest = torch.randn(7, 5, generator=gen, dtype=torch.float64) + 0.5
+    byz = torch.zeros(2, 5, dtype=torch.float64)
+    tol = 1e-3
+    out = attacks.get(name, perturbation=perturbation, tol=tol)(honest, byz, _ctx(9, 2))
+    assert out.shape == (2, 5) and torch.equal(out[0], out[1])
+    rows = _rows(honest)
+    mean = [sum(r[j] for r in rows) / len(rows) for j in range(5)]
+    p = perturbation_vector(honest, perturbation)
+    gamma = agr_agnostic_gamma(honest, p, rule, tol=tol)
+    expected = [mean[j] + gamma * float(p[j]) for j in range(5)]
+    assert [float(x) for x in out[0]] == pytest.approx(expected, abs=1e-12)
+    assert gamma > 0
+    assert _holds(rule, expected, rows)
+    larger = [mean[j] + (gamma + tol) * float(p[j]) for j in range(5)]
+    assert not _holds(rule, larger, rows)
+
+
+# -- adaptive -----------------------------------------------------------------------------
+
+
+def _adaptive_round(seed: int, n: int = 10, f: int = 3, d: int = 8, guiding=None):
+    gen = torch.Generator().manual_seed(seed)
+    updates = torch.randn(n, d, generator=gen)
+    if guiding is None:
+        guiding = torch.randn(n, d, generator=gen) * (0.1 + torch.rand(n, 1, generator=gen))
+    byz = torch.zeros(n, dtype=torch.bool)
+    byz[torch.randperm(n, generator=gen)[:f]] = True
+    ctx = _ctx(n, f, guiding_fn=lambda: guiding, byzantine=byz)
+    sent = attacks.get("adaptive")(updates[~byz], updates[byz], ctx)
+    full = updates.clone()
+    full[byz] = sent
+    return full, guiding, byz, ctx, -updates[~byz].mean(0)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_adaptive_passes_diversefl_and_does_harm(seed):
+    full, guiding, byz, ctx, target = _adaptive_round(seed)
+    out = aggregators.get("diversefl")(full, ctx)
+    assert bool(out.accepted[byz].all())
+    cos = torch.nn.functional.cosine_similarity
+    for z, g in zip(full[byz], guiding[byz], strict=True):
+        assert float(cos(z, target, dim=0)) > float(cos(g, target, dim=0))
+        assert float(z.norm() / g.norm()) == pytest.approx(1.95, rel=1e-5)  # eps2 - margin
+
+
+def test_adaptive_inside_cone_sends_target_direction_and_antiparallel_case():
+    n, f, d = 6, 2, 5
+    gen = torch.Generator().manual_seed(3)
+    updates = torch.randn(n, d, generator=gen)
+    byz = torch.tensor([True, False, False, True, False, False])
+    target = -updates[~byz].mean(0)
+    guiding = torch.randn(n, d, generator=gen)
+    guiding[0] = target + 0.01 * torch.randn(d, generator=gen)  # t well inside the cone
+    guiding[3] = -target  # t anti-parallel to g: the fallback orthogonal axis is used
+    ctx = _ctx(n, f, guiding_fn=lambda: guiding, byzantine=byz)
+    sent = attacks.get("adaptive")(updates[~byz], updates[byz], ctx)
+    cos = torch.nn.functional.cosine_similarity
+    assert float(cos(sent[0], target, dim=0)) == pytest.approx(1.0, abs=1e-6)
+    assert float(cos(sent[1], guiding[3], dim=0)) == pytest.approx(0.05, abs=1e-6)
+    full = updates.clone()
+    full[byz] = sent
+    assert bool(aggregators.get("diversefl")(full, ctx).accepted[byz].all())
+
+
+def test_adaptive_end_to_end_is_always_accepted_by_diversefl():
+    from conftest import tiny_config
+
+    from diversefl.config import make_config
+    from diversefl.engine.simulator import Simulation
+
+    cfg = tiny_config(attack={"name": "adaptive", "f": 2, "byzantine": [1, 4]})
+    sim = Simulation(make_config({**cfg, "aggregator": {"name": "diversefl"}}))
+    for r in range(1, 4):
+        rec = sim.step(r)
+        assert bool(rec.accepted[rec.byzantine].all())
+    assert bool(torch.isfinite(sim.theta).all())
