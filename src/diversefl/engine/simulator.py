@@ -189,9 +189,7 @@ class Simulation:
         """Gradient ``[d]`` of the mean loss on training examples ``idx`` (server-held data)."""
         idx = idx.to(self.device)
         w = torch.ones(1, idx.numel(), device=self.device)
-        return batched_grads(
-            self.fm, theta, self.x_train[idx][None], self.y_train[idx][None], w
-        )[0]
+        return batched_grads(self.fm, theta, self.x_train[idx][None], self.y_train[idx][None], w)[0]
 
     def context(self, r: int, byz: Tensor) -> RoundContext:
         """The round context handed to the attack and the aggregator."""
