@@ -135,6 +135,28 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    """``diversefl plot DIR``: curves (or Fig. 2's C1 x C2 scatter, or a table) from saved runs."""
+    from diversefl import plots
+
+    if args.table:
+        text = plots.accuracy_table(args.path, metric=args.table_metric)
+        if args.out:
+            Path(args.out).write_text(text + "\n")
+            console.print(f"wrote {args.out}")
+        else:
+            print(text)
+        if args.heatmap:
+            console.print(f"wrote {plots.plot_heatmap(args.path, out=args.heatmap)}")
+        return 0
+    if args.c1c2:
+        path = plots.plot_c1c2(args.path, out=args.out, clients=args.clients)
+    else:
+        path = plots.plot_curves(args.path, metric=args.metric, out=args.out, title=args.title)
+    console.print(f"wrote {path}")
+    return 0
+
+
 def cmd_data_fetch(args: argparse.Namespace) -> int:
     """``diversefl data fetch NAME --to DIR``: download and verify a dataset."""
     from diversefl.data.fetch import fetch
@@ -187,6 +209,31 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--quiet", action="store_true", help="no per-run progress bars")
     sw.set_defaults(func=cmd_sweep)
 
+    pl = sub.add_parser("plot", help="figures and tables from saved run or sweep directories")
+    pl.add_argument("path", help="a run directory or a sweep directory")
+    pl.add_argument(
+        "--metric",
+        default="test_accuracy",
+        help="test_accuracy | test_loss | main_accuracy | backdoor_accuracy | tpr | "
+        "fpr | n_accepted",
+    )
+    pl.add_argument("--out", help="output file (.png, .pdf, .svg; .md with --table)")
+    pl.add_argument("--title")
+    pl.add_argument(
+        "--c1c2",
+        action="store_true",
+        help="the paper's Fig. 2: DiverseFL's C1 x C2 per client and round",
+    )
+    pl.add_argument("--clients", type=int, help="--c1c2: honest clients to draw (default all)")
+    pl.add_argument(
+        "--table",
+        action="store_true",
+        help="markdown table of final accuracy (mean +/- std over seeds)",
+    )
+    pl.add_argument("--table-metric", default="final_test_accuracy")
+    pl.add_argument("--heatmap", help="--table: also draw a heat-map to this file")
+    pl.set_defaults(func=cmd_plot)
+
     d = sub.add_parser("data", help="dataset utilities")
     dsub = d.add_subparsers(dest="data_command", required=True)
     f = dsub.add_parser("fetch", help="download a dataset and verify its checksums")
@@ -208,7 +255,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataError, RunDirError, AggregatorError, ValueError) as err:
+    except (
+        ConfigError,
+        DataError,
+        RunDirError,
+        AggregatorError,
+        ValueError,
+        FileNotFoundError,
+    ) as err:
         console.print(f"[red]error:[/] {err}", highlight=False)
         return 2
 

@@ -1,0 +1,648 @@
+"""Figures and tables from run and sweep directories: accuracy curves per attack (the paper's
+Figs. 3-13), DiverseFL's C1 x C2 scatter (Fig. 2) and markdown tables of final accuracy.
+Only reads files; matplotlib is imported lazily with the Agg backend."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import re
+import statistics
+import tomllib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# ---------------------------------------------------------------------------------------------
+# Names, orders and styles
+# ---------------------------------------------------------------------------------------------
+
+METRIC_NAMES = {
+    "test_accuracy": "Top-1 test accuracy",
+    "test_loss": "Test loss",
+    "main_accuracy": "Main task accuracy",
+    "backdoor_accuracy": "Backdoor accuracy",
+    "tpr": "TPR (Byzantine rejected)",
+    "fpr": "FPR (honest rejected)",
+    "n_accepted": "Accepted clients",
+}
+ATTACK_ORDER = ["none", "gaussian", "sign_flip", "same_value", "label_flip", "backdoor"]
+ATTACK_NAMES = {
+    "none": "No Attack",
+    "gaussian": "Gaussian Attack",
+    "sign_flip": "Sign Flip Attack",
+    "same_value": "Same Value Attack",
+    "label_flip": "Label Flip Attack",
+    "backdoor": "Backdoor Attack",
+}
+ATTACK_SHORT = {
+    "none": "No attack",
+    "gaussian": "Gaussian",
+    "sign_flip": "Sign flip",
+    "same_value": "Same value",
+    "label_flip": "Label flip",
+    "backdoor": "Backdoor",
+}
+# name -> (display name, colour, linestyle, marker); the order is the legend/table order
+_KNOWN: dict[str, tuple[str, str, str, str]] = {
+    "oracle": ("OracleSGD", "#000000", "--", ""),
+    "mean": ("Mean", "#7f7f7f", ":", "x"),
+    "median": ("Median", "#1f77b4", "-", "s"),
+    "noisy_median": ("N-Median", "#17becf", "-", "v"),
+    "trimmed_mean": ("Trimmed Mean", "#e377c2", "-", "P"),
+    "krum": ("Krum", "#8c564b", "-", "D"),
+    "multi_krum": ("Multi-Krum", "#bcbd22", "-", "d"),
+    "bulyan": ("Bulyan", "#9467bd", "-", "^"),
+    "rsa": ("RSA", "#ff7f0e", "-", "o"),
+    "geomed": ("GeoMed", "#637939", "-", "<"),
+    "centered_clipping": ("Centered Clipping", "#843c39", "-", ">"),
+    "fltrust": ("FLTrust", "#3182bd", "-.", "h"),
+    "diversefl": ("DiverseFL", "#d62728", "-", "*"),
+    "diversefl_s1": ("DiverseFL (s=1%)", "#2ca02c", "-", "*"),
+    "diversefl_s3": ("DiverseFL (s=3%)", "#e6007e", "-", "p"),
+}
+_HASH_COLOURS = [
+    "#393b79", "#5254a3", "#8ca252", "#b5cf6b", "#8c6d31", "#bd9e39", "#ad494a",
+    "#d6616b", "#7b4173", "#a55194", "#3182bd", "#e6550d", "#31a354", "#756bb1",
+]  # fmt: skip
+_HASH_STYLES = ["-", "--", "-.", ":"]
+_HASH_MARKERS = ["o", "s", "^", "v", "D", "P", "X", "<", ">", "h"]
+_RUN_DIR_RE = re.compile(r"^(?P<agg>.+?)__(?P<attack>.+)__seed(?P<seed>-?\d+)$")
+_SUFFIXES = {".png", ".pdf", ".svg"}
+
+
+def _key(label: str) -> str:
+    """Normalised aggregator key: lower case, '-' and spaces as '_'."""
+    return re.sub(r"[-\s]+", "_", label.strip().lower())
+
+
+def _known_key(label: str) -> str | None:
+    """The entry of the fixed style table that ``label`` maps to, if any."""
+    k = _key(label)
+    if k in _KNOWN:
+        return k
+    if k.startswith("trimmed_mean") or k.startswith("trimmedmean"):
+        return "trimmed_mean"
+    return None
+
+
+def aggregator_style(label: str) -> dict[str, str]:
+    """Fixed matplotlib style (color, linestyle, marker) of an aggregator label."""
+    known = _known_key(label)
+    if known is not None:
+        _, color, ls, marker = _KNOWN[known]
+        return {"color": color, "linestyle": ls, "marker": marker}
+    h = int(hashlib.sha256(_key(label).encode()).hexdigest(), 16)
+    return {
+        "color": _HASH_COLOURS[h % len(_HASH_COLOURS)],
+        "linestyle": _HASH_STYLES[(h // 101) % len(_HASH_STYLES)],
+        "marker": _HASH_MARKERS[(h // 1009) % len(_HASH_MARKERS)],
+    }
+
+
+def aggregator_name(label: str) -> str:
+    """Readable aggregator name as in the paper ('noisy_median' -> 'N-Median')."""
+    known = _known_key(label)
+    if known is not None and known != "trimmed_mean":
+        return _KNOWN[known][0]
+    m = re.fullmatch(r"diversefl_s(\d+(?:\.\d+)?)", _key(label))
+    if m:
+        return f"DiverseFL (s={m.group(1)}%)"
+    if known == "trimmed_mean":
+        rest = _key(label)[len("trimmed_mean") :].strip("_")
+        return f"Trimmed Mean ({rest})" if rest else "Trimmed Mean"
+    return label
+
+
+def attack_name(label: str) -> str:
+    """Readable attack name as in the paper's panel titles ('sign_flip' -> 'Sign Flip Attack')."""
+    if label in ATTACK_NAMES:
+        return ATTACK_NAMES[label]
+    words = label.replace("_", " ").replace("-", " ").title()
+    return words if words.lower().endswith("attack") else f"{words} Attack"
+
+
+def _attack_sort_key(label: str) -> tuple[int, str]:
+    """Fixed attack order: the paper's attacks first, then the rest alphabetically."""
+    return (ATTACK_ORDER.index(label), "") if label in ATTACK_ORDER else (len(ATTACK_ORDER), label)
+
+
+def _agg_sort_key(label: str) -> tuple[int, str]:
+    """Fixed aggregator order: the known names in table order, then the rest alphabetically."""
+    order = list(_KNOWN)
+    known = _known_key(label)
+    if known is None and re.fullmatch(r"diversefl_s\d+(\.\d+)?", _key(label)):
+        known = "diversefl"
+    return (order.index(known), _key(label)) if known else (len(order), _key(label))
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding and reading runs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """One run directory with its labels."""
+
+    dir: Path
+    aggregator: str
+    attack: str
+    seed: int
+    config: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    """Rows of a CSV file as dicts."""
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _num(value: Any) -> float:
+    """A CSV/JSON value as float; empty, None or unparsable -> NaN."""
+    if value is None or value == "":
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _load_run(d: Path) -> _Run:
+    """Labels of a run dir: from its name, else summary.json, else config.toml."""
+    cfg: dict[str, Any] = {}
+    summary: dict[str, Any] = {}
+    if (d / "config.toml").exists():
+        try:
+            cfg = tomllib.loads((d / "config.toml").read_text())
+        except (tomllib.TOMLDecodeError, OSError):
+            cfg = {}
+    if (d / "summary.json").exists():
+        try:
+            summary = json.loads((d / "summary.json").read_text())
+        except (json.JSONDecodeError, OSError):
+            summary = {}
+    for name in (d.name, str(summary.get("name", "")), str(cfg.get("name", ""))):
+        m = _RUN_DIR_RE.match(name)
+        if m:
+            return _Run(d, m["agg"], m["attack"], int(m["seed"]), cfg, summary)
+    agg = summary.get("aggregator") or cfg.get("aggregator", {}).get("name") or d.name
+    atk = summary.get("attack") or cfg.get("attack", {}).get("name") or "none"
+    seed = summary.get("seed", cfg.get("seed", 0))
+    return _Run(d, str(agg), str(atk), int(seed), cfg, summary)
+
+
+def _find_runs(path: str | Path) -> list[_Run]:
+    """Every run dir (a dir holding metrics.csv) at or below ``path``."""
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"{p}: no such directory")
+    if (p / "metrics.csv").is_file():
+        dirs = [p]
+    else:
+        dirs = sorted({f.parent for f in p.rglob("metrics.csv") if f.is_file()})
+    if not dirs:
+        raise FileNotFoundError(f"no run directories (with metrics.csv) found in {p}")
+    return [_load_run(d) for d in dirs]
+
+
+def _output_path(path: str | Path, out: str | Path | None, default_name: str) -> Path:
+    """Where to write a figure; the suffix must be .png, .pdf or .svg."""
+    target = Path(out) if out is not None else Path(path) / default_name
+    if target.suffix.lower() not in _SUFFIXES:
+        raise ValueError(
+            f"unsupported figure format {target.suffix!r} for {target}; use .png, .pdf or .svg"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the non-interactive Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _panel_grid(plt: Any, n: int, sharey: bool, min_width: float = 0.0) -> tuple[Any, list[Any]]:
+    """A figure with ``n`` panels, at most 3 per row, unused axes hidden."""
+    ncols = min(n, 3)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(max(4.0 * ncols, min_width), 3.1 * nrows + 0.7),
+        sharey=sharey,
+        squeeze=False,
+        layout="constrained",
+    )
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+# ---------------------------------------------------------------------------------------------
+# Curves
+# ---------------------------------------------------------------------------------------------
+
+
+def _series(rows: list[dict[str, str]], metric: str) -> dict[int, float]:
+    """round -> finite metric value of one run."""
+    out: dict[int, float] = {}
+    for r in rows:
+        v = _num(r.get(metric))
+        rnd = _num(r.get("round"))
+        if math.isfinite(v) and math.isfinite(rnd):
+            out[int(rnd)] = v
+    return out
+
+
+def plot_curves(
+    path: str | Path,
+    metric: str = "test_accuracy",
+    out: str | Path | None = None,
+    title: str | None = None,
+) -> Path:
+    """One panel per attack, one line per aggregator (mean and min-max band over seeds)."""
+    if metric not in METRIC_NAMES:
+        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRIC_NAMES)}")
+    runs = _find_runs(path)
+    target = _output_path(path, out, f"{metric}.png")
+    data: dict[tuple[str, str], list[dict[int, float]]] = defaultdict(list)
+    available: set[str] = set()
+    for run in runs:
+        rows = _read_rows(run.dir / "metrics.csv")
+        for m in METRIC_NAMES:
+            if any(math.isfinite(_num(r.get(m))) for r in rows):
+                available.add(m)
+        s = _series(rows, metric)
+        if s:
+            data[(run.attack, run.aggregator)].append(s)
+    if not data:
+        have = ", ".join(m for m in METRIC_NAMES if m in available) or "none"
+        raise ValueError(f"metric {metric!r} not found in the runs under {path}; available: {have}")
+
+    import numpy as np
+
+    plt = _pyplot()
+    attacks = sorted({a for a, _ in data}, key=_attack_sort_key)
+    aggs = sorted({g for _, g in data}, key=_agg_sort_key)
+    bounded = metric in ("test_accuracy", "main_accuracy", "backdoor_accuracy", "tpr", "fpr")
+    fig, axes = _panel_grid(plt, len(attacks), sharey=metric != "test_loss")
+    handles: dict[str, Any] = {}
+    n_seeds = 1
+    for i, (ax, attack) in enumerate(zip(axes, attacks, strict=True)):
+        ymax = 0.0
+        for agg in aggs:
+            seeds = data.get((attack, agg))
+            if not seeds:
+                continue
+            n_seeds = max(n_seeds, len(seeds))
+            rounds = sorted(set().union(*seeds))
+            vals = np.array([[s.get(r, np.nan) for s in seeds] for r in rounds], dtype=float)
+            mean = np.nanmean(vals, axis=1)
+            ymax = max(ymax, float(np.nanmax(vals)))
+            style = aggregator_style(agg)
+            (line,) = ax.plot(
+                rounds,
+                mean,
+                color=style["color"],
+                linestyle=style["linestyle"],
+                marker=style["marker"] or None,
+                markersize=4,
+                markevery=0.1,
+                linewidth=1.8 if _key(agg).startswith("diversefl") else 1.3,
+                label=aggregator_name(agg),
+                zorder={"oracle": 4, "diversefl": 3}.get(_key(agg), 2),
+            )
+            if len(seeds) > 1:
+                ax.fill_between(
+                    rounds,
+                    np.nanmin(vals, axis=1),
+                    np.nanmax(vals, axis=1),
+                    color=style["color"],
+                    alpha=0.18,
+                    linewidth=0,
+                )
+            handles.setdefault(aggregator_name(agg), line)
+        ax.set_title(f"({chr(ord('a') + i)}) {attack_name(attack)}", fontsize=10)
+        ax.set_xlabel("Iteration")
+        ax.grid(True, alpha=0.3)
+        ax.tick_params(labelsize=8)
+        if metric == "test_loss" and ymax > 0:
+            lows = [ln.get_ydata() for ln in ax.get_lines()]
+            lo = min(float(np.nanmin(y)) for y in lows)
+            if lo > 0 and ymax / lo > 50:
+                ax.set_yscale("log")
+    for ax in axes:
+        if ax.get_subplotspec().is_first_col() or metric == "test_loss":
+            ax.set_ylabel(METRIC_NAMES[metric])
+    if bounded:
+        lo, hi = axes[0].get_ylim()
+        axes[0].set_ylim(max(lo, -0.02), min(hi, 1.02))
+    fig.legend(
+        list(handles.values()),
+        list(handles.keys()),
+        loc="outside lower center",
+        ncol=min(len(handles), 6),
+        fontsize=9,
+        frameon=False,
+    )
+    if title or n_seeds > 1:
+        text = title or ""
+        if n_seeds > 1:
+            text += f"{' ' if text else ''}(mean and min-max over {n_seeds} seeds)"
+        fig.suptitle(text, fontsize=11)
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------
+# C1 x C2 (Fig. 2)
+# ---------------------------------------------------------------------------------------------
+
+
+def _eps(run: _Run) -> tuple[float, float]:
+    """DiverseFL's thresholds from config.toml's [aggregator] (defaults 0.5 and 2)."""
+    agg = run.config.get("aggregator", {})
+    return float(agg.get("eps1", 0.5)), float(agg.get("eps2", 2.0))
+
+
+def _symlog_ticks(ax: Any, lo: float, hi: float) -> None:
+    """Limits and at most ~5 decade ticks per sign on a symlog (linthresh 1) y axis."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    top = max(hi * 2.0, 4.0)
+    bottom = min(lo * 2.0, -1.6) if lo < -1 else -1.6
+    ax.set_ylim(bottom, top)
+    up = max(0, math.ceil(math.log10(top)))
+    down = max(0, math.ceil(math.log10(-bottom)))
+    step = max(1, math.ceil(max(up, down) / 4))
+    ticks = [0.0]
+    ticks += [10.0**k for k in range(0, up + 1, step) if 10.0**k <= top]
+    ticks += [-(10.0**k) for k in range(0, down + 1, step) if -(10.0**k) >= bottom]
+
+    def fmt(v: float, _pos: int) -> str:
+        if v == 0:
+            return "0"
+        k = round(math.log10(abs(v)))
+        sign = "\u2212" if v < 0 else ""
+        return f"{sign}{10**k}" if k <= 1 else f"{sign}$10^{{{k}}}$"
+
+    ax.yaxis.set_major_locator(FixedLocator(sorted(ticks)))
+    ax.yaxis.set_major_formatter(FuncFormatter(fmt))
+    ax.yaxis.set_minor_locator(NullLocator())
+
+
+def plot_c1c2(path: str | Path, out: str | Path | None = None, clients: int | None = None) -> Path:
+    """Paper's Fig. 2: C1 x C2 per client and iteration, one panel per attack."""
+    if clients is not None and clients < 0:
+        raise ValueError(f"clients must be >= 0, got {clients}")
+    runs = _find_runs(path)
+    chosen: dict[str, tuple[_Run, list[dict[str, str]]]] = {}
+    for run in sorted(runs, key=lambda r: (r.seed, _agg_sort_key(r.aggregator), str(r.dir))):
+        f = run.dir / "decisions.csv"
+        if run.attack in chosen or not f.is_file():
+            continue
+        with f.open(newline="") as fh:
+            header = next(csv.reader(fh), [])
+        if "c1" in header and "c2" in header:
+            chosen[run.attack] = (run, _read_rows(f))
+    if not chosen:
+        raise ValueError(
+            f"no decisions.csv with c1/c2 columns under {path}; run DiverseFL with "
+            "eval.decisions = true"
+        )
+    target = _output_path(path, out, "c1c2.png")
+
+    import numpy as np
+
+    plt = _pyplot()
+    attacks = sorted(chosen, key=_attack_sort_key)
+    fig, axes = _panel_grid(plt, len(attacks), sharey=False, min_width=6.5)
+    eps_seen = set()
+    for i, (ax, attack) in enumerate(zip(axes, attacks, strict=True)):
+        run, rows = chosen[attack]
+        eps1, eps2 = _eps(run)
+        eps_seen.add((eps1, eps2))
+        honest_ids = sorted({int(r["client"]) for r in rows if r["byzantine"] in ("0", "False")})
+        drawn = set(honest_ids if clients is None else honest_ids[:clients])
+        byz_acc = byz_all = hon_rej = hon_all = 0
+        pts: dict[bool, tuple[list[float], list[float]]] = {False: ([], []), True: ([], [])}
+        for r in rows:
+            byz = r["byzantine"] not in ("0", "False", "")
+            acc = r["accepted"] not in ("0", "False", "")
+            if byz:
+                byz_all += 1
+                byz_acc += acc
+            else:
+                hon_all += 1
+                hon_rej += not acc
+            if not byz and int(r["client"]) not in drawn:
+                continue
+            y = _num(r["c1"]) * _num(r["c2"])
+            if math.isfinite(y):
+                pts[byz][0].append(float(r["round"]))
+                pts[byz][1].append(y)
+        ax.axhspan(eps1, eps2, color="#2ca02c", alpha=0.12, linewidth=0, zorder=0)
+        ax.axhline(eps1, color="#555555", linestyle="--", linewidth=0.9, zorder=1)
+        ax.axhline(eps2, color="#555555", linestyle="-.", linewidth=0.9, zorder=1)
+        ax.axhline(0, color="#999999", linewidth=0.6, zorder=1)
+        for byz, colour, size, alpha in ((False, "#2ca02c", 3, 0.45), (True, "#d62728", 5, 0.8)):
+            xs, ys = pts[byz]
+            ax.scatter(
+                xs, ys, s=size, c=colour, alpha=alpha, linewidths=0, rasterized=True, zorder=2 + byz
+            )
+        ax.set_yscale("symlog", linthresh=1.0)
+        ax.set_xlabel("Iteration")
+        ax.grid(True, alpha=0.3, which="major")
+        ax.tick_params(labelsize=8)
+        if ax.get_subplotspec().is_first_col():
+            ax.set_ylabel(r"$C_1 \times C_2$ (symlog)")
+        stats = (
+            f"Byzantine accepted in {byz_acc} of {byz_all} client-rounds"
+            if byz_all
+            else "no Byzantine clients"
+        )
+        stats += f"\nhonest rejected in {hon_rej} of {hon_all}"
+        ax.set_title(
+            f"({chr(ord('a') + i)}) {attack_name(attack)}\n{stats}", fontsize=9, linespacing=1.3
+        )
+        ys_all = np.array(pts[False][1] + pts[True][1] + [eps2, -1.0])
+        _symlog_ticks(ax, float(np.nanmin(ys_all)), float(np.nanmax(ys_all)))
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    eps_txt = (
+        (
+            rf"$\epsilon_1$ = {next(iter(eps_seen))[0]:g}",
+            rf"$\epsilon_2$ = {next(iter(eps_seen))[1]:g}",
+        )
+        if len(eps_seen) == 1
+        else (r"$\epsilon_1$", r"$\epsilon_2$")
+    )
+    dot = {"marker": "o", "linestyle": "", "markersize": 5}
+    handles = [
+        Line2D([], [], color="#2ca02c", label="honest client", **dot),
+        Line2D([], [], color="#d62728", label="Byzantine client", **dot),
+        Line2D([], [], color="#555555", linestyle="--", label=eps_txt[0]),
+        Line2D([], [], color="#555555", linestyle="-.", label=eps_txt[1]),
+        Patch(color="#2ca02c", alpha=0.12, label="accepted band (if $C_1 > 0$)"),
+    ]
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncol=5 if len(attacks) > 1 else 3,
+        fontsize=9,
+        frameon=False,
+    )
+    labels = sorted({chosen[a][0].aggregator for a in attacks}, key=_agg_sort_key)
+    n_honest = f"{clients} honest" if clients is not None else "all honest"
+    fig.suptitle(
+        f"{', '.join(aggregator_name(g) for g in labels)}: "
+        rf"$C_1 \times C_2$ per client-round ({n_honest} clients drawn)",
+        fontsize=10,
+    )
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------
+
+
+def _table_rows(path: Path) -> list[dict[str, Any]]:
+    """Result rows (aggregator, attack, seed, metrics) from sweep.csv or summary.json files."""
+    sweep = path if path.is_file() else path / "sweep.csv"
+    if sweep.is_file():
+        return [dict(r) for r in _read_rows(sweep)]
+    rows = []
+    for run in _find_runs(path):
+        if run.summary:
+            rows.append({**run.summary, "aggregator": run.aggregator, "attack": run.attack,
+                         "seed": run.seed})  # fmt: skip
+    if not rows:
+        raise FileNotFoundError(f"no sweep.csv and no finished runs (summary.json) in {path}")
+    return rows
+
+
+def _fmt(values: list[float]) -> str:
+    """'0.884' for one value, '0.884 ± 0.004' (sample std) for several, '–' for none."""
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def _markdown(header: list[str], body: list[list[str]]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def accuracy_table(path: str | Path, metric: str = "final_test_accuracy") -> str:
+    """Markdown tables: ``metric`` per aggregator x attack (mean ± std), then mean TPR/FPR."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file or directory")
+    rows = _table_rows(p)
+    if not any(math.isfinite(_num(r.get(metric))) for r in rows):
+        numeric = sorted(
+            {k for r in rows for k, v in r.items() if k not in ("seed",)
+             and not isinstance(v, (list, dict)) and math.isfinite(_num(v))}
+        )  # fmt: skip
+        raise ValueError(
+            f"metric {metric!r} not found in the results under {p}; available: "
+            + ", ".join(numeric)
+        )
+    cells: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        c = cells[(str(r["aggregator"]), str(r["attack"]))]
+        for k in (metric, "mean_tpr", "mean_fpr"):
+            v = _num(r.get(k))
+            if math.isfinite(v):
+                c[k].append(v)
+    aggs = sorted({a for a, _ in cells}, key=_agg_sort_key)
+    attacks = sorted({t for _, t in cells}, key=_attack_sort_key)
+    cols = [ATTACK_SHORT.get(t, t.replace("_", " ")) for t in attacks]
+    n_seeds = max(len(c[metric]) for c in cells.values())
+    body = [
+        [aggregator_name(a)]
+        + [_fmt(cells[(a, t)][metric]) if (a, t) in cells else "" for t in attacks]
+        for a in aggs
+    ]
+    note = f"{metric} (mean ± std over seeds)" if n_seeds > 1 else metric
+    text = f"**{note}**\n\n" + _markdown(["Aggregator", *cols], body)
+
+    def rejects(a: str) -> bool:
+        vals = [v for (g, _), c in cells.items() if g == a for k in ("mean_tpr", "mean_fpr")
+                for v in c[k]]  # fmt: skip
+        return any(v > 0 for v in vals)
+
+    rejecting = [a for a in aggs if rejects(a)]
+    if rejecting:
+        det = []
+        for a in rejecting:
+            row = [aggregator_name(a)]
+            for t in attacks:
+                c = cells.get((a, t))
+                if c is None:
+                    row.append("")
+                    continue
+                tpr = f"{statistics.fmean(c['mean_tpr']):.3f}" if c["mean_tpr"] else "–"
+                fpr = f"{statistics.fmean(c['mean_fpr']):.3f}" if c["mean_fpr"] else "–"
+                row.append(f"{tpr} / {fpr}")
+            det.append(row)
+        text += "\n\n**mean TPR / FPR (Byzantine rejected / honest rejected)**\n\n"
+        text += _markdown(["Aggregator", *cols], det)
+    return text + "\n"
+
+
+def plot_heatmap(
+    path: str | Path, metric: str = "final_test_accuracy", out: str | Path | None = None
+) -> Path:
+    """Heat-map of ``metric`` (mean over seeds) with aggregators as rows, attacks as columns."""
+    p = Path(path)
+    rows = _table_rows(p)
+    cells: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for r in rows:
+        v = _num(r.get(metric))
+        if math.isfinite(v):
+            cells[(str(r["aggregator"]), str(r["attack"]))].append(v)
+    if not cells:
+        raise ValueError(f"metric {metric!r} not found in the results under {p}")
+    aggs = sorted({a for a, _ in cells}, key=_agg_sort_key)
+    attacks = sorted({t for _, t in cells}, key=_attack_sort_key)
+    grid = [[statistics.fmean(cells[(a, t)]) if (a, t) in cells else math.nan for t in attacks]
+            for a in aggs]  # fmt: skip
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.1 * len(attacks) + 3.0, 0.45 * len(aggs) + 1.6))
+    im = ax.imshow(grid, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(attacks)), [ATTACK_SHORT.get(t, t) for t in attacks], rotation=30,
+                  ha="right")  # fmt: skip
+    ax.set_yticks(range(len(aggs)), [aggregator_name(a) for a in aggs])
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            if math.isfinite(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if v < 0.6 else "black")  # fmt: skip
+    fig.colorbar(im, ax=ax, label=metric.replace("_", " "))
+    ax.set_title(f"{metric.replace('_', ' ')} (mean over seeds)")
+    target = _output_path(p if p.is_dir() else p.parent, out, f"{metric}_heatmap.png")
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+    return target

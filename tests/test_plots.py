@@ -1,0 +1,199 @@
+"""Figures and tables from small hand-written run directories."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from diversefl.plots import (
+    accuracy_table,
+    aggregator_name,
+    aggregator_style,
+    plot_c1c2,
+    plot_curves,
+)
+
+AGGS = ["oracle", "diversefl"]
+ATTACKS = ["none", "sign_flip"]
+SEEDS = [0, 1]
+BYZ = [1, 3]
+N_CLIENTS = 6
+
+
+def _final(agg: str, attack: str, seed: int) -> float:
+    """A distinct final accuracy per cell."""
+    return round(0.5 + 0.1 * AGGS.index(agg) + 0.05 * ATTACKS.index(attack) + 0.013 * seed, 4)
+
+
+def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _make_run(root: Path, agg: str, attack: str, seed: int) -> dict:
+    d = root / f"{agg}__{attack}__seed{seed}"
+    d.mkdir(parents=True)
+    final = _final(agg, attack, seed)
+    byz = BYZ if attack != "none" else []
+    metrics = [
+        {
+            "round": 10 * (i + 1),
+            "test_accuracy": round(final * (i + 1) / 5, 4),
+            "test_loss": round(2.0 / (i + 1), 4),
+            "n_accepted": N_CLIENTS - len(byz),
+            "tpr": 1.0 if byz else "",
+            "fpr": 0.0,
+            "lr": 0.1,
+            "seconds": 0.1 * (i + 1),
+        }
+        for i in range(5)
+    ]
+    _write_csv(d / "metrics.csv", list(metrics[0]), metrics)
+    decisions = []
+    for i in range(5):
+        for c in range(N_CLIENTS):
+            b = c in byz
+            row = {"round": 10 * (i + 1), "client": c, "byzantine": int(b), "accepted": int(not b)}
+            if agg == "diversefl":
+                row.update(c1=-1.0 if b else 1.0, c2=1e3 if b and i == 0 else 0.9 + 0.05 * c)
+            decisions.append(row)
+    _write_csv(d / "decisions.csv", list(decisions[0]), decisions)
+    (d / "config.toml").write_text(
+        f'name = "{d.name}"\nseed = {seed}\n\n[aggregator]\nname = "{agg}"\n'
+        + ("eps1 = 0.4\neps2 = 2.5\n" if agg == "diversefl" else "")
+        + f'\n[attack]\nname = "{attack}"\nf = {len(byz)}\n'
+    )
+    summary = {
+        "name": d.name,
+        "final_test_accuracy": final,
+        "best_test_accuracy": final,
+        "seed": seed,
+        "aggregator": agg,
+        "attack": attack,
+        "byzantine_ids": byz,
+        "mean_tpr": 1.0 if byz else None,
+        "mean_fpr": 0.0,
+    }
+    (d / "summary.json").write_text(json.dumps(summary))
+    return {
+        "aggregator": agg,
+        "attack": attack,
+        "seed": seed,
+        "final_test_accuracy": final,
+        "best_test_accuracy": final,
+        "mean_tpr": "" if summary["mean_tpr"] is None else 1.0,
+        "mean_fpr": 0.0,
+        "wall_seconds": 1.0,
+        "run_dir": d.name,
+    }
+
+
+@pytest.fixture
+def sweep_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "sweep"
+    rows = [_make_run(root, a, k, s) for a in AGGS for k in ATTACKS for s in SEEDS]
+    _write_csv(root / "sweep.csv", list(rows[0]), rows)
+    return root
+
+
+@pytest.mark.parametrize("suffix", [".png", ".pdf", ".svg"])
+def test_plot_curves_writes_each_format(sweep_dir: Path, tmp_path: Path, suffix: str) -> None:
+    out = plot_curves(sweep_dir, out=tmp_path / f"fig{suffix}", title="synthetic")
+    assert out == tmp_path / f"fig{suffix}"
+    assert out.stat().st_size > 1000
+
+
+def test_plot_curves_default_out_single_run_and_other_metric(sweep_dir: Path) -> None:
+    assert plot_curves(sweep_dir) == sweep_dir / "test_accuracy.png"
+    assert (sweep_dir / "test_accuracy.png").stat().st_size > 1000
+    one = sweep_dir / "diversefl__sign_flip__seed0"
+    assert plot_curves(one, metric="test_loss").stat().st_size > 1000
+
+
+def test_plot_curves_errors(sweep_dir: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="nothing"):
+        plot_curves(empty)
+    with pytest.raises(ValueError, match="bogus"):
+        plot_curves(sweep_dir, metric="bogus")
+    with pytest.raises(ValueError, match="backdoor_accuracy.*available: test_accuracy"):
+        plot_curves(sweep_dir, metric="backdoor_accuracy")
+    with pytest.raises(ValueError, match="jpg"):
+        plot_curves(sweep_dir, out=tmp_path / "fig.jpg")
+
+
+def test_plot_c1c2(sweep_dir: Path, tmp_path: Path) -> None:
+    out = plot_c1c2(sweep_dir, out=tmp_path / "c1c2.png", clients=2)
+    assert out.stat().st_size > 1000
+    assert plot_c1c2(sweep_dir / "diversefl__none__seed1") == (
+        sweep_dir / "diversefl__none__seed1" / "c1c2.png"
+    )
+    with pytest.raises(ValueError, match="c1"):
+        plot_c1c2(sweep_dir / "oracle__none__seed0", out=tmp_path / "x.png")
+
+
+def _expected(agg: str, attack: str) -> str:
+    a, b = (_final(agg, attack, s) for s in SEEDS)
+    return f"{(a + b) / 2:.3f} ± {abs(a - b) / 2**0.5:.3f}"
+
+
+def _parse(table: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()]
+
+
+@pytest.mark.parametrize("from_summaries", [False, True])
+def test_accuracy_table(sweep_dir: Path, from_summaries: bool) -> None:
+    if from_summaries:
+        (sweep_dir / "sweep.csv").unlink()
+    text = accuracy_table(sweep_dir)
+    tables = [t for t in text.split("\n\n") if t.startswith("|")]
+    assert len(tables) == 2
+    acc = _parse(tables[0])
+    assert acc[0] == ["Aggregator", "No attack", "Sign flip"]
+    assert [r[0] for r in acc[2:]] == ["OracleSGD", "DiverseFL"]
+    for row, agg in zip(acc[2:], AGGS, strict=True):
+        assert row[1:] == [_expected(agg, k) for k in ATTACKS]
+    det = _parse(tables[1])
+    assert det[2] == ["OracleSGD", "– / 0.000", "1.000 / 0.000"]
+    with pytest.raises(ValueError, match="no_such_metric"):
+        accuracy_table(sweep_dir, metric="no_such_metric")
+
+
+def test_accuracy_table_single_seed(sweep_dir: Path) -> None:
+    text = accuracy_table(sweep_dir / "diversefl__sign_flip__seed0")
+    assert f"| DiverseFL | {_final('diversefl', 'sign_flip', 0):.3f} |" in text
+
+
+def test_aggregator_style_stable_and_distinct() -> None:
+    known = [
+        "oracle", "mean", "median", "noisy_median", "bulyan", "krum", "multi_krum",
+        "trimmed_mean", "rsa", "diversefl", "diversefl-s1", "diversefl-s3", "fltrust",
+        "geomed", "centered_clipping",
+    ]  # fmt: skip
+    styles = [aggregator_style(k) for k in known]
+    assert len({s["color"] for s in styles}) == len(known)
+    assert aggregator_style("oracle") == {"color": "#000000", "linestyle": "--", "marker": ""}
+    assert aggregator_style("trimmed_mean0.2") == aggregator_style("trimmed_mean")
+    assert aggregator_style("my-new-rule") == aggregator_style("my-new-rule")
+    assert set(aggregator_style("my-new-rule")) == {"color", "linestyle", "marker"}
+    assert aggregator_name("oracle") == "OracleSGD"
+    assert aggregator_name("noisy_median") == "N-Median"
+    assert aggregator_name("diversefl-s1") == "DiverseFL (s=1%)"
+    assert aggregator_name("diversefl-s5") == "DiverseFL (s=5%)"
+
+
+def test_cli_plot_table_and_heatmap(sweep_dir: Path, tmp_path: Path, capsys) -> None:
+    """`diversefl plot --table --heatmap` prints the markdown table and writes the heat-map."""
+    from diversefl.cli import main
+
+    heat = tmp_path / "heat.png"
+    assert main(["plot", str(sweep_dir), "--table", "--heatmap", str(heat)]) == 0
+    assert "| Aggregator |" in capsys.readouterr().out
+    assert heat.stat().st_size > 1000
+    assert main(["plot", str(tmp_path / "empty_dir_missing")]) == 2
