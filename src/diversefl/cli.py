@@ -157,6 +157,31 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """``diversefl reproduce FIGURE``: the sweep behind one paper figure, then the figure."""
+    from diversefl.reproduce import FIGURES, reproduce
+
+    if args.list or not args.figure:
+        table = Table(title="paper figures (diversefl reproduce FIGURE)")
+        for col in ("figure", "what", "needs", "runs", "time here (2-core CPU)"):
+            table.add_column(col)
+        from diversefl.reproduce import figure_cells
+
+        for f in FIGURES.values():
+            table.add_row(f.name, f.description, f.needs, str(len(figure_cells(f))), f.estimate)
+        console.print(table)
+        return 0
+    reproduce(
+        args.figure,
+        out=args.out,
+        data_dir=args.data_dir,
+        rounds=args.rounds,
+        progress=not args.quiet,
+        echo=lambda m: console.print(m, highlight=False),
+    )
+    return 0
+
+
 def cmd_data_fetch(args: argparse.Namespace) -> int:
     """``diversefl data fetch NAME --to DIR``: download and verify a dataset."""
     from diversefl.data.fetch import fetch
@@ -233,6 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--table-metric", default="final_test_accuracy")
     pl.add_argument("--heatmap", help="--table: also draw a heat-map to this file")
     pl.set_defaults(func=cmd_plot)
+
+    rp = sub.add_parser("reproduce", help="run and draw one of the paper's figures")
+    rp.add_argument("figure", nargs="?", help="fig2, fig3, fig4, fig7, fig9, fig10, ...")
+    rp.add_argument("--list", action="store_true", help="what each figure needs and costs")
+    rp.add_argument("--data-dir", help="dataset directory (default: $DIVERSEFL_DATA)")
+    rp.add_argument("--out", help="output directory (default: runs/reproduce)")
+    rp.add_argument("--rounds", type=int, help="shorter runs (e.g. 5 for a smoke test)")
+    rp.add_argument("--quiet", action="store_true")
+    rp.set_defaults(func=cmd_reproduce)
 
     d = sub.add_parser("data", help="dataset utilities")
     dsub = d.add_subparsers(dest="data_command", required=True)

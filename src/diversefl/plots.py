@@ -8,6 +8,7 @@ import csv
 import hashlib
 import json
 import math
+import os
 import re
 import statistics
 import tomllib
@@ -204,7 +205,9 @@ def _find_runs(path: str | Path) -> list[_Run]:
     if (p / "metrics.csv").is_file():
         dirs = [p]
     else:
-        dirs = sorted({f.parent for f in p.rglob("metrics.csv") if f.is_file()})
+        # os.walk with followlinks: a figure's view dir holds symlinks to shared run dirs
+        dirs = sorted({Path(root) for root, _, files in os.walk(p, followlinks=True)
+                       if "metrics.csv" in files})  # fmt: skip
     if not dirs:
         raise FileNotFoundError(f"no run directories (with metrics.csv) found in {p}")
     return [_load_run(d) for d in dirs]

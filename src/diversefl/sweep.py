@@ -134,8 +134,10 @@ def run_sweep(
     data_dir: str | None = None,
     progress: bool = True,
     echo: Any = print,
+    csv_name: str | None = "sweep.csv",
 ) -> list[dict[str, Any]]:
-    """Run every cell into ``out/<aggregator>__<attack>__seed<k>`` and write ``sweep.csv``."""
+    """Run every cell into ``out/<aggregator>__<attack>__seed<k>`` and write ``sweep.csv``
+    (``csv_name=None``: no csv, e.g. when only part of a grid is run)."""
     from diversefl.api import run
     from diversefl.config import to_toml_dict
 
@@ -178,7 +180,8 @@ def run_sweep(
                 f"({summary['wall_seconds']:.1f} s)"
             )
         rows.append(_summary_row(cell, summary, run_dir))
-        write_sweep_csv(out / "sweep.csv", rows)
+        if csv_name:
+            write_sweep_csv(out / csv_name, rows)
     return rows
 
 

@@ -170,9 +170,10 @@ def sanitize(updates: Tensor, n: int | None = None) -> tuple[Tensor, Tensor]:
         valid_t = torch.ones(updates.shape[0], dtype=torch.bool, device=updates.device)
     if n is not None and updates.shape[0] != n:
         raise AggregatorError(f"expected updates for {n} clients, got {updates.shape[0]} rows")
-    finite = torch.isfinite(updates).all(dim=1) & valid_t.to(updates.device)
+    finite = valid_t.to(updates.device)
     if updates.shape[1] > 0:
-        finite &= updates.abs().amax(dim=1) <= MAX_ABS
+        # One pass: amax propagates NaN, and NaN/inf both fail the comparison.
+        finite = finite & (updates.abs().amax(dim=1) <= MAX_ABS)
     if not bool(finite.all()):
         updates = torch.where(finite[:, None], updates, torch.zeros((), dtype=updates.dtype))
     return updates, finite

@@ -172,14 +172,21 @@ class Simulation:
         pos, w = draw_without_replacement(self.shard_len, self.batch_k, gen, self.shards.shape[1])
         return self.shards.gather(1, pos), w
 
+    def gather(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """Training examples ``[n, m, ...]`` and labels ``[n, m]`` for an index matrix
+        (index_select on the flat index: ~2.5x faster than advanced indexing)."""
+        flat = idx.reshape(-1)
+        x = self.x_train.index_select(0, flat).view(*idx.shape, *self.x_train.shape[1:])
+        return x, self.y_train.index_select(0, flat).view(idx.shape)
+
     def guiding(self, theta: Tensor) -> Tensor:
         """Server-side gradients ``[n, d]`` on each client's shared sample (eq. 6)."""
-        idx = self.sample_idx.to(self.device)
+        x, y = self.gather(self.sample_idx.to(self.device))
         return batched_grads(
             self.fm,
             theta,
-            self.x_train[idx],
-            self.y_train[idx],
+            x,
+            y,
             self.sample_w.to(self.device),
             self.cfg.engine.clients_per_chunk or None,
             self.loss_scale,
@@ -214,11 +221,11 @@ class Simulation:
         torch.manual_seed(seed_for(self.cfg.seed, "dropout", r))
         idx, w = self.draw_batches(r)
         idx, w = idx.to(self.device), w.to(self.device)
-        x, y = self.x_train[idx], self.y_train[idx]
+        x, y = self.gather(idx)
         byz_d = byz.to(self.device)
         if bool(byz.any()):
             xb, yb = self.attack.poison(x[byz_d], y[byz_d], ctx)
-            x[byz_d], y[byz_d] = xb, yb  # x, y are fresh copies (advanced indexing)
+            x[byz_d], y[byz_d] = xb, yb  # x, y are fresh copies (index_select)
         theta = self.theta if theta is None else theta
         return batched_grads(
             self.fm, theta, x, y, w, self.cfg.engine.clients_per_chunk or None, self.loss_scale

@@ -1,0 +1,196 @@
+"""One command per paper figure: run the sweep behind it (skipping finished runs, resuming
+interrupted ones) and draw it from the saved results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from diversefl.sweep import Cell, load_sweep, run_sweep
+
+PRESETS = Path(__file__).parent / "configs" / "paper"
+PAPER_AGGREGATORS = (
+    "oracle",
+    "median",
+    "noisy_median",
+    "bulyan",
+    "rsa",
+    "diversefl-s1",
+    "diversefl-s3",
+)
+MAIN_ATTACKS = ("none", "gaussian", "sign_flip")
+ALL_ATTACKS = ("none", "gaussian", "sign_flip", "same_value", "label_flip")
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A paper figure: which preset, which cells of its grid, and what to draw."""
+
+    name: str
+    preset: str
+    description: str
+    needs: str
+    estimate: str  # rough wall time of the full reproduction on a 2-core CPU
+    aggregators: tuple[str, ...] | None = None  # None = every aggregator of the preset
+    attacks: tuple[str, ...] | None = None
+    metrics: tuple[str, ...] = ("test_accuracy",)
+    c1c2: bool = False
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+FIGURES: dict[str, Figure] = {
+    f.name: f
+    for f in [
+        Figure(
+            "fig2",
+            "mnist-mlp",
+            "C1 x C2 of every client per round (MLP, DiverseFL s=1%)",
+            "MNIST",
+            "~12 min",
+            aggregators=("diversefl-s1",),
+            attacks=ALL_ATTACKS,
+            metrics=(),
+            c1c2=True,
+        ),
+        Figure(
+            "fig3",
+            "mnist-softmax",
+            "softmax regression: no attack, Gaussian, sign flip",
+            "MNIST",
+            "~10 min",
+            aggregators=PAPER_AGGREGATORS,
+            attacks=MAIN_ATTACKS,
+        ),
+        Figure(
+            "fig9",
+            "mnist-softmax",
+            "softmax regression, all five settings (supp. B.1)",
+            "MNIST",
+            "~16 min",
+            aggregators=PAPER_AGGREGATORS,
+            attacks=ALL_ATTACKS,
+        ),
+        Figure(
+            "fig4",
+            "mnist-mlp",
+            "MLP: no attack, Gaussian, sign flip",
+            "MNIST",
+            "~25 min",
+            attacks=MAIN_ATTACKS,
+        ),
+        Figure(
+            "fig10",
+            "mnist-mlp",
+            "MLP, all five settings (supp. B.2)",
+            "MNIST",
+            "~45 min",
+            attacks=ALL_ATTACKS,
+        ),
+        Figure(
+            "fig7",
+            "mnist-backdoor",
+            "backdoor on MNIST: main and backdoor accuracy",
+            "MNIST",
+            "~8 min",
+            metrics=("main_accuracy", "backdoor_accuracy"),
+        ),
+        Figure(
+            "fig5",
+            "cifar10-vgg11",
+            "VGG11-GN on CIFAR-10: no attack, Gaussian, sign flip",
+            "CIFAR-10 + GPU",
+            "hours on a GPU",
+            attacks=MAIN_ATTACKS,
+        ),
+        Figure(
+            "fig11",
+            "cifar10-vgg11",
+            "VGG11-GN on CIFAR-10, all five settings",
+            "CIFAR-10 + GPU",
+            "hours on a GPU",
+            attacks=ALL_ATTACKS,
+        ),
+        Figure(
+            "fig6",
+            "cifar100-vgg11",
+            "VGG11-GN on CIFAR-100: no attack, Gaussian, sign flip",
+            "CIFAR-100 + GPU",
+            "hours on a GPU",
+            attacks=MAIN_ATTACKS,
+        ),
+        Figure(
+            "fig12",
+            "cifar100-vgg11",
+            "VGG11-GN on CIFAR-100, all five settings",
+            "CIFAR-100 + GPU",
+            "hours on a GPU",
+            attacks=ALL_ATTACKS,
+        ),
+        Figure(
+            "fig13",
+            "cifar10-cnn",
+            "small CNN on CIFAR-10 with Median and Bulyan (supp. C)",
+            "CIFAR-10",
+            "hours on a CPU",
+            attacks=ALL_ATTACKS,
+        ),
+    ]
+}
+
+
+def figure_cells(fig: Figure, rounds: int | None = None) -> list[Cell]:
+    """The cells of the figure's preset grid that the figure shows."""
+    overrides = [] if rounds is None else [f"rounds={rounds}"]
+    cells = load_sweep(PRESETS / f"{fig.preset}.toml", overrides)
+    return [
+        c for c in cells
+        if (fig.aggregators is None or c.aggregator in fig.aggregators)
+        and (fig.attacks is None or c.attack in fig.attacks)
+    ]  # fmt: skip
+
+
+def reproduce(
+    name: str,
+    out: str | Path | None = None,
+    data_dir: str | None = None,
+    rounds: int | None = None,
+    progress: bool = True,
+    echo=print,
+) -> list[Path]:
+    """Run (or finish) the runs behind figure ``name`` and draw it; returns the figure paths.
+
+    Runs go to ``out/<preset>[-r<rounds>]/`` so figures sharing a preset share runs.
+    """
+    from diversefl import plots
+
+    if name not in FIGURES:
+        raise ValueError(f"unknown figure {name!r}; known: {', '.join(FIGURES)}")
+    fig = FIGURES[name]
+    root = Path(out) if out is not None else Path("runs") / "reproduce"
+    run_root = root / (fig.preset + ("" if rounds is None else f"-r{rounds}"))
+    cells = figure_cells(fig, rounds)
+    echo(f"{name}: {fig.description}; {len(cells)} runs into {run_root}")
+    run_sweep(cells, run_root, data_dir=data_dir, progress=progress, echo=echo, csv_name=None)
+    # draw from only this figure's cells (the run root may hold more of the preset's grid)
+    view = root / "figures" / (name + ("" if rounds is None else f"-r{rounds}"))
+    view.mkdir(parents=True, exist_ok=True)
+    for c in cells:
+        link = view / c.dirname
+        if not link.exists():
+            link.symlink_to((run_root / c.dirname).resolve(), target_is_directory=True)
+    paths = []
+    for metric in fig.metrics:
+        suffix = "" if metric == "test_accuracy" else f"-{metric}"
+        paths.append(
+            plots.plot_curves(
+                view,
+                metric=metric,
+                out=root / f"{view.name}{suffix}.png",
+                title=f"{name}: {fig.description}",
+            )
+        )
+    if fig.c1c2:
+        paths.append(plots.plot_c1c2(view, out=root / f"{view.name}.png", clients=10))
+    for p in paths:
+        echo(f"wrote {p}")
+    return paths
