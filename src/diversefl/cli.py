@@ -182,6 +182,16 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy_local(args: argparse.Namespace) -> int:
+    """``diversefl deploy-local CONFIG --nodes N``: run the config through a local Flower
+    deployment (needs the ``flower`` extra)."""
+    try:
+        from diversefl.flower.deploy import main as deploy_main
+    except ImportError as err:
+        raise SystemExit(f"deploy-local needs Flower: pip install -e '.[flower]' ({err})") from None
+    return deploy_main(args.args)
+
+
 def cmd_data_fetch(args: argparse.Namespace) -> int:
     """``diversefl data fetch NAME --to DIR``: download and verify a dataset."""
     from diversefl.data.fetch import fetch
@@ -268,6 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--quiet", action="store_true")
     rp.set_defaults(func=cmd_reproduce)
 
+    dl = sub.add_parser(
+        "deploy-local",
+        help="the same experiment as a real Flower federation on 127.0.0.1 (SuperLink + N "
+        "SuperNodes); see docs/flower.md",
+        add_help=False,
+    )
+    dl.add_argument("args", nargs=argparse.REMAINDER)
+    dl.set_defaults(func=cmd_deploy_local)
+
     d = sub.add_parser("data", help="dataset utilities")
     dsub = d.add_subparsers(dest="data_command", required=True)
     f = dsub.add_parser("fetch", help="download a dataset and verify its checksums")
@@ -286,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     from diversefl.data.datasets import DataError
     from diversefl.results import RunDirError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["deploy-local"]:  # every further argument belongs to the deploy command
+        return cmd_deploy_local(argparse.Namespace(args=argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

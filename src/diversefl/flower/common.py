@@ -1,0 +1,409 @@
+"""What one Flower client computes, and the settings both apps share, without importing Flower.
+
+A real client holds only its own partition, yet it reproduces exactly what the in-process
+simulator computes for it: its partition (the same split of the same training set), its one-time
+sample (drawn from ``generator(seed, "sample", j)``), its round-r mini-batch (row j of the
+simulator's ``[n, Lmax]`` draw from ``generator(seed, "batch", r)``, which only needs the public
+shard lengths), the aggregator's client-side transform and the attack (replayed on tensors shaped
+like the simulator's so that every random draw lands on the same numbers).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+import torch
+from torch import Tensor
+
+from diversefl import aggregators, attacks
+from diversefl.aggregators.base import Aggregator, RoundContext
+from diversefl.attacks.base import Attack
+from diversefl.config import Config, apply_overrides, load_config, make_config, to_toml_dict
+from diversefl.engine.gradients import batched_grads
+from diversefl.engine.params import FlatModel
+from diversefl.engine.seeding import generator, seed_for
+from diversefl.engine.simulator import _count, draw_without_replacement
+from diversefl.models import build_model
+
+#: Message type of the one-time "share your sample" query (``@app.query("sample")``).
+MSG_SAMPLE = "query.sample"
+#: Keys inside every message's RecordDict.
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+
+
+# -- the run config ([tool.flwr.app.config]) -------------------------------------------------
+@dataclass(frozen=True)
+class RunSettings:
+    """The Flower run config: which diversefl TOML to run and where to write its run directory.
+
+    ``config_path`` empty means the built-in demo federation (digits, 23 clients, 5 sign
+    flippers, DiverseFL); ``overrides`` is a ``;``-separated list of ``section.key=value``
+    settings applied on top (the same syntax as ``diversefl run --set``).
+    """
+
+    config_path: str = ""
+    overrides: str = ""
+    data_dir: str = ""
+    out: str = ""
+    adversary: str = "config"  # "config": the TOML's [attack] picks the Byzantine nodes
+    timeout: float = 600.0  # seconds to wait for one round's replies
+    overwrite: bool = False
+    max_inflight: int = 0  # messages outstanding at once (0: all)
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> RunSettings:
+        """Read the settings from a Flower ``context.run_config`` (unknown keys are ignored)."""
+        get = run_config.get
+        adversary = str(get("adversary", "config"))
+        if adversary not in ("config", "nodes"):
+            raise ValueError(f"run config adversary={adversary!r}: allowed: config, nodes")
+        return cls(
+            config_path=str(get("config-path", "")),
+            overrides=str(get("overrides", "")),
+            data_dir=str(get("data-dir", "")),
+            out=str(get("out", "")),
+            adversary=adversary,
+            timeout=float(get("timeout", 600.0)),
+            overwrite=bool(get("overwrite", False)),
+            max_inflight=int(get("max-inflight", 0)),
+        )
+
+    def override_list(self) -> list[str]:
+        """The overrides as a list of ``key=value`` strings."""
+        return [s.strip() for s in self.overrides.split(";") if s.strip()]
+
+    def load_config(self) -> Config:
+        """The validated diversefl config this run trains."""
+        return load_run_config(self.config_path, self.override_list())
+
+
+def resolve_path(path: str | os.PathLike[str]) -> Path:
+    """An absolute path: as given, else relative to the cwd, else to the repository root."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        return p.resolve()
+    repo = Path(__file__).resolve().parents[3]
+    return (repo / p).resolve() if (repo / p).exists() else p.resolve()
+
+
+def load_run_config(config_path: str | os.PathLike[str] | None, overrides: list[str]) -> Config:
+    """Load a diversefl TOML config (or the built-in demo when empty) with overrides."""
+    if config_path is None or str(config_path) == "":
+        from diversefl.demo import demo_config
+
+        return make_config(apply_overrides(demo_config("diversefl"), overrides))
+    return load_config(resolve_path(config_path), overrides)
+
+
+def config_to_text(cfg: Config) -> str:
+    """The resolved config as TOML text (what travels to the clients)."""
+    return tomli_w.dumps(to_toml_dict(cfg))
+
+
+@functools.lru_cache(maxsize=8)
+def config_from_text(text: str) -> Config:
+    """Parse and validate config TOML text (cached: every message carries the same text)."""
+    return make_config(tomllib.loads(text))
+
+
+# -- one client's data ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClientShard:
+    """One client's training data plus the public facts it needs to replay the simulator."""
+
+    partition_id: int
+    num_partitions: int
+    indices: Tensor  # [L] positions of this client's examples in the training set
+    x: Tensor  # [L, ...] its examples
+    y: Tensor  # [L] its labels
+    shard_lens: Tensor  # [n] every client's shard length (public: the batch draw needs it)
+    num_classes: int
+    input_shape: tuple[int, ...]
+
+
+def _shard_key(cfg: Config, partition_id: int) -> str:
+    raw = json.dumps(
+        [cfg.data.dataset, cfg.data.partition, cfg.data.alpha, cfg.seed, cfg.clients.n],
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(raw.encode()).hexdigest()[:16]
+    return f"{cfg.data.dataset}-{digest}-{partition_id}"
+
+
+def _all_shards(cfg: Config, data_dir: str | None) -> Iterator[ClientShard]:
+    """Every client's shard, in partition order (the dataset is loaded once)."""
+    from diversefl.data.datasets import load_dataset
+    from diversefl.data.partition import partition
+
+    data = load_dataset(cfg.data.dataset, data_dir)
+    parts = partition(
+        data.y_train, cfg.clients.n, cfg.data.partition, seed=cfg.seed, alpha=cfg.data.alpha
+    )
+    lens = torch.tensor([len(p) for p in parts], dtype=torch.long)
+    for j, part in enumerate(parts):
+        idx = torch.as_tensor(part, dtype=torch.long)
+        yield ClientShard(
+            partition_id=j,
+            num_partitions=cfg.clients.n,
+            indices=idx,
+            x=data.x_train[idx].clone(),
+            y=data.y_train[idx].clone(),
+            shard_lens=lens,
+            num_classes=data.num_classes,
+            input_shape=tuple(data.input_shape),
+        )
+
+
+def _shard_path(cfg: Config, partition_id: int, cache_dir: str | os.PathLike[str]) -> Path:
+    return Path(cache_dir) / f"shard-{_shard_key(cfg, partition_id)}.pt"
+
+
+def _save_shard(shard: ClientShard, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(shard.__dict__, tmp)
+    os.replace(tmp, path)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_shard(
+    cfg_text: str, partition_id: int, data_dir: str | None, cache_dir: str | None
+) -> ClientShard:
+    cfg = config_from_text(cfg_text)
+    path = _shard_path(cfg, partition_id, cache_dir) if cache_dir else None
+    if path is not None and path.exists():
+        try:
+            return ClientShard(**torch.load(path, weights_only=False))
+        except Exception:  # noqa: BLE001 - a corrupt cache file is simply rebuilt
+            path.unlink(missing_ok=True)
+    for shard in _all_shards(cfg, data_dir):
+        if shard.partition_id == partition_id:
+            if path is not None:
+                _save_shard(shard, path)
+            return shard
+    raise AssertionError("unreachable: partition ids cover 0..n-1")
+
+
+def prepare_shards(
+    cfg: Config, cache_dir: str | os.PathLike[str], data_dir: str | None = None
+) -> list[Path]:
+    """Write every client's shard into ``cache_dir`` (loading the dataset once), so that the
+    nodes of a local federation read only their own shard file."""
+    paths = []
+    for shard in _all_shards(cfg, data_dir):
+        path = _shard_path(cfg, shard.partition_id, cache_dir)
+        _save_shard(shard, path)
+        paths.append(path)
+    return paths
+
+
+def load_shard(
+    cfg: Config,
+    partition_id: int,
+    num_partitions: int,
+    data_dir: str | None = None,
+    cache_dir: str | None = None,
+) -> ClientShard:
+    """Client ``partition_id``'s shard of the training set, split as the simulator splits it.
+
+    The node loads the whole dataset once and keeps only its own examples; with ``cache_dir``
+    the shard is stored there, so later messages (a fresh ClientApp process each in a
+    deployment) skip loading and partitioning the dataset.
+    """
+    if num_partitions != cfg.clients.n:
+        raise ValueError(
+            f"node config num-partitions={num_partitions} but the run config has "
+            f"clients.n={cfg.clients.n}: start one SuperNode per client"
+        )
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition-id={partition_id} outside 0..{num_partitions - 1}")
+    return _cached_shard(config_to_text(cfg), partition_id, data_dir or None, cache_dir or None)
+
+
+# -- what a client sends ---------------------------------------------------------------------
+def sample_count(cfg: Config, shard_len: int) -> int:
+    """s: how many examples a client with ``shard_len`` examples shares once."""
+    return _count(cfg.clients.sample, shard_len)
+
+
+def batch_counts(cfg: Config, shard_lens: Tensor) -> Tensor:
+    """Every client's mini-batch size ``[n]``."""
+    return torch.tensor([_count(cfg.clients.batch, int(L)) for L in shard_lens])
+
+
+def shared_sample(cfg: Config, shard: ClientShard) -> tuple[Tensor, Tensor, Tensor]:
+    """The one-time sample: training-set indices ``[s]``, examples ``[s, ...]``, labels ``[s]``.
+
+    The same draw as the simulator's ``Simulation.sample_idx`` row for this client.
+    """
+    L = int(shard.indices.numel())
+    perm = torch.randperm(L, generator=generator(cfg.seed, "sample", shard.partition_id))
+    pos = perm[: sample_count(cfg, L)]
+    return shard.indices[pos], shard.x[pos], shard.y[pos]
+
+
+def batch_positions(cfg: Config, shard: ClientShard, r: int) -> tuple[Tensor, Tensor]:
+    """Positions in the shard ``[K]`` and weights ``[K]`` of round r's mini-batch (row j of the
+    simulator's draw; K is the largest batch size, weights mask this client's padding)."""
+    gen = generator(cfg.seed, "batch", r)
+    lens = shard.shard_lens
+    pos, w = draw_without_replacement(lens, batch_counts(cfg, lens), gen, int(lens.max()))
+    j = shard.partition_id
+    return pos[j], w[j]
+
+
+@dataclass(frozen=True)
+class Role:
+    """How a client behaves in one round: honest, or Byzantine with an attack."""
+
+    attack: str = "none"
+    params: dict[str, Any] | None = None
+    rank: int = 0  # position among the Byzantine clients (aligns shared random draws)
+    f: int = 1  # number of Byzantine clients (the shape of the attack's draws)
+
+    @property
+    def byzantine(self) -> bool:
+        """True when the client attacks."""
+        return self.attack != "none"
+
+
+@functools.lru_cache(maxsize=8)
+def _model(name: str, input_shape: tuple[int, ...], num_classes: int) -> FlatModel:
+    return FlatModel(build_model(name, input_shape, num_classes))
+
+
+@functools.lru_cache(maxsize=16)
+def _attack(name: str, params_json: str) -> Attack:
+    return attacks.get(name, **json.loads(params_json))
+
+
+def _overrides(obj: object, base: type, method: str) -> bool:
+    return getattr(type(obj), method) is not getattr(base, method)
+
+
+def client_update(cfg: Config, shard: ClientShard, theta: Tensor, r: int, role: Role) -> Tensor:
+    """What client j sends in round r for the global model ``theta`` (``[d]``).
+
+    Honest: the gradient of its mini-batch loss (eq. 3), after the aggregator's client-side
+    transform. Byzantine: the attack's poisoned batch and/or message. A message attack sees only
+    this client's own gradient as the "honest" gradients (a real node cannot see the others).
+    """
+    n, j = shard.num_partitions, shard.partition_id
+    fm = _model(cfg.model.name, shard.input_shape, shard.num_classes)
+    ctx = RoundContext(
+        round=r,
+        n=n,
+        f=max(role.f, role.rank + 1) if role.byzantine else 0,
+        generator=generator(cfg.seed, "round", r),
+        extras={"num_classes": shard.num_classes},
+    )
+    pos, w = batch_positions(cfg, shard, r)
+    x, y = shard.x[pos][None], shard.y[pos][None]
+    attack = _attack(role.attack, json.dumps(role.params or {}, sort_keys=True))
+    if role.byzantine:
+        x, y = attack.poison(x, y, ctx)
+    k = batch_counts(cfg, shard.shard_lens)[j]
+    scale = k.float()[None] if cfg.clients.loss == "sum" else torch.ones(1)
+    torch.manual_seed(seed_for(cfg.seed, "dropout", r, j))
+    grad = batched_grads(fm, theta.float(), x, y, w[None], None, scale)[0]
+    agg = aggregators.get_method(cfg.aggregator.name, **cfg.aggregator.params())
+    if isinstance(agg, Aggregator) and _overrides(agg, Aggregator, "prepare"):
+        full = torch.zeros(n, grad.numel(), dtype=grad.dtype)
+        full[j] = grad
+        grad = agg.prepare(full, ctx)[j]
+    if role.byzantine and _overrides(attack, Attack, "__call__"):
+        own = grad[None].expand(ctx.f, -1).clone()
+        grad = attack(grad[None].clone(), own, ctx)[role.rank].to(grad.dtype)
+    return grad
+
+
+# -- message handlers (shared by the ClientApp and the node worker) ---------------------------
+def node_role(cfg: Config, node_config: dict[str, Any], message_config: dict[str, Any]) -> Role:
+    """This node's role in a round. Its node config's ``attack`` wins over the server's
+    assignment (``adversary="config"``); the attack's settings default to the run config's
+    when the names match, ``attack-<setting>`` keys override them."""
+    name = str(node_config.get("attack", "") or "")
+    if name and name != "none":
+        params = dict(cfg.attack.params()) if name == cfg.attack.name else {}
+        for key, value in node_config.items():
+            if key.startswith("attack-"):
+                params[key.removeprefix("attack-").replace("-", "_")] = value
+        rank = int(node_config.get("byzantine-rank", 0))
+        f = int(node_config.get("byzantine-f", max(cfg.byzantine_count(), rank + 1)))
+        return Role(name, params, rank, f)
+    if message_config.get("attack"):
+        return Role(
+            str(message_config["attack"]),
+            json.loads(str(message_config.get("attack-params", "{}"))),
+            int(message_config.get("byzantine-rank", 0)),
+            int(message_config.get("byzantine-f", 1)),
+        )
+    return Role()
+
+
+def _node_shard(cfg: Config, node_config: dict[str, Any], data_dir: str) -> ClientShard:
+    return load_shard(
+        cfg,
+        int(node_config["partition-id"]),
+        int(node_config["num-partitions"]),
+        data_dir=str(node_config.get("data-dir", "") or data_dir or "") or None,
+        cache_dir=str(node_config.get("cache-dir", "") or "") or None,
+    )
+
+
+def handle_sample(cfg_text: str, node_config: dict[str, Any], data_dir: str = "") -> dict[str, Any]:
+    """The answer to ``query.sample``: numpy ``idx``, ``x``, ``y`` and a ``meta`` dict."""
+    cfg = config_from_text(cfg_text)
+    shard = _node_shard(cfg, node_config, data_dir)
+    idx, x, y = shared_sample(cfg, shard)
+    j = shard.partition_id
+    return {
+        "idx": idx.numpy().astype("int64"),
+        "x": x.numpy().astype("float32"),
+        "y": y.numpy().astype("int64"),
+        "meta": {
+            "partition-id": j,
+            "num-partitions": shard.num_partitions,
+            "shard-len": int(shard.indices.numel()),
+            "batch-size": int(batch_counts(cfg, shard.shard_lens)[j]),
+            "attack": node_role(cfg, node_config, {}).attack,
+        },
+    }
+
+
+def handle_train(
+    cfg_text: str,
+    node_config: dict[str, Any],
+    message_config: dict[str, Any],
+    theta: Any,
+    data_dir: str = "",
+) -> dict[str, Any]:
+    """The answer to a train message: the numpy ``update`` and a ``metrics`` dict."""
+    import time
+
+    t0 = time.perf_counter()
+    cfg = config_from_text(cfg_text)
+    shard = _node_shard(cfg, node_config, data_dir)
+    role = node_role(cfg, node_config, message_config)
+    r = int(message_config["server-round"])
+    update = client_update(cfg, shard, torch.as_tensor(theta, dtype=torch.float32), r, role)
+    return {
+        "update": update.detach().numpy().astype("float32"),
+        "metrics": {
+            "partition-id": shard.partition_id,
+            "byzantine": int(role.byzantine),  # ground truth for the run's TPR/FPR only
+            "num-examples": int(batch_counts(cfg, shard.shard_lens)[shard.partition_id]),
+            "seconds": time.perf_counter() - t0,
+        },
+    }

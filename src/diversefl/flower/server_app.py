@@ -1,0 +1,59 @@
+"""The Flower ServerApp: runs a diversefl TOML config as a Flower federation.
+
+Run config (``[tool.flwr.app.config]`` in pyproject.toml, or ``flwr run --run-config``):
+
+``config-path``
+    The diversefl TOML to run (empty: the built-in digits demo with 23 clients).
+``overrides``
+    ``;``-separated ``section.key=value`` settings, e.g. ``"rounds=5;clients.n=4"``.
+``data-dir``
+    The dataset directory (empty: ``$DIVERSEFL_DATA``; digits needs none).
+``out``
+    The run directory (empty: ``runs/flower-<name>-<time>`` under the working directory).
+``adversary``
+    ``"config"`` (the TOML's ``[attack]`` assigns Byzantine roles) or ``"nodes"`` (each
+    SuperNode's node config declares its own attack).
+``timeout``
+    Seconds to wait for one round's replies.
+``overwrite``
+    Replace an existing run directory.
+``max-inflight``
+    At most this many messages outstanding at once (0: all at once); a small machine running
+    many SuperNodes needs a limit (``deploy_local`` sets one).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from diversefl.flower.common import RunSettings
+from diversefl.flower.strategy import DiverseFLStrategy
+
+app = ServerApp()
+
+
+def default_out(name: str) -> Path:
+    """``runs/flower-<name>-<time>`` under the working directory."""
+    return Path("runs") / f"flower-{name or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Load the config named by the run config and run it with :class:`DiverseFLStrategy`."""
+    settings = RunSettings.from_run_config(dict(context.run_config))
+    cfg = settings.load_config()
+    out = Path(settings.out).expanduser() if settings.out else default_out(cfg.name)
+    strategy = DiverseFLStrategy(
+        cfg,
+        data_dir=settings.data_dir or None,
+        out=out.resolve(),
+        adversary=settings.adversary,
+        timeout=settings.timeout,
+        overwrite=settings.overwrite,
+        max_inflight=settings.max_inflight,
+    )
+    strategy.start(grid)

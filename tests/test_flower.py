@@ -1,0 +1,382 @@
+"""Flower deployment: client replay of the simulator, the one-time sample upload, the strategy
+through an in-process loopback grid, Flower's simulation runtime and a localhost deployment
+(SuperLink + SuperNodes). The last two start real processes and are marked slow."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+import torch
+from conftest import tiny_config
+
+import diversefl
+from diversefl.config import make_config
+from diversefl.engine.simulator import Simulation
+from diversefl.flower import FLOWER_AVAILABLE
+from diversefl.flower.common import Role, client_update, load_shard, shared_sample
+
+needs_flwr = pytest.mark.skipif(
+    not FLOWER_AVAILABLE, reason='flwr is not installed: pip install -e ".[flower]"'
+)
+
+
+def _decisions(path: Path) -> list[dict[str, str]]:
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def _agreement(a: list[dict[str, str]], b: list[dict[str, str]]) -> float:
+    """Share of (round, client) pairs with the same Byzantine flag and decision."""
+    assert [(r["round"], r["client"]) for r in a] == [(r["round"], r["client"]) for r in b]
+    same = sum(
+        x["accepted"] == y["accepted"] and x["byzantine"] == y["byzantine"]
+        for x, y in zip(a, b, strict=True)
+    )
+    return same / len(a)
+
+
+# -- a client reproduces the simulator's computation (no Flower needed) -----------------------
+@pytest.mark.parametrize(
+    "aggregator,attack",
+    [
+        ({"name": "diversefl"}, {"name": "sign_flip", "f": 2}),
+        ({"name": "noisy_median", "sigma": 0.01}, {"name": "gaussian", "f": 2, "sigma": 10.0}),
+        ({"name": "diversefl"}, {"name": "label_flip", "f": 2}),
+        ({"name": "mean"}, {"name": "same_value", "f": 2, "sigma": 3.0}),
+    ],
+)
+def test_client_replays_its_row_of_the_simulator(aggregator, attack):
+    cfg = make_config(
+        tiny_config(model={"name": "mlp"}, aggregator=aggregator, attack=attack, clients={"n": 6})
+    )
+    sim = Simulation(cfg)
+    r = 3
+    byz = sim.byzantine_mask(r)
+    expected = sim.client_updates(r, byz, sim.context(r, byz))
+    ranks = (torch.cumsum(byz.long(), 0) - 1).tolist()
+    params = {k: v for k, v in attack.items() if k not in ("name", "f")}
+    for j in range(sim.n):
+        shard = load_shard(cfg, j, sim.n)
+        role = Role(attack["name"], params, ranks[j], sim.f) if byz[j] else Role()
+        got = client_update(cfg, shard, sim.theta, r, role)
+        torch.testing.assert_close(got, expected[j], rtol=1e-5, atol=1e-6)
+
+
+def test_client_sample_is_the_simulators():
+    cfg = make_config(tiny_config(clients={"n": 5, "sample": 0.1}))
+    sim = Simulation(cfg)
+    for j in range(sim.n):
+        idx, x, y = shared_sample(cfg, load_shard(cfg, j, sim.n))
+        s = int(sim.sample_w[j].sum())
+        assert torch.equal(idx, sim.sample_idx[j, :s])
+        assert torch.equal(x, sim.x_train[idx]) and torch.equal(y, sim.y_train[idx])
+
+
+def test_partition_count_must_match_the_config():
+    cfg = make_config(tiny_config(clients={"n": 5}))
+    with pytest.raises(ValueError, match="num-partitions=4"):
+        load_shard(cfg, 0, 4)
+
+
+# -- the strategy and ClientApp through an in-process grid -----------------------------------
+def _loopback_grid(node_configs: list[dict[str, Any]]) -> Any:
+    """A Grid that hands each message straight to the ClientApp (no SuperLink, no processes)."""
+    from flwr.app import Context, Message, RecordDict
+    from flwr.serverapp import Grid
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from diversefl.flower.client_app import app
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+
+    class LoopbackGrid(Grid):
+        def __init__(self) -> None:
+            self.nodes = {7000 + 13 * j: dict(c) for j, c in enumerate(node_configs)}
+            self.replies: dict[str, Message] = {}
+            self._run = None
+
+        def set_run(self, run: Any) -> None:
+            self._run = run
+
+        @property
+        def run(self) -> Any:
+            return self._run
+
+        def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+            return Message(
+                content=content,
+                dst_node_id=dst_node_id,
+                message_type=message_type,
+                group_id=group_id,
+            )
+
+        def get_node_ids(self) -> list[int]:
+            return list(self.nodes)
+
+        def push_messages(self, messages):
+            ids = []
+            for msg in messages:
+                msg.metadata.__dict__["_message_id"] = msg.object_id
+                node = msg.metadata.dst_node_id
+                ctx = Context(
+                    run_id=1,
+                    node_id=node,
+                    node_config=self.nodes[node],
+                    state=RecordDict(),
+                    run_config={},
+                )
+                self.replies[msg.object_id] = app(msg, ctx)
+                ids.append(msg.object_id)
+            return ids
+
+        def pull_messages(self, message_ids):
+            return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
+
+        def send_and_receive(self, messages, *, timeout=None):
+            return self.pull_messages(self.push_messages(messages))
+
+    return LoopbackGrid()
+
+
+@needs_flwr
+def test_one_time_sample_upload_holds_s_examples_from_each_partition():
+    from diversefl.flower.common import sample_count
+    from diversefl.flower.strategy import DiverseFLStrategy
+
+    cfg = make_config(tiny_config(clients={"n": 5, "sample": 0.1}))
+    grid = _loopback_grid([{"partition-id": j, "num-partitions": 5} for j in range(5)])
+    strategy = DiverseFLStrategy(cfg)
+    samples = strategy.collect_samples(grid)
+    sim = Simulation(cfg)
+    assert len(samples) == 5
+    assert sorted(s.partition_id for s in samples.values()) == list(range(5))
+    for node, s in samples.items():
+        j = s.partition_id
+        shard = set(sim.shards[j, : sim.shard_len[j]].tolist())
+        assert s.node_id == node
+        assert len(s.indices) == len(s.y) == s.x.shape[0] == sample_count(cfg, len(shard))
+        assert set(s.indices.tolist()) <= shard  # from that client's own partition
+        assert len(set(s.indices.tolist())) == len(s.indices)
+        assert torch.equal(s.x, sim.x_train[s.indices]) and torch.equal(s.y, sim.y_train[s.indices])
+    # the server's guiding inputs are exactly these samples, ordered by partition
+    fed = strategy.federation
+    assert fed.node_ids == [
+        n for n, _ in sorted(samples.items(), key=lambda kv: kv[1].partition_id)
+    ]
+    assert [int(w.sum()) for w in fed.sample_w] == [len(samples[n].y) for n in fed.node_ids]
+
+
+@needs_flwr
+def test_strategy_over_loopback_grid_matches_diversefl_run(tmp_path):
+    from diversefl.flower.strategy import DiverseFLStrategy
+
+    raw = tiny_config(
+        model={"name": "mlp"},
+        aggregator={"name": "diversefl"},
+        attack={"name": "gaussian", "f": 2, "sigma": 1.0},
+        rounds=6,
+        eval={"every": 3},
+    )
+    cfg = make_config(raw)
+    grid = _loopback_grid([{"partition-id": j, "num-partitions": 6} for j in range(6)])
+    strategy = DiverseFLStrategy(cfg, out=tmp_path / "flower")
+    result = strategy.start(grid)
+    ref = diversefl.run(cfg, out=tmp_path / "ref")
+    for name in ("config.toml", "metrics.csv", "decisions.csv", "summary.json"):
+        assert (tmp_path / "flower" / name).exists(), name
+    a, b = (
+        _decisions(tmp_path / "flower" / "decisions.csv"),
+        _decisions(tmp_path / "ref" / "decisions.csv"),
+    )
+    assert _agreement(a, b) == 1.0
+    for x, y in zip(a, b, strict=True):  # the Byzantine noise is the same draw: scores agree too
+        assert float(x["c2"]) == pytest.approx(float(y["c2"]), rel=1e-4)
+        assert x["c1"] == y["c1"]
+    s = strategy.result.summary
+    assert abs(s["final_test_accuracy"] - ref.summary["final_test_accuracy"]) <= 0.005
+    assert s["byzantine_ids"] == ref.summary["byzantine_ids"]
+    assert max(result.evaluate_metrics_serverapp) == cfg.rounds
+    assert s["flower"]["sample_sizes"] == [8] * 6
+
+
+@needs_flwr
+def test_node_config_attack_overrides_and_is_reported():
+    from diversefl.flower.strategy import DiverseFLStrategy
+
+    cfg = make_config(
+        tiny_config(
+            clients={"n": 4},
+            aggregator={"name": "diversefl"},
+            attack={"name": "sign_flip", "byzantine": [2]},
+            rounds=2,
+            eval={"every": 1},
+        )
+    )
+    nodes = [{"partition-id": j, "num-partitions": 4} for j in range(4)]
+    nodes[2]["attack"] = "sign_flip"
+    strategy = DiverseFLStrategy(cfg, adversary="nodes")
+    strategy.start(_loopback_grid(nodes))
+    s = strategy.result.summary
+    assert s["byzantine_ids"] == [2] and s["mean_tpr"] == 1.0
+
+
+@needs_flwr
+def test_max_inflight_bounds_outstanding_messages():
+    from diversefl.flower.strategy import DiverseFLStrategy
+
+    cfg = make_config(tiny_config(clients={"n": 5}, rounds=2, eval={"every": 2}))
+    grid = _loopback_grid([{"partition-id": j, "num-partitions": 5} for j in range(5)])
+    sizes: list[int] = []
+    push = grid.push_messages
+
+    def recording_push(messages):
+        messages = list(messages)
+        sizes.append(len(messages))
+        return push(messages)
+
+    grid.push_messages = recording_push
+    strategy = DiverseFLStrategy(cfg, max_inflight=2)
+    strategy.start(grid)
+    assert max(sizes) <= 2 and sum(sizes) == 5 * (1 + cfg.rounds)
+    ref = diversefl.run(cfg)
+    assert strategy.result.summary["final_test_accuracy"] == ref.summary["final_test_accuracy"]
+
+
+@needs_flwr
+def test_protocols_are_refused():
+    from diversefl.flower.strategy import DiverseFLStrategy
+
+    cfg = make_config(tiny_config(aggregator={"name": "rsa"}))
+    with pytest.raises(ValueError, match="protocol"):
+        DiverseFLStrategy(cfg)
+
+
+# -- real processes: Flower's simulation runtime and a localhost deployment --------------------
+def _leftovers(workdir: Path) -> list[int]:
+    """Live processes whose working directory is inside ``workdir`` (what the launcher
+    started, and their children)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if cwd.startswith(str(workdir)) and state != "Z":
+            out.append(int(entry.name))
+    return out
+
+
+def _write_config(path: Path, raw: dict[str, Any]) -> Path:
+    path.write_text(tomli_w.dumps(raw))
+    return path
+
+
+DEPLOY_CONFIG: dict[str, Any] = {
+    "name": "flower-digits",
+    "seed": 0,
+    "rounds": 5,
+    "data": {"dataset": "digits", "partition": "iid"},
+    "model": {"name": "softmax"},
+    "clients": {"n": 4, "batch": 0.5, "sample": 0.1},
+    "optim": {"lr": 0.5, "schedule": "constant", "weight_decay": 0.0},
+    "attack": {"name": "sign_flip", "byzantine": [3]},
+    "aggregator": {"name": "diversefl"},
+    "eval": {"every": 1},
+}
+
+
+@needs_flwr
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_localhost_deployment_rejects_the_sign_flipper(tmp_path):
+    from diversefl.flower.deploy import deploy_local
+
+    config = _write_config(tmp_path / "deploy.toml", DEPLOY_CONFIG)
+    work = tmp_path / "work"
+    try:
+        res = deploy_local(
+            config, 4, tmp_path / "out", byzantine={3: "sign_flip"}, workdir=work, timeout=780
+        )
+    finally:
+        assert _leftovers(work) == [], "processes survived the deployment"
+    assert res.ok, res.status
+    assert not [p for p in res.pids if Path(f"/proc/{p}").exists() and p in _leftovers(work)]
+    s = res.summary
+    assert s["flower"]["adversary"] == "nodes" and len(set(s["flower"]["node_ids"])) == 4
+    assert s["byzantine_ids"] == [3]
+    rows = _decisions(res.out / "decisions.csv")
+    byz_rows = [r for r in rows if r["client"] == "3"]
+    assert len(byz_rows) == 5 and all(
+        r["byzantine"] == "1" and r["accepted"] == "0" for r in byz_rows
+    )
+    acc = [float(r["test_accuracy"]) for r in _decisions(res.out / "metrics.csv")]
+    initial = Simulation(make_config(DEPLOY_CONFIG)).evaluate()["test_accuracy"]
+    assert len(acc) == 5 and acc[-1] > acc[0] and acc[-1] > initial + 0.3
+    # the same config in-process: same decisions, same accuracy
+    ref = diversefl.run(make_config(DEPLOY_CONFIG), out=tmp_path / "ref")
+    assert _agreement(rows, _decisions(tmp_path / "ref" / "decisions.csv")) >= 0.99
+    assert abs(s["final_test_accuracy"] - ref.summary["final_test_accuracy"]) <= 0.005
+
+
+AGREE_CONFIG: dict[str, Any] = {
+    "name": "flower-agreement",
+    "seed": 1,
+    "rounds": 10,
+    "data": {"dataset": "digits", "partition": "sorted"},
+    "model": {"name": "mlp"},
+    "clients": {"n": 6, "batch": 0.5, "sample": 0.1},
+    "optim": {"lr": 0.2, "schedule": "constant", "weight_decay": 0.0005},
+    "attack": {"name": "gaussian", "f": 2, "sigma": 1.0},
+    "aggregator": {"name": "diversefl"},
+    "eval": {"every": 5},
+}
+
+
+@needs_flwr
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_simulation_runtime_agrees_with_diversefl_run(tmp_path):
+    from diversefl.flower.deploy import deploy_local
+
+    config = _write_config(tmp_path / "agree.toml", AGREE_CONFIG)
+    work = tmp_path / "work"
+    try:
+        res = deploy_local(
+            config, 6, tmp_path / "out", runtime="simulation", workdir=work, timeout=780
+        )
+    finally:
+        assert _leftovers(work) == [], "processes survived the simulation run"
+    ref = diversefl.run(make_config(AGREE_CONFIG), out=tmp_path / "ref")
+    a = _decisions(res.out / "decisions.csv")
+    b = _decisions(tmp_path / "ref" / "decisions.csv")
+    assert _agreement(a, b) >= 0.99
+    assert abs(res.summary["final_test_accuracy"] - ref.summary["final_test_accuracy"]) <= 0.005
+    assert res.summary["byzantine_ids"] == ref.summary["byzantine_ids"]
+
+
+@needs_flwr
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_failed_run_is_reported_and_stops_everything(tmp_path):
+    from diversefl.flower.deploy import DeployError, deploy_local
+
+    raw = {
+        **DEPLOY_CONFIG,
+        "aggregator": {"name": "rsa"},  # the ServerApp refuses protocols: the run fails
+        "attack": {"name": "none"},
+        "clients": {"n": 2, "batch": 0.5, "sample": 0.1},
+        "rounds": 1,
+    }
+    config = _write_config(tmp_path / "bad.toml", raw)
+    work = tmp_path / "work"
+    with pytest.raises(DeployError, match="failed|did not"):
+        deploy_local(config, 2, tmp_path / "out", byzantine=[], workdir=work, timeout=400)
+    assert _leftovers(work) == []
