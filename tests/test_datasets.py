@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
 import pickle
 import tarfile
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import real_data_dir
 
 from diversefl.data import DataError, load_cifar, load_dataset, read_idx, resolve_data_dir
 from diversefl.data.datasets import (
@@ -24,17 +24,6 @@ from diversefl.data.datasets import (
 )
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
-
-
-def real_data_dir() -> Path:
-    """$DIVERSEFL_DATA, else the checkout's sibling shared/data (tests only); skip if absent."""
-    env = os.environ.get("DIVERSEFL_DATA")
-    if env:
-        return Path(env)  # set explicitly (CI): a wrong path must fail, not skip
-    fallback = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    if not (fallback / "mnist").is_dir():
-        pytest.skip(f"real data not found: set DIVERSEFL_DATA (no {fallback}/mnist either)")
-    return fallback
 
 
 # ---------------------------------------------------------------- MNIST / Fashion-MNIST

@@ -13,19 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import real_data_dir
 
 from diversefl.data import CHECKSUMS, DataError, fetch, load_dataset
-
-
-def real_data_dir() -> Path:
-    """$DIVERSEFL_DATA, else the checkout's sibling shared/data (tests only); skip if absent."""
-    env = os.environ.get("DIVERSEFL_DATA")
-    if env:
-        return Path(env)  # set explicitly (CI): a wrong path must fail, not skip
-    fallback = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    if not (fallback / "mnist").is_dir():
-        pytest.skip(f"real data not found: set DIVERSEFL_DATA (no {fallback}/mnist either)")
-    return fallback
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
