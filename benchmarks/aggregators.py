@@ -33,9 +33,9 @@ set-up of the 3.7 GB case short; timing does not depend on the values).
 
 Run: ``.venv/bin/python benchmarks/aggregators.py`` (full, ~10 min on an idle 2-core machine,
 much longer on a busy one), ``--quick`` (d = 7,850 and 199,210 at n = 23, few repeats),
-``--skip-huge`` (no d = 9,231,114), ``--n``/``--d`` (only these), ``--threads N`` (torch
-threads, default 1: numpy, and so Flower, uses one core). Install the other libraries with
-``pip install -e '.[bench]'`` (Flower) and ``pip install --no-deps byzfl`` (its declared
+``--skip-huge`` (no d = 9,231,114), ``--n``/``--d``/``--methods`` (only these), ``--threads N``
+(torch threads, default 1: numpy, and so Flower, uses one core). Install the other libraries
+with ``pip install -e '.[bench]'`` (Flower) and ``pip install --no-deps byzfl`` (its declared
 torch/torchvision requirements would otherwise pull other torch builds; the aggregators
 need only numpy, scipy and torch).
 """
@@ -452,6 +452,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--n", type=int, nargs="+", choices=[n for n, _ in FEDERATIONS], help="only these n"
     )
     parser.add_argument("--d", type=int, nargs="+", choices=list(SIZES), help="only these d")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=list(aggregators.REGISTRY),
+        help="only these of ours (and of theirs, those among " + ", ".join(COMPARED) + ")",
+    )
     return parser.parse_args(argv)
 
 
@@ -487,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"* = one timed call; ~ = estimated, not run (~>= lower bound)\n"
     )
 
-    names = list(aggregators.REGISTRY)
+    names = [name for name in aggregators.REGISTRY if name in (args.methods or [name])]
     columns = [(n, f, d) for n, f in feds for d in sizes]
     ours: dict[tuple[str, int, int], Timing] = {}
     theirs: list[tuple[Theirs, int, int, int, Timing, str]] = []
@@ -508,6 +514,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             timing = ours[(name, n, d)] = time_ours(name, updates, f, args.seed, plan)
             print(f"{where} ours {name}: {timing.cell()} {timing.problem}", flush=True)
         for entry in their_methods(flwr_agg, byzfl_agg, updates, f):
+            if entry.method not in names:
+                continue
             timing = time_theirs(entry, plan)
             ref = ours.get((entry.method, n, d), Timing())
             theirs.append((entry, n, f, d, timing, agreement(ref, timing)))
