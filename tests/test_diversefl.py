@@ -90,3 +90,65 @@ def test_all_rejected_gives_zero_update_and_permutation_invariance():
     permuted = aggregators.get("diversefl")(updates[perm], _ctx(6, guiding[perm]))
     torch.testing.assert_close(permuted.update, base.update)
     assert permuted.accepted.tolist() == base.accepted[perm].tolist()
+
+
+def test_min_cosine_zero_is_the_sign_test_and_positive_tightens_it():
+    gen = torch.Generator().manual_seed(3)
+    guiding = torch.randn(40, 6, generator=gen)
+    updates = guiding + 1.2 * torch.randn(40, 6, generator=gen)
+    plain = aggregators.get("diversefl")(updates, _ctx(40, guiding))
+    zero = aggregators.get("diversefl", min_cosine=0.0)(updates, _ctx(40, guiding))
+    assert torch.equal(plain.accepted, zero.accepted)
+    tight = aggregators.get("diversefl", min_cosine=0.6)(updates, _ctx(40, guiding))
+    for j in range(40):  # reference: cosine by hand, the same ratio band
+        g, z = guiding[j].tolist(), updates[j].tolist()
+        dot = sum(a * b for a, b in zip(g, z, strict=True))
+        ng, nz = math.sqrt(sum(a * a for a in g)), math.sqrt(sum(b * b for b in z))
+        want = dot / (ng * nz) > 0.6 and 0.5 < nz / ng < 2.0
+        assert bool(tight.accepted[j]) == want
+        assert abs(float(tight.scores["cos"][j]) - dot / (ng * nz)) < 1e-5
+    assert 0 < int(tight.accepted.sum()) < int(plain.accepted.sum())
+
+
+def _quarantine_reference(passed_by_round: list[list[bool]], rate: float, after: int):
+    """Plain loop: accept in a round iff passed and (tested < after or failures/tested <= rate)."""
+    tested = [0] * len(passed_by_round[0])
+    failed = [0] * len(passed_by_round[0])
+    out = []
+    for passed in passed_by_round:
+        row = []
+        for j, ok in enumerate(passed):
+            tested[j] += 1
+            failed[j] += not ok
+            row.append(ok and (tested[j] < after or failed[j] / tested[j] <= rate))
+        out.append(row)
+    return out
+
+
+def test_quarantine_matches_a_plain_loop_and_survives_a_checkpoint():
+    gen = torch.Generator().manual_seed(0)
+    n, d, rounds = 5, 4, 30
+    # client 0 always honest; client 1 fails 60% of rounds; client 2 fails only early on
+    fail_p = [0.0, 0.6, 0.0, 0.3, 0.1]
+    rule = aggregators.get("diversefl", quarantine=0.25, quarantine_after=4)
+    passed_by_round, got = [], []
+    for r in range(1, rounds + 1):
+        guiding = torch.randn(n, d, generator=gen)
+        flips = torch.rand(n, generator=gen) < torch.tensor(fail_p)
+        if r <= 3:
+            flips[2] = True
+        updates = torch.where(flips[:, None], -guiding, guiding * 1.1)
+        passed_by_round.append((~flips).tolist())
+        ctx = RoundContext(round=r, n=n, f=0, generator=gen, guiding_fn=lambda g=guiding: g)
+        res = rule(updates, ctx)
+        if r == 12:  # a second call in the same round must not count the round twice
+            res = rule(updates, ctx)
+        if r == 15:  # checkpoint and restore into a fresh rule
+            state = rule.state_dict()
+            rule = aggregators.get("diversefl", quarantine=0.25, quarantine_after=4)
+            rule.load_state_dict(state)
+        got.append(res.accepted.tolist())
+    want = _quarantine_reference(passed_by_round, 0.25, 4)
+    assert got == want
+    assert not any(row[1] for row in got[10:])  # the frequent failer is shut out
+    assert got[-1][2]  # the early failer regained trust

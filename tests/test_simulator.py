@@ -9,9 +9,10 @@ import torch
 from conftest import tiny_config
 
 import diversefl
-from diversefl.config import make_config
+from diversefl.config import ConfigError, make_config
 from diversefl.engine.gradients import loop_grads
 from diversefl.engine.schedules import make_schedule
+from diversefl.engine.seeding import generator
 from diversefl.engine.simulator import Simulation, draw_without_replacement
 
 
@@ -159,3 +160,28 @@ def test_schedules(kind, kwargs, expected):
     sched = make_schedule(kind, **kwargs)
     for r, lr in expected.items():
         assert math.isclose(sched(r), lr, rel_tol=1e-9), (r, sched(r), lr)
+
+
+def test_byzantine_seed_fixes_the_placement_across_run_seeds():
+    def ids(seed: int, **atk) -> list[int]:
+        cfg = tiny_config(seed=seed, attack={"name": "sign_flip", "f": 2, **atk})
+        return Simulation(make_config(cfg)).byzantine_ids()
+
+    assert ids(0, byzantine_seed=7) == ids(1, byzantine_seed=7) == ids(2, byzantine_seed=7)
+    # the default draws from the run seed, exactly as before the option existed
+    assert ids(3) == ids(0, byzantine_seed=3)
+    draws = {tuple(ids(0, byzantine_seed=s)) for s in range(8)}
+    assert len(draws) > 1
+
+
+def test_listed_ids_plus_seeded_extra():
+    cfg = tiny_config(
+        attack={"name": "sign_flip", "byzantine": [1, 2], "also_seeded": 2, "byzantine_seed": 5}
+    )
+    got = Simulation(make_config(cfg)).byzantine_ids()
+    assert len(got) == 4 and {1, 2} <= set(got)
+    # the two extra ids are the first two of the seeded permutation that are not listed
+    perm = torch.randperm(6, generator=generator(5, "byzantine")).tolist()
+    assert set(got) - {1, 2} == set([i for i in perm if i not in (1, 2)][:2])
+    with pytest.raises(ConfigError, match="also_seeded"):
+        make_config(tiny_config(attack={"name": "sign_flip", "f": 2, "also_seeded": 1}))

@@ -103,17 +103,23 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """``diversefl sweep CONFIG``: the aggregators x attacks x seeds grid of a sweep file."""
-    from diversefl.sweep import load_sweep, run_sweep
+    from diversefl.sweep import load_sweep, run_sweep, select
 
     cells = load_sweep(args.config, _run_overrides(args))
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    console.print(f"sweep: {len(cells)} runs into {out}")
+    n_sel = len(select(cells, args.only))
+    console.print(
+        f"sweep: {n_sel} of {len(cells)} runs into {out}"
+        + (f", {args.jobs} at a time" if args.jobs > 1 else "")
+    )
     rows = run_sweep(
         cells,
         out,
         data_dir=args.data_dir,
-        progress=not args.quiet,
+        progress=not args.quiet and args.jobs <= 1,
         echo=lambda m: console.print(m, highlight=False),
+        jobs=args.jobs,
+        only=args.only,
     )
     table = Table(title=f"sweep {Path(args.config).name}: final test accuracy")
     for col in ("aggregator", "attack", "seed", "final acc", "best acc", "TPR", "FPR", "s"):
@@ -242,6 +248,18 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     sw.add_argument("--rounds", type=int, help="override the number of rounds of every run")
     sw.add_argument("--quiet", action="store_true", help="no per-run progress bars")
+    sw.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at once, in worker processes sharing the CPU threads (default 1)",
+    )
+    sw.add_argument(
+        "--only",
+        action="append",
+        metavar="PATTERN",
+        help="run only cells whose name (aggregator__attack__seedK) matches; repeatable",
+    )
     sw.set_defaults(func=cmd_sweep)
 
     pl = sub.add_parser("plot", help="figures and tables from saved run or sweep directories")

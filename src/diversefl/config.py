@@ -72,9 +72,14 @@ class AttackConfig(_Section):
     name: str = "none"
     f: int = Field(5, ge=0)  # number of Byzantine clients (ignored when name = "none")
     byzantine: Literal["seeded", "per_round"] | list[int] = "seeded"
+    # Seed of the "seeded" draw (default: the run's seed). Fixing it keeps one Byzantine
+    # placement across run seeds, so seeds vary only the training randomness.
+    byzantine_seed: int | None = Field(None, ge=0)
+    # With a list of ids: this many more Byzantine clients drawn (seeded) among the others.
+    also_seeded: int = Field(0, ge=0)
 
     def params(self) -> dict[str, Any]:
-        """The attack-specific settings (everything but name, f, byzantine)."""
+        """The attack-specific settings (everything but name, f, byzantine, ...)."""
         return dict(self.model_extra or {})
 
 
@@ -138,6 +143,11 @@ class Config(_Section):
                 )
             if len(set(self.attack.byzantine)) != len(self.attack.byzantine):
                 raise ValueError("attack.byzantine: duplicate client ids")
+        elif self.attack.also_seeded:
+            raise ValueError(
+                "attack.also_seeded: only with a list of ids in attack.byzantine "
+                f"(got byzantine = {self.attack.byzantine!r}; use attack.f instead)"
+            )
         agg.check(self.clients.n, f)
         return self
 
@@ -146,7 +156,7 @@ class Config(_Section):
         if self.attack.name == "none":
             return 0
         if isinstance(self.attack.byzantine, list):
-            return len(self.attack.byzantine)
+            return len(self.attack.byzantine) + self.attack.also_seeded
         return self.attack.f
 
 
@@ -230,4 +240,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def to_toml_dict(cfg: Config) -> dict[str, Any]:
     """The fully resolved config as a TOML-serialisable dict (what config.toml holds)."""
-    return cfg.model_dump(mode="json")
+    return _drop_none(cfg.model_dump(mode="json"))
+
+
+def _drop_none(obj: Any) -> Any:
+    """TOML has no null: unset optional settings are left out (they load back as None)."""
+    if isinstance(obj, dict):
+        return {k: _drop_none(v) for k, v in obj.items() if v is not None}
+    return obj

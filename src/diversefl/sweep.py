@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import copy
 import csv
+import fnmatch
 import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diversefl.config import Config, ConfigError, apply_overrides, make_config
+from diversefl.config import Config, ConfigError, apply_overrides, make_config, to_toml_dict
 
 SWEEP_COLUMNS = [
     "aggregator",
@@ -128,6 +129,70 @@ def _summary_row(cell: Cell, summary: dict[str, Any], run_dir: Path) -> dict[str
     return row
 
 
+def select(cells: list[Cell], patterns: list[str] | None) -> list[Cell]:
+    """The cells whose directory name matches any of the shell-style ``patterns``
+    (e.g. ``"diversefl*__label_flip__*"``); all cells when no pattern is given."""
+    if not patterns:
+        return cells
+    chosen = [c for c in cells if any(fnmatch.fnmatchcase(c.dirname, p) for p in patterns)]
+    if not chosen:
+        names = ", ".join(c.dirname for c in cells[:5])
+        raise ConfigError(
+            f"--only {' '.join(patterns)}: matches no cell of the sweep "
+            f"(cells look like {names}, ...)"
+        )
+    return chosen
+
+
+def _finished(cell: Cell, run_dir: Path) -> dict[str, Any] | None:
+    """The saved summary of a finished run of ``cell``, or None when it still has to run."""
+    summary_path = run_dir / "summary.json"
+    if not summary_path.exists() or (run_dir / ".running").exists():
+        return None
+    saved = make_config(tomllib.loads((run_dir / "config.toml").read_text()))
+    # compared as validated configs, so settings added later with defaults still match
+    if to_toml_dict(saved) != to_toml_dict(cell.config):
+        raise ConfigError(
+            f"{run_dir} holds a finished run with a different config; use another --out"
+        )
+    return json.loads(summary_path.read_text())
+
+
+def _run_cell(
+    cell: Cell, run_dir: Path, data_dir: str | None, progress: bool, threads: int = 0
+) -> dict[str, Any]:
+    """Run (or resume) one cell into ``run_dir``; returns its summary. Also the worker
+    function of ``--jobs``: ``threads`` > 0 caps torch's intra-op threads in that process."""
+    import torch
+
+    from diversefl.api import run
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    resume = (run_dir / "checkpoint.pt").exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / ".running").touch()
+    (run_dir / "summary.json").unlink(missing_ok=True)
+    result = run(
+        cell.config,
+        data_dir=data_dir,
+        out=run_dir,
+        resume=resume,
+        overwrite=not resume,
+        progress=progress,
+    )
+    (run_dir / ".running").unlink()
+    return result.summary
+
+
+def _done_line(i: int, total: int, cell: Cell, summary: dict[str, Any]) -> str:
+    return (
+        f"[{i}/{total}] {cell.dirname}: acc {summary['final_test_accuracy']:.4f}, "
+        f"tpr {summary['mean_tpr']}, fpr {summary['mean_fpr']} "
+        f"({summary['wall_seconds']:.1f} s)"
+    )
+
+
 def run_sweep(
     cells: list[Cell],
     out: str | Path,
@@ -135,53 +200,66 @@ def run_sweep(
     progress: bool = True,
     echo: Any = print,
     csv_name: str | None = "sweep.csv",
+    jobs: int = 1,
+    only: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every cell into ``out/<aggregator>__<attack>__seed<k>`` and write ``sweep.csv``
-    (``csv_name=None``: no csv, e.g. when only part of a grid is run)."""
-    from diversefl.api import run
-    from diversefl.config import to_toml_dict
+    (``csv_name=None``: no csv, e.g. when only part of a grid is run).
 
+    ``jobs`` > 1 runs that many cells at once in worker processes, each with an equal share
+    of the CPU threads; every run is still seeded on its own, so the numbers do not depend
+    on ``jobs``. ``only`` (shell-style patterns on cell names) runs just the matching cells;
+    ``sweep.csv`` still lists every finished cell of the grid, in grid order."""
+    chosen = {c.dirname for c in select(cells, only)}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i, cell in enumerate(cells, 1):
-        run_dir = out / cell.dirname
-        summary_path = run_dir / "summary.json"
-        if summary_path.exists() and not (run_dir / ".running").exists():
-            summary = json.loads(summary_path.read_text())
-            saved = tomllib.loads((run_dir / "config.toml").read_text())
-            if saved != to_toml_dict(cell.config):
-                raise ConfigError(
-                    f"{run_dir} holds a finished run with a different config; use another --out"
-                )
-            echo(
-                f"[{i}/{len(cells)}] {cell.dirname}: done already "
-                f"(acc {summary['final_test_accuracy']:.4f})"
-            )
+    summaries: dict[int, dict[str, Any]] = {}
+    todo = []
+    for i, cell in enumerate(cells):
+        done = _finished(cell, out / cell.dirname)
+        if done is None:
+            if cell.dirname in chosen:
+                todo.append(i)
         else:
-            resume = (run_dir / "checkpoint.pt").exists()
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / ".running").touch()
-            if summary_path.exists():
-                summary_path.unlink()
-            result = run(
-                cell.config,
-                data_dir=data_dir,
-                out=run_dir,
-                resume=resume,
-                overwrite=not resume,
-                progress=progress,
-            )
-            (run_dir / ".running").unlink()
-            summary = result.summary
+            summaries[i] = done
             echo(
-                f"[{i}/{len(cells)}] {cell.dirname}: acc {summary['final_test_accuracy']:.4f}, "
-                f"tpr {summary['mean_tpr']}, fpr {summary['mean_fpr']} "
-                f"({summary['wall_seconds']:.1f} s)"
+                f"[{i + 1}/{len(cells)}] {cell.dirname}: done already "
+                f"(acc {done['final_test_accuracy']:.4f})"
             )
-        rows.append(_summary_row(cell, summary, run_dir))
+
+    def record(i: int, summary: dict[str, Any]) -> None:
+        summaries[i] = summary
+        echo(_done_line(i + 1, len(cells), cells[i], summary))
         if csv_name:
+            rows = [
+                _summary_row(cells[k], summaries[k], out / cells[k].dirname)
+                for k in sorted(summaries)
+            ]
             write_sweep_csv(out / csv_name, rows)
+
+    if jobs <= 1 or len(todo) <= 1:
+        for i in todo:
+            record(i, _run_cell(cells[i], out / cells[i].dirname, data_dir, progress))
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        import torch
+
+        threads = max(1, torch.get_num_threads() // jobs)
+        ctx = mp.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            futures = {
+                pool.submit(
+                    _run_cell, cells[i], out / cells[i].dirname, data_dir, False, threads
+                ): i
+                for i in todo
+            }
+            for fut in as_completed(futures):
+                record(futures[fut], fut.result())
+    rows = [_summary_row(cells[k], summaries[k], out / cells[k].dirname) for k in sorted(summaries)]
+    if csv_name:
+        write_sweep_csv(out / csv_name, rows)
     return rows
 
 

@@ -4,7 +4,7 @@ gradient the server computes on that client's own one-time sample."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -28,6 +28,13 @@ def diversefl_accept(c1: Tensor, c2: Tensor, eps1: float, eps2: float) -> Tensor
     return (c1 > 0) & (c2 > eps1) & (c2 < eps2)
 
 
+def cosine(guiding: Tensor, updates: Tensor) -> Tensor:
+    """Per-client cosine similarity of guiding gradient and update (0 where either is zero)."""
+    dots = (guiding * updates).sum(dim=1)
+    norms = guiding.norm(dim=1) * updates.norm(dim=1)
+    return torch.where(norms > 0, dots / norms.clamp_min(torch.finfo(dots.dtype).tiny), 0.0)
+
+
 @dataclass
 class DiverseFL(Aggregator):
     """Average the updates that pass both of DiverseFL's conditions (eqs. 9-11).
@@ -37,16 +44,44 @@ class DiverseFL(Aggregator):
     aggregate is zero, so that round's server step applies only the L2 decay
     ``theta -= lr * lambda * theta`` (no client is trusted, so the model does not move toward
     any of them). Per-client ``c1`` and ``c2`` are returned as scores every round.
+
+    Two optional hardenings against attacks that pass the test in some rounds (label flip),
+    both off by default so the rule is the paper's:
+
+    - ``min_cosine`` > 0 replaces the bare sign test C1 > 0 by ``cos(guiding_j, z_j) >
+      min_cosine`` (``min_cosine = 0`` is exactly the sign test); score ``cos``.
+    - ``quarantine`` > 0 keeps, per client id, how often its update failed the per-round test;
+      once a client has been tested ``quarantine_after`` times, it is rejected in every round
+      in which its failure rate so far exceeds ``quarantine`` (it regains trust only by passing
+      enough later rounds to bring the rate back down); score ``fail_rate``. The counts are
+      state: they travel with checkpoints.
     """
 
     name: ClassVar[str] = "diversefl"
     needs_guiding: ClassVar[bool] = True
     eps1: float = 0.5  # lower bound on |z| / |guiding| (paper: 0.5)
     eps2: float = 2.0  # upper bound on |z| / |guiding| (paper: 2)
+    min_cosine: float = 0.0  # accept only cos(guiding, z) > min_cosine (0: the paper's C1 > 0)
+    quarantine: float = 0.0  # reject clients whose failure rate so far exceeds this (0: off)
+    quarantine_after: int = 10  # tests a client must have had before quarantine applies
 
     def __post_init__(self) -> None:
         if not 0 <= self.eps1 < self.eps2:
-            raise ValueError(f"need 0 <= eps1 < eps2, got eps1={self.eps1}, eps2={self.eps2}")
+            raise AggregatorError(
+                f"diversefl: need 0 <= eps1 < eps2, got eps1={self.eps1}, eps2={self.eps2}"
+            )
+        if not 0 <= self.min_cosine < 1:
+            raise AggregatorError(f"diversefl: min_cosine must be in [0, 1), got {self.min_cosine}")
+        if not 0 <= self.quarantine < 1:
+            raise AggregatorError(f"diversefl: quarantine must be in [0, 1), got {self.quarantine}")
+        if self.quarantine_after < 1:
+            raise AggregatorError(
+                f"diversefl: quarantine_after must be >= 1, got {self.quarantine_after}"
+            )
+        self.tested = torch.zeros(0, dtype=torch.float64)  # per client id: rounds tested
+        self.failed = torch.zeros(0, dtype=torch.float64)  # per client id: rounds failed
+        self.round: int | None = None
+        self._before: tuple[Tensor, Tensor] | None = None  # counts before `self.round`
 
     def check(self, n: int, f: int) -> None:
         """DiverseFL's test is per client, so any n >= 1 works (no bound on f)."""
@@ -61,7 +96,48 @@ class DiverseFL(Aggregator):
                 f"{tuple(updates.shape)}"
             )
         c1, c2 = diversefl_scores(guiding, updates)
-        accepted = diversefl_accept(c1, c2, self.eps1, self.eps2)
-        return Aggregate(
-            update=mean_of(updates, accepted), accepted=accepted, scores={"c1": c1, "c2": c2}
-        )
+        scores = {"c1": c1, "c2": c2}
+        if self.min_cosine > 0:
+            cos = cosine(guiding, updates)
+            scores["cos"] = cos
+            passed = (cos > self.min_cosine) & (c2 > self.eps1) & (c2 < self.eps2)
+        else:
+            passed = diversefl_accept(c1, c2, self.eps1, self.eps2)
+        accepted = passed
+        if self.quarantine > 0:
+            rate = self._record(passed, ctx)
+            scores["fail_rate"] = rate.to(updates.dtype)
+            seen = self.tested[ctx.client_ids.cpu()].to(passed.device)
+            trusted = (seen < self.quarantine_after) | (rate <= self.quarantine)
+            accepted = passed & trusted
+        return Aggregate(update=mean_of(updates, accepted), accepted=accepted, scores=scores)
+
+    def _record(self, passed: Tensor, ctx: RoundContext) -> Tensor:
+        """Add this round's test results to the per-client counts; each client's failure rate
+        so far. A second call in the same round replaces that round's results."""
+        if ctx.round == self.round and self._before is not None:
+            self.tested, self.failed = (t.clone() for t in self._before)
+        else:
+            self._before = (self.tested.clone(), self.failed.clone())
+            self.round = ctx.round
+        ids = ctx.client_ids.cpu().long()
+        size = int(ids.max()) + 1 if ids.numel() else 0
+        if size > self.tested.numel():
+            grow = size - self.tested.numel()
+            self.tested = torch.cat([self.tested, torch.zeros(grow, dtype=torch.float64)])
+            self.failed = torch.cat([self.failed, torch.zeros(grow, dtype=torch.float64)])
+        self.tested[ids] += 1
+        self.failed[ids] += (~passed).cpu().double()
+        return (self.failed[ids] / self.tested[ids]).to(passed.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The per-client test counts of the quarantine rule."""
+        return {"tested": self.tested.clone(), "failed": self.failed.clone(), "round": self.round}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the counts saved by :meth:`state_dict`."""
+        if state:
+            self.tested = state["tested"].clone()
+            self.failed = state["failed"].clone()
+            self.round = state["round"]
+            self._before = None

@@ -133,12 +133,17 @@ class Simulation:
         if chosen is not None:  # the attack decides (backdoor: the source-class owners)
             mask[chosen] = True
             return mask
-        if isinstance(spec, list):
-            mask[spec] = True
-            return mask
         if spec == "per_round":
             return None
-        perm = torch.randperm(self.n, generator=generator(self.cfg.seed, "byzantine"))
+        seed = self.cfg.attack.byzantine_seed
+        perm = torch.randperm(
+            self.n, generator=generator(self.cfg.seed if seed is None else seed, "byzantine")
+        )
+        if isinstance(spec, list):
+            mask[spec] = True
+            extra = [i for i in perm.tolist() if not mask[i]][: self.cfg.attack.also_seeded]
+            mask[extra] = True
+            return mask
         mask[perm[: self.f]] = True
         return mask
 
