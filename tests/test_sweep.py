@@ -80,9 +80,7 @@ def test_parallel_jobs_give_the_same_numbers_as_serial(tmp_path: Path):
     serial = run_sweep(cells, tmp_path / "serial", progress=False, echo=lambda m: None)
     parallel = run_sweep(cells, tmp_path / "par", progress=False, echo=lambda m: None, jobs=2)
     keys = ("aggregator", "attack", "final_test_accuracy", "mean_tpr", "mean_fpr")
-    assert [{k: r[k] for k in keys} for r in parallel] == [
-        {k: r[k] for k in keys} for r in serial
-    ]
+    assert [{k: r[k] for k in keys} for r in parallel] == [{k: r[k] for k in keys} for r in serial]
     for cell in cells:
         a = (tmp_path / "serial" / cell.dirname / "metrics.csv").read_text().splitlines()
         b = (tmp_path / "par" / cell.dirname / "metrics.csv").read_text().splitlines()
