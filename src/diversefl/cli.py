@@ -141,6 +141,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_detection(args: argparse.Namespace) -> int:
+    """``diversefl detection SWEEP``: accuracy vs OracleSGD, TPR/FPR and C1/C2 pass rates."""
+    from diversefl.detection import detection_table, per_client_table, read_sweep
+
+    runs = read_sweep(args.path)
+    text = detection_table(runs)
+    for agg in args.per_client or []:
+        text += f"\nPer Byzantine client, {agg}:\n\n" + per_client_table(runs, agg)
+    if args.out:
+        Path(args.out).write_text(text)
+        console.print(f"wrote {args.out}")
+    else:
+        print(text)
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     """``diversefl plot DIR``: curves (or Fig. 2's C1 x C2 scatter, or a table) from saved runs."""
     from diversefl import plots
@@ -261,6 +277,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="run only cells whose name (aggregator__attack__seedK) matches; repeatable",
     )
     sw.set_defaults(func=cmd_sweep)
+
+    de = sub.add_parser(
+        "detection",
+        help="who was caught: accuracy vs OracleSGD, TPR/FPR, C1/C2 pass rates of a sweep",
+    )
+    de.add_argument("path", help="a sweep directory (runs with decisions.csv)")
+    de.add_argument("--out", help="write the markdown table to this file")
+    de.add_argument(
+        "--per-client",
+        action="append",
+        metavar="AGGREGATOR",
+        help="also list each Byzantine client's acceptance share for this aggregator",
+    )
+    de.set_defaults(func=cmd_detection)
 
     pl = sub.add_parser("plot", help="figures and tables from saved run or sweep directories")
     pl.add_argument("path", help="a run directory or a sweep directory")
