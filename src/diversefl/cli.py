@@ -198,8 +198,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         out=args.out,
         data_dir=args.data_dir,
         rounds=args.rounds,
-        progress=not args.quiet,
+        progress=not args.quiet and args.jobs <= 1,
         echo=lambda m: console.print(m, highlight=False),
+        jobs=args.jobs,
     )
     return 0
 
@@ -324,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", help="output directory (default: runs/reproduce)")
     rp.add_argument("--rounds", type=int, help="shorter runs (e.g. 5 for a smoke test)")
     rp.add_argument("--quiet", action="store_true")
+    rp.add_argument("--jobs", type=int, default=1, help="runs at once (as in sweep --jobs)")
     rp.set_defaults(func=cmd_reproduce)
 
     dl = sub.add_parser(

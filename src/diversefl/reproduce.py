@@ -156,6 +156,7 @@ def reproduce(
     rounds: int | None = None,
     progress: bool = True,
     echo=print,
+    jobs: int = 1,
 ) -> list[Path]:
     """Run (or finish) the runs behind figure ``name`` and draw it; returns the figure paths.
 
@@ -170,7 +171,9 @@ def reproduce(
     run_root = root / (fig.preset + ("" if rounds is None else f"-r{rounds}"))
     cells = figure_cells(fig, rounds)
     echo(f"{name}: {fig.description}; {len(cells)} runs into {run_root}")
-    run_sweep(cells, run_root, data_dir=data_dir, progress=progress, echo=echo, csv_name=None)
+    run_sweep(
+        cells, run_root, data_dir=data_dir, progress=progress, echo=echo, csv_name=None, jobs=jobs
+    )
     # draw from only this figure's cells (the run root may hold more of the preset's grid)
     view = root / "figures" / (name + ("" if rounds is None else f"-r{rounds}"))
     view.mkdir(parents=True, exist_ok=True)
