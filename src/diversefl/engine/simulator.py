@@ -3,6 +3,7 @@ A round is a few large tensor operations over all clients at once, never a loop 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +87,19 @@ class Simulation:
         self.shards, self.shard_len = pad_rows([torch.as_tensor(p) for p in parts])
         self.batch_k = torch.tensor([_count(cfg.clients.batch, int(L)) for L in self.shard_len])
         self.sample_k = torch.tensor([_count(cfg.clients.sample, int(L)) for L in self.shard_len])
+        for key, spec, k in (
+            ("clients.batch", cfg.clients.batch, self.batch_k),
+            ("clients.sample", cfg.clients.sample, self.sample_k),
+        ):
+            capped = [j for j in range(n) if isinstance(spec, int) and spec > int(k[j])]
+            if capped:
+                warnings.warn(
+                    f"{key}={spec} is larger than the shards of clients {capped[:10]}"
+                    f"{' ...' if len(capped) > 10 else ''} (smallest "
+                    f"{int(self.shard_len[capped].min())} examples): capped at the shard size, "
+                    "so those clients use their whole shard",
+                    stacklevel=2,
+                )
         # Loss scale per client: 1 (mean loss) or the client's batch size (summed loss). The
         # guiding gradient uses the same scale, so it estimates what an honest client sends.
         self.loss_scale = (self.batch_k.float() if cfg.clients.loss == "sum" else torch.ones(n)).to(
