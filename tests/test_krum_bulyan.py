@@ -264,3 +264,24 @@ def test_registered() -> None:
     assert isinstance(aggregators.get("krum"), Krum)
     assert aggregators.get("multi_krum", m=3) == MultiKrum(m=3)
     assert isinstance(aggregators.get("bulyan"), Bulyan)
+
+
+def test_pairwise_distances_exact_where_the_gram_form_would_cancel():
+    gen = torch.Generator().manual_seed(5)
+    d = 3000
+    big = torch.full((d,), 1e7, dtype=torch.float32)
+    rows = torch.stack(
+        [
+            big,
+            big + torch.where(torch.arange(d) == 7, 1.0, 0.0),  # differs from row 0 by 1 entry
+            torch.randn(d, generator=gen),
+            torch.randn(d, generator=gen),
+        ]
+    )
+    dist = pairwise_sq_dists(rows)
+    ref = torch.zeros(4, 4, dtype=torch.float64)
+    for i in range(4):
+        for j in range(4):
+            ref[i, j] = ((rows[i].double() - rows[j].double()) ** 2).sum()
+    assert dist[0, 1] == 1.0  # the Gram form alone gives 0 or garbage here
+    torch.testing.assert_close(dist, ref, rtol=1e-9, atol=1e-9)

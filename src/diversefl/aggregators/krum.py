@@ -1,12 +1,11 @@
 """Krum and Multi-Krum (Blanchard et al., 2017): keep the update(s) closest to their neighbours.
 
 Distance convention (shared with :mod:`diversefl.aggregators.bulyan`): the pairwise squared
-Euclidean distances are computed ONCE per round by :func:`pairwise_sq_dists`, in float64, from
-exact coordinate differences (``torch.pdist``), never with the Gram trick
-``|a|^2 + |b|^2 - 2 a.b``: in float32 that trick cancels catastrophically when the update norms
-are large compared with their spread (exactly the regime of a scaled attack), which could change
-Krum's choice. The columns are processed in chunks, so the float64 copy stays small even for
-models with millions of parameters. Scores are returned in float64.
+Euclidean distances are computed ONCE per round by :func:`pairwise_sq_dists`, in float64. The
+bulk comes from one float64 Gram product ``|a|^2 + |b|^2 - 2 a.b`` (a matrix multiply, fast),
+and every pair where that form could cancel badly -- a distance below ``1e-6`` of
+``|a|^2 + |b|^2``, e.g. two nearly identical large updates of a scaled attack -- is recomputed
+from exact coordinate differences. Scores are returned in float64.
 """
 
 from __future__ import annotations
@@ -20,8 +19,20 @@ from torch import Tensor
 from diversefl.aggregators.base import Aggregate, Aggregator, AggregatorError, RoundContext
 from diversefl.aggregators.mean import mean_of
 
-# Columns per float64 chunk in pairwise_sq_dists: 2**18 columns x 8 bytes = 2 MiB per client.
+# Columns per float64 chunk: 2**18 columns x 8 bytes = 2 MiB per client.
 _CHUNK = 1 << 18
+# Pairs whose Gram-form distance is below this share of |a|^2 + |b|^2 are recomputed exactly
+# (float64 keeps ~16 digits, so the Gram form is accurate to ~1e-10 relative above it).
+_RECHECK = 1e-6
+
+
+def _exact_pairs(updates: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """``||z_i - z_j||^2`` in float64 from coordinate differences, for the listed pairs."""
+    out = torch.zeros(rows.numel(), dtype=torch.float64, device=updates.device)
+    for start in range(0, updates.shape[1], _CHUNK):
+        chunk = updates[:, start : start + _CHUNK].to(torch.float64)
+        out += (chunk[rows] - chunk[cols]).square().sum(1)
+    return out
 
 
 def pairwise_sq_dists(updates: Tensor) -> Tensor:
@@ -35,18 +46,24 @@ def pairwise_sq_dists(updates: Tensor) -> Tensor:
     Returns
     -------
     Tensor
-        Symmetric float64 matrix ``[n, n]`` with an exactly zero diagonal. Computed from exact
-        coordinate differences in float64 (no Gram-trick cancellation), column chunk by chunk.
+        Symmetric float64 matrix ``[n, n]`` with an exactly zero diagonal: a float64 Gram
+        product, with the pairs at risk of cancellation recomputed from exact differences.
     """
     n, d = updates.shape
     dist = torch.zeros(n, n, dtype=torch.float64, device=updates.device)
     if n < 2:
         return dist
-    rows, cols = torch.triu_indices(n, n, offset=1, device=updates.device)
-    upper = torch.zeros(rows.numel(), dtype=torch.float64, device=updates.device)
+    gram = torch.zeros(n, n, dtype=torch.float64, device=updates.device)
     for start in range(0, d, _CHUNK):
         chunk = updates[:, start : start + _CHUNK].to(torch.float64)
-        upper += torch.pdist(chunk).square()
+        gram += chunk @ chunk.T
+    sq = gram.diagonal().clone()
+    rows, cols = torch.triu_indices(n, n, offset=1, device=updates.device)
+    total = sq[rows] + sq[cols]
+    upper = (total - 2 * gram[rows, cols]).clamp_min(0.0)
+    risky = upper <= _RECHECK * total
+    if bool(risky.any()):
+        upper[risky] = _exact_pairs(updates, rows[risky], cols[risky])
     dist[rows, cols] = upper
     dist[cols, rows] = upper
     return dist

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from diversefl.aggregators.base import Aggregate, Aggregator, RoundContext
+from diversefl.aggregators.order_stats import sort_clients
 
 
 def median_of_sorted(sorted_updates: Tensor) -> Tensor:
@@ -30,7 +31,7 @@ def median_of_sorted(sorted_updates: Tensor) -> Tensor:
 def coordinate_median(updates: Tensor) -> Tensor:
     """Coordinate-wise median ``[d]`` of ``updates [n, d]`` (even ``n``: mean of the two middle
     values of each coordinate)."""
-    return median_of_sorted(torch.sort(updates, dim=0).values)
+    return median_of_sorted(sort_clients(updates))
 
 
 @dataclass

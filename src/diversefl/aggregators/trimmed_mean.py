@@ -12,6 +12,7 @@ from torch import Tensor
 
 from diversefl.aggregators.base import Aggregate, Aggregator, AggregatorError, RoundContext
 from diversefl.aggregators.median import median_of_sorted
+from diversefl.aggregators.order_stats import sort_clients, stable_argsort_clients
 
 
 def trimmed_count(beta: float, n: int) -> int:
@@ -40,7 +41,7 @@ def rank_trimmed_mean(updates: Tensor, trim: int) -> Tensor:
         raise ValueError(f"cannot trim {trim} values from each end of {n}")
     if trim == 0:
         return updates.mean(0)
-    return torch.sort(updates, dim=0).values[trim : n - trim].mean(0)
+    return sort_clients(updates)[trim : n - trim].mean(0)
 
 
 def closest_to_median_mean(updates: Tensor, keep: int) -> Tensor:
@@ -73,12 +74,12 @@ def closest_to_median_mean(updates: Tensor, keep: int) -> Tensor:
     n = updates.shape[0]
     if not 1 <= keep <= n:
         raise ValueError(f"keep must be in [1, {n}], got {keep}")
-    ordered = torch.sort(updates, dim=0).values
+    ordered = sort_clients(updates)
     if keep == n:
         return ordered.mean(0)
     dist = (ordered - median_of_sorted(ordered)).abs()
     # A stable sort over the value-sorted rows breaks distance ties toward the smaller value.
-    closest = torch.sort(dist, dim=0, stable=True).indices[:keep]
+    closest = stable_argsort_clients(dist)[:keep]
     return torch.gather(ordered, 0, closest).mean(0)
 
 
