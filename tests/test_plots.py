@@ -197,3 +197,11 @@ def test_cli_plot_table_and_heatmap(sweep_dir: Path, tmp_path: Path, capsys) -> 
     assert "| Aggregator |" in capsys.readouterr().out
     assert heat.stat().st_size > 1000
     assert main(["plot", str(tmp_path / "empty_dir_missing")]) == 2
+
+
+def test_plot_curves_several_metrics_one_figure(sweep_dir: Path, tmp_path: Path) -> None:
+    one = plot_curves(sweep_dir, metric="test_accuracy", out=tmp_path / "one.png")
+    two = plot_curves(sweep_dir, metric=["test_accuracy", "tpr"], out=tmp_path / "two.png")
+    assert two.stat().st_size > one.stat().st_size > 1000  # twice the panels
+    with pytest.raises(ValueError, match="bogus"):
+        plot_curves(sweep_dir, metric=["test_accuracy", "bogus"])

@@ -13,6 +13,7 @@ import re
 import statistics
 import tomllib
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -270,42 +271,56 @@ def _series(rows: list[dict[str, str]], metric: str) -> dict[int, float]:
 
 def plot_curves(
     path: str | Path,
-    metric: str = "test_accuracy",
+    metric: str | Sequence[str] = "test_accuracy",
     out: str | Path | None = None,
     title: str | None = None,
 ) -> Path:
-    """One panel per attack, one line per aggregator (mean and min-max band over seeds)."""
-    if metric not in METRIC_NAMES:
-        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRIC_NAMES)}")
+    """One panel per attack (and per metric when several are given, e.g. the backdoor's main
+    and backdoor accuracy side by side), one line per aggregator (mean and min-max band over
+    seeds)."""
+    metrics = [metric] if isinstance(metric, str) else list(metric)
+    for m in metrics:
+        if m not in METRIC_NAMES:
+            raise ValueError(f"unknown metric {m!r}; choose from {', '.join(METRIC_NAMES)}")
     runs = _find_runs(path)
-    target = _output_path(path, out, f"{metric}.png")
-    data: dict[tuple[str, str], list[dict[int, float]]] = defaultdict(list)
+    target = _output_path(path, out, f"{'-'.join(metrics)}.png")
+    data: dict[tuple[str, str, str], list[dict[int, float]]] = defaultdict(list)
     available: set[str] = set()
     for run in runs:
         rows = _read_rows(run.dir / "metrics.csv")
         for m in METRIC_NAMES:
             if any(math.isfinite(_num(r.get(m))) for r in rows):
                 available.add(m)
-        s = _series(rows, metric)
-        if s:
-            data[(run.attack, run.aggregator)].append(s)
-    if not data:
+        for m in metrics:
+            s = _series(rows, m)
+            if s:
+                data[(m, run.attack, run.aggregator)].append(s)
+    missing = [m for m in metrics if not any(k[0] == m for k in data)]
+    if missing:
         have = ", ".join(m for m in METRIC_NAMES if m in available) or "none"
-        raise ValueError(f"metric {metric!r} not found in the runs under {path}; available: {have}")
+        raise ValueError(
+            f"metric {missing[0]!r} not found in the runs under {path}; available: {have}"
+        )
 
     import numpy as np
 
     plt = _pyplot()
-    attacks = sorted({a for a, _ in data}, key=_attack_sort_key)
-    aggs = sorted({g for _, g in data}, key=_agg_sort_key)
-    bounded = metric in ("test_accuracy", "main_accuracy", "backdoor_accuracy", "tpr", "fpr")
-    fig, axes = _panel_grid(plt, len(attacks), sharey=metric != "test_loss")
+    attacks = sorted({a for _, a, _ in data}, key=_attack_sort_key)
+    aggs = sorted({g for _, _, g in data}, key=_agg_sort_key)
+    panels = [(m, a) for m in metrics for a in attacks]
+    unbounded = {"test_loss", "n_accepted"}
+    fig, axes = _panel_grid(
+        plt,
+        len(panels),
+        sharey=len(metrics) == 1 and metrics[0] not in unbounded,
+        min_width=min(12.0, 2.2 * len(aggs)),
+    )
     handles: dict[str, Any] = {}
     n_seeds = 1
-    for i, (ax, attack) in enumerate(zip(axes, attacks, strict=True)):
+    for i, (ax, (metric, attack)) in enumerate(zip(axes, panels, strict=True)):
         ymax = 0.0
         for agg in aggs:
-            seeds = data.get((attack, agg))
+            seeds = data.get((metric, attack, agg))
             if not seeds:
                 continue
             n_seeds = max(n_seeds, len(seeds))
@@ -336,7 +351,10 @@ def plot_curves(
                     linewidth=0,
                 )
             handles.setdefault(aggregator_name(agg), line)
-        ax.set_title(f"({chr(ord('a') + i)}) {attack_name(attack)}", fontsize=10)
+        label = METRIC_NAMES[metric] if len(metrics) > 1 else attack_name(attack)
+        if len(metrics) > 1 and len(attacks) > 1:
+            label += f", {attack_name(attack)}"
+        ax.set_title(f"({chr(ord('a') + i)}) {label}", fontsize=10)
         ax.set_xlabel("Iteration")
         ax.grid(True, alpha=0.3)
         ax.tick_params(labelsize=8)
@@ -345,17 +363,17 @@ def plot_curves(
             lo = min(float(np.nanmin(y)) for y in lows)
             if lo > 0 and ymax / lo > 50:
                 ax.set_yscale("log")
-    for ax in axes:
-        if ax.get_subplotspec().is_first_col() or metric == "test_loss":
+        if ax.get_subplotspec().is_first_col() or len(metrics) > 1 or metric == "test_loss":
             ax.set_ylabel(METRIC_NAMES[metric])
-    if bounded:
-        lo, hi = axes[0].get_ylim()
-        axes[0].set_ylim(max(lo, -0.02), min(hi, 1.02))
+        if metric not in unbounded:
+            lo, hi = ax.get_ylim()
+            ax.set_ylim(max(lo, -0.02), min(hi, 1.02))
+    ncols = min(len(panels), 3)
     fig.legend(
         list(handles.values()),
         list(handles.keys()),
         loc="outside lower center",
-        ncol=min(len(handles), 6),
+        ncol=min(len(handles), 6, 2 * ncols + 1),
         fontsize=9,
         frameon=False,
     )

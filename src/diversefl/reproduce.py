@@ -182,13 +182,12 @@ def reproduce(
         if not link.exists():
             link.symlink_to((run_root / c.dirname).resolve(), target_is_directory=True)
     paths = []
-    for metric in fig.metrics:
-        suffix = "" if metric == "test_accuracy" else f"-{metric}"
+    if fig.metrics:  # several metrics (the backdoor's two accuracies): panels of one figure
         paths.append(
             plots.plot_curves(
                 view,
-                metric=metric,
-                out=root / f"{view.name}{suffix}.png",
+                metric=list(fig.metrics),
+                out=root / f"{view.name}.png",
                 title=f"{name}: {fig.description}",
             )
         )
