@@ -30,7 +30,7 @@ class Figure:
     preset: str
     description: str
     needs: str
-    estimate: str  # rough wall time of the full reproduction on a 2-core CPU
+    estimate: str  # rough wall time of the full reproduction on an idle 2-core CPU
     aggregators: tuple[str, ...] | None = None  # None = every aggregator of the preset
     attacks: tuple[str, ...] | None = None
     metrics: tuple[str, ...] = ("test_accuracy",)
@@ -46,7 +46,7 @@ FIGURES: dict[str, Figure] = {
             "mnist-mlp",
             "C1 x C2 of every client per round (MLP, DiverseFL s=1%)",
             "MNIST",
-            "~12 min",
+            "~25 min",
             aggregators=("diversefl-s1",),
             attacks=ALL_ATTACKS,
             metrics=(),
@@ -57,7 +57,7 @@ FIGURES: dict[str, Figure] = {
             "mnist-softmax",
             "softmax regression: no attack, Gaussian, sign flip",
             "MNIST",
-            "~10 min",
+            "~12 min",
             aggregators=PAPER_AGGREGATORS,
             attacks=MAIN_ATTACKS,
         ),
@@ -66,7 +66,7 @@ FIGURES: dict[str, Figure] = {
             "mnist-softmax",
             "softmax regression, all five settings (supp. B.1)",
             "MNIST",
-            "~16 min",
+            "~20 min",
             aggregators=PAPER_AGGREGATORS,
             attacks=ALL_ATTACKS,
         ),
@@ -75,7 +75,7 @@ FIGURES: dict[str, Figure] = {
             "mnist-mlp",
             "MLP: no attack, Gaussian, sign flip",
             "MNIST",
-            "~25 min",
+            "~75 min",
             attacks=MAIN_ATTACKS,
         ),
         Figure(
@@ -83,7 +83,7 @@ FIGURES: dict[str, Figure] = {
             "mnist-mlp",
             "MLP, all five settings (supp. B.2)",
             "MNIST",
-            "~45 min",
+            "~2 h",
             attacks=ALL_ATTACKS,
         ),
         Figure(
@@ -91,7 +91,7 @@ FIGURES: dict[str, Figure] = {
             "mnist-backdoor",
             "backdoor on MNIST: main and backdoor accuracy",
             "MNIST",
-            "~8 min",
+            "~20 min",
             metrics=("main_accuracy", "backdoor_accuracy"),
         ),
         Figure(
