@@ -84,8 +84,12 @@ def test_partition_count_must_match_the_config():
 
 
 # -- the strategy and ClientApp through an in-process grid -----------------------------------
-def _loopback_grid(node_configs: list[dict[str, Any]]) -> Any:
-    """A Grid that hands each message straight to the ClientApp (no SuperLink, no processes)."""
+def _loopback_grid(node_configs: list[dict[str, Any]], tamper: Any = None) -> Any:
+    """A Grid that hands each message straight to the ClientApp (no SuperLink, no processes).
+
+    ``tamper(j, message, reply)``, when given, sees node j's reply (j: the index in
+    ``node_configs``) and returns the reply to deliver instead, or None for no reply at all.
+    """
     from flwr.app import Context, Message, RecordDict
     from flwr.serverapp import Grid
     from flwr.supercore.task_identity import TaskIdentity
@@ -130,7 +134,11 @@ def _loopback_grid(node_configs: list[dict[str, Any]]) -> Any:
                     state=RecordDict(),
                     run_config={},
                 )
-                self.replies[msg.object_id] = app(msg, ctx)
+                reply = app(msg, ctx)
+                if tamper is not None:
+                    reply = tamper((node - 7000) // 13, msg, reply)
+                if reply is not None:
+                    self.replies[msg.object_id] = reply
                 ids.append(msg.object_id)
             return ids
 

@@ -60,6 +60,7 @@ class RunSettings:
     timeout: float = 600.0  # seconds to wait for one round's replies
     overwrite: bool = False
     max_inflight: int = 0  # messages outstanding at once (0: all)
+    min_nodes: int = 0  # fewest usable nodes (0: a majority of clients.n)
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> RunSettings:
@@ -77,6 +78,7 @@ class RunSettings:
             timeout=float(get("timeout", 600.0)),
             overwrite=bool(get("overwrite", False)),
             max_inflight=int(get("max-inflight", 0)),
+            min_nodes=int(get("min-nodes", 0)),
         )
 
     def override_list(self) -> list[str]:

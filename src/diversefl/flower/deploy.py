@@ -8,9 +8,16 @@ each carries a session marker in its environment, so even processes re-parented 
 found and stopped. With ``runtime="simulation"`` the same SuperLink runs Flower's simulation
 runtime (Ray) instead of SuperNodes.
 
+With ``tls`` (:class:`TlsFiles`: a CA certificate, and a server certificate and key signed by
+it) the SuperLink serves HTTPS and the SuperNodes and the ``flwr`` CLI verify it against the CA;
+``node_auth`` adds SuperNode authentication: each node gets its own EC key pair, its public key
+is registered with ``flwr supernode register`` and the node signs its requests with the private
+key (the SuperLink refuses unregistered nodes; Flower allows this only over TLS).
+
 Command line (the ``diversefl deploy-local`` command calls the same function)::
 
     python -m diversefl.flower.deploy CONFIG --nodes N [--out DIR] [--byzantine 3=sign_flip]
+        [--certificates CA,CERT,KEY [--node-auth]] [--round-timeout S]
 """
 
 from __future__ import annotations
@@ -20,12 +27,13 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +90,74 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"  # zombies are dead
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for a TLS SuperLink: the CA certificate that nodes and the CLI trust, and the
+    server's certificate (with a SAN for the address the nodes dial) and private key."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def parse(cls, spec: str) -> TlsFiles:
+        """``CA,CERT,KEY`` (three paths), or a directory holding ``ca.crt``, ``server.pem``
+        and ``server.key``."""
+        parts = [Path(p).expanduser().resolve() for p in spec.split(",")]
+        if len(parts) == 1:
+            d = parts[0]
+            parts = [d / "ca.crt", d / "server.pem", d / "server.key"]
+        if len(parts) != 3:
+            raise ValueError(f"certificates {spec!r}: expected CA,CERT,KEY or a directory")
+        missing = [str(p) for p in parts if not p.is_file()]
+        if missing:
+            raise ValueError(f"certificate files not found: {', '.join(missing)}")
+        return cls(*parts)
+
+    def context(self) -> ssl.SSLContext:
+        """A client SSL context that trusts only ``ca`` (to check the SuperLink)."""
+        return ssl.create_default_context(cafile=str(self.ca))
+
+    def superlink_args(self) -> list[str]:
+        """The ``flower-superlink`` options that turn TLS on."""
+        return [
+            "--ssl-ca-certfile",
+            str(self.ca),
+            "--ssl-certfile",
+            str(self.cert),
+            "--ssl-keyfile",
+            str(self.key),
+        ]
+
+
+def make_node_key(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Write a SuperNode key pair (EC P-384, OpenSSH format, as ``ssh-keygen -t ecdsa -b 384``
+    makes): the private key at ``path`` (mode 0600), the public key at ``path.pub``."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = Path(path)
+    private.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.OpenSSH,
+                serialization.NoEncryption(),
+            )
+        )
+    public = private.with_name(private.name + ".pub")
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+        + b"\n"
+    )
+    return private, public
+
+
 @dataclass
 class DeployResult:
     """What :func:`deploy_local` did."""
@@ -103,9 +179,22 @@ class DeployResult:
 class LocalFederation:
     """A SuperLink (and SuperNodes) on 127.0.0.1, stopped on exit: use as a context manager."""
 
-    def __init__(self, workdir: Path, *, simulation: bool = False, threads: int = 1) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        simulation: bool = False,
+        threads: int = 1,
+        tls: TlsFiles | None = None,
+        node_auth: bool = False,
+    ) -> None:
+        if node_auth and tls is None:
+            raise ValueError("node_auth needs tls: Flower authenticates SuperNodes only over TLS")
         self.workdir = Path(workdir)
         self.simulation = simulation
+        self.tls = tls
+        self.node_auth = node_auth
+        self.optional: set[int] = set()  # pids whose exit is expected (killed, refused)
         self.session = uuid.uuid4().hex
         self.logs = self.workdir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -166,9 +255,12 @@ class LocalFederation:
         import httpx
 
         self.port = free_port()
+        security = self.tls.superlink_args() if self.tls else ["--insecure"]
+        if self.node_auth:
+            security.append("--enable-supernode-auth")
         cmd = [
             "flower-superlink",
-            "--insecure",
+            *security,
             "--host",
             "127.0.0.1",
             "--port",
@@ -178,12 +270,15 @@ class LocalFederation:
         if self.simulation:
             cmd.append("--simulation")
         proc = self._spawn("superlink", cmd)
+        scheme = "https" if self.tls else "http"
+        verify: ssl.SSLContext | bool = self.tls.context() if self.tls else True
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise DeployError(f"flower-superlink exited with {proc.returncode}: {self.logs}")
             try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2).is_success:
+                url = f"{scheme}://127.0.0.1:{self.port}/health"
+                if httpx.get(url, timeout=2, verify=verify).is_success:
                     self._write_connection()
                     return self.port
             except httpx.HTTPError:
@@ -192,12 +287,12 @@ class LocalFederation:
         raise DeployError(f"flower-superlink did not answer within {timeout:.0f} s")
 
     def _write_connection(self) -> None:
-        conf = {
-            "superlink": {
-                "default": "local",
-                "local": {"address": f"127.0.0.1:{self.port}", "insecure": True},
-            }
-        }
+        local: dict[str, Any] = {"address": f"127.0.0.1:{self.port}"}
+        if self.tls:
+            local["root-certificates"] = str(self.tls.ca)
+        else:
+            local["insecure"] = True
+        conf = {"superlink": {"default": "local", "local": local}}
         (self.flwr_home / "config.toml").write_text(tomli_w.dumps(conf))
 
     def start_worker(self) -> str:
@@ -216,10 +311,18 @@ class LocalFederation:
         node_configs: Sequence[Mapping[str, Any]],
         worker: str | None = None,
         timeout: float = 300.0,
-    ) -> None:
+        *,
+        keys: Sequence[str | os.PathLike[str] | None] | None = None,
+        first: int = 0,
+        wait: bool = True,
+    ) -> list[str]:
         """Start one SuperNode per node config (each with its own Runtime API port) and wait
         until all are connected; with ``worker`` (a worker socket) their ClientApps hand the
-        computation to that worker.
+        computation to that worker. Returns their names (``supernode-<i>``, i from ``first``).
+
+        ``keys`` gives each node its private key (``--auth-supernode-private-key``) for a
+        SuperLink with node authentication. With ``wait=False`` the nodes are not waited for
+        and may exit (e.g. a node the SuperLink is expected to refuse).
 
         Nodes start a few at a time (a burst of Python start-ups on a small machine makes
         Flower's heartbeats time out) and run at a lower priority (``nice`` 5) than the
@@ -227,6 +330,8 @@ class LocalFederation:
         """
         batch = max(2, os.cpu_count() or 2)
         deadline = time.monotonic() + timeout
+        security = ["--root-certificates", str(self.tls.ca)] if self.tls else ["--insecure"]
+        started = []
         for start in range(0, len(node_configs), batch):
             names = []
             for i in range(start, min(len(node_configs), start + batch)):
@@ -235,7 +340,7 @@ class LocalFederation:
                     node["worker"] = worker
                 cmd = [
                     "flower-supernode",
-                    "--insecure",
+                    *security,
                     "--superlink",
                     f"127.0.0.1:{self.port}",
                     "--port",
@@ -243,15 +348,59 @@ class LocalFederation:
                     "--node-config",
                     config_args(node),
                 ]
-                self._spawn(f"supernode-{i}", cmd, nice=5)
-                names.append(f"supernode-{i}")
-            self._wait_connected(names, deadline)
+                if keys is not None and keys[i] is not None:
+                    cmd += ["--auth-supernode-private-key", str(keys[i])]
+                name = f"supernode-{first + i}"
+                proc = self._spawn(name, cmd, nice=5)
+                if not wait:
+                    self.optional.add(proc.pid)
+                names.append(name)
+            if wait:
+                self._wait_connected(names, deadline)
+            started += names
+        return started
+
+    def register_supernode(self, public_key: str | os.PathLike[str]) -> int:
+        """``flwr supernode register KEY.pub local``: allow the node holding the matching
+        private key to connect (node authentication); returns its node id."""
+        out = self.flwr("supernode", "register", str(public_key), "local", "--format", "json")
+        payload = json.loads(out[out.index("{") :])
+        if not payload.get("success"):
+            raise DeployError(f"flwr supernode register failed: {payload}")
+        return int(payload["node-id"])
+
+    def node_keys(self, count: int) -> list[Path]:
+        """Make and register ``count`` SuperNode key pairs; return the private keys."""
+        keys = []
+        for i in range(count):
+            private, public = make_node_key(self.workdir / "keys" / f"node{i}")
+            self.register_supernode(public)
+            keys.append(private)
+        return keys
+
+    def supernode_pid(self, index: int) -> int:
+        """The pid of SuperNode ``index`` (``supernode-<index>``)."""
+        for pid, name in self.names.items():
+            if name == f"supernode-{index}":
+                return pid
+        raise KeyError(f"no supernode-{index}")
+
+    def kill_supernode(self, index: int, sig: int = signal.SIGKILL) -> int:
+        """Send ``sig`` to SuperNode ``index`` alone (not its ClientApp processes, which
+        :meth:`stop` still cleans up) and expect it to be gone from now on; returns its pid."""
+        pid = self.supernode_pid(index)
+        self.optional.add(pid)
+        os.kill(pid, sig)
+        for proc in self.procs:
+            if proc.pid == pid:
+                proc.wait(timeout=10)
+        return pid
 
     def _wait_connected(self, names: list[str], deadline: float) -> None:
         """Wait until each named SuperNode logged its node id (it is connected)."""
         pending = set(names)
         while pending:
-            self._check_alive()
+            self.check_alive()
             for name in list(pending):
                 if b"SuperNode ID:" in (self.logs / f"{name}.log").read_bytes():
                     pending.discard(name)
@@ -310,7 +459,7 @@ class LocalFederation:
         status = "unknown"
         interval, next_poll = 5.0, time.monotonic() + 5.0
         while time.monotonic() < deadline:
-            self._check_alive()
+            self.check_alive()
             finished_file = done is not None and done.exists()
             if finished_file or time.monotonic() >= next_poll:
                 status = self.status(run_id)
@@ -321,9 +470,10 @@ class LocalFederation:
             time.sleep(0.5)
         raise DeployError(f"run {run_id} still {status!r} after {timeout:.0f} s")
 
-    def _check_alive(self) -> None:
+    def check_alive(self) -> None:
+        """Raise :class:`DeployError` when a process that should run has exited."""
         for proc in self.procs:
-            if proc.poll() is not None:
+            if proc.poll() is not None and proc.pid not in self.optional:
                 name = self.names.get(proc.pid, "?")
                 raise DeployError(
                     f"{name} (pid {proc.pid}) exited with {proc.returncode}: {self.logs}"
@@ -404,6 +554,14 @@ def byzantine_nodes(
     return nodes
 
 
+def _app_config_keys(app: Path) -> set[str]:
+    """The run-config keys the app at ``app`` declares (``[tool.flwr.app.config]``)."""
+    import tomllib
+
+    data = tomllib.loads((app / "pyproject.toml").read_text())
+    return set(data.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {}))
+
+
 def _read_summary(out: Path) -> dict[str, Any]:
     path = out / "summary.json"
     return json.loads(path.read_text()) if path.exists() else {}
@@ -426,6 +584,10 @@ def deploy_local(
     round_timeout: float = 600.0,
     workers: bool = True,
     max_inflight: int | None = None,
+    tls: TlsFiles | None = None,
+    node_auth: bool = False,
+    min_nodes: int | None = None,
+    on_started: Callable[[LocalFederation, int], None] | None = None,
 ) -> DeployResult:
     """Run ``config_path`` on a SuperLink plus ``nodes`` SuperNodes on 127.0.0.1.
 
@@ -439,7 +601,15 @@ def deploy_local(
     between messages (Flower starts a fresh ClientApp process for every message).
     ``max_inflight`` bounds the messages outstanding at once (default for a deployment: three
     per CPU, so that this machine never starts every ClientApp process at once; 0: no
-    bound).
+    bound). ``round_timeout`` is the seconds the server waits for one round's replies (a node
+    that does not answer in time is dropped for that round).
+
+    ``tls`` runs the SuperLink with those certificates (nodes and the CLI verify it against
+    ``tls.ca``); ``node_auth`` also gives every node a registered key pair and makes the
+    SuperLink refuse unregistered nodes. ``min_nodes`` is the run config's ``min-nodes`` (the
+    app's ``[tool.flwr.app.config]`` must list that key; by default the server requires a
+    majority). ``on_started(federation, run_id)`` is called once the run is submitted (e.g. to
+    kill a node mid-run; it runs before the wait for the run's end and may block).
     Every process started is stopped before this returns or raises; :class:`DeployError` when
     the run did not complete.
     """
@@ -449,6 +619,11 @@ def deploy_local(
     app = Path(app_dir).resolve() if app_dir else REPO_ROOT
     if not (app / "pyproject.toml").exists():
         raise DeployError(f"no pyproject.toml with [tool.flwr.app] in {app}")
+    if min_nodes is not None and "min-nodes" not in _app_config_keys(app):
+        raise DeployError(
+            f"min_nodes needs a `min-nodes = 0` entry in [tool.flwr.app.config] of "
+            f"{app / 'pyproject.toml'} (flwr refuses run-config keys the app does not list)"
+        )
     config_abs = str(Path(config_path).expanduser().resolve()) if str(config_path) else ""
     overrides = [*overrides, f"clients.n={int(nodes)}"]
     data = str(Path(data_dir).expanduser().resolve()) if data_dir else ""
@@ -488,8 +663,16 @@ def deploy_local(
             else (max(2, 3 * (os.cpu_count() or 1)) if runtime == "deployment" else 0)
         ),
     }
+    if min_nodes is not None:
+        run_config["min-nodes"] = int(min_nodes)
     t0 = time.perf_counter()
-    fed = LocalFederation(work, simulation=runtime == "simulation", threads=threads)
+    fed = LocalFederation(
+        work,
+        simulation=runtime == "simulation",
+        threads=threads,
+        tls=tls,
+        node_auth=node_auth and runtime == "deployment",
+    )
     run_id: int | None = None
     status = "not started"
     try:
@@ -508,11 +691,15 @@ def deploy_local(
                     node["data-dir"] = data
                 node.update(node_extra.get(j, {}))
                 configs.append(node)
-            fed.start_supernodes(configs, worker=fed.start_worker() if workers else None)
+            keys = fed.node_keys(nodes) if fed.node_auth else None
+            worker = fed.start_worker() if workers else None
+            fed.start_supernodes(configs, worker=worker, keys=keys)
         else:
             federation_config = {"num-supernodes": nodes}
         (out_dir / "summary.json").unlink(missing_ok=True)
         run_id = fed.submit(app, run_config, federation_config)
+        if on_started is not None:
+            on_started(fed, run_id)
         status = fed.wait(run_id, timeout, done=out_dir / "summary.json")
     finally:
         left = fed.stop()
@@ -570,7 +757,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="compute inside each message's ClientApp process (no per-node worker)",
     )
+    p.add_argument(
+        "--round-timeout",
+        type=float,
+        default=600.0,
+        help="seconds the server waits for one round's replies (late nodes are dropped)",
+    )
+    p.add_argument(
+        "--certificates",
+        default=None,
+        metavar="CA,CERT,KEY",
+        help="run the SuperLink with TLS: CA certificate, server certificate (SAN IP:127.0.0.1)"
+        " and key, or a directory holding ca.crt, server.pem and server.key",
+    )
+    p.add_argument(
+        "--node-auth",
+        action="store_true",
+        help="SuperNode authentication (needs --certificates): each node gets a registered key",
+    )
     args = p.parse_args(argv)
+    if args.node_auth and not args.certificates:
+        p.error("--node-auth needs --certificates (Flower authenticates nodes only over TLS)")
+    try:
+        tls = TlsFiles.parse(args.certificates) if args.certificates else None
+    except ValueError as err:
+        p.error(str(err))
     # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so every started process is stopped.
     signal.signal(signal.SIGTERM, _interrupt)
     stem = Path(args.config).stem or "demo"
@@ -587,17 +798,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             runtime=args.runtime,
             workdir=args.workdir,
             workers=not args.no_workers,
+            round_timeout=args.round_timeout,
+            tls=tls,
+            node_auth=args.node_auth,
         )
     except DeployError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     s = res.summary
-    rounds = s.get("flower", {}).get("mean_round_seconds")
+    fl = s.get("flower", {})
+    rounds = fl.get("mean_round_seconds")
     print(
         f"run {res.run_id} {res.status}: final test accuracy {s['final_test_accuracy']:.4f}, "
         f"TPR {s.get('mean_tpr')}, FPR {s.get('mean_fpr')}, {rounds} s/round, "
         f"{res.seconds:.0f} s in all; run files in {res.out}; logs in {res.logs}"
     )
+    if fl.get("excluded") or fl.get("faults"):
+        print(
+            f"faults: excluded partitions {sorted(fl.get('excluded', {}), key=int)}, "
+            f"{fl.get('dropped_total', 0)} dropped and {fl.get('rejected_total', 0)} rejected "
+            "updates (summary.json: flower.excluded, flower.faults)"
+        )
     return 0
 
 

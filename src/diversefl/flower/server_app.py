@@ -14,12 +14,17 @@ Run config (``[tool.flwr.app.config]`` in pyproject.toml, or ``flwr run --run-co
     ``"config"`` (the TOML's ``[attack]`` assigns Byzantine roles) or ``"nodes"`` (each
     SuperNode's node config declares its own attack).
 ``timeout``
-    Seconds to wait for one round's replies.
+    Seconds to wait for one round's replies (and for the one-time samples); a node that does
+    not answer in time is dropped for that round.
 ``overwrite``
     Replace an existing run directory.
 ``max-inflight``
     At most this many messages outstanding at once (0: all at once); a small machine running
     many SuperNodes needs a limit (``deploy_local`` sets one).
+``min-nodes``
+    The fewest usable nodes: the run refuses to start with fewer valid samples and stops in
+    a round with fewer valid updates (0: a majority of ``clients.n``). Read when present;
+    ``flwr run --run-config`` accepts it only once ``[tool.flwr.app.config]`` lists it.
 """
 
 from __future__ import annotations
@@ -55,5 +60,6 @@ def main(grid: Grid, context: Context) -> None:
         timeout=settings.timeout,
         overwrite=settings.overwrite,
         max_inflight=settings.max_inflight,
+        min_nodes=settings.min_nodes or None,
     )
     strategy.start(grid)

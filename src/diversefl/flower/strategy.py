@@ -7,15 +7,24 @@ computes its guiding gradients from the collected samples), steps the model and 
 centrally on the test set. The round loop, metrics and run files are those of ``diversefl run``
 (:func:`diversefl.engine.runner.train`), so a Flower run directory holds the same
 ``config.toml``, ``metrics.csv``, ``decisions.csv`` and ``summary.json``.
+
+Bad nodes cannot stop the server (see :mod:`diversefl.flower.replies` for the checks): a node
+whose sample is missing or malformed is excluded (its partition's row stays NaN, so every rule
+rejects it every round, and it is never sent a train message); an update that is malformed is
+rejected for that round; a node that does not answer within ``timeout`` is counted as dropped
+for that round. Each case is logged once as a WARNING naming the node, counted in the round's
+metrics and listed in ``summary.json`` (``flower.excluded``, ``flower.faults``). The run stops
+with :class:`FederationError` when fewer than ``min_nodes`` nodes are usable (at the start) or
+send a valid update (in a round); the run directory then keeps its last checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from logging import INFO, WARNING
+from collections.abc import Callable, Iterable, Mapping
+from logging import ERROR, INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -38,23 +47,36 @@ from torch import Tensor
 from diversefl.config import Config
 from diversefl.engine.gradients import batched_grads
 from diversefl.engine.runner import RunResult, train
-from diversefl.engine.simulator import RoundRecord, Simulation, pad_rows
-from diversefl.flower.common import ARRAYS, CONFIG, METRICS, MSG_SAMPLE, config_to_text
+from diversefl.engine.simulator import RoundRecord, Simulation, _count, pad_rows
+from diversefl.flower.common import ARRAYS, CONFIG, MSG_SAMPLE, config_to_text
+from diversefl.flower.replies import (
+    NODE_UNAVAILABLE,
+    ReplyError,
+    SampleSpec,
+    SharedSample,
+    parse_sample,
+    parse_update,
+)
 from diversefl.results import prepare_run_dir
 
+__all__ = [
+    "DiverseFLStrategy",
+    "FederationError",
+    "FlowerFederation",
+    "SharedSample",
+    "default_min_nodes",
+    "theta_from_record",
+    "theta_record",
+]
 
-@dataclass(frozen=True)
-class SharedSample:
-    """What one node uploaded once before training (kept by the server, keyed by node id)."""
 
-    node_id: int
-    partition_id: int
-    indices: Tensor  # [s] training-set indices (for checks; the server never reads x_train)
-    x: Tensor  # [s, ...] the examples
-    y: Tensor  # [s] their labels
-    shard_len: int  # how many examples the node holds
-    batch_size: int  # its mini-batch size
-    attack: str  # the attack its node config declares ("none" when honest)
+class FederationError(RuntimeError):
+    """Too few usable nodes: the run cannot start, or cannot go on."""
+
+
+def default_min_nodes(n: int) -> int:
+    """The default ``min_nodes`` for n clients: a majority, ceil(n / 2)."""
+    return max(1, (n + 1) // 2)
 
 
 def theta_record(theta: Tensor) -> ArrayRecord:
@@ -85,40 +107,80 @@ class FlowerFederation(Simulation):
                 "copies; it is not available over Flower (use a gradient aggregation rule)"
             )
         self.round_fn: Callable[[int], RoundRecord] | None = None
-        self.node_ids: list[int] = []
+        self.node_ids: list[int | None] = []  # per partition; None: excluded
         self.samples: dict[int, SharedSample] = {}
         self.round_seconds: list[float] = []
         self.reported_byzantine: set[int] = set()
         self.adversary = "config"
+        self.excluded: dict[int, str] = {}  # partition -> why it has no usable sample
+        self.sample_rejects: dict[int, str] = {}  # node id -> why its sample was refused
+        self.faults: list[dict[str, Any]] = []  # per round with a dropped or rejected update
 
     # -- samples -------------------------------------------------------------------------
     def _shared_samples(self) -> tuple[Tensor, Tensor]:
         """No samples until the nodes upload them (see :meth:`set_samples`)."""
         return torch.zeros(self.n, 0, dtype=torch.long), torch.zeros(self.n, 0)
 
-    def set_samples(self, samples: dict[int, SharedSample]) -> None:
-        """Install the uploaded samples (node id -> sample, one node per partition)."""
-        by_part = {s.partition_id: s for s in samples.values()}
-        missing = sorted(set(range(self.n)) - set(by_part))
-        if missing:
-            raise RuntimeError(f"no sample from the nodes holding partitions {missing}")
+    def sample_spec(self) -> SampleSpec:
+        """What a valid sample looks like here (shapes, classes, sizes the config asks for)."""
+        cfg = self.cfg
+        return SampleSpec(
+            num_partitions=self.n,
+            input_shape=tuple(int(v) for v in self.data.input_shape),
+            num_classes=int(self.data.num_classes),
+            train_size=int(self.data.y_train.shape[0]),
+            sample_count=lambda length: _count(cfg.clients.sample, length),
+            batch_count=lambda length: _count(cfg.clients.batch, length),
+        )
+
+    def set_samples(
+        self, samples: Mapping[int, SharedSample], reasons: Mapping[int, str] | None = None
+    ) -> None:
+        """Install the uploaded samples (node id -> sample, at most one node per partition).
+
+        A partition without a sample is excluded: its sample is empty, it gets no train
+        messages and its row of every round's updates stays NaN, which every rule rejects.
+        ``reasons`` (partition -> text) says why, for the log and the summary.
+        """
+        by_part: dict[int, SharedSample] = {}
+        for s in samples.values():
+            if s.partition_id in by_part or not 0 <= s.partition_id < self.n:
+                raise ValueError(
+                    f"sample of node {s.node_id}: partition {s.partition_id} "
+                    "is outside 0..n-1 or has a second sample"
+                )
+            by_part[s.partition_id] = s
+        if not by_part:
+            raise FederationError("no node sent a usable sample")
+        reasons = dict(reasons or {})
+        self.excluded = {
+            j: reasons.get(j, "no node sent a sample for it")
+            for j in range(self.n)
+            if j not in by_part
+        }
         self.samples = dict(samples)
-        self.node_ids = [by_part[j].node_id for j in range(self.n)]
-        rows = [by_part[j] for j in range(self.n)]
-        self.sample_idx, lengths = pad_rows([s.indices for s in rows])
+        self.node_ids = [by_part[j].node_id if j in by_part else None for j in range(self.n)]
+        shape = tuple(int(v) for v in self.data.input_shape)
+        empty = torch.zeros(0, dtype=torch.long)
+        self.sample_idx, lengths = pad_rows(
+            [by_part[j].indices if j in by_part else empty for j in range(self.n)]
+        )
         S = self.sample_idx.shape[1]
         self.sample_w = (torch.arange(S)[None, :] < lengths[:, None]).float()
-        shape = tuple(rows[0].x.shape[1:])
         self.sample_x = torch.zeros((self.n, S, *shape))
         self.sample_y = torch.zeros(self.n, S, dtype=torch.long)
-        for j, s in enumerate(rows):
+        for j, s in by_part.items():
             self.sample_x[j, : len(s.y)] = s.x
             self.sample_y[j, : len(s.y)] = s.y
         self.sample_x = self.sample_x.to(self.device)
         self.sample_y = self.sample_y.to(self.device)
         # The loss scale follows the batch sizes the nodes report (summed-loss convention).
         if self.cfg.clients.loss == "sum":
-            self.loss_scale = torch.tensor([float(s.batch_size) for s in rows], device=self.device)
+            sizes = [
+                float(by_part[j].batch_size) if j in by_part else float(self.batch_k[j])
+                for j in range(self.n)
+            ]
+            self.loss_scale = torch.tensor(sizes, device=self.device)
         # Server-data rules (FLTrust) index the pooled samples by training-set index.
         flat = self.sample_idx[self.sample_w > 0]
         self._pool_pos = torch.full((int(flat.max()) + 1,), -1, dtype=torch.long)
@@ -126,7 +188,7 @@ class FlowerFederation(Simulation):
         keep = self.sample_w > 0
         self._pool_x = self.sample_x[keep.to(self.device)]
         self._pool_y = self.sample_y[keep.to(self.device)]
-        self.reported_byzantine = {s.partition_id for s in rows if s.attack != "none"}
+        self.reported_byzantine = {j for j, s in by_part.items() if s.attack != "none"}
 
     def guiding(self, theta: Tensor) -> Tensor:
         """Guiding gradients ``[n, d]`` on the uploaded samples (eq. 6)."""
@@ -180,7 +242,7 @@ class FlowerFederation(Simulation):
         return super().byzantine_ids()
 
     def extra_summary(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        """The attack's extra metrics plus what the Flower run adds (nodes, timings)."""
+        """The attack's extra metrics plus what the Flower run adds (nodes, timings, faults)."""
         import flwr
 
         out = super().extra_summary(rows)
@@ -188,10 +250,15 @@ class FlowerFederation(Simulation):
         out["flower"] = {
             "flwr": flwr.__version__,
             "adversary": self.adversary,
-            "node_ids": [str(i) for i in self.node_ids],
+            "node_ids": ["" if i is None else str(i) for i in self.node_ids],
             "sample_sizes": [int(w.sum()) for w in self.sample_w],
             "round_seconds": [round(s, 4) for s in secs],
             "mean_round_seconds": round(sum(secs) / len(secs), 4) if secs else None,
+            "excluded": {str(j): why for j, why in sorted(self.excluded.items())},
+            "sample_rejects": {str(k): why for k, why in sorted(self.sample_rejects.items())},
+            "faults": self.faults,
+            "dropped_total": sum(len(f["dropped"]) for f in self.faults),
+            "rejected_total": sum(len(f["rejected"]) for f in self.faults),
         }
         return out
 
@@ -202,7 +269,7 @@ class DiverseFLStrategy(Strategy):
     Parameters
     ----------
     cfg:
-        The diversefl config (clients.n SuperNodes must be connected).
+        The diversefl config (clients.n SuperNodes should be connected).
     data_dir:
         Where the server finds the dataset (for the test set and the model's input shape).
     out:
@@ -212,13 +279,17 @@ class DiverseFLStrategy(Strategy):
         server tells them (a simulated adversary, for experiments); ``"nodes"``: each SuperNode's
         node config declares its own attack and the server learns nothing of it.
     timeout:
-        Seconds to wait for one round's replies; a node that does not answer sends nothing that
-        round (its row is rejected as malformed).
+        Seconds to wait for the replies of one round (and of the sample query); a node that
+        does not answer in time is dropped for that round (its row is NaN, so it is rejected).
     poll_interval:
         Seconds between polls for replies (Flower's ``send_and_receive`` polls every 3 s).
     max_inflight:
         At most this many messages outstanding at once (0: all at once); see
         :meth:`send_and_receive`.
+    min_nodes:
+        The fewest usable nodes the run accepts: it refuses to start when fewer nodes sent a
+        valid sample, and stops with :class:`FederationError` in the first round with fewer
+        valid updates (None or 0: :func:`default_min_nodes`, a majority of ``clients.n``).
     """
 
     def __init__(
@@ -232,9 +303,16 @@ class DiverseFLStrategy(Strategy):
         poll_interval: float = 0.05,
         overwrite: bool = False,
         max_inflight: int = 0,
+        min_nodes: int | None = None,
     ) -> None:
         if adversary not in ("config", "nodes"):
             raise ValueError(f"adversary={adversary!r}: allowed: config, nodes")
+        n = cfg.clients.n
+        self.min_nodes = int(min_nodes) if min_nodes else default_min_nodes(n)
+        if not 1 <= self.min_nodes <= n:
+            raise ValueError(f"min_nodes={min_nodes}: must lie in 1..clients.n={n}")
+        if timeout <= 0:
+            raise ValueError(f"timeout={timeout}: must be positive")
         self.cfg = cfg
         self.cfg_text = config_to_text(cfg)
         self.out = None if out is None or str(out) == "" else Path(out)
@@ -249,6 +327,10 @@ class DiverseFLStrategy(Strategy):
         self.samples: dict[int, SharedSample] = {}
         self._grid: Grid | None = None
         self._records: dict[int, RoundRecord] = {}
+        self._sent: dict[str, int] = {}  # message id -> destination node (current exchange)
+        self.round_metrics: dict[int, dict[str, Any]] = {}  # round -> aggregate_train's counts
+        self._partition_reasons: dict[int, str] = {}  # why a partition has no sample
+        self._unattributed: list[str] = []  # refused nodes whose partition is unknown
 
     # -- Strategy API ----------------------------------------------------------------------
     def summary(self) -> None:
@@ -263,6 +345,7 @@ class DiverseFLStrategy(Strategy):
         )
         log(INFO, "\t├──> aggregator %s %s", c.aggregator.name, c.aggregator.params())
         log(INFO, "\t├──> attack %s (adversary from %s)", c.attack.name, self.adversary)
+        log(INFO, "\t├──> reply timeout %.1f s, min-nodes %d", self.timeout, self.min_nodes)
         log(INFO, "\t└──> run directory %s", self.out)
 
     def configure_sample(self, grid: Grid) -> list[Message]:
@@ -273,49 +356,75 @@ class DiverseFLStrategy(Strategy):
             for node in grid.get_node_ids()
         ]
 
+    def _reply_node(self, msg: Message) -> int:
+        """The node a reply belongs to: the one its request went to (the SuperLink answers
+        for unavailable nodes itself), else its sender."""
+        node = self._sent.get(msg.metadata.reply_to_message_id)
+        return int(msg.metadata.src_node_id) if node is None else node
+
+    def _refuse_sample(self, node: int, reason: str, partition: int | None = None) -> None:
+        """Log (once) and record why ``node``'s sample is not used."""
+        if partition is not None and not 0 <= partition < self.cfg.clients.n:
+            partition = None
+        where = "" if partition is None else f" (partition {partition})"
+        log(WARNING, "excluding node %s%s: %s", node, where, reason)
+        self.federation.sample_rejects[node] = reason
+        if partition is None:
+            self._unattributed.append(f"node {node}: {reason}")
+        else:
+            self._partition_reasons[partition] = f"node {node}: {reason}"
+
     def aggregate_sample(self, replies: Iterable[Message]) -> dict[int, SharedSample]:
-        """Keep one sample per partition, keyed by the id of the node that sent it."""
-        samples: dict[int, SharedSample] = {}
-        seen: set[int] = set()
+        """Check each node's sample; keep one per partition, keyed by the id of its node.
+
+        A missing, errored or malformed sample excludes its node (one WARNING each); when
+        several nodes claim the same partition none of them is kept (the server cannot tell
+        which one holds it).
+        """
+        self._partition_reasons = {}
+        self._unattributed = []
+        spec = self.federation.sample_spec()
+        claims: dict[int, list[SharedSample]] = {}
+        answered: set[int] = set()
         for msg in replies:
-            if msg.has_error():
-                log(
-                    WARNING,
-                    "sample query failed on node %s: %s",
-                    msg.metadata.src_node_id,
-                    msg.error.reason,
-                )
+            node = self._reply_node(msg)
+            if node in answered:
+                log(WARNING, "ignoring a second sample reply from node %s", node)
                 continue
-            arrays = msg.content[ARRAYS]
-            meta = msg.content[CONFIG]
-            j = int(meta["partition-id"])
-            if j in seen or not 0 <= j < self.cfg.clients.n:
-                log(WARNING, "ignoring node %s: partition %d", msg.metadata.src_node_id, j)
+            answered.add(node)
+            try:
+                sample = parse_sample(msg, spec)
+            except ReplyError as err:
+                self._refuse_sample(node, f"invalid sample: {err}", _claimed_partition(msg))
                 continue
-            seen.add(j)
-            node = int(msg.metadata.src_node_id)
-            samples[node] = SharedSample(
-                node_id=node,
-                partition_id=j,
-                indices=torch.from_numpy(np.array(arrays["idx"].numpy(), dtype=np.int64)),
-                x=torch.from_numpy(np.array(arrays["x"].numpy(), dtype=np.float32)),
-                y=torch.from_numpy(np.array(arrays["y"].numpy(), dtype=np.int64)),
-                shard_len=int(meta["shard-len"]),
-                batch_size=int(meta["batch-size"]),
-                attack=str(meta["attack"]),
-            )
+            except Exception as err:  # noqa: BLE001 - a bad reply must never stop the server
+                reason = f"unreadable sample: {type(err).__name__}: {err}"
+                self._refuse_sample(node, reason, _claimed_partition(msg))
+                continue
+            sample = dataclasses.replace(sample, node_id=node)
+            claims.setdefault(sample.partition_id, []).append(sample)
+        samples: dict[int, SharedSample] = {}
+        for j, group in sorted(claims.items()):
+            if len(group) == 1:
+                samples[group[0].node_id] = group[0]
+                continue
+            nodes = ", ".join(str(k) for k in sorted(s.node_id for s in group))
+            for s in group:
+                self._refuse_sample(s.node_id, f"partition {j} is claimed by nodes {nodes}", j)
         return samples
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """One message per client: the global model plus, with ``adversary="config"``, the
-        client's role this round (honest, or Byzantine with the config's attack)."""
+        """One message per usable client: the global model plus, with ``adversary="config"``,
+        the client's role this round (honest, or Byzantine with the config's attack)."""
         fed = self.federation
         byz = fed.byzantine_mask(server_round) if self.adversary == "config" else None
         ranks = (torch.cumsum(byz.long(), 0) - 1).tolist() if byz is not None else None
         messages = []
         for j, node in enumerate(fed.node_ids):
+            if node is None:  # excluded: no usable sample
+                continue
             cfg_rec = ConfigRecord(dict(config))
             cfg_rec["config"] = self.cfg_text
             cfg_rec["server-round"] = server_round
@@ -338,43 +447,100 @@ class DiverseFLStrategy(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Stack the received gradients by partition (missing ones as NaN rows, which every
-        rule rejects), aggregate them, step the model; return the new model and round stats."""
+        """Check and stack the received updates by partition, aggregate them, step the model;
+        return the new model and the round's counts.
+
+        A partition without a valid update this round keeps a NaN row (every rule rejects
+        it): ``dropped`` (no reply, or its node went offline), ``rejected`` (an error reply or
+        an update that fails :func:`~diversefl.flower.replies.parse_update`) or ``excluded``
+        (no usable sample). Raises :class:`FederationError` before stepping the model when
+        fewer than ``min_nodes`` updates are valid.
+        """
         fed = self.federation
-        part_of = {node: j for j, node in enumerate(fed.node_ids)}
+        r = server_round
+        part_of = {node: j for j, node in enumerate(fed.node_ids) if node is not None}
         updates = torch.full((fed.n, fed.fm.dim), float("nan"))
         if self.adversary == "config":
-            byz = fed.byzantine_mask(server_round).clone()
+            byz = fed.byzantine_mask(r).clone()
         else:
             byz = torch.zeros(fed.n, dtype=torch.bool)
-        failures = 0
+        answered: set[int] = set()
+        rejected: dict[int, str] = {}
+        gone: set[int] = set()
+        unexpected = 0
+        n_replies = 0
         for msg in replies:
-            node = int(msg.metadata.src_node_id)
-            if msg.has_error() or node not in part_of:
-                failures += 1
-                if msg.has_error():
-                    log(
-                        WARNING,
-                        "round %d: node %d failed: %s",
-                        server_round,
-                        node,
-                        msg.error.reason,
-                    )
+            node = self._reply_node(msg)
+            j = part_of.get(node)
+            if j is None:
+                unexpected += 1
+                log(WARNING, "round %d: ignoring a reply from node %s (no partition)", r, node)
                 continue
-            j = part_of[node]
-            update = theta_from_record(msg.content[ARRAYS])
-            if update.numel() == fed.fm.dim:
-                updates[j] = update
-            byz[j] = bool(int(msg.content[METRICS]["byzantine"])) or bool(byz[j])
+            if j in answered:
+                log(WARNING, "round %d: ignoring a second reply from node %s", r, node)
+                continue
+            answered.add(j)
+            n_replies += 1
+            if msg.has_error() and int(msg.error.code) == NODE_UNAVAILABLE:
+                gone.add(j)
+                continue
+            try:
+                got = parse_update(msg, fed.fm.dim, j)
+            except Exception as err:  # noqa: BLE001 - ReplyError, or anything unforeseen
+                why = str(err) if isinstance(err, ReplyError) else f"{type(err).__name__}: {err}"
+                rejected[j] = why
+                log(
+                    WARNING,
+                    "round %d: rejected the update of node %s (partition %d): %s",
+                    r,
+                    node,
+                    j,
+                    why,
+                )
+                continue
+            updates[j] = got.update
+            byz[j] = got.byzantine or bool(byz[j])
             if byz[j]:
                 fed.reported_byzantine.add(j)
-        rec = fed.aggregate_round(server_round, updates, byz)
-        self._records[server_round] = rec
+        dropped = sorted((set(part_of.values()) - answered) | gone)
+        for j in dropped:
+            log(
+                WARNING,
+                "round %d: dropped node %s (partition %d): %s",
+                r,
+                fed.node_ids[j],
+                j,
+                "offline (no heartbeat)" if j in gone else f"no reply within {self.timeout:g} s",
+            )
+        n_valid = len(answered) - len(rejected) - len(gone)
+        if dropped or rejected:
+            fed.faults.append(
+                {
+                    "round": r,
+                    "dropped": dropped,
+                    "rejected": {str(j): why for j, why in sorted(rejected.items())},
+                }
+            )
+        if n_valid < self.min_nodes:
+            msg = (
+                f"round {r}: only {n_valid} valid updates ({len(dropped)} dropped, "
+                f"{len(rejected)} rejected, {len(fed.excluded)} excluded of {fed.n}), fewer "
+                f"than min-nodes={self.min_nodes}; stopping"
+                + (f" (the last checkpoint in {self.out} is kept)" if self.out else "")
+            )
+            log(ERROR, "%s", msg)
+            raise FederationError(msg)
+        rec = fed.aggregate_round(r, updates, byz)
+        self._records[r] = rec
         metrics = MetricRecord(
             {
                 "n-accepted": int(rec.accepted.sum()),
-                "n-replies": fed.n - int(torch.isnan(updates[:, 0]).sum()),
-                "failures": failures,
+                "n-replies": n_replies,
+                "n-valid": n_valid,
+                "dropped": len(dropped),
+                "rejected": len(rejected),
+                "excluded": len(fed.excluded),
+                "unexpected": unexpected,
                 "lr": float(rec.lr),
             }
         )
@@ -406,12 +572,23 @@ class DiverseFLStrategy(Strategy):
         limit = self.max_inflight if self.max_inflight > 0 else max(1, len(queue))
         pending: set[str] = set()
         replies: list[Message] = []
+        self._sent = {}
         deadline = time.monotonic() + self.timeout
         delay = self.poll_interval
         while (pending or queue) and time.monotonic() < deadline:
             if queue and len(pending) < limit:
                 batch, queue = queue[: limit - len(pending)], queue[limit - len(pending) :]
-                pending |= {m for m in grid.push_messages(batch) if m}
+                ids = list(grid.push_messages(batch))
+                for msg, mid in zip(batch, ids, strict=False):
+                    if mid:
+                        self._sent[mid] = int(msg.metadata.dst_node_id)
+                        pending.add(mid)
+                    else:
+                        log(
+                            WARNING,
+                            "the SuperLink refused a message to node %s",
+                            msg.metadata.dst_node_id,
+                        )
             got = list(grid.pull_messages(pending)) if pending else []
             replies.extend(got)
             pending -= {m.metadata.reply_to_message_id for m in got}
@@ -419,35 +596,66 @@ class DiverseFLStrategy(Strategy):
                 time.sleep(delay)
                 delay = min(0.5, delay * 1.5) if not got else self.poll_interval
         if pending or queue:
-            log(
-                WARNING,
-                "%d replies did not arrive within %.0f s",
-                len(pending) + len(queue),
+            silent = sorted({self._sent[m] for m in pending})
+            silent += [int(m.metadata.dst_node_id) for m in queue]
+            log(  # the callers log a WARNING per node
+                INFO,
+                "%d replies did not arrive within %g s (nodes %s)",
+                len(silent),
                 self.timeout,
+                ", ".join(str(x) for x in silent),
             )
         return replies
 
     def wait_for_nodes(self, grid: Grid) -> list[int]:
-        """Block until ``clients.n`` nodes are connected (or ``timeout`` passes)."""
+        """Wait up to ``timeout`` for ``clients.n`` connected nodes; go on with fewer (at
+        least ``min_nodes``) after that, else raise :class:`FederationError`."""
         deadline = time.monotonic() + self.timeout
+        n = self.cfg.clients.n
         while True:
             nodes = list(grid.get_node_ids())
-            if len(nodes) >= self.cfg.clients.n:
+            if len(nodes) >= n:
                 return nodes
             if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"only {len(nodes)} of {self.cfg.clients.n} SuperNodes connected"
+                if len(nodes) >= self.min_nodes:
+                    log(WARNING, "only %d of %d SuperNodes connected; going on", len(nodes), n)
+                    return nodes
+                raise FederationError(
+                    f"only {len(nodes)} of {n} SuperNodes connected within {self.timeout:g} s "
+                    f"(min-nodes={self.min_nodes})"
                 )
             time.sleep(0.2)
 
     def collect_samples(self, grid: Grid) -> dict[int, SharedSample]:
-        """Send the one-time ``query.sample`` and install what the nodes uploaded."""
+        """Send the one-time ``query.sample``, check what the nodes uploaded and install the
+        usable samples; raise :class:`FederationError` when fewer than ``min_nodes`` are."""
         self.wait_for_nodes(grid)
-        replies = self.send_and_receive(grid, self.configure_sample(grid))
+        messages = self.configure_sample(grid)
+        replies = self.send_and_receive(grid, messages)
         self.samples = self.aggregate_sample(replies)
-        self.federation.set_samples(self.samples)
-        sizes = [int(w.sum()) for w in self.federation.sample_w]
-        log(INFO, "collected samples from %d nodes (sizes %s)", len(self.samples), sizes)
+        answered = {self._reply_node(m) for m in replies}
+        for msg in messages:
+            node = int(msg.metadata.dst_node_id)
+            if node not in answered:
+                self._refuse_sample(node, f"no sample within {self.timeout:g} s")
+        fed = self.federation
+        usable = len(self.samples)
+        if usable < self.min_nodes:
+            why = "; ".join(f"node {k}: {v}" for k, v in sorted(fed.sample_rejects.items()))
+            raise FederationError(
+                f"only {usable} of {fed.n} nodes sent a usable sample, fewer than "
+                f"min-nodes={self.min_nodes}" + (f" ({why})" if why else "")
+            )
+        reasons = dict(self._partition_reasons)
+        if self._unattributed:  # nodes whose partition is unknown: name them for the others
+            missing = set(range(fed.n)) - {s.partition_id for s in self.samples.values()}
+            for j in missing - set(reasons):
+                reasons[j] = "no usable sample; refused: " + "; ".join(self._unattributed)
+        fed.set_samples(self.samples, reasons)
+        sizes = [int(w.sum()) for w in fed.sample_w]
+        log(INFO, "collected samples from %d nodes (sizes %s)", usable, sizes)
+        if fed.excluded:
+            log(INFO, "partitions excluded from every round: %s", sorted(fed.excluded))
         return self.samples
 
     def _run_round(self, r: int) -> RoundRecord:
@@ -456,7 +664,8 @@ class DiverseFLStrategy(Strategy):
         messages = self.configure_train(r, theta_record(fed.theta), ConfigRecord(), self._grid)
         replies = self.send_and_receive(self._grid, messages)
         _, metrics = self.aggregate_train(r, replies)
-        log(INFO, "[ROUND %d/%d] %s", r, self.cfg.rounds, dict(metrics or {}))
+        self.round_metrics[r] = dict(metrics or {})
+        log(INFO, "[ROUND %d/%d] %s", r, self.cfg.rounds, self.round_metrics[r])
         return self._records.pop(r)
 
     def start(
@@ -473,7 +682,8 @@ class DiverseFLStrategy(Strategy):
         evaluates centrally and writes the run directory) and return Flower's Result.
 
         ``initial_arrays`` replaces the seeded initial model; ``num_rounds`` must match the
-        config when given; the other arguments of the base method are not used.
+        config when given; ``timeout`` replaces the reply timeout; the other arguments of the
+        base method are not used.
         """
         if num_rounds is not None and num_rounds != self.cfg.rounds:
             raise ValueError(f"num_rounds={num_rounds} but the config has rounds={self.cfg.rounds}")
@@ -499,3 +709,12 @@ class DiverseFLStrategy(Strategy):
         log(INFO, "final test accuracy %.4f; run files in %s", run.final_accuracy, self.out)
         self.result = run
         return result
+
+
+def _claimed_partition(msg: Message) -> int | None:
+    """The partition id a (possibly malformed) sample reply claims, when it is readable."""
+    try:
+        value = msg.content[CONFIG]["partition-id"]
+    except Exception:  # noqa: BLE001 - no content, no record, no key: nothing claimed
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
