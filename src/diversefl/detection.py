@@ -13,6 +13,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from diversefl.plots import format_mean_std
+
 
 @dataclass(frozen=True)
 class RunDetection:
@@ -99,14 +101,6 @@ def read_sweep(sweep_dir: str | Path) -> list[RunDetection]:
     return runs
 
 
-def _mean_std(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
-
-
 def detection_table(runs: list[RunDetection], oracle: str = "oracle") -> str:
     """Markdown: one row per (attack, aggregator), mean ± std over seeds of final accuracy,
     the gap to OracleSGD on the same attack and seed, TPR, FPR, and the C1-only / C2-only pass
@@ -142,7 +136,7 @@ def detection_table(runs: list[RunDetection], oracle: str = "oracle") -> str:
             gap = "-" if not gaps else f"{statistics.fmean(gaps):+.1f}"
 
             def col(values: list[float | None]) -> str:
-                return _mean_std([v for v in values if v is not None])
+                return format_mean_std([v for v in values if v is not None])
 
             lines.append(
                 "| "
@@ -151,7 +145,7 @@ def detection_table(runs: list[RunDetection], oracle: str = "oracle") -> str:
                         atk,
                         agg,
                         str(len(rs)),
-                        _mean_std([r.final_accuracy for r in rs]),
+                        format_mean_std([r.final_accuracy for r in rs]),
                         gap,
                         col([r.tpr for r in rs]) if agg != oracle else "-",
                         col([r.fpr for r in rs]),

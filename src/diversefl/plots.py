@@ -558,7 +558,7 @@ def _table_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _fmt(values: list[float]) -> str:
+def format_mean_std(values: list[float]) -> str:
     """'0.884' for one value, '0.884 ± 0.004' (sample std) for several, '–' for none."""
     if not values:
         return "–"
@@ -602,7 +602,7 @@ def accuracy_table(path: str | Path, metric: str = "final_test_accuracy") -> str
     n_seeds = max(len(c[metric]) for c in cells.values())
     body = [
         [aggregator_name(a)]
-        + [_fmt(cells[(a, t)][metric]) if (a, t) in cells else "" for t in attacks]
+        + [format_mean_std(cells[(a, t)][metric]) if (a, t) in cells else "" for t in attacks]
         for a in aggs
     ]
     note = f"{metric} (mean ± std over seeds)" if n_seeds > 1 else metric
