@@ -13,14 +13,18 @@ from diversefl.aggregators.base import Aggregate, Aggregator, AggregatorError, R
 from diversefl.aggregators.mean import mean_of
 
 
+def _dots_and_norms(guiding: Tensor, updates: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-client ``guiding . update``, ``|guiding|`` and ``|update|``: one pass each."""
+    return (guiding * updates).sum(dim=1), guiding.norm(dim=1), updates.norm(dim=1)
+
+
 def diversefl_scores(guiding: Tensor, updates: Tensor) -> tuple[Tensor, Tensor]:
     """Per-client C1 = sign(guiding . update) (eq. 7) and C2 = |update| / |guiding| (eq. 8).
 
     A zero guiding gradient gives C2 = inf (or NaN for a zero update too), which fails eq. 10.
     """
-    c1 = torch.sign((guiding * updates).sum(dim=1))
-    c2 = updates.norm(dim=1) / guiding.norm(dim=1)
-    return c1, c2
+    dots, g_norm, z_norm = _dots_and_norms(guiding, updates)
+    return torch.sign(dots), z_norm / g_norm
 
 
 def diversefl_accept(c1: Tensor, c2: Tensor, eps1: float, eps2: float) -> Tensor:
@@ -28,11 +32,15 @@ def diversefl_accept(c1: Tensor, c2: Tensor, eps1: float, eps2: float) -> Tensor
     return (c1 > 0) & (c2 > eps1) & (c2 < eps2)
 
 
+def _cosine(dots: Tensor, g_norm: Tensor, z_norm: Tensor) -> Tensor:
+    """Cosine from precomputed dot products and norms (0 where either vector is zero)."""
+    norms = g_norm * z_norm
+    return torch.where(norms > 0, dots / norms.clamp_min(torch.finfo(dots.dtype).tiny), 0.0)
+
+
 def cosine(guiding: Tensor, updates: Tensor) -> Tensor:
     """Per-client cosine similarity of guiding gradient and update (0 where either is zero)."""
-    dots = (guiding * updates).sum(dim=1)
-    norms = guiding.norm(dim=1) * updates.norm(dim=1)
-    return torch.where(norms > 0, dots / norms.clamp_min(torch.finfo(dots.dtype).tiny), 0.0)
+    return _cosine(*_dots_and_norms(guiding, updates))
 
 
 @dataclass
@@ -95,26 +103,27 @@ class DiverseFL(Aggregator):
                 f"guiding gradients {tuple(guiding.shape)} do not match updates "
                 f"{tuple(updates.shape)}"
             )
-        c1, c2 = diversefl_scores(guiding, updates)
+        dots, g_norm, z_norm = _dots_and_norms(guiding, updates)  # once per round
+        c1, c2 = torch.sign(dots), z_norm / g_norm
         scores = {"c1": c1, "c2": c2}
         if self.min_cosine > 0:
-            cos = cosine(guiding, updates)
+            cos = _cosine(dots, g_norm, z_norm)
             scores["cos"] = cos
             passed = (cos > self.min_cosine) & (c2 > self.eps1) & (c2 < self.eps2)
         else:
             passed = diversefl_accept(c1, c2, self.eps1, self.eps2)
         accepted = passed
         if self.quarantine > 0:
-            rate = self._record(passed, ctx)
+            rate, seen = self._record(passed, ctx)
             scores["fail_rate"] = rate.to(updates.dtype)
-            seen = self.tested[ctx.client_ids.cpu()].to(passed.device)
             trusted = (seen < self.quarantine_after) | (rate <= self.quarantine)
             accepted = passed & trusted
         return Aggregate(update=mean_of(updates, accepted), accepted=accepted, scores=scores)
 
-    def _record(self, passed: Tensor, ctx: RoundContext) -> Tensor:
+    def _record(self, passed: Tensor, ctx: RoundContext) -> tuple[Tensor, Tensor]:
         """Add this round's test results to the per-client counts; each client's failure rate
-        so far. A second call in the same round replaces that round's results."""
+        so far and its number of tests. A second call in the same round replaces that round's
+        results."""
         if ctx.round == self.round and self._before is not None:
             self.tested, self.failed = (t.clone() for t in self._before)
         else:
@@ -128,7 +137,8 @@ class DiverseFL(Aggregator):
             self.failed = torch.cat([self.failed, torch.zeros(grow, dtype=torch.float64)])
         self.tested[ids] += 1
         self.failed[ids] += (~passed).cpu().double()
-        return (self.failed[ids] / self.tested[ids]).to(passed.device)
+        seen = self.tested[ids]
+        return (self.failed[ids] / seen).to(passed.device), seen.to(passed.device)
 
     def state_dict(self) -> dict[str, Any]:
         """The per-client test counts of the quarantine rule."""

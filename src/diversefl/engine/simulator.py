@@ -87,11 +87,15 @@ class Simulation:
         self.shards, self.shard_len = pad_rows([torch.as_tensor(p) for p in parts])
         self.batch_k = torch.tensor([_count(cfg.clients.batch, int(L)) for L in self.shard_len])
         self.sample_k = torch.tensor([_count(cfg.clients.sample, int(L)) for L in self.shard_len])
-        for key, spec, k in (
-            ("clients.batch", cfg.clients.batch, self.batch_k),
-            ("clients.sample", cfg.clients.sample, self.sample_k),
+        for key, spec in (
+            ("clients.batch", cfg.clients.batch),
+            ("clients.sample", cfg.clients.sample),
         ):
-            capped = [j for j in range(n) if isinstance(spec, int) and spec > int(k[j])]
+            capped = (
+                (self.shard_len < spec).nonzero().flatten().tolist()
+                if isinstance(spec, int)
+                else []
+            )
             if capped:
                 warnings.warn(
                     f"{key}={spec} is larger than the shards of clients {capped[:10]}"
