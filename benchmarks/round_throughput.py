@@ -75,6 +75,7 @@ class Result:
     examples: int  # real examples per round, summed over clients
     step_ms: float
     grad_ms: float
+    grad_vmap_ms: float  # the same gradients through torch.func (vmap) instead of the dense path
     gather_ms: float  # draw_batches + x_train[idx] / y_train[idx]
     server_ms: float  # aggregator (sanitize + mean) + the theta update, on [n, d] grads
     loop_round_ms: float
@@ -213,7 +214,7 @@ def loop_round(sim: Simulation, r: int) -> tuple[float, float]:
     byz = sim.byzantine_mask(r)
     ctx = sim.context(r, byz)
     idx, w = sim.draw_batches(r)
-    x, y = sim.x_train[idx], sim.y_train[idx]
+    x, y = sim.gather(idx)
     t1 = time.perf_counter()
     grads = loop_grads(sim.fm, sim.theta, x, y, w)
     t2 = time.perf_counter()
@@ -265,11 +266,14 @@ def run_setting(s: Setting, data: Dataset, rounds: int, warmup: int, loop_rounds
     theta = sim.theta
     grad_ms = median_ms(lambda: batched_grads(sim.fm, theta, x, y, w), rounds, warmup)
     measured = peak_rss_delta(lambda: batched_grads(sim.fm, theta, x, y, w))
+    grad_vmap_ms = median_ms(
+        lambda: batched_grads(sim.fm, theta, x, y, w, method="vmap"), rounds, warmup
+    )
 
     # The rest of a batched round, piece by piece.
     def gather() -> None:
         i, _ = sim.draw_batches(r + 1)
-        sim.x_train[i], sim.y_train[i]
+        sim.gather(i)
 
     grads = batched_grads(sim.fm, theta, x, y, w)
     ctx = sim.context(r + 1, sim.byzantine_mask(r + 1))
@@ -294,6 +298,7 @@ def run_setting(s: Setting, data: Dataset, rounds: int, warmup: int, loop_rounds
         examples=examples,
         step_ms=step_ms,
         grad_ms=grad_ms,
+        grad_vmap_ms=grad_vmap_ms,
         gather_ms=gather_ms,
         server_ms=server_ms,
         loop_round_ms=statistics.median(t for t, _ in loop),
@@ -355,6 +360,7 @@ def table(results: list[Result], peak: float) -> str:
         row("examples / round", lambda res: f"{res.examples:,}"),
         row("batched: ms / round (step)", lambda res: f"{res.step_ms:.2f}"),
         row("batched: ms grads only", lambda res: f"{res.grad_ms:.2f}"),
+        row("batched: ms grads, vmap path", lambda res: f"{res.grad_vmap_ms:.2f}"),
         row("  of which draw + gather", lambda res: f"{res.gather_ms:.2f}"),
         row("  of which aggregate + update", lambda res: f"{res.server_ms:.2f}"),
         row("loop: ms / round", lambda res: f"{res.loop_round_ms:.2f}"),

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from diversefl import aggregators
 from diversefl.aggregators import RoundContext
+from diversefl.aggregators.base import AggregatorError
 
 
 def _ctx(n: int, guiding: torch.Tensor, f: int = 0) -> RoundContext:
@@ -152,3 +154,105 @@ def test_quarantine_matches_a_plain_loop_and_survives_a_checkpoint():
     assert got == want
     assert not any(row[1] for row in got[10:])  # the frequent failer is shut out
     assert got[-1][2]  # the early failer regained trust
+
+
+def _layer_ctx(n: int, guiding: torch.Tensor, sizes: tuple[int, ...] | None) -> RoundContext:
+    return RoundContext(
+        round=1,
+        n=n,
+        f=0,
+        generator=torch.Generator().manual_seed(0),
+        guiding_fn=lambda: guiding,
+        layer_sizes=sizes,
+    )
+
+
+def test_per_layer_rejects_a_flipped_layer_the_whole_vector_hides():
+    # layers of sizes 3 and 1: client 0's big first layer agrees, its last layer is flipped
+    guiding = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 2.0]])
+    updates = torch.tensor([[1.2, 1.0, 0.9, -0.5], [0.9, 0.1, 0.0, 1.8]])
+    whole = aggregators.get("diversefl")(updates, _layer_ctx(2, guiding, (3, 1)))
+    assert whole.accepted.tolist() == [True, True]  # dot 2.6 > 0 and ratio ~0.99
+    layered = aggregators.get("diversefl", per_layer=True)(updates, _layer_ctx(2, guiding, (3, 1)))
+    assert layered.accepted.tolist() == [False, True]
+    assert layered.scores["layers_ok"].tolist() == [0.0, 1.0]
+    torch.testing.assert_close(layered.update, updates[1])
+
+
+def test_per_layer_matches_a_plain_loop_over_layers():
+    gen = torch.Generator().manual_seed(5)
+    sizes = (4, 2, 3)
+    guiding = torch.randn(50, 9, generator=gen)
+    guiding[7, 4:6] = 0.0  # a layer with a zero guiding block carries no direction: skipped
+    updates = guiding + 1.0 * torch.randn(50, 9, generator=gen)
+    for min_cos in (0.0, 0.3):
+        got = aggregators.get("diversefl", per_layer=True, min_cosine=min_cos)(
+            updates, _layer_ctx(50, guiding, sizes)
+        )
+        for j in range(50):
+            g, z = guiding[j].tolist(), updates[j].tolist()
+            ng, nz = math.sqrt(sum(a * a for a in g)), math.sqrt(sum(b * b for b in z))
+            dot = sum(a * b for a, b in zip(g, z, strict=True))
+            want = (dot / (ng * nz) > min_cos if min_cos else dot > 0) and 0.5 < nz / ng < 2.0
+            start = 0
+            for k in sizes:
+                gb, zb = g[start : start + k], z[start : start + k]
+                start += k
+                gn = math.sqrt(sum(a * a for a in gb))
+                if gn == 0:
+                    continue
+                zn = math.sqrt(sum(b * b for b in zb))
+                d = sum(a * b for a, b in zip(gb, zb, strict=True))
+                want = want and (d / (gn * zn) > min_cos if min_cos else d > 0)
+            assert bool(got.accepted[j]) == want, (min_cos, j)
+        assert 0 < int(got.accepted.sum()) < 50
+
+
+def test_per_layer_needs_layer_sizes():
+    guiding = torch.ones(2, 3)
+    with pytest.raises(AggregatorError, match="layer sizes"):
+        aggregators.get("diversefl", per_layer=True)(guiding, _layer_ctx(2, guiding, None))
+    with pytest.raises(AggregatorError, match="sum to 2"):
+        aggregators.get("diversefl", per_layer=True)(guiding, _layer_ctx(2, guiding, (1, 1)))
+
+
+def test_direction_quarantine_ignores_norm_failures():
+    """quarantine_on="direction": a client that only fails the norm band keeps its standing (it
+    is still rejected in those rounds); one that keeps flipping direction is shut out."""
+    gen = torch.Generator().manual_seed(1)
+    n, d, rounds = 3, 5, 25
+    kinds = {"any": [], "direction": []}
+    rules = {
+        k: aggregators.get("diversefl", quarantine=0.3, quarantine_after=3, quarantine_on=k)
+        for k in kinds
+    }
+    dir_ok_by_round, pass_by_round = [], []
+    for r in range(1, rounds + 1):
+        guiding = torch.randn(n, d, generator=gen)
+        big = r % 2 == 0  # client 1: norm 3x the guiding in every other round
+        flip = r % 3 != 0  # client 2: opposite direction in 2 of 3 rounds
+        updates = torch.stack(
+            [guiding[0], guiding[1] * (3.0 if big else 1.0), -guiding[2] if flip else guiding[2]]
+        )
+        dir_ok_by_round.append([True, True, not flip])
+        pass_by_round.append([True, not big, not flip])
+        ctx = RoundContext(round=r, n=n, f=0, generator=gen, guiding_fn=lambda g=guiding: g)
+        for k, rule in rules.items():
+            kinds[k].append(rule(updates, ctx).accepted.tolist())
+    # reference: accept iff the round's full test passes and the client's standing, counted
+    # on direction results only, is intact (where direction fails, the test fails anyway)
+    standing = _quarantine_reference(dir_ok_by_round, 0.3, 3)
+    want = [
+        [p and s for p, s in zip(pr, sr, strict=True)]
+        for pr, sr in zip(pass_by_round, standing, strict=True)
+    ]
+    assert kinds["direction"] == want
+    assert kinds["any"] == _quarantine_reference(pass_by_round, 0.3, 3)
+    assert any(row[1] for row in kinds["direction"][10:])  # client 1 keeps its standing
+    assert not any(row[1] for row in kinds["any"][10:])  # "any" shuts it out
+    assert not any(row[2] for row in kinds["direction"][10:])  # the flipper is shut out
+
+
+def test_quarantine_on_is_validated():
+    with pytest.raises(ValueError, match="'norm'"):
+        aggregators.get("diversefl", quarantine=0.3, quarantine_on="norm")

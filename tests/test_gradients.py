@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from diversefl.engine.dense_grads import is_dense
 from diversefl.engine.gradients import batched_grads, loop_grads
 from diversefl.engine.params import FlatModel
 from diversefl.models import build_model
@@ -32,6 +33,12 @@ def test_batched_equals_loop(name, shape, classes, m):
     slow = loop_grads(fm, theta, x, y)
     assert fast.shape == (n, fm.dim)
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-4)
+    if is_dense(module):  # "auto" took the hand-written path; vmap must agree too
+        vm = batched_grads(fm, theta, x, y, method="vmap")
+        torch.testing.assert_close(vm, slow, atol=1e-5, rtol=1e-4)
+    else:
+        with pytest.raises(ValueError, match="dense"):
+            batched_grads(fm, theta, x, y, method="dense")
 
 
 def test_padding_weights_and_chunks_and_per_client_theta():
@@ -44,12 +51,53 @@ def test_padding_weights_and_chunks_and_per_client_theta():
     w[1, 4:] = 0  # client 1 has a batch of 4: padding must not count
     w[3, 1:] = 0
     ref = loop_grads(fm, theta, x, y, w)
-    torch.testing.assert_close(batched_grads(fm, theta, x, y, w), ref, atol=1e-5, rtol=1e-4)
+    for method in ("auto", "vmap", "dense"):
+        torch.testing.assert_close(
+            batched_grads(fm, theta, x, y, w, method=method), ref, atol=1e-5, rtol=1e-4
+        )
+        torch.testing.assert_close(
+            batched_grads(fm, theta, x, y, w, clients_per_chunk=2, method=method),
+            ref,
+            atol=1e-5,
+            rtol=1e-4,
+        )
+    scale = torch.tensor([1.0, 4.0, 0.5, 2.0, 3.0])  # summed-loss conventions scale per client
     torch.testing.assert_close(
-        batched_grads(fm, theta, x, y, w, clients_per_chunk=2), ref, atol=1e-5, rtol=1e-4
+        batched_grads(fm, theta, x, y, w, scale=scale, method="dense"),
+        loop_grads(fm, theta, x, y, w, scale=scale),
+        atol=1e-5,
+        rtol=1e-4,
     )
     # RSA-style: one model per client
     thetas = theta[None].repeat(n, 1) + 0.05 * torch.randn(n, fm.dim)
     torch.testing.assert_close(
         batched_grads(fm, thetas, x, y, w), loop_grads(fm, thetas, x, y, w), atol=1e-5, rtol=1e-4
     )
+
+
+def test_dense_path_applies_only_to_plain_dense_networks():
+    assert is_dense(build_model("softmax", (1, 28, 28), 10))
+    assert is_dense(build_model("mlp", (1, 28, 28), 10))
+    assert not is_dense(build_model("cifar_cnn", (3, 32, 32), 10))
+    assert not is_dense(
+        torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2))
+    )
+    assert not is_dense(torch.nn.Sequential(torch.nn.Linear(4, 3, bias=False)))
+    assert not is_dense(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()))
+
+
+def test_dense_relu_at_a_hand_computed_point():
+    """1-2-2 network, one client, one example: the gradient by hand."""
+    net = torch.nn.Sequential(torch.nn.Linear(1, 2), torch.nn.ReLU(), torch.nn.Linear(2, 2))
+    fm = FlatModel(net)
+    # W1 = [[1], [-1]], b1 = [0, 0]; W2 = [[1, 0], [0, 1]], b2 = [0, 0]; x = 2, label 0
+    theta = torch.tensor([1.0, -1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0])
+    x, y = torch.tensor([[[2.0]]]), torch.tensor([[0]])
+    # h = relu([2, -2]) = [2, 0]; logits [2, 0]; p = [e2, 1] / (e2 + 1); dz = p - [1, 0]
+    p0 = torch.exp(torch.tensor(2.0)) / (torch.exp(torch.tensor(2.0)) + 1)
+    dz = torch.tensor([p0 - 1, 1 - p0])
+    dw2 = torch.outer(dz, torch.tensor([2.0, 0.0]))
+    dh = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).t() @ dz * torch.tensor([1.0, 0.0])
+    want = torch.cat([(dh * 2.0), dh, dw2.reshape(-1), dz])
+    got = batched_grads(fm, theta, x, y, method="dense")[0]
+    torch.testing.assert_close(got, want)

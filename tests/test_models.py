@@ -202,3 +202,18 @@ def test_unknown_model_name() -> None:
 def test_conv_models_reject_flat_shape() -> None:
     with pytest.raises(ValueError, match="C, H, W"):
         build_model("cifar_cnn", (784,), 10)
+
+
+def test_layer_sizes_group_each_layers_weight_and_bias() -> None:
+    from diversefl.engine.params import FlatModel
+
+    mlp = FlatModel(build_model("mlp", MNIST, 10))
+    assert mlp.layer_sizes == (784 * 200 + 200, 200 * 200 + 200, 200 * 10 + 10)
+    assert FlatModel(build_model("softmax", MNIST, 10)).layer_sizes == (7850,)
+    for name in MODELS:  # always a partition of theta, one block per parametrised module
+        fm = FlatModel(
+            build_model(name, (3, 32, 32) if name.startswith(("cifar", "vgg")) else MNIST, 10)
+        )
+        assert sum(fm.layer_sizes) == fm.dim
+        owners = {k.rsplit(".", 1)[0] for k in fm.names}
+        assert len(fm.layer_sizes) == len(owners)

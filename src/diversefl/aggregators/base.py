@@ -33,6 +33,9 @@ class RoundContext:
     # dataset (FLTrust's root data) may use.
     server_grad_fn: Callable[[Tensor], Tensor] | None = None
     shared_samples: Tensor | None = None
+    # Sizes of the consecutive per-layer blocks of a flat update (sum = d), for rules that
+    # test each layer on its own; None when the model's layout is unknown.
+    layer_sizes: tuple[int, ...] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

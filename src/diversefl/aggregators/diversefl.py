@@ -43,6 +43,28 @@ def cosine(guiding: Tensor, updates: Tensor) -> Tensor:
     return _cosine(*_dots_and_norms(guiding, updates))
 
 
+def layer_direction_pass(
+    guiding: Tensor, updates: Tensor, sizes: tuple[int, ...], min_cosine: float
+) -> Tensor:
+    """Per client: does every layer block of the update point along the guiding gradient's
+    block (``cos > min_cosine``; ``min_cosine = 0`` is the sign test ``dot > 0``)? Blocks where
+    the guiding gradient is zero carry no direction and are skipped."""
+    if sum(sizes) != updates.shape[1]:
+        raise AggregatorError(
+            f"diversefl: layer sizes sum to {sum(sizes)}, updates have {updates.shape[1]} entries"
+        )
+    ok = torch.ones(updates.shape[0], dtype=torch.bool, device=updates.device)
+    for g, z in zip(guiding.split(sizes, dim=1), updates.split(sizes, dim=1), strict=True):
+        dots, g_norm, z_norm = _dots_and_norms(g, z)
+        informative = g_norm > 0
+        if min_cosine > 0:
+            layer_ok = _cosine(dots, g_norm, z_norm) > min_cosine
+        else:
+            layer_ok = dots > 0
+        ok &= layer_ok | ~informative
+    return ok
+
+
 @dataclass
 class DiverseFL(Aggregator):
     """Average the updates that pass both of DiverseFL's conditions (eqs. 9-11).
@@ -58,11 +80,18 @@ class DiverseFL(Aggregator):
 
     - ``min_cosine`` > 0 replaces the bare sign test C1 > 0 by ``cos(guiding_j, z_j) >
       min_cosine`` (``min_cosine = 0`` is exactly the sign test); score ``cos``.
+    - ``per_layer`` applies the direction test (sign, or cosine with ``min_cosine``) to every
+      layer's block of the update on its own, in addition to the whole vector: a flipped
+      output layer cannot hide behind agreeing hidden layers. Score ``layers_ok`` (0/1).
     - ``quarantine`` > 0 keeps, per client id, how often its update failed the per-round test;
       once a client has been tested ``quarantine_after`` times, it is rejected in every round
       in which its failure rate so far exceeds ``quarantine`` (it regains trust only by passing
       enough later rounds to bring the rate back down); score ``fail_rate``. The counts are
-      state: they travel with checkpoints.
+      state: they travel with checkpoints. ``quarantine_on = "direction"`` counts only failures
+      of the direction test (sign/cosine, per layer if set): honest clients whose update norm
+      often leaves the eps band (heavy-tailed per-example gradients, tiny samples) then keep
+      their standing, while a client whose updates keep pointing away from its own data loses
+      it. Norm failures are still rejected in their round.
     """
 
     name: ClassVar[str] = "diversefl"
@@ -70,8 +99,10 @@ class DiverseFL(Aggregator):
     eps1: float = 0.5  # lower bound on |z| / |guiding| (paper: 0.5)
     eps2: float = 2.0  # upper bound on |z| / |guiding| (paper: 2)
     min_cosine: float = 0.0  # accept only cos(guiding, z) > min_cosine (0: the paper's C1 > 0)
+    per_layer: bool = False  # also apply the direction test to each layer's block
     quarantine: float = 0.0  # reject clients whose failure rate so far exceeds this (0: off)
     quarantine_after: int = 10  # tests a client must have had before quarantine applies
+    quarantine_on: str = "any"  # count failures of the whole test ("any") or of "direction" only
 
     def __post_init__(self) -> None:
         if not 0 <= self.eps1 < self.eps2:
@@ -82,6 +113,10 @@ class DiverseFL(Aggregator):
             raise AggregatorError(f"diversefl: min_cosine must be in [0, 1), got {self.min_cosine}")
         if not 0 <= self.quarantine < 1:
             raise AggregatorError(f"diversefl: quarantine must be in [0, 1), got {self.quarantine}")
+        if self.quarantine_on not in ("any", "direction"):
+            raise AggregatorError(
+                f"diversefl: quarantine_on must be 'any' or 'direction', got {self.quarantine_on!r}"
+            )
         if self.quarantine_after < 1:
             raise AggregatorError(
                 f"diversefl: quarantine_after must be >= 1, got {self.quarantine_after}"
@@ -109,12 +144,23 @@ class DiverseFL(Aggregator):
         if self.min_cosine > 0:
             cos = _cosine(dots, g_norm, z_norm)
             scores["cos"] = cos
-            passed = (cos > self.min_cosine) & (c2 > self.eps1) & (c2 < self.eps2)
+            direction = cos > self.min_cosine
         else:
-            passed = diversefl_accept(c1, c2, self.eps1, self.eps2)
+            direction = c1 > 0
+        if self.per_layer:
+            if ctx.layer_sizes is None:
+                raise AggregatorError(
+                    "diversefl: per_layer needs the model's layer sizes (ctx.layer_sizes)"
+                )
+            layers_ok = layer_direction_pass(guiding, updates, ctx.layer_sizes, self.min_cosine)
+            scores["layers_ok"] = layers_ok.to(updates.dtype)
+            direction = direction & layers_ok
+        passed = direction & (c2 > self.eps1) & (c2 < self.eps2)  # NaN fails
         accepted = passed
         if self.quarantine > 0:
-            rate, seen = self._record(passed, ctx)
+            rate, seen = self._record(
+                direction if self.quarantine_on == "direction" else passed, ctx
+            )
             scores["fail_rate"] = rate.to(updates.dtype)
             trusted = (seen < self.quarantine_after) | (rate <= self.quarantine)
             accepted = passed & trusted

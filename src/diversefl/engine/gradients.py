@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, grad, vmap
 
+from diversefl.engine.dense_grads import dense_grads, is_dense
 from diversefl.engine.params import FlatModel
 
 
@@ -30,6 +31,7 @@ def batched_grads(
     w: Tensor | None = None,
     clients_per_chunk: int | None = None,
     scale: Tensor | None = None,
+    method: str = "auto",
 ) -> Tensor:
     """Gradients ``[n, d]`` of each client's mean batch loss.
 
@@ -38,6 +40,10 @@ def batched_grads(
     0 = padding for clients with smaller batches), ``scale`` ``[n]`` multiplies each client's
     loss (default 1). The client axis is processed in chunks of
     ``clients_per_chunk`` to bound memory for large models.
+
+    ``method``: "vmap" (``torch.func`` on any model), "dense" (the hand-written backward of
+    :mod:`diversefl.engine.dense_grads`, for Flatten/Linear/ReLU networks and one shared
+    model) or "auto" (dense where it applies, else vmap).
     """
     n = x.shape[0]
     if w is None:
@@ -45,6 +51,19 @@ def batched_grads(
     if scale is None:
         scale = torch.ones(n, dtype=x.dtype, device=x.device)
     per_client_theta = theta.dim() == 2
+    if method not in ("auto", "vmap", "dense"):
+        raise ValueError(f"method must be 'auto', 'vmap' or 'dense', got {method!r}")
+    dense_ok = not per_client_theta and is_dense(fm.module)
+    if method == "dense" and not dense_ok:
+        raise ValueError("method='dense' needs a Flatten/Linear/ReLU model and one shared theta")
+    if dense_ok and method != "vmap":
+        coef = scale[:, None] * w / w.sum(dim=1, keepdim=True).clamp_min(1.0)
+        chunk = clients_per_chunk or n
+        out = [
+            dense_grads(fm, theta, x[s : s + chunk], y[s : s + chunk], coef[s : s + chunk])
+            for s in range(0, n, chunk)
+        ]
+        return out[0] if len(out) == 1 else torch.cat(out)
     fn = vmap(
         grad(lambda t, xb, yb, wb, sb: _client_loss(fm, t, xb, yb, wb, sb)),
         in_dims=(0 if per_client_theta else None, 0, 0, 0, 0),

@@ -7,6 +7,21 @@ import torch
 from torch import Tensor, nn
 
 
+def layer_sizes(names: list[str], numels: list[int]) -> tuple[int, ...]:
+    """Sizes of the consecutive blocks of ``theta`` that belong to one layer (parameters whose
+    names share the module prefix, e.g. ``0.weight`` and ``0.bias``)."""
+    sizes: list[int] = []
+    prev = None
+    for name, k in zip(names, numels, strict=True):
+        owner = name.rsplit(".", 1)[0] if "." in name else ""
+        if sizes and owner == prev:
+            sizes[-1] += k
+        else:
+            sizes.append(k)
+        prev = owner
+    return tuple(sizes)
+
+
 class FlatModel:
     """A module plus the bookkeeping to move between a flat vector ``theta`` and its params."""
 
@@ -17,6 +32,7 @@ class FlatModel:
         self.shapes = [tuple(p.shape) for _, p in named]
         self.numels = [p.numel() for _, p in named]
         self.dim = sum(self.numels)
+        self.layer_sizes = layer_sizes(self.names, self.numels)
         self.buffers = dict(module.named_buffers())
 
     def flatten(self) -> Tensor:

@@ -233,6 +233,7 @@ class Simulation:
             guiding_fn=lambda: self.guiding(theta),
             server_grad_fn=lambda idx: self.server_gradient(theta, idx),
             shared_samples=self.sample_idx[self.sample_w > 0],
+            layer_sizes=self.fm.layer_sizes,
             extras={"num_classes": self.data.num_classes},
         )
 
