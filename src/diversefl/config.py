@@ -108,6 +108,10 @@ class EngineConfig(_Section):
 
     device: str = "cpu"  # cpu | cuda | cuda:1
     clients_per_chunk: int = Field(0, ge=0)  # 0 = all clients in one batched call
+    # per-client gradients: "dense" = hand-written backward for Flatten/Linear/ReLU models,
+    # "vmap" = torch.func for any model, "auto" = dense where it applies (same gradients up to
+    # float rounding; "vmap" reproduces runs made before the dense path existed digit for digit)
+    grads: Literal["auto", "vmap", "dense"] = "auto"
 
 
 class Config(_Section):

@@ -213,13 +213,15 @@ class Simulation:
             self.sample_w.to(self.device),
             self.cfg.engine.clients_per_chunk or None,
             self.loss_scale,
+            method=self.cfg.engine.grads,
         )
 
     def server_gradient(self, theta: Tensor, idx: Tensor) -> Tensor:
         """Gradient ``[d]`` of the mean loss on training examples ``idx`` (server-held data)."""
         idx = idx.to(self.device)
         w = torch.ones(1, idx.numel(), device=self.device)
-        return batched_grads(self.fm, theta, self.x_train[idx][None], self.y_train[idx][None], w)[0]
+        x, y = self.x_train[idx][None], self.y_train[idx][None]
+        return batched_grads(self.fm, theta, x, y, w, method=self.cfg.engine.grads)[0]
 
     def context(self, r: int, byz: Tensor) -> RoundContext:
         """The round context handed to the attack and the aggregator."""
@@ -252,7 +254,14 @@ class Simulation:
             x[byz_d], y[byz_d] = xb, yb  # x, y are fresh copies (index_select)
         theta = self.theta if theta is None else theta
         return batched_grads(
-            self.fm, theta, x, y, w, self.cfg.engine.clients_per_chunk or None, self.loss_scale
+            self.fm,
+            theta,
+            x,
+            y,
+            w,
+            self.cfg.engine.clients_per_chunk or None,
+            self.loss_scale,
+            method=self.cfg.engine.grads,
         )
 
     def client_updates(self, r: int, byz: Tensor, ctx: RoundContext) -> Tensor:

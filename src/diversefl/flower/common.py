@@ -318,7 +318,7 @@ def client_update(cfg: Config, shard: ClientShard, theta: Tensor, r: int, role: 
     k = batch_counts(cfg, shard.shard_lens)[j]
     scale = k.float()[None] if cfg.clients.loss == "sum" else torch.ones(1)
     torch.manual_seed(seed_for(cfg.seed, "dropout", r, j))
-    grad = batched_grads(fm, theta.float(), x, y, w[None], None, scale)[0]
+    grad = batched_grads(fm, theta.float(), x, y, w[None], None, scale, method=cfg.engine.grads)[0]
     agg = aggregators.get_method(cfg.aggregator.name, **cfg.aggregator.params())
     if isinstance(agg, Aggregator) and _overrides(agg, Aggregator, "prepare"):
         full = torch.zeros(n, grad.numel(), dtype=grad.dtype)

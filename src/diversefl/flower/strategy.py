@@ -200,6 +200,7 @@ class FlowerFederation(Simulation):
             self.sample_w.to(self.device),
             self.cfg.engine.clients_per_chunk or None,
             self.loss_scale,
+            method=self.cfg.engine.grads,
         )
 
     def server_gradient(self, theta: Tensor, idx: Tensor) -> Tensor:
@@ -209,7 +210,8 @@ class FlowerFederation(Simulation):
             raise ValueError("server_grad_fn: the server only holds the uploaded samples")
         pos = pos.to(self.device)
         w = torch.ones(1, pos.numel(), device=self.device)
-        return batched_grads(self.fm, theta, self._pool_x[pos][None], self._pool_y[pos][None], w)[0]
+        x, y = self._pool_x[pos][None], self._pool_y[pos][None]
+        return batched_grads(self.fm, theta, x, y, w, method=self.cfg.engine.grads)[0]
 
     # -- rounds --------------------------------------------------------------------------
     def step(self, r: int) -> RoundRecord:
