@@ -86,3 +86,79 @@ def test_parallel_jobs_give_the_same_numbers_as_serial(tmp_path: Path):
         b = (tmp_path / "par" / cell.dirname / "metrics.csv").read_text().splitlines()
         # identical numbers apart from the wall-clock column (last)
         assert [r.rsplit(",", 1)[0] for r in a] == [r.rsplit(",", 1)[0] for r in b]
+
+
+def _children(pid: int) -> list[int]:
+    """PIDs whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_pool_workers_end_when_the_sweep_process_is_killed(tmp_path: Path):
+    """A killed `diversefl sweep --jobs 2` must not leave workers finishing cells as orphans
+    (a restarted sweep would then write into the same run directory at the same time)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import tomli_w
+
+    raw = _grid(aggregators=["mean", "diversefl"], attacks=["sign_flip"])
+    raw["rounds"] = 200_000  # far longer than the test waits
+    raw["eval"] = {"every": 100_000, "checkpoint_every": 100_000}
+    cfg = tmp_path / "grid.toml"
+    cfg.write_bytes(tomli_w.dumps(raw).encode())
+    cmd = [sys.executable, "-c", "import sys; from diversefl.cli import main; sys.exit(main())"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [*cmd, "sweep", str(cfg), "--out", str(tmp_path / "runs"), "--jobs", "2", "--quiet"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            started = sum(1 for _ in (tmp_path / "runs").glob("*/config.toml"))
+            workers = [
+                p
+                for p in _children(proc.pid)
+                if "spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
+            ]
+            if started == 2 and len(workers) == 2:
+                break
+            time.sleep(0.5)
+        assert len(workers) == 2, "the sweep did not start its two workers in time"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(_alive(p) for p in workers):
+            time.sleep(0.25)
+        assert not any(_alive(p) for p in workers)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for p in workers:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass

@@ -8,6 +8,9 @@ import copy
 import csv
 import fnmatch
 import json
+import os
+import threading
+import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,6 +196,23 @@ def _done_line(i: int, total: int, cell: Cell, summary: dict[str, Any]) -> str:
     )
 
 
+def _exit_with_parent(parent_pid: int, poll_seconds: float = 0.5) -> None:
+    """Pool-worker initializer: end this worker when the sweep process is gone.
+
+    A worker whose parent was killed would otherwise finish its cell as an orphan, and a
+    restarted sweep could then write into the same run directory at the same time. The
+    interrupted cell resumes from its last checkpoint on the next run.
+    """
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_seconds)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def run_sweep(
     cells: list[Cell],
     out: str | Path,
@@ -248,7 +268,12 @@ def run_sweep(
 
         threads = max(1, torch.get_num_threads() // jobs)
         ctx = mp.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(
+            max_workers=jobs,
+            mp_context=ctx,
+            initializer=_exit_with_parent,
+            initargs=(os.getpid(),),
+        ) as pool:
             futures = {
                 pool.submit(
                     _run_cell, cells[i], out / cells[i].dirname, data_dir, False, threads
