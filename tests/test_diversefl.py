@@ -256,3 +256,19 @@ def test_direction_quarantine_ignores_norm_failures():
 def test_quarantine_on_is_validated():
     with pytest.raises(ValueError, match="'norm'"):
         aggregators.get("diversefl", quarantine=0.3, quarantine_on="norm")
+
+
+def test_clip_to_guide_scales_accepted_updates_to_the_guide_norm():
+    guiding = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0]])
+    updates = torch.tensor(
+        [[1.8, 0.6], [0.0, 1.5], [-3.0, -4.0]]
+    )  # ratios ~1.90, 0.75; 3rd rejected
+    got = aggregators.get("diversefl", clip_to_guide=True)(updates, _ctx(3, guiding))
+    assert got.accepted.tolist() == [True, True, False]
+    n0 = math.sqrt(1.8**2 + 0.6**2)
+    first = [1.8 / n0, 0.6 / n0]  # scaled down to |g_0| = 1
+    second = [0.0, 1.5]  # already below |g_1| = 2: unchanged
+    want = [(a + b) / 2 for a, b in zip(first, second, strict=True)]
+    torch.testing.assert_close(got.update, torch.tensor(want))
+    plain = aggregators.get("diversefl")(updates, _ctx(3, guiding))
+    assert plain.accepted.tolist() == got.accepted.tolist()  # clipping never changes who passes

@@ -83,6 +83,10 @@ class DiverseFL(Aggregator):
     - ``per_layer`` applies the direction test (sign, or cosine with ``min_cosine``) to every
       layer's block of the update on its own, in addition to the whole vector: a flipped
       output layer cannot hide behind agreeing hidden layers. Score ``layers_ok`` (0/1).
+    - ``clip_to_guide`` scales every accepted update down to at most its guide's norm before
+      averaging (``z_j * min(1, |g_j| / |z_j|)``): an accepted Byzantine update can then push no
+      harder than the client's own data would, which bounds what an attacker who stays inside
+      the acceptance region (top of the ratio band) can do per round.
     - ``quarantine`` > 0 keeps, per client id, how often its update failed the per-round test;
       once a client has been tested ``quarantine_after`` times, it is rejected in every round
       in which its failure rate so far exceeds ``quarantine`` (it regains trust only by passing
@@ -100,6 +104,7 @@ class DiverseFL(Aggregator):
     eps2: float = 2.0  # upper bound on |z| / |guiding| (paper: 2)
     min_cosine: float = 0.0  # accept only cos(guiding, z) > min_cosine (0: the paper's C1 > 0)
     per_layer: bool = False  # also apply the direction test to each layer's block
+    clip_to_guide: bool = False  # scale accepted updates down to at most their guide's norm
     quarantine: float = 0.0  # reject clients whose failure rate so far exceeds this (0: off)
     quarantine_after: int = 10  # tests a client must have had before quarantine applies
     quarantine_on: str = "any"  # count failures of the whole test ("any") or of "direction" only
@@ -164,6 +169,9 @@ class DiverseFL(Aggregator):
             scores["fail_rate"] = rate.to(updates.dtype)
             trusted = (seen < self.quarantine_after) | (rate <= self.quarantine)
             accepted = passed & trusted
+        if self.clip_to_guide:
+            factor = torch.clamp(g_norm / z_norm.clamp_min(torch.finfo(z_norm.dtype).tiny), max=1.0)
+            updates = updates * factor.nan_to_num(0.0)[:, None]
         return Aggregate(update=mean_of(updates, accepted), accepted=accepted, scores=scores)
 
     def _record(self, passed: Tensor, ctx: RoundContext) -> tuple[Tensor, Tensor]:
