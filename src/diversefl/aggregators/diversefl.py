@@ -43,6 +43,14 @@ def cosine(guiding: Tensor, updates: Tensor) -> Tensor:
     return _cosine(*_dots_and_norms(guiding, updates))
 
 
+def _direction_ok(dots: Tensor, g_norm: Tensor, z_norm: Tensor, min_cosine: float) -> Tensor:
+    """DiverseFL's direction test: ``cos > min_cosine``, or the paper's sign test ``dot > 0``
+    when ``min_cosine = 0``."""
+    if min_cosine > 0:
+        return _cosine(dots, g_norm, z_norm) > min_cosine
+    return dots > 0
+
+
 def layer_direction_pass(
     guiding: Tensor, updates: Tensor, sizes: tuple[int, ...], min_cosine: float
 ) -> Tensor:
@@ -56,12 +64,7 @@ def layer_direction_pass(
     ok = torch.ones(updates.shape[0], dtype=torch.bool, device=updates.device)
     for g, z in zip(guiding.split(sizes, dim=1), updates.split(sizes, dim=1), strict=True):
         dots, g_norm, z_norm = _dots_and_norms(g, z)
-        informative = g_norm > 0
-        if min_cosine > 0:
-            layer_ok = _cosine(dots, g_norm, z_norm) > min_cosine
-        else:
-            layer_ok = dots > 0
-        ok &= layer_ok | ~informative
+        ok &= _direction_ok(dots, g_norm, z_norm, min_cosine) | (g_norm == 0)
     return ok
 
 
@@ -146,12 +149,9 @@ class DiverseFL(Aggregator):
         dots, g_norm, z_norm = _dots_and_norms(guiding, updates)  # once per round
         c1, c2 = torch.sign(dots), z_norm / g_norm
         scores = {"c1": c1, "c2": c2}
+        direction = _direction_ok(dots, g_norm, z_norm, self.min_cosine)
         if self.min_cosine > 0:
-            cos = _cosine(dots, g_norm, z_norm)
-            scores["cos"] = cos
-            direction = cos > self.min_cosine
-        else:
-            direction = c1 > 0
+            scores["cos"] = _cosine(dots, g_norm, z_norm)
         if self.per_layer:
             if ctx.layer_sizes is None:
                 raise AggregatorError(

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, grad, vmap
 
-from diversefl.engine.dense_grads import dense_grads, is_dense
+from diversefl.engine.dense_grads import dense_grads
 from diversefl.engine.params import FlatModel
 
 
@@ -53,7 +53,7 @@ def batched_grads(
     per_client_theta = theta.dim() == 2
     if method not in ("auto", "vmap", "dense"):
         raise ValueError(f"method must be 'auto', 'vmap' or 'dense', got {method!r}")
-    dense_ok = not per_client_theta and is_dense(fm.module)
+    dense_ok = not per_client_theta and fm.dense
     if method == "dense" and not dense_ok:
         raise ValueError("method='dense' needs a Flatten/Linear/ReLU model and one shared theta")
     if dense_ok and method != "vmap":

@@ -3,6 +3,8 @@ plain ``[d]`` / ``[n, d]`` tensors."""
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import torch
 from torch import Tensor, nn
 
@@ -34,6 +36,13 @@ class FlatModel:
         self.dim = sum(self.numels)
         self.layer_sizes = layer_sizes(self.names, self.numels)
         self.buffers = dict(module.named_buffers())
+
+    @cached_property
+    def dense(self) -> bool:
+        """Whether the hand-written dense backward applies to this model (checked once)."""
+        from diversefl.engine.dense_grads import is_dense  # dense_grads imports this module
+
+        return is_dense(self.module)
 
     def flatten(self) -> Tensor:
         """The module's current parameters as one detached vector ``[d]``."""
