@@ -76,7 +76,7 @@ class Result:
     step_ms: float
     grad_ms: float
     grad_vmap_ms: float  # the same gradients through torch.func (vmap) instead of the dense path
-    gather_ms: float  # draw_batches + x_train[idx] / y_train[idx]
+    gather_ms: float  # sim.batches: draw + gather (cached when batches are whole shards)
     server_ms: float  # aggregator (sanitize + mean) + the theta update, on [n, d] grads
     loop_round_ms: float
     loop_grad_ms: float
@@ -213,8 +213,7 @@ def loop_round(sim: Simulation, r: int) -> tuple[float, float]:
     t0 = time.perf_counter()
     byz = sim.byzantine_mask(r)
     ctx = sim.context(r, byz)
-    idx, w = sim.draw_batches(r)
-    x, y = sim.gather(idx)
+    x, y, w = sim.batches(r, writable=False)
     t1 = time.perf_counter()
     grads = loop_grads(sim.fm, sim.theta, x, y, w)
     t2 = time.perf_counter()
@@ -272,8 +271,7 @@ def run_setting(s: Setting, data: Dataset, rounds: int, warmup: int, loop_rounds
 
     # The rest of a batched round, piece by piece.
     def gather() -> None:
-        i, _ = sim.draw_batches(r + 1)
-        sim.gather(i)
+        sim.batches(r + 1, writable=False)
 
     grads = batched_grads(sim.fm, theta, x, y, w)
     ctx = sim.context(r + 1, sim.byzantine_mask(r + 1))

@@ -212,3 +212,53 @@ def test_engine_grads_dense_and_vmap_agree_and_dense_refuses_other_models():
         )
     with pytest.raises(ConfigError, match="grads"):
         make_config(tiny_config(engine={"grads": "fast"}))
+
+
+def test_whole_shard_batches_match_a_plain_loop_over_each_shard():
+    # batch = 1.0: every client's batch is its whole shard, gathered once and reused.
+    cfg = make_config(
+        tiny_config(
+            clients={"n": 7, "batch": 1.0},
+            optim={"lr": 0.3, "schedule": "constant", "weight_decay": 0.01},
+        )
+    )
+    sim = Simulation(cfg)
+    assert sim._whole_shards is not None
+    assert len(set(sim.shard_len.tolist())) > 1  # unequal shards: padding is masked out
+    theta0 = sim.theta.clone()
+    expected = []
+    for j in range(sim.n):  # one client at a time, straight from the training set
+        rows = sim.shards[j, : sim.shard_len[j]]
+        x, y = sim.x_train[rows][None], sim.y_train[rows][None]
+        expected.append(loop_grads(sim.fm, theta0, x, y, torch.ones(1, len(rows)))[0])
+    mean = torch.stack(expected).mean(0)
+    sim.step(1)
+    torch.testing.assert_close(
+        sim.theta, theta0 - 0.3 * (mean + 0.01 * theta0), atol=1e-5, rtol=1e-4
+    )
+
+
+def test_whole_shard_cache_equals_the_drawn_path_and_survives_data_attacks():
+    cfg = make_config(
+        tiny_config(
+            clients={"n": 6, "batch": 1.0},
+            attack={"name": "label_flip", "f": 2, "byzantine": [0, 3]},
+        )
+    )
+    sim = Simulation(cfg)
+    x0, y0 = (t.clone() for t in sim._whole_shards)
+    byz = sim.byzantine_mask(1)
+    ctx = sim.context(1, byz)
+    cached = sim.client_gradients(1, byz, ctx)
+    cached_again = sim.client_gradients(2, byz, sim.context(2, byz))
+    # The poisoned copies never reach the cache.
+    assert torch.equal(sim._whole_shards[0], x0) and torch.equal(sim._whole_shards[1], y0)
+    torch.testing.assert_close(cached, cached_again)
+    sim._whole_shards = None  # the general path: a random order of each whole shard
+    drawn = sim.client_gradients(1, byz, ctx)
+    torch.testing.assert_close(cached, drawn, atol=1e-6, rtol=1e-5)
+    # The flip did happen: the Byzantine rows differ from the same clients' clean gradients.
+    sim.attack = diversefl.attacks.get("none")
+    clean = sim.client_gradients(1, byz, ctx)
+    torch.testing.assert_close(clean[~byz], cached[~byz], atol=1e-6, rtol=1e-5)
+    assert (clean[byz] - cached[byz]).abs().max() > 1e-3
