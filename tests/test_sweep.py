@@ -67,7 +67,13 @@ def test_only_runs_matching_cells_and_csv_keeps_grid_order(tmp_path: Path):
     run_sweep(cells, tmp_path, progress=False, echo=lambda m: None, only=["*__sign_flip__*"])
     ran = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
     assert ran == ["diversefl__sign_flip__seed0", "mean__sign_flip__seed0"]
-    run_sweep(cells, tmp_path, progress=False, echo=lambda m: None, only=["mean__none*"])
+    messages: list[str] = []
+    run_sweep(cells, tmp_path, progress=False, echo=messages.append, only=["mean__none*"])
+    # the log names only the selected cell; the csv lists every finished one
+    assert len(messages) == 1 and "mean__none__seed0" in messages[0]
+    messages.clear()
+    run_sweep(cells, tmp_path, progress=False, echo=messages.append, only=["*__sign_flip__*"])
+    assert len(messages) == 2 and all("done already" in m for m in messages)
     with (tmp_path / "sweep.csv").open() as fh:
         saved = [(r["aggregator"], r["attack"]) for r in csv.DictReader(fh)]
     assert saved == [("mean", "none"), ("mean", "sign_flip"), ("diversefl", "sign_flip")]

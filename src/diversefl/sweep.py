@@ -242,6 +242,8 @@ def run_sweep(
                 todo.append(i)
         else:
             summaries[i] = done
+            if cell.dirname not in chosen:
+                continue  # finished cells outside --only count for sweep.csv, not the log
             echo(
                 f"[{i + 1}/{len(cells)}] {cell.dirname}: done already "
                 f"(acc {done['final_test_accuracy']:.4f})"
