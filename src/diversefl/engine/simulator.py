@@ -40,6 +40,12 @@ def pad_rows(rows: list[Tensor], fill: int = 0) -> tuple[Tensor, Tensor]:
     return out, lengths
 
 
+def length_mask(lengths: Tensor, width: int) -> Tensor:
+    """``[n, width]`` float mask that is 1 for the first ``lengths[j]`` entries of row j (the
+    weights of padded index rows)."""
+    return (torch.arange(width)[None, :] < lengths[:, None]).float()
+
+
 def draw_without_replacement(
     lengths: Tensor, k: Tensor, gen: torch.Generator, width: int
 ) -> tuple[Tensor, Tensor]:
@@ -53,8 +59,7 @@ def draw_without_replacement(
     keys[torch.arange(width)[None, :] >= lengths[:, None]] = 2.0  # never pick padding
     K = int(k.max())
     pos = torch.topk(keys, K, dim=1, largest=False, sorted=True).indices
-    w = (torch.arange(K)[None, :] < k[:, None]).float()
-    return pos, w
+    return pos, length_mask(k, K)
 
 
 @dataclass
@@ -187,17 +192,17 @@ class Simulation:
             perm = torch.randperm(L, generator=generator(self.cfg.seed, "sample", j))
             rows.append(self.shards[j, perm[: int(self.sample_k[j])]])
         idx, lengths = pad_rows(rows)
-        w = (torch.arange(idx.shape[1])[None, :] < lengths[:, None]).float()
-        return idx, w
+        return idx, length_mask(lengths, idx.shape[1])
 
-    def _gather_whole_shards(self) -> tuple[Tensor, Tensor] | None:
+    def _gather_whole_shards(self) -> tuple[Tensor, Tensor, Tensor] | None:
         """When every client's batch is its whole shard (``clients.batch`` = 1.0, or at least
         the shard size), every round's batch is the same ``[n, L]`` block: gather it once
         instead of every round (at n = 1,000 on MNIST the per-round gather was 60% of a
         round). Costs one batch's worth of memory for the whole run."""
         if not bool((self.batch_k == self.shard_len).all()):
             return None
-        return self.gather(self.shards.to(self.device))
+        x, y = self.gather(self.shards.to(self.device))
+        return x, y, length_mask(self.shard_len, self.shards.shape[1]).to(self.device)
 
     # -- one round -----------------------------------------------------------------------
     def draw_batches(self, r: int) -> tuple[Tensor, Tensor]:
@@ -206,21 +211,17 @@ class Simulation:
         Whole-shard batches are the shards in their stored order (no draw: a mini-batch gradient
         does not depend on the order of its examples)."""
         if self._whole_shards is not None:
-            return self.shards, self._whole_mask()
+            return self.shards, length_mask(self.shard_len, self.shards.shape[1])
         gen = generator(self.cfg.seed, "batch", r)
         pos, w = draw_without_replacement(self.shard_len, self.batch_k, gen, self.shards.shape[1])
         return self.shards.gather(1, pos), w
-
-    def _whole_mask(self) -> Tensor:
-        return (torch.arange(self.shards.shape[1])[None, :] < self.shard_len[:, None]).float()
 
     def batches(self, r: int, writable: bool = True) -> tuple[Tensor, Tensor, Tensor]:
         """Round r's training examples ``[n, m, ...]``, labels ``[n, m]`` and weights ``[n, m]``,
         on the engine's device. With ``writable`` the caller may modify x and y in place (they
         are copies); without, whole-shard batches are the cached tensors themselves."""
         if self._whole_shards is not None:
-            x, y = self._whole_shards
-            w = self._whole_mask().to(self.device)
+            x, y, w = self._whole_shards
             return (x.clone(), y.clone(), w) if writable else (x, y, w)
         idx, w = self.draw_batches(r)
         x, y = self.gather(idx.to(self.device))

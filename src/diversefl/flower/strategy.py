@@ -47,7 +47,7 @@ from torch import Tensor
 from diversefl.config import Config
 from diversefl.engine.gradients import batched_grads
 from diversefl.engine.runner import RunResult, train
-from diversefl.engine.simulator import RoundRecord, Simulation, _count, pad_rows
+from diversefl.engine.simulator import RoundRecord, Simulation, _count, length_mask, pad_rows
 from diversefl.flower.common import ARRAYS, CONFIG, MSG_SAMPLE, config_to_text
 from diversefl.flower.replies import (
     NODE_UNAVAILABLE,
@@ -166,7 +166,7 @@ class FlowerFederation(Simulation):
             [by_part[j].indices if j in by_part else empty for j in range(self.n)]
         )
         S = self.sample_idx.shape[1]
-        self.sample_w = (torch.arange(S)[None, :] < lengths[:, None]).float()
+        self.sample_w = length_mask(lengths, S)
         self.sample_x = torch.zeros((self.n, S, *shape))
         self.sample_y = torch.zeros(self.n, S, dtype=torch.long)
         for j, s in by_part.items():
