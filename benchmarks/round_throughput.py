@@ -8,7 +8,8 @@ n=1,000) this prints, in one table:
 * ms per round of a naive per-client loop: the same round with ``loop_grads`` (one
   ``nn.Module``, client by client) in place of ``batched_grads``, and its gradient part;
 * achieved GFLOP/s of ``batched_grads`` and its share of this machine's fp32 matmul peak,
-  measured in the same run;
+  measured in the same run: against the peak taken at the start, and (MLP, the target) as
+  the median of interleaved peak/gradient pairs, which a drifting shared host cannot skew;
 * memory per client, analytic and measured (peak-RSS delta of one ``batched_grads`` call);
 * PASS/FAIL against the targets (reported, never asserted).
 
@@ -85,6 +86,8 @@ class Result:
     mem_analytic: int  # bytes per client: activations + one gradient row
     input_bytes: int  # bytes per client of the gathered input batch
     mem_measured: int | None  # bytes per client, or None when it could not be measured
+    paired_share: float | None = None  # grads / peak, interleaved pairs (MLP only)
+    paired_peak: float | None = None
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -207,6 +210,31 @@ def matmul_peak(shapes: list[tuple[str, tuple[int, ...], tuple[int, ...]]], reps
     return out
 
 
+def paired_peak_share(
+    grad_fn: Callable[[], object], gflop: float, shapes: list, reps: int
+) -> tuple[float, float]:
+    """Share of the matmul peak that ``grad_fn`` reaches, measured in interleaved pairs.
+
+    This host's matmul speed drifts by 20-40% within a minute (other tenants), so a peak
+    taken at the start of the run and a gradient timing taken later can disagree by that
+    much. Here each of ``reps`` pairs times the peak shapes and ``grad_fn`` back to back,
+    and the share is the median of the per-pair ratios. Returns (median share, median peak).
+    """
+    g = torch.Generator().manual_seed(0)
+    ops = []
+    for _, sa, sb in shapes:
+        a, b = torch.randn(*sa, generator=g), torch.randn(*sb, generator=g)
+        op = torch.bmm if a.dim() == 3 else torch.mm
+        ops.append((lambda op=op, a=a, b=b: op(a, b), 2 * a.numel() * b.shape[-1]))
+    shares, peaks = [], []
+    for _ in range(reps):
+        peak = max(flop / (median_ms(fn, 2, warmup=1) * 1e-3) / 1e9 for fn, flop in ops)
+        achieved = gflop / (median_ms(grad_fn, 2, warmup=1) * 1e-3)
+        shares.append(achieved / peak)
+        peaks.append(peak)
+    return statistics.median(shares), statistics.median(peaks)
+
+
 # -- one setting --------------------------------------------------------------------------
 def loop_round(sim: Simulation, r: int) -> tuple[float, float]:
     """Round r with ``loop_grads`` in place of ``batched_grads``: (round ms, gradient ms)."""
@@ -240,8 +268,11 @@ def make_sim(s: Setting, data: Dataset) -> Simulation:
     return Simulation(cfg, dataset=data)
 
 
-def run_setting(s: Setting, data: Dataset, rounds: int, warmup: int, loop_rounds: int) -> Result:
-    """Measure one setting."""
+def run_setting(
+    s: Setting, data: Dataset, rounds: int, warmup: int, loop_rounds: int, shapes: list
+) -> Result:
+    """Measure one setting (the MLP's share of peak also in interleaved pairs, see
+    :func:`paired_peak_share`)."""
     sim = make_sim(s, data)
     module = sim.fm.module
     examples = int(sim.batch_k.sum())
@@ -288,6 +319,13 @@ def run_setting(s: Setting, data: Dataset, rounds: int, warmup: int, loop_rounds
     loop_round(sim, r + 1)  # warm-up
     loop = [loop_round(sim, r + 2 + i) for i in range(loop_rounds)]
 
+    gflop = grad_flops_per_example(module) * examples / 1e9
+    paired = (None, None)
+    if s.model == "mlp":
+        paired = paired_peak_share(
+            lambda: batched_grads(sim.fm, theta, x, y, w), gflop, shapes, max(3, rounds // 2)
+        )
+
     act = activation_floats_per_example(module) * int(idx.shape[1])
     return Result(
         setting=s,
@@ -302,10 +340,12 @@ def run_setting(s: Setting, data: Dataset, rounds: int, warmup: int, loop_rounds
         loop_round_ms=statistics.median(t for t, _ in loop),
         loop_grad_ms=statistics.median(g for _, g in loop),
         loop_rounds=loop_rounds,
-        gflop=grad_flops_per_example(module) * examples / 1e9,
+        gflop=gflop,
         mem_analytic=(act + sim.fm.dim) * BYTES_F32,
         input_bytes=int(x[0].numel()) * BYTES_F32,
         mem_measured=None if measured is None else measured // s.n,
+        paired_share=paired[0],
+        paired_peak=paired[1],
     )
 
 
@@ -368,14 +408,18 @@ def table(results: list[Result], peak: float) -> str:
         row("speedup loop/batched (grads)", lambda res: f"{res.loop_grad_ms / res.grad_ms:.1f}x"),
         row("GFLOP / round (grads)", lambda res: f"{res.gflop:.3f}"),
         row("batched grads GFLOP/s", lambda res: f"{gflops(res):.1f}"),
-        row("% of matmul peak", lambda res: f"{100 * gflops(res) / peak:.0f}%"),
+        row("% of matmul peak (run's start)", lambda res: f"{100 * gflops(res) / peak:.0f}%"),
+        row(
+            "% of peak, interleaved pairs",
+            mlp_only(lambda res: f"{100 * res.paired_share:.0f}% of {res.paired_peak:.0f}"),
+        ),
         row("% of peak, whole step", lambda res: f"{100 * res.gflop / step_s(res) / peak:.0f}%"),
         row("mem/client input batch", lambda res: fmt_bytes(res.input_bytes)),
         row("mem/client analytic (act+grad)", lambda res: fmt_bytes(res.mem_analytic)),
         row("mem/client measured", lambda res: fmt_bytes(res.mem_measured)),
         row(
             f"TARGET mlp grads >= {MLP_PEAK_TARGET:.0%} peak",
-            mlp_only(lambda res: verdict(gflops(res) >= MLP_PEAK_TARGET * peak)),
+            mlp_only(lambda res: verdict(res.paired_share >= MLP_PEAK_TARGET)),
         ),
         row(
             "TARGET mlp round <= loop round",
@@ -448,7 +492,7 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     for s in SETTINGS:
         loop_n = rounds if s.n <= 23 else max(2, rounds // (2 if s.n <= 230 else 10))
-        results.append(run_setting(s, data, rounds, warmup, loop_n))
+        results.append(run_setting(s, data, rounds, warmup, loop_n, shapes))
     print(table(results, peak))
     print(
         "\nFLOPs: matmul only, per real example: fwd 2*in*out + weight-grad 2*in*out per Linear,"

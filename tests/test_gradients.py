@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diversefl.engine.dense_grads import is_dense
+from diversefl.engine.dense_grads import dense_grads, is_dense
 from diversefl.engine.gradients import batched_grads, loop_grads
 from diversefl.engine.params import FlatModel
 from diversefl.models import build_model
@@ -101,3 +101,31 @@ def test_dense_relu_at_a_hand_computed_point():
     want = torch.cat([(dh * 2.0), dh, dw2.reshape(-1), dz])
     got = batched_grads(fm, theta, x, y, method="dense")[0]
     torch.testing.assert_close(got, want)
+
+
+def test_dense_writes_into_a_given_buffer_and_leaves_inputs_alone():
+    """``out=`` receives every layer's gradient in place (rows of a bigger buffer), the input
+    batch is not modified by the in-place ReLU, and a ReLU on the raw input is handled."""
+    torch.manual_seed(2)
+    net = torch.nn.Sequential(
+        torch.nn.Flatten(),
+        torch.nn.ReLU(),
+        torch.nn.Linear(12, 5),
+        torch.nn.ReLU(),
+        torch.nn.Linear(5, 3),
+    )
+    fm = FlatModel(net)
+    assert fm.dense
+    theta = fm.flatten()
+    n, m = 4, 3
+    x, y = torch.randn(n, m, 3, 4), torch.randint(0, 3, (n, m))
+    x_before = x.clone()
+    coef = torch.full((n, m), 1.0 / m)
+    big = torch.full((n + 2, fm.dim), float("nan"))
+    got = dense_grads(fm, theta, x, y, coef, out=big[1 : n + 1])
+    assert got.data_ptr() == big[1].data_ptr()
+    torch.testing.assert_close(big[1 : n + 1], loop_grads(fm, theta, x, y), atol=1e-6, rtol=1e-5)
+    assert torch.isnan(big[0]).all() and torch.isnan(big[-1]).all()  # other rows untouched
+    assert torch.equal(x, x_before)
+    with pytest.raises(ValueError, match=r"\[4, 83\]"):
+        dense_grads(fm, theta, x, y, coef, out=torch.empty(n, fm.dim + 1))

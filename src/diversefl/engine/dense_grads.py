@@ -40,12 +40,26 @@ def is_dense(module: nn.Module) -> bool:
     return flatten_ok and all(p.requires_grad for p in module.parameters())
 
 
-def dense_grads(fm: FlatModel, theta: Tensor, x: Tensor, y: Tensor, coef: Tensor) -> Tensor:
+def dense_grads(
+    fm: FlatModel, theta: Tensor, x: Tensor, y: Tensor, coef: Tensor, out: Tensor | None = None
+) -> Tensor:
     """Gradients ``[n, d]`` of each client's loss ``sum_k coef[j, k] * CE(f(x[j, k]), y[j, k])``
     for one shared model ``theta`` (``[d]``); ``x`` is ``[n, m, ...]``, ``coef`` ``[n, m]``
-    (the padding mask, the 1/m of the mean loss and any loss scale folded together)."""
+    (the padding mask, the 1/m of the mean loss and any loss scale folded together).
+
+    Every layer's weight and bias gradients are written straight into their columns of the
+    ``[n, d]`` result (``out`` when given, e.g. a slice of a bigger buffer), so no per-layer
+    piece is concatenated afterwards: for the 2x200 MLP that copy alone was ~8% of the call.
+    """
     n, m = y.shape
+    if out is None:
+        out = torch.empty(n, fm.dim, dtype=theta.dtype, device=theta.device)
+    elif out.shape != (n, fm.dim) or out.stride(1) != 1:
+        raise ValueError(f"out must be a row-major [{n}, {fm.dim}] view, got {tuple(out.shape)}")
     params = list(fm.unflatten(theta).values())
+    offsets = [0]
+    for k in fm.numels:
+        offsets.append(offsets[-1] + k)
     h = x.reshape(n * m, -1)
     inputs: list[Tensor] = []  # the input of every Linear, kept for its weight gradient
     weights: list[Tensor] = []
@@ -60,21 +74,24 @@ def dense_grads(fm: FlatModel, theta: Tensor, x: Tensor, y: Tensor, coef: Tensor
             relu_after.append(False)
             h = torch.addmm(b, h, w.t())
         elif isinstance(layer, nn.ReLU):
-            h = torch.relu(h)
-            relu_after[-1] = True
+            fresh = bool(relu_after) and not relu_after[-1]  # h is this Linear's own output
+            h = torch.relu_(h) if fresh else torch.relu(h)
+            if relu_after:
+                relu_after[-1] = True
     # d loss / d logits = coef * (softmax - onehot)
     dz = torch.softmax(h, dim=1)
     dz[torch.arange(n * m, device=dz.device), y.reshape(-1)] -= 1.0
     dz.mul_(coef.reshape(-1, 1).to(dz.dtype))
-    pieces: list[Tensor] = []
     for i in range(len(weights) - 1, -1, -1):
-        a, out = inputs[i], dz.shape[1]
-        dz3 = dz.view(n, m, out)
-        pieces.append(dz3.sum(dim=1))  # bias
-        pieces.append(torch.bmm(dz3.transpose(1, 2), a.view(n, m, -1)).reshape(n, -1))  # weight
+        a, width = inputs[i], dz.shape[1]
+        w_at, b_at, end = offsets[2 * i], offsets[2 * i + 1], offsets[2 * i + 2]
+        dz3 = dz.view(n, m, width)
+        torch.sum(dz3, dim=1, out=out[:, b_at:end])  # bias
+        w_out = out[:, w_at:b_at].view(n, width, -1)  # each client's [out, in] block, row-major
+        torch.bmm(dz3.transpose(1, 2), a.view(n, m, -1), out=w_out)  # weight
         if i > 0:
             dz = dz @ weights[i]
             if relu_after[i - 1]:
-                dz.mul_(a > 0)  # a = relu(previous Linear's output): its derivative is a > 0
-    pieces.reverse()
-    return torch.cat(pieces, dim=1)
+                # a = relu(previous Linear's output): its derivative is a > 0, in one fused pass
+                dz = torch.ops.aten.threshold_backward(dz, a, 0.0)
+    return out

@@ -59,11 +59,11 @@ def batched_grads(
     if dense_ok and method != "vmap":
         coef = scale[:, None] * w / w.sum(dim=1, keepdim=True).clamp_min(1.0)
         chunk = clients_per_chunk or n
-        out = [
-            dense_grads(fm, theta, x[s : s + chunk], y[s : s + chunk], coef[s : s + chunk])
-            for s in range(0, n, chunk)
-        ]
-        return out[0] if len(out) == 1 else torch.cat(out)
+        grads = torch.empty(n, fm.dim, dtype=theta.dtype, device=theta.device)
+        for s in range(0, n, chunk):  # each chunk writes its rows in place: no final cat
+            sl = slice(s, s + chunk)
+            dense_grads(fm, theta, x[sl], y[sl], coef[sl], out=grads[sl])
+        return grads
     fn = vmap(
         grad(lambda t, xb, yb, wb, sb: _client_loss(fm, t, xb, yb, wb, sb)),
         in_dims=(0 if per_client_theta else None, 0, 0, 0, 0),
