@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from diversefl.config import Config, apply_overrides, load_config, make_config, to_toml_dict
+from diversefl.engine.allocator import retain_freed_memory
 from diversefl.engine.runner import RunResult, train
 from diversefl.results import prepare_run_dir
 
@@ -37,7 +38,10 @@ def run(
 
     ``config`` may be a :class:`Config`, a dict shaped like the TOML file, a path to a TOML
     file, or None for the defaults. With ``out``, the run directory is written there.
+    On Linux it also keeps freed tensor memory in the process for reuse (see
+    :mod:`diversefl.engine.allocator`; ``DIVERSEFL_RETAIN_MEMORY=0`` turns that off).
     """
+    retain_freed_memory()
     cfg = resolve_config(config, overrides)
     out_dir = None
     if out is not None:

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from statistics import NormalDist
 from typing import ClassVar
 
-import torch
 from torch import Tensor
 
 from diversefl.aggregators.base import RoundContext
 from diversefl.attacks.base import Attack
+from diversefl.attacks.statistics import coordinate_std
 
 
 def alie_z_max(n: int, f: int) -> float:
@@ -74,6 +74,6 @@ class ALIE(Attack):
             return byzantine.clone()
         z = alie_z_max(ctx.n, ctx.f) if self.z is None else self.z
         mu = honest.mean(0)
-        sigma = torch.std(honest, dim=0, correction=0)
+        sigma = coordinate_std(honest)
         sent = mu - z * sigma
         return sent.expand(byzantine.shape[0], -1).clone().to(byzantine.dtype)

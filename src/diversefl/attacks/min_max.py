@@ -13,6 +13,7 @@ from torch import Tensor
 from diversefl.aggregators.base import RoundContext
 from diversefl.aggregators.krum import pairwise_sq_dists
 from diversefl.attacks.base import Attack
+from diversefl.attacks.statistics import coordinate_std
 
 Perturbation = Literal["std", "unit", "sign"]
 Rule = Literal["max", "sum"]
@@ -26,7 +27,7 @@ def perturbation_vector(honest: Tensor, kind: Perturbation) -> Tensor:
     """
     mu = honest.mean(0)
     if kind == "std":
-        return -torch.std(honest, dim=0, correction=0)
+        return -coordinate_std(honest)
     if kind == "unit":
         norm = mu.norm()
         return -mu / norm if float(norm) > 0 else torch.zeros_like(mu)
