@@ -12,6 +12,9 @@ from diversefl.aggregators.base import Aggregate, Aggregator, AggregatorError, R
 
 # Columns per float64 chunk (as in Krum): 2**18 columns x 8 bytes = 2 MiB per client.
 _CHUNK = 1 << 18
+# Up to this many entries (512 MiB in float64) the updates are widened once per call rather
+# than chunk by chunk in every iteration; the chunks, hence the sums, are the same either way.
+_WIDEN_ONCE = 1 << 26
 
 
 def _weighted_sum(points: Tensor, weights: Tensor) -> Tensor:
@@ -27,7 +30,7 @@ def _distances(points: Tensor, z: Tensor) -> Tensor:
     total = torch.zeros(points.shape[0], dtype=torch.float64, device=points.device)
     for start in range(0, points.shape[1], _CHUNK):
         diff = points[:, start : start + _CHUNK].double() - z[None, start : start + _CHUNK]
-        total += diff.square().sum(1)
+        total += diff.square_().sum(1)
     return total.sqrt()
 
 
@@ -50,7 +53,9 @@ def smoothed_weiszfeld(
         The median ``[d]`` and the last weights ``beta_i / sum_j beta_j`` ``[n]``, both in
         the dtype of ``points``.
     """
-    n = points.shape[0]
+    dtype, n = points.dtype, points.shape[0]
+    if points.numel() <= _WIDEN_ONCE:
+        points = points.double()  # the helpers' per-chunk .double() is then a no-op
     weights = torch.full((n,), 1.0 / n, dtype=torch.float64, device=points.device)
     z = _weighted_sum(points, weights)
     dists = _distances(points, z).clamp_min(eps)
@@ -65,7 +70,7 @@ def smoothed_weiszfeld(
         objective = new_objective
         if done:
             break
-    return z.to(points.dtype), weights.to(points.dtype)
+    return z.to(dtype), weights.to(dtype)
 
 
 @dataclass
