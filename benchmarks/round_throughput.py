@@ -40,6 +40,7 @@ from torch import nn
 
 from diversefl.config import make_config
 from diversefl.data.datasets import DATA_ENV_VAR, DataError, Dataset, load_dataset
+from diversefl.engine.allocator import retain_freed_memory
 from diversefl.engine.gradients import batched_grads, loop_grads
 from diversefl.engine.simulator import Simulation
 
@@ -465,6 +466,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    retained = retain_freed_memory()  # as diversefl.run does (DIVERSEFL_RETAIN_MEMORY=0: off)
     t_start = time.perf_counter()
     data, note = get_data(args.data_dir)
     print(f"data: {note}")
@@ -474,6 +476,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{platform.processor() or platform.machine()}, cpus {os.cpu_count()}"
     )
     print(f"timed rounds {rounds} (warm-up {warmup}); all times are medians")
+    print(f"freed memory kept for reuse (engine/allocator.py): {retained}")
     print(f"load average at start: {load_note()}\n")
 
     mlp23 = 23 * 261  # examples in one MLP n=23 round (the engine's biggest matmuls)
