@@ -11,8 +11,8 @@ def coordinate_std(updates: Tensor) -> Tensor:
 
     Bit for bit ``torch.std(updates, dim=0, correction=0)``: the same float64 Welford
     recurrence (``mean += delta / j``, ``m2 += delta * (x - mean)``), but run row by row over
-    whole ``[d]`` vectors instead of entry by entry. torch's reduction over the client axis
-    took ~100 ms per call at d = 199,210 on one core, about 40% of an MLP round under ALIE.
+    whole ``[d]`` vectors instead of entry by entry: for ``[18, 199,210]`` (the MLP's honest
+    updates) 29 ms instead of torch's 55 ms on one idle core.
     """
     wide = updates.to(torch.float64)
     mean = torch.zeros(wide.shape[1:], dtype=torch.float64, device=wide.device)
