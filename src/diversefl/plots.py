@@ -658,7 +658,7 @@ def plot_heatmap(
     for i, row in enumerate(grid):
         for j, v in enumerate(row):
             if math.isfinite(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=8,
                         color="white" if v < 0.6 else "black")  # fmt: skip
     fig.colorbar(im, ax=ax, label=metric.replace("_", " "))
     ax.set_title(f"{metric.replace('_', ' ')} (mean over seeds)")
