@@ -198,21 +198,30 @@ def load_note() -> str:
 
 
 # -- matmul peak --------------------------------------------------------------------------
-def matmul_peak(shapes: list[tuple[str, tuple[int, ...], tuple[int, ...]]], reps: int) -> list:
-    """GFLOP/s (median of ``reps``) of torch.mm / torch.bmm on each fp32 shape."""
-    out = []
+Shape = tuple[str, tuple[int, ...], tuple[int, ...]]
+
+
+def matmul_ops(shapes: list[Shape]) -> list[tuple[str, Callable[[], object], int]]:
+    """For each fp32 shape: (name, a call of torch.mm / torch.bmm on random inputs, its FLOPs)."""
     g = torch.Generator().manual_seed(0)
+    ops = []
     for name, sa, sb in shapes:
         a, b = torch.randn(*sa, generator=g), torch.randn(*sb, generator=g)
         op = torch.bmm if a.dim() == 3 else torch.mm
-        flop = 2 * a.numel() * b.shape[-1]
-        ms = median_ms(lambda op=op, a=a, b=b: op(a, b), reps, warmup=2)
-        out.append((name, flop / (ms * 1e-3) / 1e9))
-    return out
+        ops.append((name, lambda op=op, a=a, b=b: op(a, b), 2 * a.numel() * b.shape[-1]))
+    return ops
+
+
+def matmul_peak(shapes: list[Shape], reps: int) -> list:
+    """GFLOP/s (median of ``reps``) of torch.mm / torch.bmm on each fp32 shape."""
+    return [
+        (name, flop / (median_ms(fn, reps, warmup=2) * 1e-3) / 1e9)
+        for name, fn, flop in matmul_ops(shapes)
+    ]
 
 
 def paired_peak_share(
-    grad_fn: Callable[[], object], gflop: float, shapes: list, reps: int
+    grad_fn: Callable[[], object], gflop: float, shapes: list[Shape], reps: int
 ) -> tuple[float, float]:
     """Share of the matmul peak that ``grad_fn`` reaches, measured in interleaved pairs.
 
@@ -221,15 +230,10 @@ def paired_peak_share(
     much. Here each of ``reps`` pairs times the peak shapes and ``grad_fn`` back to back,
     and the share is the median of the per-pair ratios. Returns (median share, median peak).
     """
-    g = torch.Generator().manual_seed(0)
-    ops = []
-    for _, sa, sb in shapes:
-        a, b = torch.randn(*sa, generator=g), torch.randn(*sb, generator=g)
-        op = torch.bmm if a.dim() == 3 else torch.mm
-        ops.append((lambda op=op, a=a, b=b: op(a, b), 2 * a.numel() * b.shape[-1]))
+    ops = matmul_ops(shapes)
     shares, peaks = [], []
     for _ in range(reps):
-        peak = max(flop / (median_ms(fn, 2, warmup=1) * 1e-3) / 1e9 for fn, flop in ops)
+        peak = max(flop / (median_ms(fn, 2, warmup=1) * 1e-3) / 1e9 for _, fn, flop in ops)
         achieved = gflop / (median_ms(grad_fn, 2, warmup=1) * 1e-3)
         shares.append(achieved / peak)
         peaks.append(peak)
@@ -270,7 +274,7 @@ def make_sim(s: Setting, data: Dataset) -> Simulation:
 
 
 def run_setting(
-    s: Setting, data: Dataset, rounds: int, warmup: int, loop_rounds: int, shapes: list
+    s: Setting, data: Dataset, rounds: int, warmup: int, loop_rounds: int, shapes: list[Shape]
 ) -> Result:
     """Measure one setting (the MLP's share of peak also in interleaved pairs, see
     :func:`paired_peak_share`)."""

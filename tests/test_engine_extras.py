@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 
@@ -32,8 +33,7 @@ _PROBE = "from diversefl.engine.allocator import retain_freed_memory as r; print
 
 
 @pytest.mark.skipif(
-    not sys.platform.startswith("linux")
-    or "glibc" not in " ".join(os.confstr("CS_GNU_LIBC_VERSION").split()[:1]),
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
     reason="mallopt thresholds are a glibc feature",
 )
 @pytest.mark.parametrize("env,want", [("1", "True True"), ("0", "False False")])

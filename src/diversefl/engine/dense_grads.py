@@ -11,6 +11,8 @@ of a round. The tests compare it with a per-client ``nn.Module`` loop.
 
 from __future__ import annotations
 
+from itertools import accumulate
+
 import torch
 from torch import Tensor, nn
 
@@ -57,13 +59,12 @@ def dense_grads(
     elif out.shape != (n, fm.dim) or out.stride(1) != 1:
         raise ValueError(f"out must be a row-major [{n}, {fm.dim}] view, got {tuple(out.shape)}")
     params = list(fm.unflatten(theta).values())
-    offsets = [0]
-    for k in fm.numels:
-        offsets.append(offsets[-1] + k)
+    offsets = list(accumulate(fm.numels, initial=0))  # where each parameter starts in theta
     h = x.reshape(n * m, -1)
     inputs: list[Tensor] = []  # the input of every Linear, kept for its weight gradient
     weights: list[Tensor] = []
     relu_after: list[bool] = []  # whether a ReLU follows Linear i (its output is then h > 0)
+    owned = False  # h is a tensor made here (not the caller's x), so a ReLU may overwrite it
     k = 0
     for layer in fm.module:
         if isinstance(layer, nn.Linear):
@@ -72,10 +73,9 @@ def dense_grads(
             inputs.append(h)
             weights.append(w)
             relu_after.append(False)
-            h = torch.addmm(b, h, w.t())
+            h, owned = torch.addmm(b, h, w.t()), True
         elif isinstance(layer, nn.ReLU):
-            fresh = bool(relu_after) and not relu_after[-1]  # h is this Linear's own output
-            h = torch.relu_(h) if fresh else torch.relu(h)
+            h = torch.relu_(h) if owned else torch.relu(h)
             if relu_after:
                 relu_after[-1] = True
     # d loss / d logits = coef * (softmax - onehot)
