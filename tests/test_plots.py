@@ -205,3 +205,29 @@ def test_plot_curves_several_metrics_one_figure(sweep_dir: Path, tmp_path: Path)
     assert two.stat().st_size > one.stat().st_size > 1000  # twice the panels
     with pytest.raises(ValueError, match="bogus"):
         plot_curves(sweep_dir, metric=["test_accuracy", "bogus"])
+
+
+def test_accuracy_table_ranks_by_worst_attack(tmp_path: Path) -> None:
+    # per-attack means, hand-computed: mean: sign flip (0.1+0.3)/2 = 0.2, ALIE 0.8 -> worst 0.2,
+    # mean 0.5; diversefl: sign flip 0.9, ALIE (0.6+0.7)/2 = 0.65 -> worst 0.65, mean 0.775;
+    # median has no ALIE run, so it is not ranked.
+    rows = [
+        ("mean", "none", 0, 0.9), ("mean", "sign_flip", 0, 0.1), ("mean", "sign_flip", 1, 0.3),
+        ("mean", "alie", 0, 0.8), ("diversefl", "sign_flip", 0, 0.9),
+        ("diversefl", "alie", 0, 0.6), ("diversefl", "alie", 1, 0.7),
+        ("median", "sign_flip", 0, 0.5),
+    ]  # fmt: skip
+    lines = ["aggregator,attack,seed,final_test_accuracy,mean_tpr,mean_fpr"]
+    lines += [f"{a},{t},{s},{v},," for a, t, s, v in rows]
+    (tmp_path / "sweep.csv").write_text("\n".join(lines) + "\n")
+    acc = _parse(accuracy_table(tmp_path).split("\n\n")[1])
+    assert acc[0] == [
+        "Aggregator", "No attack", "Sign flip", "ALIE", "Worst attack", "Mean under attack"
+    ]  # fmt: skip
+    by_name = {r[0]: r[-2:] for r in acc[2:]}
+    assert by_name["Mean"] == ["0.200 (Sign flip)", "0.500"]
+    assert by_name["DiverseFL"] == ["0.650 (ALIE)", "0.775"]
+    assert by_name["Median"] == ["", ""]
+    # one attack only: nothing to rank
+    (tmp_path / "sweep.csv").write_text("\n".join(lines[:3]) + "\n")
+    assert "Worst attack" not in accuracy_table(tmp_path)

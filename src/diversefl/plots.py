@@ -47,6 +47,11 @@ ATTACK_SHORT = {
     "same_value": "Same value",
     "label_flip": "Label flip",
     "backdoor": "Backdoor",
+    "alie": "ALIE",
+    "ipm": "IPM",
+    "min_max": "Min-Max",
+    "min_sum": "Min-Sum",
+    "adaptive": "Adaptive",
 }
 # name -> (display name, colour, linestyle, marker); the order is the legend/table order
 _KNOWN: dict[str, tuple[str, str, str, str]] = {
@@ -567,6 +572,18 @@ def format_mean_std(values: list[float]) -> str:
     return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+def attack_summary(per_attack: dict[str, list[float]], attacks: list[str]) -> list[str]:
+    """The two ranking cells of a table row: the lowest per-attack mean (with the attack that
+    caused it) and the mean of the per-attack means; blank unless every attack has a value,
+    so a half-run row is not ranked on the attacks it happened to face."""
+    means = {t: statistics.fmean(v) for t, v in per_attack.items() if v}
+    if any(t not in means for t in attacks):
+        return ["", ""]
+    worst = min(attacks, key=lambda t: means[t])
+    label = ATTACK_SHORT.get(worst, worst.replace("_", " "))
+    return [f"{means[worst]:.3f} ({label})", f"{statistics.fmean(means.values()):.3f}"]
+
+
 def _markdown(header: list[str], body: list[list[str]]) -> str:
     """A markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -605,8 +622,15 @@ def accuracy_table(path: str | Path, metric: str = "final_test_accuracy") -> str
         + [format_mean_std(cells[(a, t)][metric]) if (a, t) in cells else "" for t in attacks]
         for a in aggs
     ]
+    header = ["Aggregator", *cols]
+    attacked = [t for t in attacks if t != "none"]
+    if len(attacked) >= 2:
+        header += ["Worst attack", "Mean under attack"]
+        for a, row in zip(aggs, body, strict=True):
+            row += attack_summary({t: cells[(a, t)][metric] for t in attacked if (a, t) in cells},
+                                  attacked)  # fmt: skip
     note = f"{metric} (mean ± std over seeds)" if n_seeds > 1 else metric
-    text = f"**{note}**\n\n" + _markdown(["Aggregator", *cols], body)
+    text = f"**{note}**\n\n" + _markdown(header, body)
 
     def rejects(a: str) -> bool:
         vals = [v for (g, _), c in cells.items() if g == a for k in ("mean_tpr", "mean_fpr")
