@@ -42,8 +42,9 @@ def smoothed_weiszfeld(
     Starting from the mean, repeat ``beta_i = 1 / max(eps, ||z - z_i||)`` and
     ``z = sum_i beta_i z_i / sum_i beta_i``, at most ``iters`` times, stopping once the
     objective ``sum_i max(eps, ||z - z_i||)`` changes by less than ``tol`` times its value
-    (RFA's stopping rule). The iterate and the distances are kept in float64 (computed in
-    column chunks, so no float64 copy of all the updates is made): in float32 the objective's
+    (RFA's stopping rule). The iterate and the distances are kept in float64, computed in
+    column chunks (updates of up to 2**26 entries are widened to float64 once per call, larger
+    ones chunk by chunk, so their float64 copy is never whole): in float32 the objective's
     rounding is about as large as ``tol``, which would let the row order change the number of
     iterations, hence the result.
 
