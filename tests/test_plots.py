@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,11 @@ from diversefl.plots import (
     accuracy_table,
     aggregator_name,
     aggregator_style,
+    attack_summary,
+    heatmap_grid,
     plot_c1c2,
     plot_curves,
+    plot_heatmap,
 )
 
 AGGS = ["oracle", "diversefl"]
@@ -228,6 +232,21 @@ def test_accuracy_table_ranks_by_worst_attack(tmp_path: Path) -> None:
     assert by_name["Mean"] == ["0.200 (Sign flip)", "0.500"]
     assert by_name["DiverseFL"] == ["0.650 (ALIE)", "0.775"]
     assert by_name["Median"] == ["", ""]
+    assert attack_summary({"alie": [0.5], "ipm": [0.5004]}, ["alie", "ipm"])[0] == "0.500 (all)"
+    three = {"alie": [0.5], "ipm": [0.5001], "min_max": [0.7]}
+    assert attack_summary(three, list(three)) == ["0.500 (2 tied)", "0.567"]
+    # the heat-map's last column is the same worst case (NaN for the unranked row)
+    aggs, cols, grid = heatmap_grid([dict(zip(lines[0].split(","), ln.split(","), strict=True))
+                                     for ln in lines[1:]])  # fmt: skip
+    assert cols == ["none", "sign_flip", "alie", "worst"]
+    worst = {a: row[-1] for a, row in zip(aggs, grid, strict=True)}
+    assert worst["mean"] == pytest.approx(0.2) and worst["diversefl"] == pytest.approx(0.65)
+    assert math.isnan(worst["median"]) and math.isnan(grid[aggs.index("diversefl")][0])
+    plot_heatmap(tmp_path, out=tmp_path / "heat.png")
+    assert (tmp_path / "heat.png").stat().st_size > 1000
     # one attack only: nothing to rank
     (tmp_path / "sweep.csv").write_text("\n".join(lines[:3]) + "\n")
     assert "Worst attack" not in accuracy_table(tmp_path)
+    assert heatmap_grid([{"aggregator": "mean", "attack": "alie", "final_test_accuracy": 1}])[
+        1
+    ] == ["alie"]

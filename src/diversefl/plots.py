@@ -574,14 +574,22 @@ def format_mean_std(values: list[float]) -> str:
 
 def attack_summary(per_attack: dict[str, list[float]], attacks: list[str]) -> list[str]:
     """The two ranking cells of a table row: the lowest per-attack mean (with the attack that
-    caused it) and the mean of the per-attack means; blank unless every attack has a value,
-    so a half-run row is not ranked on the attacks it happened to face."""
+    caused it, or how many tie with it as printed) and the mean of the per-attack means; blank
+    unless every attack has a value, so a half-run row is not ranked on the attacks it
+    happened to face."""
     means = {t: statistics.fmean(v) for t, v in per_attack.items() if v}
     if any(t not in means for t in attacks):
         return ["", ""]
     worst = min(attacks, key=lambda t: means[t])
-    label = ATTACK_SHORT.get(worst, worst.replace("_", " "))
-    return [f"{means[worst]:.3f} ({label})", f"{statistics.fmean(means.values()):.3f}"]
+    shown = f"{means[worst]:.3f}"
+    tied = [t for t in attacks if f"{means[t]:.3f}" == shown]  # equal as printed
+    if len(tied) == len(attacks):
+        label = "all"
+    elif len(tied) > 1:
+        label = f"{len(tied)} tied"
+    else:
+        label = ATTACK_SHORT.get(worst, worst.replace("_", " "))
+    return [f"{shown} ({label})", f"{statistics.fmean(means.values()):.3f}"]
 
 
 def _markdown(header: list[str], body: list[list[str]]) -> str:
@@ -656,28 +664,51 @@ def accuracy_table(path: str | Path, metric: str = "final_test_accuracy") -> str
     return text + "\n"
 
 
-def plot_heatmap(
-    path: str | Path, metric: str = "final_test_accuracy", out: str | Path | None = None
-) -> Path:
-    """Heat-map of ``metric`` (mean over seeds) with aggregators as rows, attacks as columns."""
-    p = Path(path)
-    rows = _table_rows(p)
+def heatmap_grid(
+    rows: list[dict[str, Any]], metric: str = "final_test_accuracy"
+) -> tuple[list[str], list[str], list[list[float]]]:
+    """Rows (aggregator labels), columns (attack labels, then ``"worst"`` when two or more
+    attacks other than ``none`` are present) and the ``metric`` means over seeds (NaN where a
+    cell has no run; the worst column is NaN until the row has faced every attack)."""
     cells: dict[tuple[str, str], list[float]] = defaultdict(list)
     for r in rows:
         v = _num(r.get(metric))
         if math.isfinite(v):
             cells[(str(r["aggregator"]), str(r["attack"]))].append(v)
     if not cells:
-        raise ValueError(f"metric {metric!r} not found in the results under {p}")
+        raise ValueError(f"metric {metric!r} not found in the results")
     aggs = sorted({a for a, _ in cells}, key=_agg_sort_key)
     attacks = sorted({t for _, t in cells}, key=_attack_sort_key)
     grid = [[statistics.fmean(cells[(a, t)]) if (a, t) in cells else math.nan for t in attacks]
             for a in aggs]  # fmt: skip
+    attacked = [j for j, t in enumerate(attacks) if t != "none"]
+    if len(attacked) < 2:
+        return aggs, attacks, grid
+    for row in grid:
+        values = [row[j] for j in attacked]
+        row.append(min(values) if all(math.isfinite(v) for v in values) else math.nan)
+    return aggs, [*attacks, "worst"], grid
+
+
+def plot_heatmap(
+    path: str | Path, metric: str = "final_test_accuracy", out: str | Path | None = None
+) -> Path:
+    """Heat-map of ``metric`` (mean over seeds) with aggregators as rows, attacks as columns,
+    and each row's worst attack as a last column set apart (a defense is as good as its worst
+    case)."""
+    p = Path(path)
+    try:
+        aggs, attacks, grid = heatmap_grid(_table_rows(p), metric)
+    except ValueError as e:
+        raise ValueError(f"{e} under {p}") from None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(1.1 * len(attacks) + 3.0, 0.45 * len(aggs) + 1.6))
     im = ax.imshow(grid, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
-    ax.set_xticks(range(len(attacks)), [ATTACK_SHORT.get(t, t) for t in attacks], rotation=30,
+    names = {**ATTACK_SHORT, "worst": "Worst attack"}
+    ax.set_xticks(range(len(attacks)), [names.get(t, t) for t in attacks], rotation=30,
                   ha="right")  # fmt: skip
+    if attacks[-1] == "worst":
+        ax.axvline(len(attacks) - 1.5, color="white", linewidth=4)
     ax.set_yticks(range(len(aggs)), [aggregator_name(a) for a in aggs])
     for i, row in enumerate(grid):
         for j, v in enumerate(row):
