@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from diversefl.engine import gradients
 from diversefl.engine.dense_grads import dense_grads, is_dense
-from diversefl.engine.gradients import batched_grads, loop_grads
+from diversefl.engine.gradients import (
+    batched_grads,
+    length_buckets,
+    loop_grads,
+    padded_grads,
+)
 from diversefl.engine.params import FlatModel
 from diversefl.models import build_model
 
@@ -129,3 +135,74 @@ def test_dense_writes_into_a_given_buffer_and_leaves_inputs_alone():
     assert torch.equal(x, x_before)
     with pytest.raises(ValueError, match=r"\[4, 83\]"):
         dense_grads(fm, theta, x, y, coef, out=torch.empty(n, fm.dim + 1))
+
+
+def test_length_buckets_by_hand():
+    # longest first: 0 (10), 4 (10), 2 (9), 3 (3) pad to 40 for 32 real = exactly 25% waste;
+    # adding client 1 (2) would pad 50 for 34; so it starts its own group
+    buckets = length_buckets(torch.tensor([10, 2, 9, 3, 10]))
+    assert [(idx.tolist(), width) for idx, width in buckets] == [([0, 4, 2, 3], 10), ([1], 2)]
+    assert [(i.tolist(), w) for i, w in length_buckets(torch.tensor([4, 4]))] == [([0, 1], 4)]
+
+
+def test_length_buckets_cover_every_client_once_within_tolerance():
+    gen = torch.Generator().manual_seed(3)
+    for tolerance in (0.0, 0.25, 1.0):
+        lengths = torch.randint(0, 600, (200,), generator=gen)
+        buckets = length_buckets(lengths, tolerance)
+        seen = torch.cat([idx for idx, _ in buckets])
+        assert sorted(seen.tolist()) == list(range(200))
+        for idx, width in buckets:
+            real = int(lengths[idx].sum())
+            assert width == int(lengths[idx].max())
+            assert len(idx) == 1 or width * len(idx) <= (1 + tolerance) * real
+
+
+@pytest.mark.parametrize("name", ["softmax", "mlp", "cifar_cnn"])
+def test_unequal_batches_are_bucketed_and_match_the_loop(name, monkeypatch):
+    """Dirichlet-like batch sizes (one long batch, many short ones, one empty): grouped by
+    size, each group padded only to its own longest batch; same gradients as the loop."""
+    monkeypatch.setattr(gradients, "MIN_WASTED_WORK", 0)  # these models are tiny
+    calls = []
+    monkeypatch.setattr(
+        gradients, "length_buckets", lambda *a: calls.append(1) or length_buckets(*a)
+    )
+    torch.manual_seed(4)
+    shape = (3, 32, 32) if name == "cifar_cnn" else (1, 28, 28)
+    fm = FlatModel(build_model(name, shape, 10))
+    theta = fm.flatten() + 0.01 * torch.randn(fm.dim)
+    lengths = torch.tensor([12, 2, 3, 11, 0, 2, 6])
+    n, m = len(lengths), int(lengths.max())
+    x, y = torch.randn(n, m, *shape), torch.randint(0, 10, (n, m))
+    w = (torch.arange(m)[None, :] < lengths[:, None]).float()
+    fast = batched_grads(fm, theta, x, y, w)
+    assert calls  # the grouped path was taken
+    torch.testing.assert_close(fast, loop_grads(fm, theta, x, y, w), atol=1e-5, rtol=1e-4)
+    assert torch.count_nonzero(fast[4]) == 0  # the empty client
+    # the same as one padded call, to float rounding
+    padded = padded_grads(fm, theta, x, y, w, None, torch.ones(n), "auto", is_dense(fm.module))
+    torch.testing.assert_close(fast, padded, atol=1e-6, rtol=1e-5)
+
+
+def test_equal_holed_or_cheap_batches_take_one_padded_call(monkeypatch):
+    monkeypatch.setattr(gradients, "length_buckets", lambda *a: pytest.fail("regrouped"))
+    torch.manual_seed(5)
+    fm = FlatModel(build_model("mlp", (1, 8, 8), 10))
+    theta = fm.flatten()
+    n, m = 4, 9
+    x, y = torch.randn(n, m, 1, 8, 8), torch.randint(0, 10, (n, m))
+    ones = torch.ones(n)
+    w = torch.ones(n, m)
+    w[2, 8:] = 0  # one example of padding: below the tolerance
+    one_call = padded_grads(fm, theta, x, y, w, None, ones, "auto", True)
+    assert torch.equal(batched_grads(fm, theta, x, y, w), one_call)
+    holed = torch.zeros(n, m)
+    holed[:, ::4] = 1  # weights that are not a prefix (padding in the middle): not regrouped
+    one_call = padded_grads(fm, theta, x, y, holed, None, ones, "auto", True)
+    assert torch.equal(batched_grads(fm, theta, x, y, holed), one_call)
+    ref = loop_grads(fm, theta, x, y, holed)
+    torch.testing.assert_close(one_call, ref, atol=1e-5, rtol=1e-4)
+    # lots of padding, but little wasted work for so small a model (the default threshold)
+    short = (torch.arange(m)[None, :] < torch.tensor([9, 1, 1, 1])[:, None]).float()
+    assert fm.dim * int((short == 0).sum()) < gradients.MIN_WASTED_WORK
+    batched_grads(fm, theta, x, y, short)
