@@ -7,7 +7,8 @@ clients by batch size (``engine.gradients.length_buckets``) so that each group i
 to its own longest batch. This prints, for the MNIST MLP and softmax at n = 23 (training
 mini-batch and the 1% guiding sample): real and padded examples, the number of groups, and
 ms per call of both (median of alternating calls, so a drifting host skews both alike), and
-the largest difference between their results.
+the largest difference between their results; then ms per whole round (``Simulation.step``,
+OracleSGD, the MLP) with the grouping on and off, alternating two simulations.
 
 Run: ``DIVERSEFL_DATA=/work/shared/data python benchmarks/unequal_batches.py [--reps N]
 [--threads T] [--alpha A]``.
@@ -23,7 +24,8 @@ from functools import partial
 import torch
 
 from diversefl.config import make_config
-from diversefl.data.datasets import load_dataset
+from diversefl.data.datasets import Dataset, load_dataset
+from diversefl.engine import gradients
 from diversefl.engine.allocator import retain_freed_memory
 from diversefl.engine.gradients import batched_grads, length_buckets, padded_grads
 from diversefl.engine.simulator import Simulation
@@ -41,6 +43,40 @@ def time_pair(one: object, other: object, reps: int) -> tuple[float, float]:
     return statistics.median(a) * 1e3, statistics.median(b) * 1e3
 
 
+def make_sim(model: str, alpha: float, data: Dataset, aggregator: str = "mean") -> Simulation:
+    """The benchmarked federation: MNIST, Dirichlet(alpha), n = 23, 10% batches, 1% samples."""
+    cfg = make_config(
+        {
+            "seed": 0,
+            "data": {"dataset": "mnist", "partition": "dirichlet", "alpha": alpha},
+            "model": {"name": model},
+            "clients": {"n": 23, "batch": 0.1, "sample": 0.01},
+            "attack": {"name": "none"},
+            "aggregator": {"name": aggregator},
+        }
+    )
+    return Simulation(cfg, dataset=data)
+
+
+def round_times(alpha: float, data: Dataset, rounds: int) -> tuple[float, float]:
+    """Median ms per MLP round (OracleSGD) with the grouping on and off, two simulations
+    stepped alternately through the same rounds."""
+    sims = {on: make_sim("mlp", alpha, data, "oracle") for on in (True, False)}
+    times: dict[bool, list[float]] = {True: [], False: []}
+    threshold = gradients.MIN_WASTED_WORK
+    try:
+        for r in range(1, rounds + 2):
+            for on, sim in sims.items():
+                gradients.MIN_WASTED_WORK = threshold if on else 1 << 62
+                t0 = time.perf_counter()
+                sim.step(r)
+                if r > 1:  # round 1 warms up
+                    times[on].append(time.perf_counter() - t0)
+    finally:
+        gradients.MIN_WASTED_WORK = threshold
+    return statistics.median(times[False]) * 1e3, statistics.median(times[True]) * 1e3
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=15)
@@ -56,17 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{'one call ms':>11} {'grouped ms':>10} {'speed-up':>8} {'max |diff|':>10}"
     )
     for model in ("mlp", "softmax"):
-        cfg = make_config(
-            {
-                "seed": 0,
-                "data": {"dataset": "mnist", "partition": "dirichlet", "alpha": args.alpha},
-                "model": {"name": model},
-                "clients": {"n": 23, "batch": 0.1, "sample": 0.01},
-                "attack": {"name": "none"},
-                "aggregator": {"name": "mean"},
-            }
-        )
-        sim = Simulation(cfg, dataset=data)
+        sim = make_sim(model, args.alpha, data)
         theta = sim.theta
         x, y, w = sim.batches(1)
         gx, gy = sim.gather(sim.sample_idx)
@@ -85,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"{len(length_buckets(lengths)):6d} {a:11.2f} {b:10.2f} {a / b:7.2f}x "
                 f"{diff:10.2e}"
             )
+    off, on = round_times(args.alpha, data, args.reps)
+    print(f"MLP round (OracleSGD): one call {off:.1f} ms, grouped {on:.1f} ms, {off / on:.2f}x")
 
 
 if __name__ == "__main__":
