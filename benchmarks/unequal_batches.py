@@ -7,7 +7,8 @@ clients by batch size (``engine.gradients.length_buckets``) so that each group i
 to its own longest batch. This prints, for the MNIST MLP and softmax at n = 23 (training
 mini-batch and the 1% guiding sample): real and padded examples, the number of groups, and
 ms per call of both (median of alternating calls, so a drifting host skews both alike), and
-the largest difference between their results; then ms per whole round (``Simulation.step``,
+the largest difference between their results ("groups" is "-" where ``batched_grads`` keeps
+one padded call); then ms per whole round (``Simulation.step``,
 OracleSGD, the MLP) with the grouping on and off, alternating two simulations.
 
 Run: ``DIVERSEFL_DATA=/work/shared/data python benchmarks/unequal_batches.py [--reps N]
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -27,18 +29,20 @@ from diversefl.config import make_config
 from diversefl.data.datasets import Dataset, load_dataset
 from diversefl.engine import gradients
 from diversefl.engine.allocator import retain_freed_memory
-from diversefl.engine.gradients import batched_grads, length_buckets, padded_grads
+from diversefl.engine.gradients import batched_grads, length_groups, padded_grads
 from diversefl.engine.simulator import Simulation
 
 
-def time_pair(one: object, other: object, reps: int) -> tuple[float, float]:
+def time_pair(
+    one: Callable[[], object], other: Callable[[], object], reps: int
+) -> tuple[float, float]:
     """Median ms of two zero-argument callables, called alternately after one warm-up each."""
-    one(), other()  # type: ignore[operator]
+    one(), other()
     a, b = [], []
     for _ in range(reps):
         for fn, acc in ((one, a), (other, b)):
             t0 = time.perf_counter()
-            fn()  # type: ignore[operator]
+            fn()
             acc.append(time.perf_counter() - t0)
     return statistics.median(a) * 1e3, statistics.median(b) * 1e3
 
@@ -102,13 +106,14 @@ def main(argv: list[str] | None = None) -> None:
             ones = torch.ones(n)
 
             fm = sim.fm
+            groups = length_groups(bw, fm.dim)  # None: batched_grads makes one padded call
             one_call = partial(padded_grads, fm, theta, bx, by, bw, None, ones, "auto", True)
             grouped = partial(batched_grads, fm, theta, bx, by, bw)
             diff = float((one_call() - grouped()).abs().max())
             a, b = time_pair(one_call, grouped, args.reps)
             print(
                 f"{model:8} {label:8} {int(lengths.sum()):6d} {bw.numel():7d} "
-                f"{len(length_buckets(lengths)):6d} {a:11.2f} {b:10.2f} {a / b:7.2f}x "
+                f"{len(groups) if groups else '-':>6} {a:11.2f} {b:10.2f} {a / b:7.2f}x "
                 f"{diff:10.2e}"
             )
     off, on = round_times(args.alpha, data, args.reps)

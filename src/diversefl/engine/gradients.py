@@ -23,11 +23,12 @@ def _client_loss(
     return scale * (losses * w).sum() / w.sum().clamp_min(1.0)
 
 
-# batched_grads splits the clients into groups of similar batch size (see length_buckets) when
+# batched_grads splits the clients into groups of similar batch size (see length_groups) when
 # the padding exceeds this share of the real examples AND padded examples x parameters exceeds
 # MIN_WASTED_WORK: grouping copies the batch once more, so it pays only where the wasted
 # gradient work is large (benchmarks/unequal_batches.py, Dirichlet(0.5), n = 23: the MLP's
-# mini-batches, 1.2e9, 1.8x faster; softmax's, 4.5e7, and the MLP's 1% samples, 1.1e8, no gain).
+# mini-batches, 1.2e9, 1.33-1.41x faster; softmax's, 4.5e7, and the MLP's 1% samples, 1.1e8,
+# no gain).
 PADDING_TOLERANCE = 0.25
 MIN_WASTED_WORK = 1 << 28
 
@@ -70,6 +71,24 @@ def _prefix_lengths(w: Tensor) -> Tensor | None:
     return lengths if bool(torch.equal(nonzero, prefix)) else None
 
 
+def length_groups(w: Tensor, dim: int) -> list[tuple[Tensor, int]] | None:
+    """The client groups :func:`batched_grads` computes separately for padding weights ``w``
+    ``[n, m]`` and a model of ``dim`` parameters (:func:`length_buckets`), or None where one
+    padded call is the better choice: fewer than two clients, weights that are not a prefix
+    mask, padding within :data:`PADDING_TOLERANCE` of the real examples, or wasted work below
+    :data:`MIN_WASTED_WORK` (checked first, so small models skip the mask inspection)."""
+    if w.shape[0] < 2 or w.numel() * dim < MIN_WASTED_WORK:
+        return None
+    lengths = _prefix_lengths(w)
+    if lengths is None:
+        return None
+    real = int(lengths.sum())
+    wasted = w.numel() - real
+    if wasted <= PADDING_TOLERANCE * real or wasted * dim < MIN_WASTED_WORK:
+        return None
+    return length_buckets(lengths)
+
+
 def batched_grads(
     fm: FlatModel,
     theta: Tensor,
@@ -89,7 +108,7 @@ def batched_grads(
     ``clients_per_chunk`` to bound memory for large models. When the padding is more than
     :data:`PADDING_TOLERANCE` of the real examples (clients with very different batch sizes)
     and large in absolute terms (:data:`MIN_WASTED_WORK`), clients are grouped by batch size
-    (:func:`length_buckets`) and each group is computed with its own, narrower padding; equal
+    (:func:`length_groups`) and each group is computed with its own, narrower padding; equal
     batches take one call.
 
     ``method``: "vmap" (``torch.func`` on any model), "dense" (the hand-written backward of
@@ -107,16 +126,10 @@ def batched_grads(
     dense_ok = not per_client_theta and fm.dense
     if method == "dense" and not dense_ok:
         raise ValueError("method='dense' needs a Flatten/Linear/ReLU model and one shared theta")
-    lengths = _prefix_lengths(w) if n > 1 else None
-    real = int(lengths.sum()) if lengths is not None else 0
-    wasted = w.numel() - real
-    if (
-        lengths is not None
-        and wasted > PADDING_TOLERANCE * real
-        and wasted * fm.dim >= MIN_WASTED_WORK
-    ):
+    groups = length_groups(w, fm.dim)
+    if groups is not None:
         grads = torch.empty(n, fm.dim, dtype=theta.dtype, device=theta.device)
-        for idx, width in length_buckets(lengths):
+        for idx, width in groups:
             if width == 0:  # clients without a single example: a zero gradient
                 grads[idx] = 0.0
                 continue
