@@ -167,3 +167,45 @@ def test_adaptive_end_to_end_is_always_accepted_by_diversefl():
         rec = sim.step(r)
         assert bool(rec.accepted[rec.byzantine].all())
     assert bool(torch.isfinite(sim.theta).all())
+
+
+def _cone_direction_every_branch(guiding, target, cos_min):
+    """The cone construction with every case computed on every row and picked by ``where``
+    (as the attack was first written): the fast path must give exactly these bits."""
+    g, t = guiding.to(torch.float64), target.to(torch.float64)
+    u = g / g.norm(dim=1, keepdim=True)
+    t_norm = t.norm()
+    t_par = u @ t
+    perp = t[None, :] - t_par[:, None] * u
+    perp_norm = perp.norm(dim=1)
+    axis = u.abs().argmin(dim=1)
+    e = torch.zeros_like(u).scatter_(1, axis[:, None], 1.0)
+    fallback = e - u.gather(1, axis[:, None]) * u
+    perp = torch.where((perp_norm <= 1e-12 * t_norm)[:, None], fallback, perp)
+    perp_norm = perp.norm(dim=1)
+    v = perp / perp_norm.clamp_min(torch.finfo(torch.float64).tiny)[:, None]
+    rotated = cos_min * u + math.sqrt(1.0 - cos_min * cos_min) * v
+    rotated = torch.where((perp_norm > 0)[:, None], rotated, u)
+    inside = (t_par / t_norm) >= cos_min
+    return torch.where(inside[:, None], (t / t_norm)[None, :], rotated)
+
+
+@pytest.mark.parametrize("case", ["ordinary", "inside", "antiparallel", "zero_row", "mixed"])
+def test_cone_direction_bit_equal_to_every_branch_reference(case):
+    from diversefl.attacks.adaptive import cone_direction
+
+    gen = torch.Generator().manual_seed(11)
+    k, d = 5, 301
+    target = torch.randn(d, generator=gen)
+    guiding = torch.randn(k, d, generator=gen)
+    if case in ("inside", "mixed"):
+        guiding[1] = target + 0.1 * torch.randn(d, generator=gen)
+    if case in ("antiparallel", "mixed"):
+        guiding[2] = -3.0 * target
+    if case in ("zero_row", "mixed"):
+        guiding[4] = 0.0
+    for cos_min in (0.05, 0.7):
+        got = cone_direction(guiding, target, cos_min)
+        ref = _cone_direction_every_branch(guiding, target, cos_min)
+        assert torch.equal(got.isnan(), ref.isnan())
+        assert torch.equal(got.nan_to_num(), ref.nan_to_num())

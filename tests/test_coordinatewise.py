@@ -338,3 +338,24 @@ def test_registry() -> None:
         assert cls.name == name
         assert isinstance(aggregators.get(name), cls)
     assert aggregators.get("noisy_median", sigma=0.01).sigma == 0.01
+
+
+@pytest.mark.parametrize("n,d", [(1, 4), (2, 9), (23, 300), (64, 50), (65, 7)])
+def test_stable_argsort_clients_matches_a_plain_stable_sort(n, d):
+    """The integer-key sort orders every column as Python's stable ``sorted`` does, with
+    ties (repeated values, ``-0.0`` against ``0.0``), infinities and negatives."""
+    from diversefl.aggregators.order_stats import stable_argsort_clients
+
+    g = torch.Generator().manual_seed(n * 100 + d)
+    x = torch.round(torch.randn(n, d, generator=g) * 2) / 2  # many ties
+    x[torch.rand(n, d, generator=g) < 0.15] = -0.0
+    x[torch.rand(n, d, generator=g) < 0.05] = math.inf
+    x[torch.rand(n, d, generator=g) < 0.05] = -math.inf
+    x[:, 0] = 1e-45  # the smallest subnormal, in every row: one tie across all rows
+    got = stable_argsort_clients(x)
+    for j in range(d):
+        column = x[:, j].tolist()
+        want = sorted(range(n), key=lambda i: column[i])
+        assert got[:, j].tolist() == want
+    float64 = stable_argsort_clients(x.double())  # the plain numpy path
+    assert torch.equal(got, float64)

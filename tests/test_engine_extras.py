@@ -13,7 +13,7 @@ import torch
 from diversefl.attacks.statistics import coordinate_std
 
 
-@pytest.mark.parametrize("k,d", [(1, 5), (2, 3), (18, 1000), (7, 70_001)])
+@pytest.mark.parametrize("k,d", [(1, 5), (2, 3), (18, 1000), (7, 70_001), (18, 199_210)])
 def test_coordinate_std_is_torch_population_std(k, d):
     g = torch.Generator().manual_seed(k * d)
     x = torch.randn(k, d, generator=g) * torch.logspace(-4, 2, d) + 3.0

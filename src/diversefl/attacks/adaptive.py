@@ -35,18 +35,25 @@ def cone_direction(guiding: Tensor, target: Tensor, cos_min: float) -> Tensor:
     t_par = u @ t  # [k]
     perp = t[None, :] - t_par[:, None] * u
     perp_norm = perp.norm(dim=1)
-    # t (anti)parallel to g: fall back to the axis least aligned with u, made orthogonal to u.
-    axis = u.abs().argmin(dim=1)
-    e = torch.zeros_like(u).scatter_(1, axis[:, None], 1.0)
-    fallback = e - u.gather(1, axis[:, None]) * u
+    # The rare cases below each cost a few full [k, d] passes, so they run only when some row
+    # needs them (a ``where`` whose mask is all False returns its other input unchanged).
     degenerate = perp_norm <= 1e-12 * t_norm
-    perp = torch.where(degenerate[:, None], fallback, perp)
-    perp_norm = perp.norm(dim=1)
+    if bool(degenerate.any()):
+        # t (anti)parallel to g: the axis least aligned with u, made orthogonal to u.
+        axis = u.abs().argmin(dim=1)
+        e = torch.zeros_like(u).scatter_(1, axis[:, None], 1.0)
+        fallback = e - u.gather(1, axis[:, None]) * u
+        perp = torch.where(degenerate[:, None], fallback, perp)
+        perp_norm = perp.norm(dim=1)
     v = perp / perp_norm.clamp_min(torch.finfo(torch.float64).tiny)[:, None]
     rotated = cos_min * u + math.sqrt(1.0 - cos_min * cos_min) * v
-    rotated = torch.where((perp_norm > 0)[:, None], rotated, u)  # d = 1: only u is allowed
+    flat = ~(perp_norm > 0)  # NaN rows (zero guiding gradient) included, as before
+    if bool(flat.any()):
+        rotated = torch.where(flat[:, None], u, rotated)  # d = 1: only u is allowed
     inside = (t_par / t_norm) >= cos_min
-    return torch.where(inside[:, None], (t / t_norm)[None, :], rotated)
+    if bool(inside.any()):
+        rotated = torch.where(inside[:, None], (t / t_norm)[None, :], rotated)
+    return rotated
 
 
 @dataclass
@@ -99,7 +106,8 @@ class AdaptiveDiverseFL(Attack):
         usable = torch.isfinite(g_norm) & (g_norm > 0)
         direction = cone_direction(guiding, target, self.cos_min)
         sent = (self.eps2 - self.margin) * g_norm[:, None] * direction
-        sent = torch.where(usable[:, None], sent, target.to(torch.float64)[None, :])
+        if not bool(usable.all()):
+            sent = torch.where(usable[:, None], sent, target.to(torch.float64)[None, :])
         sent = sent.to(byzantine.dtype)
         c1, c2 = diversefl_scores(guiding.to(sent.dtype), sent)
         passed = diversefl_accept(c1, c2, self.eps1, self.eps2)
