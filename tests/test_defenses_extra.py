@@ -172,3 +172,22 @@ def test_nan_row_rejected_and_output_finite(name):
     assert not bool(out.accepted[2])
     assert bool(torch.isfinite(out.update).all())
     assert out.update.shape == (4,)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,d", [(1, 40), (5, 37), (23, 64), (23, 100_003)])
+def test_geomed_distances_row_by_row_equal_the_whole_block(monkeypatch, dtype, n, d):
+    """The row-at-a-time distances give exactly the bits of one ``[n, chunk]`` difference per
+    chunk (the plain formula), across several column chunks."""
+    from diversefl.aggregators import geomed
+
+    monkeypatch.setattr(geomed, "_CHUNK", 32 if d < 1000 else 40_000)
+    monkeypatch.setattr(geomed, "_ROWWISE_FROM", 1)
+    g = torch.Generator().manual_seed(n + d)
+    points = (torch.randn(n, d, generator=g) * torch.logspace(-3, 1, d)).to(dtype)
+    z = points.double().mean(0) + 1e-3
+    want = torch.zeros(n, dtype=torch.float64)
+    for start in range(0, d, geomed._CHUNK):
+        block = points[:, start : start + geomed._CHUNK].double()
+        want += (block - z[None, start : start + geomed._CHUNK]).square().sum(1)
+    assert torch.equal(geomed._distances(points, z), want.sqrt())

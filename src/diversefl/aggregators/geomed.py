@@ -25,12 +25,29 @@ def _weighted_sum(points: Tensor, weights: Tensor) -> Tensor:
     return out
 
 
+# From this many columns the distances are taken one row at a time through a reused buffer
+# (stays in cache) instead of through a whole ``[n, chunk]`` difference (written to memory and
+# read back): about 3x faster on the MLP's ``[23, 199,210]``; both give the same bits.
+_ROWWISE_FROM = 1 << 15
+
+
 def _distances(points: Tensor, z: Tensor) -> Tensor:
     """``||points_i - z||`` in float64 (``z`` float64), column chunk by column chunk."""
-    total = torch.zeros(points.shape[0], dtype=torch.float64, device=points.device)
-    for start in range(0, points.shape[1], _CHUNK):
-        diff = points[:, start : start + _CHUNK].double() - z[None, start : start + _CHUNK]
-        total += diff.square_().sum(1)
+    n, d = points.shape
+    total = torch.zeros(n, dtype=torch.float64, device=points.device)
+    rowwise = d >= _ROWWISE_FROM
+    buffer = torch.empty(min(d, _CHUNK) if rowwise else 0, dtype=torch.float64, device=z.device)
+    for start in range(0, d, _CHUNK):
+        block, centre = points[:, start : start + _CHUNK], z[start : start + _CHUNK]
+        if rowwise:
+            diff = buffer[: centre.shape[0]]
+            sums = []
+            for row in block:
+                torch.sub(row, centre, out=diff)  # float32 rows widen exactly in the subtraction
+                sums.append(diff.square_().sum())
+            total += torch.stack(sums)
+        else:
+            total += (block.double() - centre[None, :]).square_().sum(1)
     return total.sqrt()
 
 
