@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny_config
 
 from diversefl.config import ConfigError
-from diversefl.sweep import expand, run_sweep
+from diversefl.sweep import expand, format_duration, pace_text, run_sweep
 
 
 def _grid(**sweep) -> dict:
@@ -60,6 +60,32 @@ def test_run_sweep_writes_csv_and_skips_done(tmp_path: Path):
     messages = []
     run_sweep(cells, tmp_path, progress=False, echo=messages.append)
     assert all("done already" in m for m in messages)
+
+
+def test_sweep_log_counts_this_sweeps_runs_and_time_left(tmp_path: Path):
+    cells = expand(_grid(aggregators=["mean", "diversefl", "median"], attacks=["none"]))
+    run_sweep(cells, tmp_path, progress=False, echo=lambda m: None, only=["median*"])
+    messages: list[str] = []
+    run_sweep(cells, tmp_path, progress=False, echo=messages.append)
+    done = [m for m in messages if "done already" not in m]
+    assert len(done) == 2  # median was finished before: two runs in this sweep
+    assert "| 1/2 this sweep, ~" in done[0] and done[0].endswith(" left")
+    assert "| 2/2 this sweep, all done in " in done[1]
+
+
+def test_pace_text_by_hand():
+    # 3 of 12 runs in 600 s: 200 s per run, 9 left -> 1,800 s = 30 min
+    assert pace_text(3, 12, 600.0) == "3/12 this sweep, ~30 min left"
+    assert pace_text(1, 4, 20.0) == "1/4 this sweep, ~60 s left"
+    assert pace_text(10, 100, 3600.0) == "10/100 this sweep, ~9.0 h left"
+    assert pace_text(5, 5, 90.0) == "5/5 this sweep, all done in 90 s"
+    assert [format_duration(s) for s in (0.4, 119, 120, 7199, 7200)] == [
+        "0 s",
+        "119 s",
+        "2 min",
+        "120 min",
+        "2.0 h",
+    ]
 
 
 def test_only_runs_matching_cells_and_csv_keeps_grid_order(tmp_path: Path):

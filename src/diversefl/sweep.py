@@ -196,6 +196,25 @@ def _done_line(i: int, total: int, cell: Cell, summary: dict[str, Any]) -> str:
     )
 
 
+def format_duration(seconds: float) -> str:
+    """``95 s``, ``12 min`` or ``3.4 h``: the unit a person reads a sweep's time in."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def pace_text(done: int, total: int, elapsed: float) -> str:
+    """Where a sweep stands after ``done`` of its ``total`` runs and ``elapsed`` wall seconds:
+    the count and, at the pace so far (wall time per finished run, parallel jobs included),
+    the time left; or the total time once all are done."""
+    if done >= total:
+        return f"{done}/{total} this sweep, all done in {format_duration(elapsed)}"
+    left = elapsed / max(done, 1) * (total - done)
+    return f"{done}/{total} this sweep, ~{format_duration(left)} left"
+
+
 def _exit_with_parent(parent_pid: int, poll_seconds: float = 0.5) -> None:
     """Pool-worker initializer: end this worker when the sweep process is gone.
 
@@ -249,9 +268,13 @@ def run_sweep(
                 f"(acc {done['final_test_accuracy']:.4f})"
             )
 
+    started = time.monotonic()
+
     def record(i: int, summary: dict[str, Any]) -> None:
         summaries[i] = summary
-        echo(_done_line(i + 1, len(cells), cells[i], summary))
+        finished = sum(1 for k in todo if k in summaries)
+        pace = pace_text(finished, len(todo), time.monotonic() - started)
+        echo(f"{_done_line(i + 1, len(cells), cells[i], summary)} | {pace}")
         if csv_name:
             rows = [
                 _summary_row(cells[k], summaries[k], out / cells[k].dirname)
