@@ -8,7 +8,8 @@ round. This prints the median ms per call of every registered attack that works 
 (the data attacks, label flip and backdoor, cost nothing here), of ``coordinate_std`` next to
 ``torch.std`` (the same bits), and of one MLP round's per-client gradients for scale
 (``batched_grads`` on 23 mini-batches of 261 MNIST-shaped examples, random pixels).
-Calls alternate across the attacks, so a drifting host skews them alike.
+Calls alternate across the attacks, so a drifting host skews them alike. Like ``diversefl run``
+and ``sweep``, the process keeps freed memory (``engine/allocator.py``).
 
 Run: ``python benchmarks/attack_cost.py [--reps N] [--threads T]`` (about a minute; needs no
 data files).
@@ -27,6 +28,7 @@ from torch import Tensor
 from diversefl import attacks
 from diversefl.aggregators.base import RoundContext
 from diversefl.attacks.statistics import coordinate_std
+from diversefl.engine.allocator import retain_freed_memory
 from diversefl.engine.gradients import batched_grads
 from diversefl.engine.params import FlatModel
 from diversefl.models import build_model
@@ -66,6 +68,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (sweeps use 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    retain_freed_memory()  # as `diversefl run` and `sweep` do: freed blocks are reused
 
     gradient_call, grads, guiding = mlp_round()
     byzantine = torch.zeros(N, dtype=torch.bool)
