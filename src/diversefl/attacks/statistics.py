@@ -24,7 +24,8 @@ def coordinate_std(updates: Tensor) -> Tensor:
     k, d = wide.shape[0], wide.shape[1:].numel()
     rows = wide.reshape(k, d)
     out = torch.zeros(d, dtype=torch.float64, device=wide.device)
-    width = min(_BLOCK, max(d, 1))
+    # Blocks pay on a CPU's caches; on a GPU they would only multiply the kernel launches.
+    width = min(_BLOCK, max(d, 1)) if wide.device.type == "cpu" else max(d, 1)
     mean = torch.empty(width, dtype=torch.float64, device=wide.device)
     delta = torch.empty_like(mean)
     step = torch.empty_like(mean)
