@@ -1,0 +1,50 @@
+"""Every config shipped with the package (paper presets, leaderboards, label-flip studies)
+loads, and every cell of its sweep grid passes validation, so a typo cannot wait hours into a
+sweep to surface."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import diversefl
+from diversefl.config import load_config
+from diversefl.sweep import load_sweep
+
+CONFIGS = sorted((Path(diversefl.__file__).parent / "configs").rglob("*.toml"))
+
+
+def test_configs_are_shipped():
+    names = {p.relative_to(p.parents[1]).as_posix() for p in CONFIGS}
+    assert {"paper/mnist-softmax.toml", "leaderboard/mnist-mlp-backdoor.toml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_config_is_valid(path: Path):
+    raw = tomllib.loads(path.read_text())
+    if "sweep" not in raw:
+        load_config(path)
+        return
+    cells = load_sweep(path)
+    sweep = raw["sweep"]
+    expected = (
+        len(sweep.get("seeds", [raw.get("seed", 0)]))
+        * len(sweep.get("aggregators", [None]))
+        * len(sweep.get("attacks", [None]))
+    )
+    assert len(cells) == expected
+    assert len({c.dirname for c in cells}) == len(cells)  # one run directory per cell
+
+
+def test_backdoor_board_pairs_every_leaderboard_defense_with_the_backdoor():
+    board = {c.aggregator for c in load_sweep(_config("leaderboard/mnist-mlp-backdoor.toml"))}
+    grid = {c.aggregator for c in load_sweep(_config("leaderboard/mnist-mlp.toml"))}
+    assert board == grid
+    cell = load_sweep(_config("leaderboard/mnist-mlp-backdoor.toml"))[0]
+    assert cell.config.data.partition == "two-class" and cell.attack == "backdoor"
+
+
+def _config(name: str) -> Path:
+    return next(p for p in CONFIGS if p.as_posix().endswith(name))
