@@ -15,6 +15,7 @@ from diversefl.plots import (
     aggregator_style,
     attack_summary,
     heatmap_grid,
+    metric_bars,
     plot_c1c2,
     plot_curves,
     plot_heatmap,
@@ -250,3 +251,32 @@ def test_accuracy_table_ranks_by_worst_attack(tmp_path: Path) -> None:
     assert heatmap_grid([{"aggregator": "mean", "attack": "alie", "final_test_accuracy": 1}])[
         1
     ] == ["alie"]
+
+
+def test_metric_bars_backdoor_board(tmp_path: Path) -> None:
+    """Per aggregator and metric, the values of its runs (a missing one skipped), in display
+    order; the CLI draws them and names an unknown metric."""
+    from diversefl.cli import main
+
+    lines = [
+        "aggregator,attack,seed,final_test_accuracy,final_main_accuracy,final_backdoor_accuracy",
+        "mean,backdoor,0,0.83,0.92,0.98",
+        "mean,backdoor,1,0.81,0.90,0.96",
+        "oracle,backdoor,0,0.75,0.84,0.001",
+        "diversefl,backdoor,0,0.75,0.84,",
+    ]
+    (tmp_path / "sweep.csv").write_text("\n".join(lines) + "\n")
+    rows = [dict(zip(lines[0].split(","), ln.split(","), strict=True)) for ln in lines[1:]]
+    bars = metric_bars(rows, ["final_main_accuracy", "final_backdoor_accuracy"])
+    assert list(bars) == ["oracle", "mean", "diversefl"]
+    assert bars["mean"] == {"final_main_accuracy": [0.92, 0.90],
+                            "final_backdoor_accuracy": [0.98, 0.96]}  # fmt: skip
+    assert bars["diversefl"]["final_backdoor_accuracy"] == []
+    with pytest.raises(ValueError, match="'bogus'"):
+        metric_bars(rows, ["final_main_accuracy", "bogus"])
+    out = tmp_path / "bars.png"
+    metrics = "final_main_accuracy,final_backdoor_accuracy"
+    assert main(["plot", str(tmp_path), "--bars", metrics, "--out", str(out)]) == 0
+    assert out.stat().st_size > 1000
+    assert main(["plot", str(tmp_path), "--bars", "final_main_accuracy,bogus"]) == 2
+    assert main(["plot", str(tmp_path), "--bars", "final_main_accuracy,"]) == 2

@@ -171,6 +171,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
         if args.heatmap:
             console.print(f"wrote {plots.plot_heatmap(args.path, out=args.heatmap)}")
         return 0
+    if args.bars:
+        metrics = [m.strip() for m in args.bars.split(",")]
+        if not all(metrics):
+            raise ValueError(f"--bars needs comma-separated metric names, got {args.bars!r}")
+        console.print(f"wrote {plots.plot_metric_bars(args.path, metrics, out=args.out)}")
+        return 0
     if args.c1c2:
         path = plots.plot_c1c2(args.path, out=args.out, clients=args.clients)
     else:
@@ -316,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pl.add_argument("--table-metric", default="final_test_accuracy")
     pl.add_argument("--heatmap", help="--table: also draw a heat-map to this file")
+    pl.add_argument(
+        "--bars",
+        metavar="M1,M2,...",
+        help="bars per aggregator of these sweep.csv metrics (mean +/- std over runs), e.g. "
+        "final_main_accuracy,final_backdoor_accuracy",
+    )
     pl.set_defaults(func=cmd_plot)
 
     rp = sub.add_parser("reproduce", help="run and draw one of the paper's figures")

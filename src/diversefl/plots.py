@@ -722,3 +722,59 @@ def plot_heatmap(
     fig.savefig(target, dpi=110)
     plt.close(fig)
     return target
+
+
+def metric_bars(
+    rows: list[dict[str, Any]], metrics: list[str]
+) -> dict[str, dict[str, list[float]]]:
+    """Per aggregator (in display order), per metric: the values of its runs that have it
+    (one per seed and attack), e.g. main and backdoor accuracy of a backdoor board."""
+    values: dict[str, dict[str, list[float]]] = defaultdict(lambda: {m: [] for m in metrics})
+    for r in rows:
+        for m in metrics:
+            v = _num(r.get(m))
+            if math.isfinite(v):
+                values[str(r["aggregator"])][m].append(v)
+    missing = [m for m in metrics if not any(v[m] for v in values.values())]
+    if missing:
+        raise ValueError(f"metric(s) {', '.join(map(repr, missing))} not found in the results")
+    return {a: values[a] for a in sorted(values, key=_agg_sort_key)}
+
+
+def plot_metric_bars(path: str | Path, metrics: list[str], out: str | Path | None = None) -> Path:
+    """Horizontal bars, one group per aggregator and one bar per metric (mean over its runs,
+    whisker = sample std when there are several). For a backdoor board, main accuracy next to
+    backdoor accuracy shows which defenses stop the backdoor and what the main task pays."""
+    p = Path(path)
+    try:
+        bars = metric_bars(_table_rows(p), metrics)
+    except ValueError as e:
+        raise ValueError(f"{e} under {p}") from None
+    plt = _pyplot()
+    aggs = list(bars)
+    height = 0.8 / len(metrics)
+    fig, ax = plt.subplots(figsize=(8.0, 0.42 * len(aggs) * max(1, len(metrics) / 2) + 1.4))
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
+    for k, m in enumerate(metrics):
+        means = [statistics.fmean(bars[a][m]) if bars[a][m] else math.nan for a in aggs]
+        stds = [statistics.stdev(bars[a][m]) if len(bars[a][m]) > 1 else 0.0 for a in aggs]
+        ys = [i - 0.4 + height * (k + 0.5) for i in range(len(aggs))]
+        name = m.removeprefix("final_").replace("_", " ")
+        ax.barh(ys, means, height=height, xerr=stds if any(stds) else None, capsize=2,
+                color=colours[k % len(colours)], label=name)  # fmt: skip
+        for y, v in zip(ys, means, strict=True):
+            if math.isfinite(v):
+                ax.text(min(v, 0.93) + 0.01, y, f"{v:.3f}", va="center", fontsize=7)
+    ax.set_yticks(range(len(aggs)), [aggregator_name(a) for a in aggs])
+    ax.invert_yaxis()
+    ax.set_xlim(0.0, 1.05)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    runs = max(len(v) for b in bars.values() for v in b.values())
+    ax.set_title("one run per bar" if runs == 1 else
+                 f"mean over up to {runs} runs per bar (whisker: std)")  # fmt: skip
+    target = _output_path(p if p.is_dir() else p.parent, out, "bars.png")
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+    return target
