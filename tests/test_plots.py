@@ -199,7 +199,9 @@ def test_cli_plot_table_and_heatmap(sweep_dir: Path, tmp_path: Path, capsys) -> 
 
     heat = tmp_path / "heat.png"
     assert main(["plot", str(sweep_dir), "--table", "--heatmap", str(heat)]) == 0
-    assert "| Aggregator |" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "| Aggregator |" in printed.out
+    assert "wrote" not in printed.out and "wrote" in printed.err  # stdout stays a table
     assert heat.stat().st_size > 1000
     assert main(["plot", str(tmp_path / "empty_dir_missing")]) == 2
 

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console(stderr=False)
+notes = Console(stderr=True)  # status lines next to output meant for a pipe (tables)
 
 
 def _default_out(name: str) -> Path:
@@ -168,8 +169,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
             console.print(f"wrote {args.out}")
         else:
             print(text)
-        if args.heatmap:
-            console.print(f"wrote {plots.plot_heatmap(args.path, out=args.heatmap)}")
+        if args.heatmap:  # on stderr, so `plot --table --heatmap F > table.md` stays a table
+            notes.print(f"wrote {plots.plot_heatmap(args.path, out=args.heatmap)}")
         return 0
     if args.bars:
         metrics = [m.strip() for m in args.bars.split(",")]
