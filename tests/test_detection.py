@@ -4,8 +4,10 @@ hand-written sweep directory."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from diversefl.cli import main
@@ -59,3 +61,49 @@ def test_pass_rates_and_gap_to_oracle(tmp_path: Path):
 def test_empty_directory_is_a_clear_error(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="no finished runs"):
         read_sweep(tmp_path)
+
+
+def _cos_run(root: Path, name: str, cosines: list[float]) -> Path:
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "summary.json").write_text(json.dumps({"final_test_accuracy": 0.9, "mean_fpr": 0.0}))
+    (d / "config.toml").write_text('[aggregator]\nname = "diversefl"\n')
+    lines = ["round,client,byzantine,accepted,c1,c2,cos"]
+    lines += [f"{k + 1},0,0,1,1.0,1.0,{c}" for k, c in enumerate(cosines)]
+    lines += ["1,1,1,0,-1.0,1.0,-0.9"]  # a Byzantine row: not an honest cosine
+    (d / "decisions.csv").write_text("\n".join(lines) + "\n")
+    return d
+
+
+def test_honest_cosine_table_by_hand(tmp_path: Path, capsys):
+    from diversefl.detection import cosine_table, percentile
+
+    # honest cosines 0.2 0.4 0.6 0.8 1.0: median 0.6; p1 = 0.2 + 0.04 * (0.4 - 0.2) = 0.208;
+    # p5 = 0.2 + 0.2 * 0.2 = 0.24; below 0.3 / 0.5 / 0.7: 1, 2, 3 of 5.
+    run = _cos_run(tmp_path, "dfl__none__seed0", [0.8, 0.2, 1.0, 0.6, 0.4])
+    runs = read_sweep(run)  # a run directory works as well as a sweep directory
+    assert len(runs) == 1 and sorted(runs[0].honest_cos) == [0.2, 0.4, 0.6, 0.8, 1.0]
+    row = cosine_table(runs).splitlines()[2]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells == ["none", "dfl", "1", "0.208", "0.240", "0.600", "0.200", "0.400", "0.600"]
+    gen = random.Random(3)
+    for size in (1, 2, 7, 100):
+        xs = [gen.uniform(-1, 1) for _ in range(size)]
+        for q in (0, 1, 5, 50, 99, 100):
+            assert percentile(xs, q) == pytest.approx(float(np.percentile(xs, q)))
+    assert main(["detection", str(run), "--cosines"]) == 0
+    assert "| 0.208 | 0.240 | 0.600 |" in capsys.readouterr().out
+
+
+def test_paper_rule_logs_cosines(tmp_path: Path):
+    """min_cosine = 0 (the paper's rule) still writes each update's cosine to decisions.csv."""
+    from conftest import tiny_config
+
+    from diversefl.api import run
+
+    cfg = tiny_config(rounds=3, aggregator={"name": "diversefl"})
+    cfg["eval"] = {**cfg.get("eval", {}), "decisions": True}
+    run(cfg, out=tmp_path / "r")
+    header = (tmp_path / "r" / "decisions.csv").read_text().splitlines()[0].split(",")
+    assert "cos" in header
+    assert read_sweep(tmp_path / "r")[0].honest_cos  # detection reads them

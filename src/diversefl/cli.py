@@ -144,12 +144,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_detection(args: argparse.Namespace) -> int:
     """``diversefl detection SWEEP``: accuracy vs OracleSGD, TPR/FPR and C1/C2 pass rates."""
-    from diversefl.detection import detection_table, per_client_table, read_sweep
+    from diversefl.detection import cosine_table, detection_table, per_client_table, read_sweep
 
     runs = read_sweep(args.path)
     text = detection_table(runs)
     for agg in args.per_client or []:
         text += f"\nPer Byzantine client, {agg}:\n\n" + per_client_table(runs, agg)
+    if args.cosines:
+        text += "\nHonest clients' guide-update cosines:\n\n" + cosine_table(runs)
     if args.out:
         Path(args.out).write_text(text)
         console.print(f"wrote {args.out}")
@@ -290,13 +292,19 @@ def build_parser() -> argparse.ArgumentParser:
         "detection",
         help="who was caught: accuracy vs OracleSGD, TPR/FPR, C1/C2 pass rates of a sweep",
     )
-    de.add_argument("path", help="a sweep directory (runs with decisions.csv)")
+    de.add_argument("path", help="a sweep directory or one run's directory (with decisions.csv)")
     de.add_argument("--out", help="write the markdown table to this file")
     de.add_argument(
         "--per-client",
         action="append",
         metavar="AGGREGATOR",
         help="also list each Byzantine client's acceptance share for this aggregator",
+    )
+    de.add_argument(
+        "--cosines",
+        action="store_true",
+        help="also the honest clients' guide-update cosines (percentiles, and the share a "
+        "min_cosine of 0.3 / 0.5 / 0.7 would reject): choose min_cosine from these",
     )
     de.set_defaults(func=cmd_detection)
 

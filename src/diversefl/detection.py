@@ -1,12 +1,14 @@
 """Detection report of a sweep: per aggregator and attack (placement), final accuracy next to
-OracleSGD's with the same placement and seed, TPR, FPR, and how often each of DiverseFL's two
-tests alone would have let a Byzantine update through (from ``decisions.csv``). Reads only
+OracleSGD's with the same placement and seed, TPR, FPR, how often each of DiverseFL's two
+tests alone would have let a Byzantine update through, and the honest clients' guide-update
+cosines that a ``min_cosine`` threshold is chosen from (from ``decisions.csv``). Reads only
 saved run files."""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import statistics
 import tomllib
 from collections import defaultdict
@@ -30,6 +32,7 @@ class RunDetection:
     c2_pass: float | None  # share with eps1 < |z| / |guiding| < eps2
     byzantine_ids: tuple[int, ...]
     per_client_pass: dict[int, float]  # Byzantine client -> share of rounds accepted
+    honest_cos: tuple[float, ...] = ()  # guide-update cosine of every honest (client, round)
 
 
 def _labels(run_dir: Path) -> tuple[str, str, int]:
@@ -50,12 +53,16 @@ def read_run(run_dir: str | Path) -> RunDetection:
     agg, atk, seed = _labels(d)
     c1_pass = c2_pass = None
     per_client: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    honest_cos: list[float] = []
     dec = d / "decisions.csv"
     if dec.exists():
         n_byz = n_c1 = n_c2 = 0
         with dec.open(newline="") as fh:
             for row in csv.DictReader(fh):
                 if row["byzantine"] not in ("1", "True", "true"):
+                    cos = row.get("cos") or ""
+                    if cos != "" and math.isfinite(float(cos)):
+                        honest_cos.append(float(cos))
                     continue
                 client = int(row["client"])
                 per_client[client][0] += 1
@@ -85,12 +92,15 @@ def read_run(run_dir: str | Path) -> RunDetection:
         c2_pass=c2_pass,
         byzantine_ids=tuple(ids) if isinstance(ids, list) else (),
         per_client_pass={c: a / t for c, (t, a) in sorted(per_client.items())},
+        honest_cos=tuple(honest_cos),
     )
 
 
 def read_sweep(sweep_dir: str | Path) -> list[RunDetection]:
-    """Every finished run under ``sweep_dir``."""
+    """Every finished run under ``sweep_dir`` (or the one run, if it is a run directory)."""
     root = Path(sweep_dir)
+    if (root / "summary.json").is_file() and not (root / ".running").exists():
+        return [read_run(root)]
     runs = [
         read_run(p.parent)
         for p in sorted(root.glob("*/summary.json"))
@@ -173,4 +183,43 @@ def per_client_table(runs: list[RunDetection], aggregator: str) -> str:
     for atk, clients in by_attack.items():
         cells = ", ".join(f"{c}: {statistics.fmean(v):.2f}" for c, v in sorted(clients.items()))
         lines.append(f"| {atk} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+THRESHOLDS = (0.3, 0.5, 0.7)  # min_cosine values whose honest rejections the table shows
+
+
+def percentile(values: list[float] | tuple[float, ...], q: float) -> float:
+    """The ``q``-th percentile (0-100) with linear interpolation between order statistics
+    (numpy's default), NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def cosine_table(runs: list[RunDetection]) -> str:
+    """Markdown: per (attack, aggregator) with logged cosines, the honest clients' guide-update
+    cosine over all their (client, round) pairs: 1st / 5th / 50th percentile, and the share of
+    honest updates a ``min_cosine`` of 0.3 / 0.5 / 0.7 would reject by the cosine test alone
+    (mean ± std over seeds). Choose ``min_cosine`` below the 1st percentile."""
+    groups: dict[tuple[str, str], list[RunDetection]] = defaultdict(list)
+    for r in runs:
+        if r.honest_cos:
+            groups[(r.attack, r.aggregator)].append(r)
+    if not groups:
+        return "No honest cosines logged (DiverseFL runs with `eval.decisions = true`).\n"
+    header = ["attack", "aggregator", "seeds", "p1", "p5", "median"]
+    header += [f"rejected at {t}" for t in THRESHOLDS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (atk, agg), rs in groups.items():
+        cells = [atk, agg, str(len(rs))]
+        cells += [format_mean_std([percentile(r.honest_cos, q) for r in rs]) for q in (1, 5, 50)]
+        for t in THRESHOLDS:
+            shares = [sum(c < t for c in r.honest_cos) / len(r.honest_cos) for r in rs]
+            cells.append(format_mean_std(shares))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

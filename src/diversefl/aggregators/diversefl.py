@@ -150,8 +150,9 @@ class DiverseFL(Aggregator):
         c1, c2 = torch.sign(dots), z_norm / g_norm
         scores = {"c1": c1, "c2": c2}
         direction = _direction_ok(dots, g_norm, z_norm, self.min_cosine)
-        if self.min_cosine > 0:
-            scores["cos"] = _cosine(dots, g_norm, z_norm)
+        # Logged for every setting: the honest clients' cosines are what `min_cosine` is
+        # chosen from (`diversefl detection --cosines`), so a run of the paper's rule needs them.
+        scores["cos"] = _cosine(dots, g_norm, z_norm)
         if self.per_layer:
             if ctx.layer_sizes is None:
                 raise AggregatorError(
