@@ -15,6 +15,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from diversefl.plots import format_mean_std
 
 
@@ -190,15 +192,8 @@ THRESHOLDS = (0.3, 0.5, 0.7)  # min_cosine values whose honest rejections the ta
 
 
 def percentile(values: list[float] | tuple[float, ...], q: float) -> float:
-    """The ``q``-th percentile (0-100) with linear interpolation between order statistics
-    (numpy's default), NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+    """The ``q``-th percentile (0-100, linear interpolation: numpy's default), NaN for none."""
+    return float(np.percentile(values, q)) if len(values) else math.nan
 
 
 def cosine_table(runs: list[RunDetection]) -> str:
