@@ -762,9 +762,9 @@ def plot_metric_bars(path: str | Path, metrics: list[str], out: str | Path | Non
         name = m.removeprefix("final_").replace("_", " ")
         ax.barh(ys, means, height=height, xerr=stds if any(stds) else None, capsize=2,
                 color=colours[k % len(colours)], label=name)  # fmt: skip
-        for y, v in zip(ys, means, strict=True):
-            if math.isfinite(v):
-                ax.text(min(v, 0.93) + 0.01, y, f"{v:.3f}", va="center", fontsize=7)
+        for y, v, sd in zip(ys, means, stds, strict=True):
+            if math.isfinite(v):  # right of the whisker, inside the axes
+                ax.text(min(v + sd, 0.93) + 0.01, y, f"{v:.3f}", va="center", fontsize=7)
     ax.set_yticks(range(len(aggs)), [aggregator_name(a) for a in aggs])
     ax.invert_yaxis()
     ax.set_xlim(0.0, 1.05)
