@@ -62,9 +62,9 @@ def read_run(run_dir: str | Path) -> RunDetection:
         with dec.open(newline="") as fh:
             for row in csv.DictReader(fh):
                 if row["byzantine"] not in ("1", "True", "true"):
-                    cos = row.get("cos") or ""
-                    if cos != "" and math.isfinite(float(cos)):
-                        honest_cos.append(float(cos))
+                    cos = float(row.get("cos") or "nan")  # absent in older runs
+                    if math.isfinite(cos):
+                        honest_cos.append(cos)
                     continue
                 client = int(row["client"])
                 per_client[client][0] += 1

@@ -31,21 +31,29 @@ def _weighted_sum(points: Tensor, weights: Tensor) -> Tensor:
 _ROWWISE_FROM = 1 << 15
 
 
+def _row_square_sums(block: Tensor, centre: Tensor, buffer: Tensor) -> Tensor:
+    """``sum_j (block_ij - centre_j)^2`` per row, each row's difference written into
+    ``buffer`` (float64, reused, so it stays in cache); float32 rows widen exactly in the
+    subtraction. The same bits as the whole-block form (tested)."""
+    diff = buffer[: centre.shape[0]]
+    sums = []
+    for row in block:
+        torch.sub(row, centre, out=diff)
+        sums.append(diff.square_().sum())
+    return torch.stack(sums)
+
+
 def _distances(points: Tensor, z: Tensor) -> Tensor:
     """``||points_i - z||`` in float64 (``z`` float64), column chunk by column chunk."""
     n, d = points.shape
     total = torch.zeros(n, dtype=torch.float64, device=points.device)
-    rowwise = d >= _ROWWISE_FROM and points.device.type == "cpu"  # GPUs: fewer launches
-    buffer = torch.empty(min(d, _CHUNK) if rowwise else 0, dtype=torch.float64, device=z.device)
+    buffer = None
+    if d >= _ROWWISE_FROM and points.device.type == "cpu":  # GPUs: fewer kernel launches
+        buffer = torch.empty(min(d, _CHUNK), dtype=torch.float64, device=z.device)
     for start in range(0, d, _CHUNK):
         block, centre = points[:, start : start + _CHUNK], z[start : start + _CHUNK]
-        if rowwise:
-            diff = buffer[: centre.shape[0]]
-            sums = []
-            for row in block:
-                torch.sub(row, centre, out=diff)  # float32 rows widen exactly in the subtraction
-                sums.append(diff.square_().sum())
-            total += torch.stack(sums)
+        if buffer is not None:
+            total += _row_square_sums(block, centre, buffer)
         else:
             total += (block.double() - centre[None, :]).square_().sum(1)
     return total.sqrt()
