@@ -108,6 +108,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     cells = load_sweep(args.config, _run_overrides(args))
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    if args.status:
+        return _sweep_status(select(cells, args.only), out, args.jobs, Path(args.config).name)
     n_sel = len(select(cells, args.only))
     console.print(
         f"sweep: {n_sel} of {len(cells)} runs into {out}"
@@ -139,6 +141,36 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
     console.print(table)
     console.print(f"wrote {out / 'sweep.csv'}")
+    return 0
+
+
+def _sweep_status(cells: list, out: Path, jobs: int, name: str) -> int:
+    """``diversefl sweep CONFIG --status``: finished runs per defense and seed, time left."""
+    from diversefl.sweep_status import done_matrix, summary_lines, sweep_progress
+
+    progress = sweep_progress(cells, out)
+    aggs, seeds, counts = done_matrix(progress)
+    table = Table(title=f"sweep {name} in {out}: finished runs (+ started)")
+    table.add_column("defense")
+    for s in seeds:
+        table.add_column(f"seed {s}", justify="right")
+    for agg in aggs:
+        cells_text = []
+        for s in seeds:
+            done, started, total = counts.get((agg, s), (0, 0, 0))
+            cells_text.append(
+                "" if total == 0 else f"{done}/{total}" + (f" +{started}" if started else "")
+            )
+        table.add_row(agg, *cells_text)
+    totals = []
+    for s in seeds:
+        done = sum(counts.get((a, s), (0, 0, 0))[0] for a in aggs)
+        total = sum(counts.get((a, s), (0, 0, 0))[2] for a in aggs)
+        totals.append(f"{done}/{total}")
+    table.add_row("all", *totals, style="bold")
+    console.print(table)
+    for line in summary_lines(progress, jobs):
+        console.print(line, highlight=False)
     return 0
 
 
@@ -285,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="PATTERN",
         help="run only cells whose name (aggregator__attack__seedK) matches; repeatable",
+    )
+    sw.add_argument(
+        "--status",
+        action="store_true",
+        help="run nothing: finished runs per defense and seed in --out, and the time left "
+        "with --jobs at the finished runs' pace (safe while the sweep runs)",
     )
     sw.set_defaults(func=cmd_sweep)
 

@@ -1,0 +1,113 @@
+"""Where a sweep stands without running anything: per cell done / started / to do, a
+defense x seed matrix of finished runs, and the time left at the pace of the finished runs.
+
+It reads only the run directories (``summary.json``, the ``.running`` marker, the last row of
+``metrics.csv``), so it is safe to call while the sweep is running in another process."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from diversefl.sweep import Cell, _finished, format_duration
+
+
+@dataclass(frozen=True)
+class CellProgress:
+    """One cell's state: ``done`` (finished run), ``started`` (a run directory without a
+    finished summary: running now or interrupted, resumable) or ``todo`` (no directory)."""
+
+    cell: Cell
+    state: str
+    rounds: int  # rounds with saved metrics (all of them when done)
+    wall_seconds: float  # the finished run's wall time; 0 otherwise
+
+    @property
+    def fraction_left(self) -> float:
+        """Share of this cell's rounds still to run."""
+        total = self.cell.config.rounds
+        return 0.0 if self.state == "done" else max(0.0, 1.0 - self.rounds / total)
+
+
+def _last_round(metrics_csv: Path) -> int:
+    """The round of the last row of ``metrics.csv`` (0 when there is none)."""
+    if not metrics_csv.exists():
+        return 0
+    last = 0
+    with metrics_csv.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            try:
+                last = int(row["round"])
+            except (KeyError, TypeError, ValueError):
+                continue
+    return last
+
+
+def cell_progress(cell: Cell, run_dir: Path) -> CellProgress:
+    """The state of ``cell`` in ``run_dir``; a finished run with another config is an error,
+    as it is for ``diversefl sweep``."""
+    summary = _finished(cell, run_dir)
+    if summary is not None:
+        return CellProgress(cell, "done", cell.config.rounds, float(summary["wall_seconds"]))
+    if run_dir.is_dir():
+        return CellProgress(cell, "started", _last_round(run_dir / "metrics.csv"), 0.0)
+    return CellProgress(cell, "todo", 0, 0.0)
+
+
+def sweep_progress(cells: list[Cell], out: str | Path) -> list[CellProgress]:
+    """:func:`cell_progress` of every cell, in grid order."""
+    return [cell_progress(c, Path(out) / c.dirname) for c in cells]
+
+
+def done_matrix(progress: list[CellProgress]) -> tuple[list[str], list[int], dict]:
+    """Defenses (grid order), seeds (sorted) and ``{(defense, seed): (done, started, cells)}``."""
+    aggs = list(dict.fromkeys(p.cell.aggregator for p in progress))
+    seeds = sorted({p.cell.seed for p in progress})
+    counts: dict[tuple[str, int], tuple[int, int, int]] = {}
+    for p in progress:
+        key = (p.cell.aggregator, p.cell.seed)
+        done, started, total = counts.get(key, (0, 0, 0))
+        counts[key] = (done + (p.state == "done"), started + (p.state == "started"), total + 1)
+    return aggs, seeds, counts
+
+
+def time_left(progress: list[CellProgress], jobs: int = 1) -> tuple[float, float | None]:
+    """Runs' worth of work left (started runs count by their rounds left) and the wall
+    seconds that takes with ``jobs`` at once, at the finished runs' mean wall time
+    (None when no run has finished)."""
+    left = sum(p.fraction_left for p in progress)
+    walls = [p.wall_seconds for p in progress if p.state == "done"]
+    if not walls:
+        return left, None
+    return left, left * (sum(walls) / len(walls)) / max(1, jobs)
+
+
+def summary_lines(progress: list[CellProgress], jobs: int = 1) -> list[str]:
+    """The plain-text lines under the matrix: totals, started runs, time left."""
+    n = len(progress)
+    done = [p for p in progress if p.state == "done"]
+    started = [p for p in progress if p.state == "started"]
+    lines = [
+        f"{len(done)} of {n} runs done, {len(started)} started, "
+        f"{n - len(done) - len(started)} not started"
+    ]
+    if done:
+        wall = sum(p.wall_seconds for p in done)
+        lines.append(
+            f"finished runs: {wall:,.0f} s summed ({format_duration(wall)}), "
+            f"mean {wall / len(done):.0f} s per run"
+        )
+    for p in started:
+        lines.append(f"started: {p.cell.dirname} at round {p.rounds}/{p.cell.config.rounds}")
+    left, seconds = time_left(progress, jobs)
+    if left == 0:
+        lines.append("nothing left to run")
+    elif seconds is None:
+        lines.append(f"{left:.1f} runs' worth left; no finished run yet to time them by")
+    else:
+        lines.append(
+            f"{left:.1f} runs' worth left: ~{format_duration(seconds)} with --jobs {jobs} "
+            "at the finished runs' pace (their wall times include whatever shared the CPU)"
+        )
+    return lines

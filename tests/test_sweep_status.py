@@ -1,0 +1,100 @@
+"""`diversefl sweep --status`: cell states, the defense x seed matrix and the time left."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+from conftest import tiny_config
+
+from diversefl.cli import main
+from diversefl.config import ConfigError
+from diversefl.sweep import expand, run_sweep
+from diversefl.sweep_status import done_matrix, summary_lines, sweep_progress, time_left
+
+
+def _cells(seeds=(0,)):
+    raw = tiny_config(rounds=10, attack={"name": "none", "f": 1})
+    raw["sweep"] = {"aggregators": ["mean", "median", "diversefl"], "seeds": list(seeds)}
+    return expand(raw), raw
+
+
+def _fake_started(run_dir: Path, rounds: list[int]) -> None:
+    """What an interrupted run leaves: its marker and the metrics rows it wrote."""
+    run_dir.mkdir(parents=True)
+    (run_dir / ".running").touch()
+    lines = ["round,test_accuracy"] + [f"{r},0.5" for r in rounds]
+    (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_states_matrix_and_time_left(tmp_path: Path):
+    cells, _ = _cells(seeds=(0, 1))
+    run_sweep(cells, tmp_path, progress=False, echo=lambda m: None, only=["median__*__seed0"])
+    _fake_started(tmp_path / "mean__none__seed1", [5])  # 5 of 10 rounds
+    progress = sweep_progress(cells, tmp_path)
+    states = {p.cell.dirname: p.state for p in progress}
+    assert states["median__none__seed0"] == "done"
+    assert states["mean__none__seed1"] == "started"
+    assert sum(s == "todo" for s in states.values()) == 4
+
+    aggs, seeds, counts = done_matrix(progress)
+    assert aggs == ["mean", "median", "diversefl"] and seeds == [0, 1]
+    assert counts[("median", 0)] == (1, 0, 1)
+    assert counts[("mean", 1)] == (0, 1, 1)
+    assert counts[("diversefl", 1)] == (0, 0, 1)
+
+    # by hand: 4 untouched cells + half of the started one = 4.5 runs left, at the one
+    # finished run's wall time each, spread over 3 jobs
+    wall = json.loads((tmp_path / "median__none__seed0" / "summary.json").read_text())[
+        "wall_seconds"
+    ]
+    left, seconds = time_left(progress, jobs=3)
+    assert left == pytest.approx(4.5)
+    assert seconds == pytest.approx(4.5 * wall / 3)
+    lines = summary_lines(progress, jobs=3)
+    assert lines[0] == "1 of 6 runs done, 1 started, 4 not started"
+    assert "started: mean__none__seed1 at round 5/10" in lines
+    assert lines[-1].startswith("4.5 runs' worth left: ~") and "--jobs 3" in lines[-1]
+
+
+def test_nothing_finished_and_all_finished(tmp_path: Path):
+    cells, _ = _cells()
+    progress = sweep_progress(cells, tmp_path / "absent")
+    assert time_left(progress) == (3.0, None)
+    assert "no finished run yet" in summary_lines(progress)[-1]
+    run_sweep(cells, tmp_path, progress=False, echo=lambda m: None)
+    progress = sweep_progress(cells, tmp_path)
+    assert time_left(progress) == (0.0, 0.0)
+    assert summary_lines(progress)[-1] == "nothing left to run"
+
+
+def test_finished_run_with_another_config_is_an_error(tmp_path: Path):
+    cells, _ = _cells()
+    run_sweep(cells[:1], tmp_path, progress=False, echo=lambda m: None)
+    cfg_path = tmp_path / cells[0].dirname / "config.toml"
+    text = cfg_path.read_text().replace("rounds = 10", "rounds = 11")
+    assert tomllib.loads(text)["rounds"] == 11
+    cfg_path.write_text(text)
+    with pytest.raises(ConfigError, match="different config"):
+        sweep_progress(cells, tmp_path)
+
+
+def test_cli_status_prints_matrix_and_runs_nothing(tmp_path: Path, capsys):
+    import tomli_w
+
+    cells, raw = _cells()
+    cfg = tmp_path / "grid.toml"
+    cfg.write_text(tomli_w.dumps(raw))
+    out = tmp_path / "runs"
+    run_sweep(cells, out, progress=False, echo=lambda m: None, only=["mean__*"])
+    before = sorted(p.name for p in out.iterdir())
+    assert main(["sweep", str(cfg), "--out", str(out), "--status", "--jobs", "2"]) == 0
+    text = capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == before  # nothing ran
+    assert "1 of 3 runs done, 0 started, 2 not started" in text
+    assert "1/1" in text and "0/1" in text and "1/3" in text  # cells and the "all" row
+    assert "--jobs 2" in text
+    assert main(["sweep", str(cfg), "--out", str(out), "--status", "--only", "median*"]) == 0
+    assert "0 of 1 runs done" in capsys.readouterr().out
