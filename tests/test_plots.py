@@ -232,9 +232,21 @@ def test_accuracy_table_ranks_by_worst_attack(tmp_path: Path) -> None:
         "Aggregator", "No attack", "Sign flip", "ALIE", "Worst attack", "Mean under attack"
     ]  # fmt: skip
     by_name = {r[0]: r[-2:] for r in acc[2:]}
-    assert by_name["Mean"] == ["0.200 (Sign flip)", "0.500"]
-    assert by_name["DiverseFL"] == ["0.650 (ALIE)", "0.775"]
+    # both rows mix one- and two-seed cells: ranked, but starred
+    assert by_name["Mean"] == ["0.200 (Sign flip) *", "0.500"]
+    assert by_name["DiverseFL"] == ["0.650 (ALIE) *", "0.775"]
     assert by_name["Median"] == ["", ""]
+    assert {r[0]: r[2] for r in acc[2:]}["Mean"] == "0.200 ± 0.141"
+    assert {r[0]: r[3] for r in acc[2:]}["Mean"] == "0.800 (n=1)"
+    # seed 0 alone: every cell has one seed, no markers; mean: worst sign flip 0.1
+    only0 = accuracy_table(tmp_path, seeds=[0])
+    assert "(n=" not in only0 and " *" not in only0
+    assert {r[0]: r[-2:] for r in _parse(only0.split("\n\n")[1])[2:]}["Mean"] == [
+        "0.100 (Sign flip)",
+        "0.450",
+    ]
+    with pytest.raises(ValueError, match=r"seed 5 .*seeds present: 0, 1"):
+        accuracy_table(tmp_path, seeds=[5])
     assert attack_summary({"alie": [0.5], "ipm": [0.5004]}, ["alie", "ipm"])[0] == "0.500 (all)"
     three = {"alie": [0.5], "ipm": [0.5001], "min_max": [0.7]}
     assert attack_summary(three, list(three)) == ["0.500 (2 tied)", "0.567"]
@@ -281,4 +293,13 @@ def test_metric_bars_backdoor_board(tmp_path: Path) -> None:
     assert main(["plot", str(tmp_path), "--bars", metrics, "--out", str(out)]) == 0
     assert out.stat().st_size > 1000
     assert main(["plot", str(tmp_path), "--bars", "final_main_accuracy,bogus"]) == 2
+    # --seeds: seed 1 has only mean's run; seed 3 has none (a clear error, exit 2)
+    assert metric_bars([r for r in rows if r["seed"] == "1"], ["final_main_accuracy"]) == {
+        "mean": {"final_main_accuracy": [0.90]}
+    }
+    one = tmp_path / "seed1.png"
+    assert main(["plot", str(tmp_path), "--bars", metrics, "--seeds", "1", "--out", str(one)]) == 0
+    assert one.stat().st_size > 1000
+    assert main(["plot", str(tmp_path), "--bars", metrics, "--seeds", "3"]) == 2
+    assert main(["plot", str(tmp_path), "--table", "--seeds", "0,x"]) == 2
     assert main(["plot", str(tmp_path), "--bars", "final_main_accuracy,"]) == 2

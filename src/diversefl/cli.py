@@ -192,25 +192,38 @@ def cmd_detection(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seed_list(text: str | None) -> list[int] | None:
+    """``--seeds 0,2`` as a list of ints (None: every seed)."""
+    if text is None:
+        return None
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds needs comma-separated integers, got {text!r}") from None
+    return seeds
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     """``diversefl plot DIR``: curves (or Fig. 2's C1 x C2 scatter, or a table) from saved runs."""
     from diversefl import plots
 
+    seeds = _seed_list(args.seeds)
     if args.table:
-        text = plots.accuracy_table(args.path, metric=args.table_metric)
+        text = plots.accuracy_table(args.path, metric=args.table_metric, seeds=seeds)
         if args.out:
             Path(args.out).write_text(text + "\n")
             console.print(f"wrote {args.out}")
         else:
             print(text)
         if args.heatmap:  # on stderr, so `plot --table --heatmap F > table.md` stays a table
-            notes.print(f"wrote {plots.plot_heatmap(args.path, out=args.heatmap)}")
+            notes.print(f"wrote {plots.plot_heatmap(args.path, out=args.heatmap, seeds=seeds)}")
         return 0
     if args.bars:
         metrics = [m.strip() for m in args.bars.split(",")]
         if not all(metrics):
             raise ValueError(f"--bars needs comma-separated metric names, got {args.bars!r}")
-        console.print(f"wrote {plots.plot_metric_bars(args.path, metrics, out=args.out)}")
+        bars = plots.plot_metric_bars(args.path, metrics, out=args.out, seeds=seeds)
+        console.print(f"wrote {bars}")
         return 0
     if args.c1c2:
         path = plots.plot_c1c2(args.path, out=args.out, clients=args.clients)
@@ -369,6 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pl.add_argument("--table-metric", default="final_test_accuracy")
     pl.add_argument("--heatmap", help="--table: also draw a heat-map to this file")
+    pl.add_argument(
+        "--seeds",
+        metavar="S1,S2,...",
+        help="--table, --heatmap, --bars: only the runs of these seeds (e.g. 0 while seeds "
+        "1-2 of a grid are still running)",
+    )
     pl.add_argument(
         "--bars",
         metavar="M1,M2,...",

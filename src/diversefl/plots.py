@@ -548,19 +548,32 @@ def plot_c1c2(path: str | Path, out: str | Path | None = None, clients: int | No
 # ---------------------------------------------------------------------------------------------
 
 
-def _table_rows(path: Path) -> list[dict[str, Any]]:
-    """Result rows (aggregator, attack, seed, metrics) from sweep.csv or summary.json files."""
+def _table_rows(path: Path, seeds: list[int] | None = None) -> list[dict[str, Any]]:
+    """Result rows (aggregator, attack, seed, metrics) from sweep.csv or summary.json files;
+    with ``seeds``, only the runs of those seeds (an error when none is left)."""
     sweep = path if path.is_file() else path / "sweep.csv"
     if sweep.is_file():
-        return [dict(r) for r in _read_rows(sweep)]
-    rows = []
-    for run in _find_runs(path):
-        if run.summary:
-            rows.append({**run.summary, "aggregator": run.aggregator, "attack": run.attack,
-                         "seed": run.seed})  # fmt: skip
-    if not rows:
-        raise FileNotFoundError(f"no sweep.csv and no finished runs (summary.json) in {path}")
-    return rows
+        rows = [dict(r) for r in _read_rows(sweep)]
+    else:
+        rows = []
+        for run in _find_runs(path):
+            if run.summary:
+                rows.append({**run.summary, "aggregator": run.aggregator, "attack": run.attack,
+                             "seed": run.seed})  # fmt: skip
+        if not rows:
+            raise FileNotFoundError(f"no sweep.csv and no finished runs (summary.json) in {path}")
+    if seeds is None:
+        return rows
+    chosen = [r for r in rows if _num(r.get("seed")) in seeds]
+    if not chosen:
+        present = sorted(
+            {int(_num(r.get("seed"))) for r in rows if math.isfinite(_num(r.get("seed")))}
+        )
+        raise ValueError(
+            f"no finished run with seed {', '.join(map(str, seeds))} under {path} "
+            f"(seeds present: {', '.join(map(str, present)) or 'none'})"
+        )
+    return chosen
 
 
 def format_mean_std(values: list[float]) -> str:
@@ -599,12 +612,19 @@ def _markdown(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def accuracy_table(path: str | Path, metric: str = "final_test_accuracy") -> str:
-    """Markdown tables: ``metric`` per aggregator x attack (mean ± std), then mean TPR/FPR."""
+def accuracy_table(
+    path: str | Path, metric: str = "final_test_accuracy", seeds: list[int] | None = None
+) -> str:
+    """Markdown tables: ``metric`` per aggregator x attack (mean ± std), then mean TPR/FPR.
+
+    With ``seeds``, only those seeds' runs count. A cell with fewer seeds than the table's
+    fullest cell says so (``(n=1)``), and a ranking taken over cells with different numbers
+    of seeds is starred: while a multi-seed grid is still running, its rows are not yet
+    comparable, and ``seeds`` restricts the table to the seeds every cell has."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file or directory")
-    rows = _table_rows(p)
+    rows = _table_rows(p, seeds)
     if not any(math.isfinite(_num(r.get(metric))) for r in rows):
         numeric = sorted(
             {k for r in rows for k, v in r.items() if k not in ("seed",)
@@ -625,20 +645,36 @@ def accuracy_table(path: str | Path, metric: str = "final_test_accuracy") -> str
     attacks = sorted({t for _, t in cells}, key=_attack_sort_key)
     cols = [ATTACK_SHORT.get(t, t.replace("_", " ")) for t in attacks]
     n_seeds = max(len(c[metric]) for c in cells.values())
+
+    def cell_text(values: list[float]) -> str:
+        short = 0 < len(values) < n_seeds
+        return format_mean_std(values) + (f" (n={len(values)})" if short else "")
+
     body = [
         [aggregator_name(a)]
-        + [format_mean_std(cells[(a, t)][metric]) if (a, t) in cells else "" for t in attacks]
+        + [cell_text(cells[(a, t)][metric]) if (a, t) in cells else "" for t in attacks]
         for a in aggs
     ]
     header = ["Aggregator", *cols]
     attacked = [t for t in attacks if t != "none"]
+    mixed = False
     if len(attacked) >= 2:
         header += ["Worst attack", "Mean under attack"]
         for a, row in zip(aggs, body, strict=True):
-            row += attack_summary({t: cells[(a, t)][metric] for t in attacked if (a, t) in cells},
-                                  attacked)  # fmt: skip
+            per_attack = {t: cells[(a, t)][metric] for t in attacked if (a, t) in cells}
+            ranks = attack_summary(per_attack, attacked)
+            if ranks[0] and len({len(v) for v in per_attack.values()}) > 1:
+                ranks[0] += " *"
+                mixed = True
+            row += ranks
     note = f"{metric} (mean ± std over seeds)" if n_seeds > 1 else metric
     text = f"**{note}**\n\n" + _markdown(header, body)
+    if any("(n=" in c for row in body for c in row):
+        text += (
+            f"\n\n(n=k): mean over k seeds, where the fullest cells have {n_seeds}."
+            + (" \\*: worst and mean over cells with different numbers of seeds." if mixed else "")
+            + " `--seeds` limits the table to the seeds every cell has."
+        )
 
     def rejects(a: str) -> bool:
         vals = [v for (g, _), c in cells.items() if g == a for k in ("mean_tpr", "mean_fpr")
@@ -691,14 +727,17 @@ def heatmap_grid(
 
 
 def plot_heatmap(
-    path: str | Path, metric: str = "final_test_accuracy", out: str | Path | None = None
+    path: str | Path,
+    metric: str = "final_test_accuracy",
+    out: str | Path | None = None,
+    seeds: list[int] | None = None,
 ) -> Path:
-    """Heat-map of ``metric`` (mean over seeds) with aggregators as rows, attacks as columns,
-    and each row's worst attack as a last column set apart (a defense is as good as its worst
-    case)."""
+    """Heat-map of ``metric`` (mean over seeds, or over ``seeds`` only) with aggregators as
+    rows, attacks as columns, and each row's worst attack as a last column set apart (a
+    defense is as good as its worst case)."""
     p = Path(path)
     try:
-        aggs, attacks, grid = heatmap_grid(_table_rows(p), metric)
+        aggs, attacks, grid = heatmap_grid(_table_rows(p, seeds), metric)
     except ValueError as e:
         raise ValueError(f"{e} under {p}") from None
     plt = _pyplot()
@@ -741,13 +780,19 @@ def metric_bars(
     return {a: values[a] for a in sorted(values, key=_agg_sort_key)}
 
 
-def plot_metric_bars(path: str | Path, metrics: list[str], out: str | Path | None = None) -> Path:
+def plot_metric_bars(
+    path: str | Path,
+    metrics: list[str],
+    out: str | Path | None = None,
+    seeds: list[int] | None = None,
+) -> Path:
     """Horizontal bars, one group per aggregator and one bar per metric (mean over its runs,
-    whisker = sample std when there are several). For a backdoor board, main accuracy next to
-    backdoor accuracy shows which defenses stop the backdoor and what the main task pays."""
+    or over ``seeds``' runs; whisker = sample std when there are several). For a backdoor
+    board, main accuracy next to backdoor accuracy shows which defenses stop the backdoor and
+    what the main task pays."""
     p = Path(path)
     try:
-        bars = metric_bars(_table_rows(p), metrics)
+        bars = metric_bars(_table_rows(p, seeds), metrics)
     except ValueError as e:
         raise ValueError(f"{e} under {p}") from None
     plt = _pyplot()
