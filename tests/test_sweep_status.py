@@ -36,7 +36,7 @@ def test_states_matrix_and_time_left(tmp_path: Path):
     progress = sweep_progress(cells, tmp_path)
     states = {p.cell.dirname: p.state for p in progress}
     assert states["median__none__seed0"] == "done"
-    assert states["mean__none__seed1"] == "started"
+    assert states["mean__none__seed1"] == "interrupted"  # nobody holds its lock
     assert sum(s == "todo" for s in states.values()) == 4
 
     aggs, seeds, counts = done_matrix(progress)
@@ -54,8 +54,8 @@ def test_states_matrix_and_time_left(tmp_path: Path):
     assert left == pytest.approx(4.5)
     assert seconds == pytest.approx(4.5 * wall / 3)
     lines = summary_lines(progress, jobs=3)
-    assert lines[0] == "1 of 6 runs done, 1 started, 4 not started"
-    assert "started: mean__none__seed1 at round 5/10" in lines
+    assert lines[0] == "1 of 6 runs done, 0 running, 1 interrupted, 4 not started"
+    assert any(ln.startswith("interrupted: mean__none__seed1 at round 5/10") for ln in lines)
     assert lines[-1].startswith("4.5 runs' worth left: ~") and "--jobs 3" in lines[-1]
 
 
@@ -93,8 +93,40 @@ def test_cli_status_prints_matrix_and_runs_nothing(tmp_path: Path, capsys):
     assert main(["sweep", str(cfg), "--out", str(out), "--status", "--jobs", "2"]) == 0
     text = capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == before  # nothing ran
-    assert "1 of 3 runs done, 0 started, 2 not started" in text
+    assert "1 of 3 runs done, 0 running, 0 interrupted, 2 not started" in text
     assert "1/1" in text and "0/1" in text and "1/3" in text  # cells and the "all" row
     assert "--jobs 2" in text
     assert main(["sweep", str(cfg), "--out", str(out), "--status", "--only", "median*"]) == 0
     assert "0 of 1 runs done" in capsys.readouterr().out
+
+
+def test_a_locked_cell_is_running_and_named(tmp_path: Path):
+    """A cell whose lock another process holds is "running", with that process named."""
+    import subprocess
+    import sys
+
+    cells, _ = _cells()
+    _fake_started(tmp_path / "median__none__seed0", [5])
+    script = (
+        "import sys; from pathlib import Path; from diversefl.cell_lock import CellLock; "
+        "lock = CellLock(Path(sys.argv[1])); assert lock.acquire(); print('locked', flush=True); "
+        "sys.stdin.read()"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "median__none__seed0")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        p = {q.cell.dirname: q for q in sweep_progress(cells, tmp_path)}["median__none__seed0"]
+        assert p.state == "running" and p.holder.startswith(f"pid {child.pid} on ")
+        assert any(ln.startswith("running: median__none__seed0 at round 5/10 (pid ")
+                   for ln in summary_lines([p]))  # fmt: skip
+    finally:
+        child.stdin.close()
+        child.wait(timeout=30)
+    # its process ended: the kernel dropped the lock, the cell is interrupted
+    p = {q.cell.dirname: q for q in sweep_progress(cells, tmp_path)}["median__none__seed0"]
+    assert p.state == "interrupted"

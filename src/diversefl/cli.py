@@ -150,7 +150,7 @@ def _sweep_status(cells: list, out: Path, jobs: int, name: str) -> int:
 
     progress = sweep_progress(cells, out)
     aggs, seeds, counts = done_matrix(progress)
-    table = Table(title=f"sweep {name} in {out}: finished runs (+ started)")
+    table = Table(title=f"sweep {name} in {out}: finished runs (+ running or interrupted)")
     table.add_column("defense")
     for s in seeds:
         table.add_column(f"seed {s}", justify="right")

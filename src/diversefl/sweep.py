@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from diversefl.cell_lock import CellLock, holder
 from diversefl.config import Config, ConfigError, apply_overrides, make_config, to_toml_dict
 
 SWEEP_COLUMNS = [
@@ -161,31 +162,51 @@ def _finished(cell: Cell, run_dir: Path) -> dict[str, Any] | None:
     return json.loads(summary_path.read_text())
 
 
+@dataclass(frozen=True)
+class CellResult:
+    """What became of one cell in this process: run here (``elsewhere`` empty), found
+    finished by another sweep process, or skipped because another process runs it
+    (``summary`` None); ``elsewhere`` says which."""
+
+    summary: dict[str, Any] | None
+    elsewhere: str = ""
+
+
 def _run_cell(
     cell: Cell, run_dir: Path, data_dir: str | None, progress: bool, threads: int = 0
-) -> dict[str, Any]:
-    """Run (or resume) one cell into ``run_dir``; returns its summary. Also the worker
-    function of ``--jobs``: ``threads`` > 0 caps torch's intra-op threads in that process."""
+) -> CellResult:
+    """Run (or resume) one cell into ``run_dir`` under its lock, so that a second sweep
+    process on the same directory never runs it at the same time; a cell another process
+    finished meanwhile is not run again. Also the worker function of ``--jobs``:
+    ``threads`` > 0 caps torch's intra-op threads in that process."""
     import torch
 
     from diversefl.api import run
 
-    if threads > 0:
-        torch.set_num_threads(threads)
-    resume = (run_dir / "checkpoint.pt").exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / ".running").touch()
-    (run_dir / "summary.json").unlink(missing_ok=True)
-    result = run(
-        cell.config,
-        data_dir=data_dir,
-        out=run_dir,
-        resume=resume,
-        overwrite=not resume,
-        progress=progress,
-    )
-    (run_dir / ".running").unlink()
-    return result.summary
+    lock = CellLock(run_dir)
+    if not lock.acquire():
+        return CellResult(None, f"running in {holder(run_dir) or 'another process'}")
+    try:
+        done = _finished(cell, run_dir)
+        if done is not None:
+            return CellResult(done, "finished by another process")
+        if threads > 0:
+            torch.set_num_threads(threads)
+        resume = (run_dir / "checkpoint.pt").exists()
+        (run_dir / ".running").touch()
+        (run_dir / "summary.json").unlink(missing_ok=True)
+        result = run(
+            cell.config,
+            data_dir=data_dir,
+            out=run_dir,
+            resume=resume,
+            overwrite=not resume,
+            progress=progress,
+        )
+        (run_dir / ".running").unlink()
+        return CellResult(result.summary)
+    finally:
+        lock.release()
 
 
 def _done_line(i: int, total: int, cell: Cell, summary: dict[str, Any]) -> str:
@@ -269,13 +290,29 @@ def run_sweep(
             )
 
     started = time.monotonic()
+    elsewhere: set[int] = set()  # cells another process was running when this one got there
 
-    def record(i: int, summary: dict[str, Any]) -> None:
-        summaries[i] = summary
-        finished = sum(1 for k in todo if k in summaries)
-        pace = pace_text(finished, len(todo), time.monotonic() - started)
-        echo(f"{_done_line(i + 1, len(cells), cells[i], summary)} | {pace}")
+    def refresh() -> None:
+        """Pick up cells that another sweep process on ``out`` has finished since."""
+        for k, c in enumerate(cells):
+            if k not in summaries and (out / c.dirname / "summary.json").exists():
+                done = _finished(c, out / c.dirname)
+                if done is not None:
+                    summaries[k] = done
+
+    def record(i: int, result: CellResult) -> None:
+        if result.elsewhere:
+            elsewhere.add(i)
+            if result.summary is not None:
+                summaries[i] = result.summary
+            echo(f"[{i + 1}/{len(cells)}] {cells[i].dirname}: {result.elsewhere}, skipped")
+            return
+        summaries[i] = result.summary
+        finished = sum(1 for k in todo if k in summaries and k not in elsewhere)
+        pace = pace_text(finished, len(todo) - len(elsewhere), time.monotonic() - started)
+        echo(f"{_done_line(i + 1, len(cells), cells[i], result.summary)} | {pace}")
         if csv_name:
+            refresh()
             rows = [
                 _summary_row(cells[k], summaries[k], out / cells[k].dirname)
                 for k in sorted(summaries)
@@ -307,6 +344,7 @@ def run_sweep(
             }
             for fut in as_completed(futures):
                 record(futures[fut], fut.result())
+    refresh()
     rows = [_summary_row(cells[k], summaries[k], out / cells[k].dirname) for k in sorted(summaries)]
     if csv_name:
         write_sweep_csv(out / csv_name, rows)
@@ -314,12 +352,15 @@ def run_sweep(
 
 
 def write_sweep_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    """One row per run: labels, final/best accuracy, detection rates, wall time."""
+    """One row per run: labels, final/best accuracy, detection rates, wall time. Written to
+    a temporary file and renamed, so a reader (or a second sweep process) never sees half."""
     columns = list(SWEEP_COLUMNS)
     for r in rows:
         columns += [k for k in r if k not in columns]
-    with path.open("w", newline="") as fh:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=columns)
         w.writeheader()
         for r in rows:
             w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    os.replace(tmp, path)

@@ -1,8 +1,8 @@
 """Where a sweep stands without running anything: per cell done / started / to do, a
 defense x seed matrix of finished runs, and the time left at the pace of the finished runs.
 
-It reads only the run directories (``summary.json``, the ``.running`` marker, the last row of
-``metrics.csv``), so it is safe to call while the sweep is running in another process."""
+It only reads the run directories (``summary.json``, the lock file, the last row of
+``metrics.csv``), so it is safe to call while sweeps are running in other processes."""
 
 from __future__ import annotations
 
@@ -10,18 +10,21 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+from diversefl.cell_lock import holder
 from diversefl.sweep import Cell, _finished, format_duration
 
 
 @dataclass(frozen=True)
 class CellProgress:
-    """One cell's state: ``done`` (finished run), ``started`` (a run directory without a
-    finished summary: running now or interrupted, resumable) or ``todo`` (no directory)."""
+    """One cell's state: ``done`` (finished run), ``running`` (a process holds its lock),
+    ``interrupted`` (a run directory without a finished summary and nobody running it: the
+    next sweep resumes it) or ``todo`` (no directory)."""
 
     cell: Cell
     state: str
     rounds: int  # rounds with saved metrics (all of them when done)
     wall_seconds: float  # the finished run's wall time; 0 otherwise
+    holder: str | None = None  # who runs it ("pid 123 on host") when running
 
     @property
     def fraction_left(self) -> float:
@@ -51,7 +54,9 @@ def cell_progress(cell: Cell, run_dir: Path) -> CellProgress:
     if summary is not None:
         return CellProgress(cell, "done", cell.config.rounds, float(summary["wall_seconds"]))
     if run_dir.is_dir():
-        return CellProgress(cell, "started", _last_round(run_dir / "metrics.csv"), 0.0)
+        who = holder(run_dir)
+        state = "interrupted" if who is None else "running"
+        return CellProgress(cell, state, _last_round(run_dir / "metrics.csv"), 0.0, who)
     return CellProgress(cell, "todo", 0, 0.0)
 
 
@@ -61,14 +66,16 @@ def sweep_progress(cells: list[Cell], out: str | Path) -> list[CellProgress]:
 
 
 def done_matrix(progress: list[CellProgress]) -> tuple[list[str], list[int], dict]:
-    """Defenses (grid order), seeds (sorted) and ``{(defense, seed): (done, started, cells)}``."""
+    """Defenses (grid order), seeds (sorted) and ``{(defense, seed): (done, started, cells)}``
+    (started: running or interrupted)."""
     aggs = list(dict.fromkeys(p.cell.aggregator for p in progress))
     seeds = sorted({p.cell.seed for p in progress})
     counts: dict[tuple[str, int], tuple[int, int, int]] = {}
     for p in progress:
         key = (p.cell.aggregator, p.cell.seed)
         done, started, total = counts.get(key, (0, 0, 0))
-        counts[key] = (done + (p.state == "done"), started + (p.state == "started"), total + 1)
+        is_started = p.state in ("running", "interrupted")
+        counts[key] = (done + (p.state == "done"), started + is_started, total + 1)
     return aggs, seeds, counts
 
 
@@ -86,11 +93,14 @@ def time_left(progress: list[CellProgress], jobs: int = 1) -> tuple[float, float
 def summary_lines(progress: list[CellProgress], jobs: int = 1) -> list[str]:
     """The plain-text lines under the matrix: totals, started runs, time left."""
     n = len(progress)
-    done = [p for p in progress if p.state == "done"]
-    started = [p for p in progress if p.state == "started"]
+    by_state = {
+        k: [p for p in progress if p.state == k] for k in ("done", "running", "interrupted")
+    }
+    done = by_state["done"]
     lines = [
-        f"{len(done)} of {n} runs done, {len(started)} started, "
-        f"{n - len(done) - len(started)} not started"
+        f"{len(done)} of {n} runs done, {len(by_state['running'])} running, "
+        f"{len(by_state['interrupted'])} interrupted, "
+        f"{n - sum(map(len, by_state.values()))} not started"
     ]
     if done:
         wall = sum(p.wall_seconds for p in done)
@@ -98,8 +108,15 @@ def summary_lines(progress: list[CellProgress], jobs: int = 1) -> list[str]:
             f"finished runs: {wall:,.0f} s summed ({format_duration(wall)}), "
             f"mean {wall / len(done):.0f} s per run"
         )
-    for p in started:
-        lines.append(f"started: {p.cell.dirname} at round {p.rounds}/{p.cell.config.rounds}")
+    for p in by_state["running"]:
+        lines.append(
+            f"running: {p.cell.dirname} at round {p.rounds}/{p.cell.config.rounds} ({p.holder})"
+        )
+    for p in by_state["interrupted"]:
+        lines.append(
+            f"interrupted: {p.cell.dirname} at round {p.rounds}/{p.cell.config.rounds} "
+            "(the next sweep resumes it from its last checkpoint)"
+        )
     left, seconds = time_left(progress, jobs)
     if left == 0:
         lines.append("nothing left to run")

@@ -1,0 +1,94 @@
+"""A lock per run directory, so that several sweep processes can work on one grid.
+
+A second ``diversefl sweep`` on the same output directory (to add capacity, or started by
+mistake) must not run a cell that another process is running: both would write the same run
+files. The lock is an advisory ``flock`` on ``<run dir>/.lock``: the kernel drops it when its
+process ends, however it ends, so a killed sweep never blocks its own restart and there is
+no stale-lock guessing. The file holds the holder's ``host pid`` while it is held (for messages and
+``sweep --status``) and is emptied, not deleted, on release (deleting it could let two
+processes lock two different files).
+Where ``fcntl`` does not exist (Windows) locking is a no-op: run one sweep per directory.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import IO
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_NAME = ".lock"
+
+
+class CellLock:
+    """Exclusive, non-blocking lock on one run directory, held until :meth:`release` or the
+    end of the process."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK_NAME
+        self._fh: IO[str] | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock; False (at once, no waiting) when another process holds it."""
+        if fcntl is None:
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")  # noqa: SIM115 - kept open while the lock is held
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            return False
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{socket.gethostname()} {os.getpid()}\n")
+        fh.flush()
+        self._fh = fh
+        return True
+
+    def release(self) -> None:
+        """Drop the lock (no-op when not held)."""
+        if self._fh is not None:
+            self._fh.seek(0)
+            self._fh.truncate()  # no holder named any more (see :func:`holder`)
+            self._fh.close()  # closing the descriptor releases the flock
+            self._fh = None
+
+    def __enter__(self) -> CellLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return pid > 0
+
+
+def holder(run_dir: Path) -> str | None:
+    """``"pid 123 on host"`` of the process running ``run_dir`` now, else None.
+
+    Read from the lock file, without locking (so that asking never makes a sweep skip a
+    cell): a holder clears the file when it releases, and a holder on this host whose
+    process is gone (killed mid-run) does not count. A holder on another host is taken at
+    its word."""
+    try:
+        host, pid_text = (Path(run_dir) / LOCK_NAME).read_text().split()
+        pid = int(pid_text)
+    except (FileNotFoundError, ValueError):
+        return None  # no lock file, cleared on release, or half-written
+    if host == socket.gethostname() and not _pid_alive(pid):
+        return None
+    return f"pid {pid} on {host}"
