@@ -114,6 +114,51 @@ def test_no_attack_means_no_byzantine_even_with_f():
     assert r.summary["f"] == 0 and r.summary["byzantine_ids"] == []
 
 
+def test_without_an_attack_the_defense_still_assumes_attack_f():
+    """Nobody is Byzantine, but the round context tells the defense f = attack.f, as a
+    server that cannot know nobody attacks would be configured: Xie et al.'s trimmed mean
+    keeps the n - 2f updates nearest the coordinate median instead of averaging them all."""
+    cfg = make_config(
+        tiny_config(
+            attack={"name": "none", "f": 2},
+            aggregator={"name": "trimmed_mean_xie"},
+            optim={"lr": 0.2, "schedule": "constant", "weight_decay": 0.0},
+        )
+    )
+    sim = Simulation(cfg)
+    ctx = sim.context(1, sim.byzantine_mask(1))
+    assert ctx.f == 2 and not bool(ctx.byzantine.any())
+    theta0 = sim.theta.clone()
+    idx, w = sim.draw_batches(1)
+    grads = loop_grads(sim.fm, theta0, sim.x_train[idx], sim.y_train[idx], w)
+    # plain reference, coordinate by coordinate: the mean of the n - f = 4 values nearest
+    # the median (mean of the two middle values; ties toward the smaller value)
+    cols = []
+    for col in grads.double().T.tolist():
+        mid = sorted(col)
+        med = (mid[2] + mid[3]) / 2
+        cols.append(sum(sorted(col, key=lambda v: (abs(v - med), v))[:4]) / 4)
+    expected_agg = torch.tensor(cols, dtype=grads.dtype)
+    sim.step(1)
+    torch.testing.assert_close(sim.theta, theta0 - 0.2 * expected_agg, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(sim.theta, theta0 - 0.2 * grads.mean(0), atol=1e-5)
+    # f = 0 says "nobody attacks" explicitly: then it is the plain mean
+    sim0 = Simulation(make_config({**tiny_config(attack={"name": "none", "f": 0},
+                                                 aggregator={"name": "trimmed_mean_xie"},
+                                                 optim={"lr": 0.2, "schedule": "constant",
+                                                        "weight_decay": 0.0})}))  # fmt: skip
+    sim0.step(1)
+    torch.testing.assert_close(sim0.theta, theta0 - 0.2 * grads.mean(0), atol=1e-5, rtol=1e-4)
+
+
+def test_assumed_f_that_the_defense_cannot_take_is_a_clear_error_without_attack():
+    with pytest.raises(
+        ConfigError, match=r"Without an attack the defense still assumes attack\.f = 5"
+    ):
+        make_config(tiny_config(attack={"name": "none"}, aggregator={"name": "bulyan"}))
+    make_config(tiny_config(attack={"name": "none", "f": 0}, aggregator={"name": "bulyan"}))
+
+
 def test_label_flip_poisons_only_byzantine_batches():
     cfg = make_config(tiny_config(attack={"name": "label_flip", "f": 1, "byzantine": [2]}))
     sim = Simulation(cfg)

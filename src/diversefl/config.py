@@ -70,7 +70,7 @@ class AttackConfig(_Section):
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
     name: str = "none"
-    f: int = Field(5, ge=0)  # number of Byzantine clients (ignored when name = "none")
+    f: int = Field(5, ge=0)  # Byzantine clients; with name = "none", what the defenses assume
     byzantine: Literal["seeded", "per_round"] | list[int] = "seeded"
     # Seed of the "seeded" draw (default: the run's seed). Fixing it keeps one Byzantine
     # placement across run seeds, so seeds vary only the training randomness.
@@ -152,13 +152,30 @@ class Config(_Section):
                 "attack.also_seeded: only with a list of ids in attack.byzantine "
                 f"(got byzantine = {self.attack.byzantine!r}; use attack.f instead)"
             )
-        agg.check(self.clients.n, f)
+        assumed = self.assumed_f()
+        try:
+            agg.check(self.clients.n, assumed)
+        except ValueError as err:
+            if self.attack.name != "none":
+                raise
+            raise ValueError(
+                f"{err}. Without an attack the defense still assumes attack.f = {assumed} "
+                "Byzantine clients; set attack.f for the f it should assume (0: nobody)"
+            ) from None
         return self
 
     def byzantine_count(self, atk: Any = None) -> int:
         """How many clients are Byzantine in this run (0 without an attack)."""
         if self.attack.name == "none":
             return 0
+        return self.assumed_f()
+
+    def assumed_f(self) -> int:
+        """How many Byzantine clients the defenses are told to expect (``RoundContext.f``):
+        the configured count, also without an attack. A server cannot know that nobody
+        attacks, so Krum, Bulyan and the trimmed means keep trimming f updates and pay for it
+        in peacetime; the paper's no-attack panels are run this way (its Bulyan "oscillates"
+        without an attack, which it would not as the plain mean it becomes with f = 0)."""
         if isinstance(self.attack.byzantine, list):
             return len(self.attack.byzantine) + self.attack.also_seeded
         return self.attack.f

@@ -23,7 +23,7 @@ class RoundContext:
 
     round: int
     n: int
-    f: int
+    f: int  # Byzantine clients the defense assumes (attack.f also when nobody attacks)
     generator: torch.Generator
     client_ids: Tensor | None = None
     byzantine: Tensor | None = None

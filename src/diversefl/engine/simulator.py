@@ -135,7 +135,9 @@ class Simulation:
                 f"attack {cfg.attack.name!r} makes {self.f} of {n} clients Byzantine; "
                 "use more clients or another partition"
             )
-        self.aggregator.check(n, self.f)
+        # what the defense is told to expect: the real count, or attack.f without an attack
+        self.f_assumed = cfg.assumed_f() if cfg.attack.name == "none" else self.f
+        self.aggregator.check(n, self.f_assumed)
         self.fixed_byzantine = self._initial_byzantine(chosen)
         self.schedule = make_schedule(
             cfg.optim.schedule,
@@ -261,7 +263,7 @@ class Simulation:
         return RoundContext(
             round=r,
             n=self.n,
-            f=self.f,
+            f=self.f_assumed,
             generator=generator(self.cfg.seed, "round", r),
             byzantine=byz.to(self.device),
             guiding_fn=lambda: self.guiding(theta),
