@@ -809,10 +809,11 @@ def plot_metric_bars(
                 color=colours[k % len(colours)], label=name)  # fmt: skip
         for y, v, sd in zip(ys, means, stds, strict=True):
             if math.isfinite(v):  # right of the whisker, inside the axes
-                ax.text(min(v + sd, 0.93) + 0.01, y, f"{v:.3f}", va="center", fontsize=7)
+                ax.text(v + sd + 0.01, y, f"{v:.3f}", va="center", fontsize=7)
     ax.set_yticks(range(len(aggs)), [aggregator_name(a) for a in aggs])
     ax.invert_yaxis()
-    ax.set_xlim(0.0, 1.05)
+    ax.set_xlim(0.0, 1.12)  # room for a label right of a bar at 1.0
+    ax.set_xticks([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     runs = max(len(v) for b in bars.values() for v in b.values())
