@@ -159,6 +159,41 @@ def test_assumed_f_that_the_defense_cannot_take_is_a_clear_error_without_attack(
     make_config(tiny_config(attack={"name": "none", "f": 0}, aggregator={"name": "bulyan"}))
 
 
+def test_aggregator_assumed_f_overrides_what_the_defense_is_told_not_the_attack():
+    """``aggregator.assumed_f`` sets RoundContext.f for the defense (a misjudged f); the
+    attack still sees the real count (ALIE's z_max depends on it)."""
+    from diversefl.attacks.alie import alie_z_max
+
+    base = tiny_config(attack={"name": "alie", "f": 2}, aggregator={"name": "trimmed_mean_xie"})
+    sim = Simulation(make_config(base))
+    assert sim.context(1, sim.byzantine_mask(1)).f == 2  # default: the real count
+    told = tiny_config(
+        attack={"name": "alie", "f": 2},
+        aggregator={"name": "trimmed_mean_xie", "assumed_f": 1},
+    )
+    sim1 = Simulation(make_config(told))
+    assert sim1.context(1, sim1.byzantine_mask(1)).f == 1
+    seen: list[int] = []
+    real_call = type(sim1.attack).__call__
+
+    def spy(self, honest, byzantine, ctx):
+        seen.append(ctx.f)
+        return real_call(self, honest, byzantine, ctx)
+
+    type(sim1.attack).__call__ = spy
+    try:
+        sim1.step(1)
+    finally:
+        type(sim1.attack).__call__ = real_call
+    assert seen == [2] and alie_z_max(6, 2) != alie_z_max(6, 1)
+    # without an attack it replaces attack.f; an f the rule cannot take names the key
+    none = tiny_config(attack={"name": "none", "f": 5}, aggregator={"name": "krum", "assumed_f": 1})
+    sim2 = Simulation(make_config(none))
+    assert sim2.context(1, sim2.byzantine_mask(1)).f == 1
+    with pytest.raises(ConfigError, match=r"aggregator\.assumed_f = 2: bulyan: needs n >= 4f \+ 3"):
+        make_config(tiny_config(aggregator={"name": "bulyan", "assumed_f": 2}))
+
+
 def test_label_flip_poisons_only_byzantine_batches():
     cfg = make_config(tiny_config(attack={"name": "label_flip", "f": 1, "byzantine": [2]}))
     sim = Simulation(cfg)

@@ -88,6 +88,9 @@ class AggregatorConfig(_Section):
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
     name: str = "mean"
+    # Byzantine clients the rule assumes (RoundContext.f). Default: the real count under an
+    # attack, attack.f without one. Set it to study a misjudged f, or in a deployment.
+    assumed_f: int | None = Field(None, ge=0)
 
     def params(self) -> dict[str, Any]:
         """The aggregator-specific settings."""
@@ -156,11 +159,14 @@ class Config(_Section):
         try:
             agg.check(self.clients.n, assumed)
         except ValueError as err:
+            if self.aggregator.assumed_f is not None:
+                raise ValueError(f"aggregator.assumed_f = {assumed}: {err}") from None
             if self.attack.name != "none":
                 raise
             raise ValueError(
                 f"{err}. Without an attack the defense still assumes attack.f = {assumed} "
-                "Byzantine clients; set attack.f for the f it should assume (0: nobody)"
+                "Byzantine clients; set attack.f or aggregator.assumed_f for the f it should "
+                "assume (0: nobody)"
             ) from None
         return self
 
@@ -168,17 +174,27 @@ class Config(_Section):
         """How many clients are Byzantine in this run (0 without an attack)."""
         if self.attack.name == "none":
             return 0
-        return self.assumed_f()
+        return self._configured_f()
 
-    def assumed_f(self) -> int:
-        """How many Byzantine clients the defenses are told to expect (``RoundContext.f``):
-        the configured count, also without an attack. A server cannot know that nobody
-        attacks, so Krum, Bulyan and the trimmed means keep trimming f updates and pay for it
-        in peacetime; the paper's no-attack panels are run this way (its Bulyan "oscillates"
-        without an attack, which it would not as the plain mean it becomes with f = 0)."""
+    def _configured_f(self) -> int:
+        """The attack section's count: the listed ids (plus seeded extras), or ``f``."""
         if isinstance(self.attack.byzantine, list):
             return len(self.attack.byzantine) + self.attack.also_seeded
         return self.attack.f
+
+    def assumed_f(self, real: int | None = None) -> int:
+        """How many Byzantine clients the defense is told to expect (``RoundContext.f``):
+        ``aggregator.assumed_f`` when set; else the ``real`` count under an attack (when the
+        caller knows it, e.g. the backdoor's source-class owners) or the configured one, also
+        without an attack. A server cannot know that nobody attacks, so Krum, Bulyan and the
+        trimmed means keep trimming f updates and pay for it in peacetime; the paper's
+        no-attack panels are run this way (its Bulyan "oscillates" without an attack, which
+        it would not as the plain mean it becomes with f = 0)."""
+        if self.aggregator.assumed_f is not None:
+            return self.aggregator.assumed_f
+        if real is not None and self.attack.name != "none":
+            return real
+        return self._configured_f()
 
 
 def _format_error(err: pydantic.ValidationError) -> str:

@@ -4,7 +4,7 @@ A round is a few large tensor operations over all clients at once, never a loop 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -135,8 +135,9 @@ class Simulation:
                 f"attack {cfg.attack.name!r} makes {self.f} of {n} clients Byzantine; "
                 "use more clients or another partition"
             )
-        # what the defense is told to expect: the real count, or attack.f without an attack
-        self.f_assumed = cfg.assumed_f() if cfg.attack.name == "none" else self.f
+        # what the defense is told to expect: aggregator.assumed_f, else the real count, or
+        # attack.f without an attack
+        self.f_assumed = cfg.assumed_f(real=self.f)
         self.aggregator.check(n, self.f_assumed)
         self.fixed_byzantine = self._initial_byzantine(chosen)
         self.schedule = make_schedule(
@@ -303,7 +304,9 @@ class Simulation:
         byz_d = byz.to(self.device)
         grads = self.aggregator.prepare(grads, ctx)
         if bool(byz.any()):
-            grads[byz_d] = self.attack(grads[~byz_d], grads[byz_d], ctx).to(grads.dtype)
+            # the attackers know how many they are, whatever the defense assumes
+            atk_ctx = ctx if ctx.f == self.f else replace(ctx, f=self.f)
+            grads[byz_d] = self.attack(grads[~byz_d], grads[byz_d], atk_ctx).to(grads.dtype)
         return grads
 
     def step(self, r: int) -> RoundRecord:
