@@ -148,7 +148,7 @@ def select(cells: list[Cell], patterns: list[str] | None) -> list[Cell]:
     return chosen
 
 
-def _finished(cell: Cell, run_dir: Path) -> dict[str, Any] | None:
+def finished_summary(cell: Cell, run_dir: Path) -> dict[str, Any] | None:
     """The saved summary of a finished run of ``cell``, or None when it still has to run."""
     summary_path = run_dir / "summary.json"
     if not summary_path.exists() or (run_dir / ".running").exists():
@@ -187,7 +187,7 @@ def _run_cell(
     if not lock.acquire():
         return CellResult(None, f"running in {holder(run_dir) or 'another process'}")
     try:
-        done = _finished(cell, run_dir)
+        done = finished_summary(cell, run_dir)
         if done is not None:
             return CellResult(done, "finished by another process")
         if threads > 0:
@@ -276,7 +276,7 @@ def run_sweep(
     summaries: dict[int, dict[str, Any]] = {}
     todo = []
     for i, cell in enumerate(cells):
-        done = _finished(cell, out / cell.dirname)
+        done = finished_summary(cell, out / cell.dirname)
         if done is None:
             if cell.dirname in chosen:
                 todo.append(i)
@@ -296,7 +296,7 @@ def run_sweep(
         """Pick up cells that another sweep process on ``out`` has finished since."""
         for k, c in enumerate(cells):
             if k not in summaries and (out / c.dirname / "summary.json").exists():
-                done = _finished(c, out / c.dirname)
+                done = finished_summary(c, out / c.dirname)
                 if done is not None:
                     summaries[k] = done
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diversefl.cell_lock import holder
-from diversefl.sweep import Cell, _finished, format_duration
+from diversefl.sweep import Cell, finished_summary, format_duration
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def _last_round(metrics_csv: Path) -> int:
 def cell_progress(cell: Cell, run_dir: Path) -> CellProgress:
     """The state of ``cell`` in ``run_dir``; a finished run with another config is an error,
     as it is for ``diversefl sweep``."""
-    summary = _finished(cell, run_dir)
+    summary = finished_summary(cell, run_dir)
     if summary is not None:
         return CellProgress(cell, "done", cell.config.rounds, float(summary["wall_seconds"]))
     if run_dir.is_dir():
