@@ -37,6 +37,37 @@ def test_reproduce_fig7_runs_and_draws(mnist_dir: Path, tmp_path: Path, capsys):
     assert capsys.readouterr().out.count("done already") == 4
 
 
+def test_reproduce_says_when_another_process_holds_a_run(mnist_dir: Path, tmp_path: Path, capsys):
+    """A run another sweep process is running is skipped, and the figure says it lacks it."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "rep"
+    busy = out / "mnist-backdoor-r3" / figure_cells(FIGURES["fig7"], rounds=3)[0].dirname
+    hold = (
+        "import sys; from pathlib import Path; from diversefl.cell_lock import CellLock; "
+        "lock = CellLock(Path(sys.argv[1])); print(lock.acquire(), flush=True); sys.stdin.read()"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", hold, str(busy)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    args = ["reproduce", "fig7", "--rounds", "3", "--out", str(out), "--quiet",
+            "--data-dir", str(mnist_dir)]  # fmt: skip
+    try:
+        assert child.stdout.readline().strip() == "True"
+        assert main(args) == 0
+        text = " ".join(capsys.readouterr().out.split())  # undo the console's line wrapping
+        assert "running in pid" in text and "note: 1 of 4 runs are not finished" in text
+        assert len(list((out / "mnist-backdoor-r3").glob("*/summary.json"))) == 3
+    finally:
+        child.stdin.close()
+        child.wait(timeout=30)
+    assert main(args) == 0  # the lock is gone: the run happens, no note
+    assert "note:" not in capsys.readouterr().out
+    assert len(list((out / "mnist-backdoor-r3").glob("*/summary.json"))) == 4
+
+
 def test_unknown_figure_is_a_clear_error(capsys):
     assert main(["reproduce", "fig99"]) == 2
     assert "unknown figure 'fig99'" in capsys.readouterr().out

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diversefl.sweep import Cell, load_sweep, run_sweep
+from diversefl.sweep import Cell, finished_summary, load_sweep, run_sweep
 
 PRESETS = Path(__file__).parent / "configs" / "paper"
 PAPER_AGGREGATORS = (
@@ -174,6 +174,13 @@ def reproduce(
     run_sweep(
         cells, run_root, data_dir=data_dir, progress=progress, echo=echo, csv_name=None, jobs=jobs
     )
+    unfinished = [c.dirname for c in cells if finished_summary(c, run_root / c.dirname) is None]
+    if unfinished:  # skipped: another sweep process on the same directory runs them
+        echo(
+            f"note: {len(unfinished)} of {len(cells)} runs are not finished (another process "
+            f"is running {', '.join(unfinished[:3])}{', ...' if len(unfinished) > 3 else ''}); "
+            f"the figure leaves them out: run `diversefl reproduce {name}` again when they are"
+        )
     # draw from only this figure's cells (the run root may hold more of the preset's grid)
     view = root / "figures" / (name + ("" if rounds is None else f"-r{rounds}"))
     view.mkdir(parents=True, exist_ok=True)
