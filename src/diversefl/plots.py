@@ -645,6 +645,7 @@ def accuracy_table(
     attacks = sorted({t for _, t in cells}, key=_attack_sort_key)
     cols = [ATTACK_SHORT.get(t, t.replace("_", " ")) for t in attacks]
     n_seeds = max(len(c[metric]) for c in cells.values())
+    uneven = any(0 < len(c[metric]) < n_seeds for c in cells.values())
 
     def cell_text(values: list[float]) -> str:
         short = 0 < len(values) < n_seeds
@@ -669,7 +670,7 @@ def accuracy_table(
             row += ranks
     note = f"{metric} (mean ± std over seeds)" if n_seeds > 1 else metric
     text = f"**{note}**\n\n" + _markdown(header, body)
-    if any("(n=" in c for row in body for c in row):
+    if uneven:
         text += (
             f"\n\n(n=k): mean over k seeds, where the fullest cells have {n_seeds}."
             + (" \\*: worst and mean over cells with different numbers of seeds." if mixed else "")

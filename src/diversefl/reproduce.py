@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diversefl.sweep import Cell, finished_summary, load_sweep, run_sweep
+from diversefl.sweep import Cell, load_sweep, run_sweep
 
 PRESETS = Path(__file__).parent / "configs" / "paper"
 PAPER_AGGREGATORS = (
@@ -171,10 +171,11 @@ def reproduce(
     run_root = root / (fig.preset + ("" if rounds is None else f"-r{rounds}"))
     cells = figure_cells(fig, rounds)
     echo(f"{name}: {fig.description}; {len(cells)} runs into {run_root}")
-    run_sweep(
+    rows = run_sweep(
         cells, run_root, data_dir=data_dir, progress=progress, echo=echo, csv_name=None, jobs=jobs
     )
-    unfinished = [c.dirname for c in cells if finished_summary(c, run_root / c.dirname) is None]
+    finished = {r["run_dir"] for r in rows}
+    unfinished = [c.dirname for c in cells if c.dirname not in finished]
     if unfinished:  # skipped: another sweep process on the same directory runs them
         echo(
             f"note: {len(unfinished)} of {len(cells)} runs are not finished (another process "

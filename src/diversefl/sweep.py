@@ -292,13 +292,17 @@ def run_sweep(
     started = time.monotonic()
     elsewhere: set[int] = set()  # cells another process was running when this one got there
 
-    def refresh() -> None:
-        """Pick up cells that another sweep process on ``out`` has finished since."""
+    def current_rows() -> list[dict[str, Any]]:
+        """sweep.csv rows of every finished cell, including those another sweep process on
+        ``out`` has finished since this one started."""
         for k, c in enumerate(cells):
             if k not in summaries and (out / c.dirname / "summary.json").exists():
                 done = finished_summary(c, out / c.dirname)
                 if done is not None:
                     summaries[k] = done
+        return [
+            _summary_row(cells[k], summaries[k], out / cells[k].dirname) for k in sorted(summaries)
+        ]
 
     def record(i: int, result: CellResult) -> None:
         if result.elsewhere:
@@ -312,12 +316,7 @@ def run_sweep(
         pace = pace_text(finished, len(todo) - len(elsewhere), time.monotonic() - started)
         echo(f"{_done_line(i + 1, len(cells), cells[i], result.summary)} | {pace}")
         if csv_name:
-            refresh()
-            rows = [
-                _summary_row(cells[k], summaries[k], out / cells[k].dirname)
-                for k in sorted(summaries)
-            ]
-            write_sweep_csv(out / csv_name, rows)
+            write_sweep_csv(out / csv_name, current_rows())
 
     if jobs <= 1 or len(todo) <= 1:
         for i in todo:
@@ -344,8 +343,7 @@ def run_sweep(
             }
             for fut in as_completed(futures):
                 record(futures[fut], fut.result())
-    refresh()
-    rows = [_summary_row(cells[k], summaries[k], out / cells[k].dirname) for k in sorted(summaries)]
+    rows = current_rows()
     if csv_name:
         write_sweep_csv(out / csv_name, rows)
     return rows
