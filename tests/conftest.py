@@ -57,3 +57,25 @@ def tiny_config(**sections) -> dict:
         else:
             cfg[key] = value
     return cfg
+
+
+_HOLD_LOCK = (
+    "import sys; from pathlib import Path; from diversefl.cell_lock import CellLock; "
+    "lock = CellLock(Path(sys.argv[1])); print(lock.acquire(), flush=True); sys.stdin.read()"
+)
+
+
+def hold_lock(run_dir: Path):
+    """A separate process that takes ``run_dir``'s cell lock (as another sweep process would)
+    and keeps it until its stdin is closed (``child.stdin.close(); child.wait()``)."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(run_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout.readline().strip() == "True"
+    return child

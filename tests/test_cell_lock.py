@@ -9,31 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import tiny_config
+from conftest import hold_lock, tiny_config
 
 from diversefl.cell_lock import LOCK_NAME, CellLock, holder
 from diversefl.sweep import _run_cell, expand, run_sweep
 
-HOLD = (
-    "import sys; from pathlib import Path; from diversefl.cell_lock import CellLock; "
-    "lock = CellLock(Path(sys.argv[1])); print(lock.acquire(), flush=True); sys.stdin.read()"
-)
-
-
-def _hold(run_dir: Path) -> subprocess.Popen:
-    """A separate process that takes ``run_dir``'s lock and keeps it until its stdin closes."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(run_dir)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert child.stdout.readline().strip() == "True"
-    return child
-
 
 def test_lock_is_exclusive_between_processes_and_dies_with_its_holder(tmp_path: Path):
-    child = _hold(tmp_path / "cell")
+    child = hold_lock(tmp_path / "cell")
     try:
         mine = CellLock(tmp_path / "cell")
         assert not mine.acquire()
@@ -60,7 +43,7 @@ def _cells():
 def test_sweep_skips_a_cell_another_process_runs_and_picks_it_up_later(tmp_path: Path):
     cells = _cells()
     busy = tmp_path / "median__none__seed0"
-    child = _hold(busy)
+    child = hold_lock(busy)
     try:
         messages: list[str] = []
         rows = run_sweep(cells, tmp_path, progress=False, echo=messages.append)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from conftest import hold_lock
+
 from diversefl.cli import main
 from diversefl.reproduce import FIGURES, figure_cells
 
@@ -39,23 +41,12 @@ def test_reproduce_fig7_runs_and_draws(mnist_dir: Path, tmp_path: Path, capsys):
 
 def test_reproduce_says_when_another_process_holds_a_run(mnist_dir: Path, tmp_path: Path, capsys):
     """A run another sweep process is running is skipped, and the figure says it lacks it."""
-    import subprocess
-    import sys
-
     out = tmp_path / "rep"
     busy = out / "mnist-backdoor-r3" / figure_cells(FIGURES["fig7"], rounds=3)[0].dirname
-    hold = (
-        "import sys; from pathlib import Path; from diversefl.cell_lock import CellLock; "
-        "lock = CellLock(Path(sys.argv[1])); print(lock.acquire(), flush=True); sys.stdin.read()"
-    )
-    child = subprocess.Popen(
-        [sys.executable, "-c", hold, str(busy)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    child = hold_lock(busy)
     args = ["reproduce", "fig7", "--rounds", "3", "--out", str(out), "--quiet",
             "--data-dir", str(mnist_dir)]  # fmt: skip
     try:
-        assert child.stdout.readline().strip() == "True"
         assert main(args) == 0
         text = " ".join(capsys.readouterr().out.split())  # undo the console's line wrapping
         assert "running in pid" in text and "note: 1 of 4 runs are not finished" in text

@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config
+from conftest import hold_lock, tiny_config
 
 from diversefl.cli import main
 from diversefl.config import ConfigError
@@ -102,24 +102,10 @@ def test_cli_status_prints_matrix_and_runs_nothing(tmp_path: Path, capsys):
 
 def test_a_locked_cell_is_running_and_named(tmp_path: Path):
     """A cell whose lock another process holds is "running", with that process named."""
-    import subprocess
-    import sys
-
     cells, _ = _cells()
     _fake_started(tmp_path / "median__none__seed0", [5])
-    script = (
-        "import sys; from pathlib import Path; from diversefl.cell_lock import CellLock; "
-        "lock = CellLock(Path(sys.argv[1])); assert lock.acquire(); print('locked', flush=True); "
-        "sys.stdin.read()"
-    )
-    child = subprocess.Popen(
-        [sys.executable, "-c", script, str(tmp_path / "median__none__seed0")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    child = hold_lock(tmp_path / "median__none__seed0")
     try:
-        assert child.stdout.readline().strip() == "locked"
         p = {q.cell.dirname: q for q in sweep_progress(cells, tmp_path)}["median__none__seed0"]
         assert p.state == "running" and p.holder.startswith(f"pid {child.pid} on ")
         assert any(ln.startswith("running: median__none__seed0 at round 5/10 (pid ")
