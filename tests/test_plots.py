@@ -19,6 +19,7 @@ from diversefl.plots import (
     plot_c1c2,
     plot_curves,
     plot_heatmap,
+    seed_label,
 )
 
 AGGS = ["oracle", "diversefl"]
@@ -203,6 +204,12 @@ def test_cli_plot_table_and_heatmap(sweep_dir: Path, tmp_path: Path, capsys) -> 
     assert "| Aggregator |" in printed.out
     assert "wrote" not in printed.out and "wrote" in printed.err  # stdout stays a table
     assert heat.stat().st_size > 1000
+    # --heatmap alone draws only the heat-map (no table, no curves)
+    alone = tmp_path / "alone.png"
+    assert main(["plot", str(sweep_dir), "--heatmap", str(alone)]) == 0
+    printed = capsys.readouterr()
+    assert "| Aggregator |" not in printed.out and alone.stat().st_size > 1000
+    assert not (sweep_dir / "test_accuracy.png").exists()
     assert main(["plot", str(tmp_path / "empty_dir_missing")]) == 2
 
 
@@ -214,7 +221,7 @@ def test_plot_curves_several_metrics_one_figure(sweep_dir: Path, tmp_path: Path)
         plot_curves(sweep_dir, metric=["test_accuracy", "bogus"])
 
 
-def test_accuracy_table_ranks_by_worst_attack(tmp_path: Path) -> None:
+def test_accuracy_table_ranks_by_worst_attack(tmp_path: Path, monkeypatch) -> None:
     # per-attack means, hand-computed: mean: sign flip (0.1+0.3)/2 = 0.2, ALIE 0.8 -> worst 0.2,
     # mean 0.5; diversefl: sign flip 0.9, ALIE (0.6+0.7)/2 = 0.65 -> worst 0.65, mean 0.775;
     # median has no ALIE run, so it is not ranked.
@@ -247,6 +254,16 @@ def test_accuracy_table_ranks_by_worst_attack(tmp_path: Path) -> None:
     ]
     with pytest.raises(ValueError, match=r"seed 5 .*seeds present: 0, 1"):
         accuracy_table(tmp_path, seeds=[5])
+    # the heat-map's title names the seeds it averages
+    assert seed_label([{"seed": "1"}, {"seed": "0"}, {"seed": "1"}]) == "mean over seeds 0, 1"
+    assert seed_label([{"seed": 2}]) == "seed 2" and seed_label([{}]) == "mean over runs"
+    titles: list[str] = []
+    import matplotlib.axes
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda ax, t, **k: titles.append(t))
+    plot_heatmap(tmp_path, out=tmp_path / "h0.png", seeds=[0])
+    plot_heatmap(tmp_path, out=tmp_path / "h01.png")
+    assert titles == ["final test accuracy (seed 0)", "final test accuracy (mean over seeds 0, 1)"]
     assert attack_summary({"alie": [0.5], "ipm": [0.5004]}, ["alie", "ipm"])[0] == "0.500 (all)"
     three = {"alie": [0.5], "ipm": [0.5001], "min_max": [0.7]}
     assert attack_summary(three, list(three)) == ["0.500 (2 tied)", "0.567"]

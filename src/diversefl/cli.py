@@ -208,13 +208,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from diversefl import plots
 
     seeds = _seed_list(args.seeds)
-    if args.table:
-        text = plots.accuracy_table(args.path, metric=args.table_metric, seeds=seeds)
-        if args.out:
-            Path(args.out).write_text(text + "\n")
-            console.print(f"wrote {args.out}")
-        else:
-            print(text)
+    if args.table or args.heatmap:
+        if args.table:
+            text = plots.accuracy_table(args.path, metric=args.table_metric, seeds=seeds)
+            if args.out:
+                Path(args.out).write_text(text + "\n")
+                console.print(f"wrote {args.out}")
+            else:
+                print(text)
         if args.heatmap:  # on stderr, so `plot --table --heatmap F > table.md` stays a table
             notes.print(f"wrote {plots.plot_heatmap(args.path, out=args.heatmap, seeds=seeds)}")
         return 0
@@ -381,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="markdown table of final accuracy (mean +/- std over seeds)",
     )
     pl.add_argument("--table-metric", default="final_test_accuracy")
-    pl.add_argument("--heatmap", help="--table: also draw a heat-map to this file")
+    pl.add_argument("--heatmap", help="draw the heat-map of final accuracy to this file")
     pl.add_argument(
         "--seeds",
         metavar="S1,S2,...",

@@ -576,6 +576,16 @@ def _table_rows(path: Path, seeds: list[int] | None = None) -> list[dict[str, An
     return chosen
 
 
+def seed_label(rows: list[dict[str, Any]]) -> str:
+    """Which seeds a figure averages, for its title: 'seed 0', 'mean over seeds 0, 1, 2'."""
+    present = sorted({int(v) for r in rows if math.isfinite(v := _num(r.get("seed")))})
+    if len(present) == 1:
+        return f"seed {present[0]}"
+    if not present:
+        return "mean over runs"
+    return f"mean over seeds {', '.join(map(str, present))}"
+
+
 def format_mean_std(values: list[float]) -> str:
     """'0.884' for one value, '0.884 ± 0.004' (sample std) for several, '–' for none."""
     if not values:
@@ -737,8 +747,9 @@ def plot_heatmap(
     rows, attacks as columns, and each row's worst attack as a last column set apart (a
     defense is as good as its worst case)."""
     p = Path(path)
+    rows = _table_rows(p, seeds)
     try:
-        aggs, attacks, grid = heatmap_grid(_table_rows(p, seeds), metric)
+        aggs, attacks, grid = heatmap_grid(rows, metric)
     except ValueError as e:
         raise ValueError(f"{e} under {p}") from None
     plt = _pyplot()
@@ -756,7 +767,7 @@ def plot_heatmap(
                 ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=8,
                         color="white" if v < 0.6 else "black")  # fmt: skip
     fig.colorbar(im, ax=ax, label=metric.replace("_", " "))
-    ax.set_title(f"{metric.replace('_', ' ')} (mean over seeds)")
+    ax.set_title(f"{metric.replace('_', ' ')} ({seed_label(rows)})")
     target = _output_path(p if p.is_dir() else p.parent, out, f"{metric}_heatmap.png")
     fig.tight_layout()
     fig.savefig(target, dpi=110)
