@@ -34,9 +34,15 @@ def test_reproduce_fig7_runs_and_draws(mnist_dir: Path, tmp_path: Path, capsys):
     # one figure, main and backdoor accuracy side by side as in the paper's Fig. 7
     assert (out / "fig7-r5.png").stat().st_size > 5000
     assert len(list((out / "mnist-backdoor-r5").glob("*/summary.json"))) == 4
+    # sweep.csv lists the preset grid's finished runs, so `plot --table` sees them
+    csv_path = out / "mnist-backdoor-r5" / "sweep.csv"
+    lines = csv_path.read_text().splitlines()
+    assert len(lines) == 5 and lines[0].startswith("aggregator,")
+    csv_path.write_text("\n".join(lines[:2]) + "\n")  # as a `sweep --only` of one cell leaves it
     capsys.readouterr()
     assert main(args) == 0  # a second call finds every run done and only redraws
     assert capsys.readouterr().out.count("done already") == 4
+    assert csv_path.read_text().splitlines() == lines  # brought up to date again
 
 
 def test_reproduce_says_when_another_process_holds_a_run(mnist_dir: Path, tmp_path: Path, capsys):

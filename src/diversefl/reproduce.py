@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diversefl.sweep import Cell, load_sweep, run_sweep
+from diversefl.sweep import Cell, finished_rows, load_sweep, run_sweep, write_sweep_csv
 
 PRESETS = Path(__file__).parent / "configs" / "paper"
 PAPER_AGGREGATORS = (
@@ -138,12 +138,16 @@ FIGURES: dict[str, Figure] = {
 }
 
 
+def preset_cells(fig: Figure, rounds: int | None = None) -> list[Cell]:
+    """Every cell of the figure's preset grid (figures sharing a preset share its runs)."""
+    overrides = [] if rounds is None else [f"rounds={rounds}"]
+    return load_sweep(PRESETS / f"{fig.preset}.toml", overrides)
+
+
 def figure_cells(fig: Figure, rounds: int | None = None) -> list[Cell]:
     """The cells of the figure's preset grid that the figure shows."""
-    overrides = [] if rounds is None else [f"rounds={rounds}"]
-    cells = load_sweep(PRESETS / f"{fig.preset}.toml", overrides)
     return [
-        c for c in cells
+        c for c in preset_cells(fig, rounds)
         if (fig.aggregators is None or c.aggregator in fig.aggregators)
         and (fig.attacks is None or c.attack in fig.attacks)
     ]  # fmt: skip
@@ -160,7 +164,9 @@ def reproduce(
 ) -> list[Path]:
     """Run (or finish) the runs behind figure ``name`` and draw it; returns the figure paths.
 
-    Runs go to ``out/<preset>[-r<rounds>]/`` so figures sharing a preset share runs.
+    Runs go to ``out/<preset>[-r<rounds>]/`` so figures sharing a preset share runs; its
+    ``sweep.csv`` lists every finished run of the preset grid (what ``plot --table`` reads),
+    whichever figure or sweep ran them.
     """
     from diversefl import plots
 
@@ -174,6 +180,7 @@ def reproduce(
     rows = run_sweep(
         cells, run_root, data_dir=data_dir, progress=progress, echo=echo, csv_name=None, jobs=jobs
     )
+    write_sweep_csv(run_root / "sweep.csv", finished_rows(preset_cells(fig, rounds), run_root))
     finished = {r["run_dir"] for r in rows}
     unfinished = [c.dirname for c in cells if c.dirname not in finished]
     if unfinished:  # skipped: another sweep process on the same directory runs them
