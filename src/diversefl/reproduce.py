@@ -3,10 +3,11 @@ interrupted ones) and draw it from the saved results."""
 
 from __future__ import annotations
 
+import glob
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diversefl.sweep import Cell, finished_rows, load_sweep, run_sweep, write_sweep_csv
+from diversefl.sweep import Cell, load_sweep, run_sweep
 
 PRESETS = Path(__file__).parent / "configs" / "paper"
 PAPER_AGGREGATORS = (
@@ -175,12 +176,20 @@ def reproduce(
     fig = FIGURES[name]
     root = Path(out) if out is not None else Path("runs") / "reproduce"
     run_root = root / (fig.preset + ("" if rounds is None else f"-r{rounds}"))
+    grid = preset_cells(fig, rounds)
     cells = figure_cells(fig, rounds)
-    echo(f"{name}: {fig.description}; {len(cells)} runs into {run_root}")
+    echo(f"{name}: {fig.description}; {len(cells)} of the {len(grid)} runs in {run_root}")
+    # the whole preset grid with only this figure's cells chosen: sweep.csv lists every
+    # finished run of the preset, whichever figure or sweep ran it
     rows = run_sweep(
-        cells, run_root, data_dir=data_dir, progress=progress, echo=echo, csv_name=None, jobs=jobs
+        grid,
+        run_root,
+        data_dir=data_dir,
+        progress=progress,
+        echo=echo,
+        jobs=jobs,
+        only=[glob.escape(c.dirname) for c in cells],
     )
-    write_sweep_csv(run_root / "sweep.csv", finished_rows(preset_cells(fig, rounds), run_root))
     finished = {r["run_dir"] for r in rows}
     unfinished = [c.dirname for c in cells if c.dirname not in finished]
     if unfinished:  # skipped: another sweep process on the same directory runs them

@@ -349,18 +349,6 @@ def run_sweep(
     return rows
 
 
-def finished_rows(cells: list[Cell], out: str | Path) -> list[dict[str, Any]]:
-    """``sweep.csv`` rows of the grid's cells finished under ``out``, in grid order (cells
-    not run, unfinished, or run with another config are left out)."""
-    out = Path(out)
-    rows = []
-    for cell in cells:
-        done = finished_summary(cell, out / cell.dirname)
-        if done is not None:
-            rows.append(_summary_row(cell, done, out / cell.dirname))
-    return rows
-
-
 def write_sweep_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     """One row per run: labels, final/best accuracy, detection rates, wall time. Written to
     a temporary file and renamed, so a reader (or a second sweep process) never sees half."""
