@@ -1,0 +1,53 @@
+"""The aggregators' row check (`sanitize`): the fast norm-first mask equals a plain per-entry
+loop on rows at, just above and well below the bound, and on NaN / inf rows."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from diversefl.aggregators.base import MAX_ABS, rows_within_bound, sanitize
+
+
+def _reference(updates: torch.Tensor) -> list[bool]:
+    """Row i is good iff every entry is finite and |entry| <= MAX_ABS (a plain loop)."""
+    out = []
+    for row in updates.tolist():
+        out.append(all(math.isfinite(v) and abs(v) <= MAX_ABS for v in row))
+    return out
+
+
+def test_mask_matches_per_entry_loop_on_edge_rows() -> None:
+    d = 50
+    rows = [
+        torch.randn(d),  # ordinary
+        torch.full((d,), 0.4 * MAX_ABS),  # norm far above MAX_ABS / 2, every entry inside
+        torch.full((d,), MAX_ABS),  # exactly at the bound: allowed
+        torch.zeros(d).index_fill(0, torch.tensor([7]), MAX_ABS * 1.01),  # one entry over
+        torch.zeros(d).index_fill(0, torch.tensor([3]), -MAX_ABS * 1.01),  # negative, over
+        torch.zeros(d).index_fill(0, torch.tensor([1]), float("nan")),
+        torch.zeros(d).index_fill(0, torch.tensor([2]), float("inf")),
+        torch.zeros(d).index_fill(0, torch.tensor([4]), float("-inf")),
+        torch.full((d,), 1e30),  # squares overflow float32: norm is inf, entries finite
+        torch.zeros(d),
+    ]
+    updates = torch.stack(rows)
+    expected = _reference(updates)
+    assert expected == [True, True, True, False, False, False, False, False, False, True]
+    assert rows_within_bound(updates).tolist() == expected
+    clean, valid = sanitize(updates)
+    assert valid.tolist() == expected
+    assert torch.equal(clean[~valid], torch.zeros_like(clean[~valid]))
+    assert torch.equal(clean[valid], updates[valid])
+
+
+def test_mask_matches_loop_on_random_rows() -> None:
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        updates = torch.randn(9, 40, generator=gen) * 10 ** torch.randint(
+            0, 17, (9, 1), generator=gen
+        )
+        hits = torch.rand(9, 40, generator=gen) < 0.02
+        updates[hits] = float("nan")
+        assert rows_within_bound(updates).tolist() == _reference(updates)
