@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import tomli_w
+import torch
 from conftest import tiny_config
 
+import diversefl
 from diversefl.cli import main
 
 
@@ -79,3 +82,12 @@ def test_console_script_help():
         [sys.executable, "-m", "diversefl.cli", "--help"], capture_output=True, text=True
     )
     assert res.returncode == 0 and "sweep" in res.stdout and "run" in res.stdout
+
+
+def test_version_names_diversefl_and_torch(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"diversefl {diversefl.__version__} ")
+    assert f"torch {torch.__version__}" in out

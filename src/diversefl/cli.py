@@ -280,11 +280,34 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def version_line() -> str:
+    """``diversefl X (torch Y, python Z)``, read from package metadata so that ``--version``
+    does not pay for importing torch."""
+    import platform
+    from importlib import metadata
+
+    def installed(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return (
+        f"diversefl {installed('diversefl')} (torch {installed('torch')}, "
+        f"python {platform.python_version()})"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     p = argparse.ArgumentParser(
         prog="diversefl",
         description="Byzantine-robust federated learning on non-IID data (DiverseFL).",
+    )
+    p.add_argument(
+        "--version",
+        action="version",
+        version=version_line(),
     )
     sub = p.add_subparsers(dest="command", required=True)
 
