@@ -116,3 +116,19 @@ def test_a_locked_cell_is_running_and_named(tmp_path: Path):
     # its process ended: the kernel dropped the lock, the cell is interrupted
     p = {q.cell.dirname: q for q in sweep_progress(cells, tmp_path)}["median__none__seed0"]
     assert p.state == "interrupted"
+
+
+def test_time_left_at_the_runs_in_progress(tmp_path: Path):
+    """Two cells held by other sweep processes: the estimate is also given for 2 at once."""
+    from diversefl.sweep_status import CellProgress
+
+    cells, _ = _cells()
+    done = CellProgress(cells[0], "done", 10, 600.0)
+    busy = [CellProgress(c, "running", 5, 0.0, f"pid {i} on host") for i, c in enumerate(cells[1:])]
+    lines = summary_lines([done, *busy], jobs=1)
+    # by hand: two half-done cells = 1 run's worth at 600 s; 2 processes share it: 300 s
+    assert lines[-2].startswith("1.0 runs' worth left: ~10 min with --jobs 1")
+    assert lines[-1] == (
+        "at the 2 runs in progress now (other sweep processes on this directory included): ~5 min"
+    )
+    assert not summary_lines([done, *busy], jobs=2)[-1].startswith("at the")

@@ -127,4 +127,11 @@ def summary_lines(progress: list[CellProgress], jobs: int = 1) -> list[str]:
             f"{left:.1f} runs' worth left: ~{format_duration(seconds)} with --jobs {jobs} "
             "at the finished runs' pace (their wall times include whatever shared the CPU)"
         )
+        in_progress = len(by_state["running"])
+        if in_progress and in_progress != jobs:
+            _, now = time_left(progress, in_progress)
+            lines.append(
+                f"at the {in_progress} runs in progress now (other sweep processes on this "
+                f"directory included): ~{format_duration(now or 0.0)}"
+            )
     return lines
