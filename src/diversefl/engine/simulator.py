@@ -21,7 +21,7 @@ from diversefl.data.partition import partition
 from diversefl.engine.gradients import batched_grads
 from diversefl.engine.params import FlatModel
 from diversefl.engine.schedules import make_schedule
-from diversefl.engine.seeding import generator, seed_for
+from diversefl.engine.seeding import generator, seed_dropout, seed_for
 from diversefl.models import build_model
 
 
@@ -279,7 +279,7 @@ class Simulation:
     ) -> Tensor:
         """Every client's mini-batch gradient ``[n, d]`` at ``theta`` (global ``[d]`` or one
         model per client ``[n, d]``); Byzantine batches are poisoned by data attacks."""
-        torch.manual_seed(seed_for(self.cfg.seed, "dropout", r))
+        seed_dropout(seed_for(self.cfg.seed, "dropout", r), self.device)
         byz_d = byz.to(self.device)
         poisons = bool(byz.any()) and type(self.attack).poison is not Attack.poison
         x, y, w = self.batches(r, writable=poisons)

@@ -30,7 +30,7 @@ from diversefl.attacks.base import Attack
 from diversefl.config import Config, apply_overrides, load_config, make_config, to_toml_dict
 from diversefl.engine.gradients import batched_grads
 from diversefl.engine.params import FlatModel
-from diversefl.engine.seeding import generator, seed_for
+from diversefl.engine.seeding import generator, seed_dropout, seed_for
 from diversefl.engine.simulator import _count, draw_without_replacement
 from diversefl.models import build_model
 
@@ -317,7 +317,7 @@ def client_update(cfg: Config, shard: ClientShard, theta: Tensor, r: int, role: 
         x, y = attack.poison(x, y, ctx)
     k = batch_counts(cfg, shard.shard_lens)[j]
     scale = k.float()[None] if cfg.clients.loss == "sum" else torch.ones(1)
-    torch.manual_seed(seed_for(cfg.seed, "dropout", r, j))
+    seed_dropout(seed_for(cfg.seed, "dropout", r, j))
     grad = batched_grads(fm, theta.float(), x, y, w[None], None, scale, method=cfg.engine.grads)[0]
     agg = aggregators.get_method(cfg.aggregator.name, **cfg.aggregator.params())
     if isinstance(agg, Aggregator) and _overrides(agg, Aggregator, "prepare"):
