@@ -28,6 +28,37 @@ def test_demo_runs_mean_and_diversefl(tmp_path: Path, capsys):
     assert dfl["mean_tpr"] == 1.0  # sign-flipped updates fail C1 every round
 
 
+def test_demo_banner_follows_overrides(tmp_path: Path, capsys):
+    """`--set` changes what the demo trains, and the banner and table say so."""
+    args = ["run", "--rounds", "2", "--out", str(tmp_path / "demo"), "--quiet"]
+    assert main([*args, "--set", "clients.n=12", "--set", "attack.f=3"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # undo the console's line wrapping
+    assert "12 clients on the bundled digits data" in out
+    assert "3 of them Byzantine and flipping the sign" in out
+    assert "sign_flip, n = 12, f = 3" in out
+    assert json.loads((tmp_path / "demo" / "mean" / "summary.json").read_text())["f"] == 3
+
+
+def test_failed_start_leaves_no_empty_run_directory(tmp_path: Path, capsys):
+    """A run that fails before writing anything (here: a missing data directory) removes the
+    directories it created, so the next attempt needs no --overwrite; existing ones stay."""
+    out = tmp_path / "new" / "deeper" / "run"
+    argv = ["--set", "data.dataset=mnist", "--data-dir", str(tmp_path / "nowhere"), "--quiet"]
+    assert main(["run", "--out", str(out), *argv]) != 0
+    assert "nowhere" in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert main(["run", "--out", str(kept / "demo"), *argv]) != 0
+    assert kept.is_dir() and not any(kept.iterdir())
+
+
+def test_bad_demo_override_writes_nothing(tmp_path: Path, capsys):
+    assert main(["run", "--out", str(tmp_path / "demo"), "--set", "clients.n=abc"]) != 0
+    assert "clients.n" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
+
+
 def test_run_writes_run_directory(tmp_path: Path):
     cfg_path = tmp_path / "c.toml"
     cfg_path.write_text(tomli_w.dumps(tiny_config(rounds=12)))
@@ -73,8 +104,8 @@ def test_bad_config_is_a_clear_error_before_training(tmp_path: Path, capsys):
     out = tmp_path / "never"
     code = main(["run", "--out", str(out), "--set", "optim.lr=-1", "--quiet"])
     assert code == 2
-    assert "optim.lr" in capsys.readouterr().out
-    assert not (out / "metrics.csv").exists()
+    assert "optim.lr" in capsys.readouterr().err
+    assert not out.exists()  # nothing written, not even an empty directory
 
 
 def test_console_script_help():

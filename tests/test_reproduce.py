@@ -67,4 +67,4 @@ def test_reproduce_says_when_another_process_holds_a_run(mnist_dir: Path, tmp_pa
 
 def test_unknown_figure_is_a_clear_error(capsys):
     assert main(["reproduce", "fig99"]) == 2
-    assert "unknown figure 'fig99'" in capsys.readouterr().out
+    assert "unknown figure 'fig99'" in capsys.readouterr().err

@@ -44,8 +44,10 @@ def run(
     retain_freed_memory()
     cfg = resolve_config(config, overrides)
     out_dir = None
+    created: Path | None = None
     if out is not None:
         out_dir = Path(out)
+        created = first_missing(out_dir)
         resuming = prepare_run_dir(out_dir, resume=resume, overwrite=overwrite)
         if resuming and (out_dir / "config.toml").exists():
             saved = load_config(out_dir / "config.toml")
@@ -53,10 +55,37 @@ def run(
                 raise ValueError(f"--resume: the config differs from {out_dir / 'config.toml'}")
             cfg = saved
         resume = resuming
-    return train(
-        cfg,
-        out_dir,
-        data_dir=None if data_dir is None else str(data_dir),
-        resume=resume,
-        progress=progress,
-    )
+    try:
+        return train(
+            cfg,
+            out_dir,
+            data_dir=None if data_dir is None else str(data_dir),
+            resume=resume,
+            progress=progress,
+        )
+    except BaseException:
+        # a run that failed before writing anything (e.g. a missing dataset) leaves no
+        # empty directories behind; anything with files in it is kept for --resume
+        if out_dir is not None and created is not None:
+            remove_empty_dirs(out_dir, created)
+        raise
+
+
+def first_missing(path: Path) -> Path | None:
+    """The outermost directory of ``path`` (itself included) that does not exist yet."""
+    missing = None
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        missing = p
+    return missing
+
+
+def remove_empty_dirs(path: Path, top: Path) -> None:
+    """Remove ``path`` and its parents up to ``top`` while they are empty directories."""
+    for p in (path, *path.parents):
+        if not p.is_dir() or any(p.iterdir()):
+            return
+        p.rmdir()
+        if p == top:
+            return

@@ -65,17 +65,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_demo(args: argparse.Namespace) -> int:
     from diversefl.api import resolve_config, run
-    from diversefl.demo import DEMO_AGGREGATORS, demo_config
+    from diversefl.demo import DEMO_AGGREGATORS, demo_config, demo_description
 
     root = Path(args.out) if args.out else _default_out("demo")
+    # validate the overrides for every run before anything starts or is written
+    cfgs = {agg: resolve_config(demo_config(agg), _run_overrides(args)) for agg in DEMO_AGGREGATORS}
     console.print(
-        "[bold]diversefl demo[/]: 23 clients on the bundled digits data (sorted, non-IID "
-        "shards), 5 of them Byzantine and flipping the sign of their gradients.\n"
+        f"[bold]diversefl demo[/]: {demo_description(cfgs[DEMO_AGGREGATORS[0]])}.\n"
         f"Training the same federation with {' and '.join(DEMO_AGGREGATORS)}; run files in {root}"
     )
     rows = []
-    for agg in DEMO_AGGREGATORS:
-        cfg = resolve_config(demo_config(agg), _run_overrides(args))
+    for agg, cfg in cfgs.items():
         res = run(
             cfg,
             data_dir=args.data_dir,
@@ -85,7 +85,8 @@ def _run_demo(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
         rows.append((agg, res.summary))
-    table = Table(title="demo: sign flip, n = 23, f = 5")
+    first = cfgs[DEMO_AGGREGATORS[0]]
+    table = Table(title=f"demo: {first.attack.name}, n = {first.clients.n}, f = {first.attack.f}")
     for col in (
         "aggregator",
         "final accuracy",
@@ -481,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         ValueError,
         FileNotFoundError,
     ) as err:
-        console.print(f"[red]error:[/] {err}", highlight=False)
+        notes.print(f"[red]error:[/] {err}", highlight=False)  # errors go to stderr
         return 2
 
 

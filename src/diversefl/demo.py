@@ -3,7 +3,10 @@ Sign-flipping clients wreck plain averaging; DiverseFL rejects them and keeps tr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from diversefl.config import Config
 
 DEMO_AGGREGATORS = ("mean", "diversefl")
 
@@ -29,3 +32,23 @@ def demo_config(aggregator: str) -> dict[str, Any]:
     cfg["aggregator"] = {"name": aggregator}
     cfg["name"] = f"demo-{aggregator}"
     return cfg
+
+
+def demo_description(cfg: Config) -> str:
+    """One line on what the demo trains, from its resolved config (so ``--set`` shows)."""
+    data = "the bundled digits data" if cfg.data.dataset == "digits" else f"{cfg.data.dataset}"
+    split = {
+        "sorted": "sorted, non-IID shards",
+        "iid": "IID shards",
+        "dirichlet": f"Dirichlet({cfg.data.alpha:g}) shards",
+        "two-class": "at least two classes per client",
+    }[cfg.data.partition]
+    attack = (
+        "flipping the sign of their gradients"
+        if cfg.attack.name == "sign_flip"
+        else f"running the {cfg.attack.name} attack"
+    )
+    if cfg.attack.name == "none" or cfg.attack.f == 0:
+        return f"{cfg.clients.n} clients on {data} ({split}), none of them attacking"
+    who = f"{cfg.attack.f} of them Byzantine and {attack}"
+    return f"{cfg.clients.n} clients on {data} ({split}), {who}"
