@@ -735,8 +735,8 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m diversefl.flower.deploy CONFIG --nodes N``: run it, print the summary."""
+def build_parser() -> argparse.ArgumentParser:
+    """The ``diversefl deploy-local`` command line."""
     p = argparse.ArgumentParser(prog="diversefl deploy-local", description=__doc__.split("\n")[0])
     p.add_argument("config", help="diversefl TOML config ('' for the built-in demo)")
     p.add_argument("--nodes", type=int, required=True, help="number of SuperNodes (clients)")
@@ -775,6 +775,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="SuperNode authentication (needs --certificates): each node gets a registered key",
     )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m diversefl.flower.deploy CONFIG --nodes N``: run it, print the summary."""
+    p = build_parser()
     args = p.parse_args(argv)
     if args.node_auth and not args.certificates:
         p.error("--node-auth needs --certificates (Flower authenticates nodes only over TLS)")

@@ -1,0 +1,75 @@
+"""Every `diversefl ...` command printed in the README and docs/ parses with today's command
+line, and every config file they name exists (the docs must stay true as flags change)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from diversefl.cli import build_parser
+from diversefl.flower.deploy import build_parser as deploy_parser
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+SHELL_LANGS = {"", "sh", "bash", "console", "shell"}
+COMMAND = re.compile(r"^(\$ )?([A-Z_]+=\S* )*diversefl\b")
+
+
+def shell_blocks(text: str) -> list[str]:
+    """The contents of the fenced code blocks marked as shell (or unmarked)."""
+    blocks, current, lang = [], None, ""
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            if current is None:
+                current, lang = [], line.lstrip()[3:].strip()
+            else:
+                if lang in SHELL_LANGS:
+                    blocks.append("\n".join(current))
+                current = None
+        elif current is not None:
+            current.append(line)
+    return blocks
+
+
+def doc_commands() -> list[tuple[str, list[str]]]:
+    """``(where, argv)`` for every shell line in a fenced block that runs ``diversefl``."""
+    found = []
+    for path in DOCS:
+        for block in shell_blocks(path.read_text()):
+            for line in block.replace("\\\n", " ").splitlines():
+                if not COMMAND.match(line.strip()):
+                    continue
+                words = shlex.split(line, comments=True)
+                while words and words[0] != "diversefl":  # "$ " and VAR=value prefixes
+                    words = words[1:]
+                found.append((f"{path.name}: {line.strip()}", words[1:]))
+    return found
+
+
+COMMANDS = doc_commands()
+
+
+def test_docs_show_the_main_commands() -> None:
+    subcommands = {argv[0] for _, argv in COMMANDS if argv}
+    assert {"run", "sweep", "plot", "reproduce", "detection", "deploy-local", "data"} <= subcommands
+
+
+@pytest.mark.parametrize(("where", "argv"), COMMANDS, ids=[w[:90] for w, _ in COMMANDS])
+def test_doc_command_parses(where: str, argv: list[str]) -> None:
+    parser = deploy_parser() if argv[:1] == ["deploy-local"] else build_parser()
+    args = argv[1:] if argv[:1] == ["deploy-local"] else argv
+    try:
+        parser.parse_args(args)
+    except SystemExit as exc:
+        if exc.code != 0:  # --help / --version exit 0
+            pytest.fail(f"does not parse ({where})")
+
+
+@pytest.mark.parametrize(("where", "argv"), COMMANDS, ids=[w[:90] for w, _ in COMMANDS])
+def test_doc_command_configs_exist(where: str, argv: list[str]) -> None:
+    for word in argv:
+        if word.startswith("configs/") and word.endswith(".toml"):
+            assert (REPO / word).is_file(), f"{word} does not exist ({where})"
