@@ -73,3 +73,29 @@ def test_doc_command_configs_exist(where: str, argv: list[str]) -> None:
     for word in argv:
         if word.startswith("configs/") and word.endswith(".toml"):
             assert (REPO / word).is_file(), f"{word} does not exist ({where})"
+
+
+@pytest.mark.parametrize(
+    ("where", "argv"),
+    [(w, a) for w, a in COMMANDS if a[:1] in (["run"], ["sweep"])],
+    ids=[w[:90] for w, a in COMMANDS if a[:1] in (["run"], ["sweep"])],
+)
+def test_doc_run_and_sweep_configs_validate(where: str, argv: list[str]) -> None:
+    """The config a documented `run` / `sweep` names, with its `--set`, `--seed` and
+    `--rounds`, is a valid config (a renamed key would fail here, not in a user's hands)."""
+    from diversefl.api import resolve_config
+    from diversefl.cli import _run_overrides
+    from diversefl.demo import demo_config
+    from diversefl.sweep import load_sweep
+
+    args = build_parser().parse_args(argv)
+    if args.config is not None and not (REPO / args.config).is_file():
+        pytest.skip(f"{args.config} is a placeholder")
+    overrides = _run_overrides(args)
+    if argv[0] == "sweep":
+        assert load_sweep(REPO / args.config, overrides)
+    elif args.config is None:
+        if not args.resume:
+            resolve_config(demo_config("diversefl"), overrides)
+    else:
+        resolve_config(REPO / args.config, overrides)
