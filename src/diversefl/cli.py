@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -209,6 +210,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from diversefl import plots
 
     seeds = _seed_list(args.seeds)
+    if args.seed_spread is not None:
+        from diversefl.seed_spread import seed_spread_table
+
+        ref = args.seed_spread
+        try:
+            seed = None if ref == "lowest" else int(ref)
+        except ValueError:
+            raise ValueError(f"--seed-spread takes a seed number, got {ref!r}") from None
+        print(seed_spread_table(args.path, metric=args.table_metric, seed=seed))
+        return 0
     if args.table or args.heatmap:
         if args.table:
             text = plots.accuracy_table(args.path, metric=args.table_metric, seeds=seeds)
@@ -424,6 +435,14 @@ def build_parser() -> argparse.ArgumentParser:
         "1-2 of a grid are still running)",
     )
     pl.add_argument(
+        "--seed-spread",
+        nargs="?",
+        const="lowest",
+        metavar="SEED",
+        help="markdown table: per defense, how far one seed (default the lowest) is from the "
+        "mean over all seeds (worst attack, mean under attack, largest cell std and distance)",
+    )
+    pl.add_argument(
         "--bars",
         metavar="M1,M2,...",
         help="bars per aggregator of these sweep.csv metrics (mean +/- std over runs), e.g. "
@@ -474,6 +493,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (
         ConfigError,
         DataError,

@@ -548,7 +548,7 @@ def plot_c1c2(path: str | Path, out: str | Path | None = None, clients: int | No
 # ---------------------------------------------------------------------------------------------
 
 
-def _table_rows(path: Path, seeds: list[int] | None = None) -> list[dict[str, Any]]:
+def table_rows(path: Path, seeds: list[int] | None = None) -> list[dict[str, Any]]:
     """Result rows (aggregator, attack, seed, metrics) from sweep.csv or summary.json files;
     with ``seeds``, only the runs of those seeds (an error when none is left)."""
     sweep = path if path.is_file() else path / "sweep.csv"
@@ -634,7 +634,7 @@ def accuracy_table(
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file or directory")
-    rows = _table_rows(p, seeds)
+    rows = table_rows(p, seeds)
     if not any(math.isfinite(_num(r.get(metric))) for r in rows):
         numeric = sorted(
             {k for r in rows for k, v in r.items() if k not in ("seed",)
@@ -747,7 +747,7 @@ def plot_heatmap(
     rows, attacks as columns, and each row's worst attack as a last column set apart (a
     defense is as good as its worst case)."""
     p = Path(path)
-    rows = _table_rows(p, seeds)
+    rows = table_rows(p, seeds)
     try:
         aggs, attacks, grid = heatmap_grid(rows, metric)
     except ValueError as e:
@@ -804,7 +804,7 @@ def plot_metric_bars(
     what the main task pays."""
     p = Path(path)
     try:
-        bars = metric_bars(_table_rows(p, seeds), metrics)
+        bars = metric_bars(table_rows(p, seeds), metrics)
     except ValueError as e:
         raise ValueError(f"{e} under {p}") from None
     plt = _pyplot()
