@@ -57,7 +57,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path):
     again = subprocess.run(
         _cli("run", str(cfg_path), "--out", str(out), "--quiet"), capture_output=True, text=True
     )
-    assert again.returncode != 0 and "--resume" in again.stdout
+    assert again.returncode != 0 and "--resume" in again.stderr  # errors go to stderr
 
     done = subprocess.run(
         _cli("run", "--out", str(out), "--resume", "--quiet"), capture_output=True, text=True
