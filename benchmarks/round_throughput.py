@@ -67,6 +67,11 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
+def setting_key(s: Setting) -> str:
+    """The setting's name on the command line: "softmax-23", "mlp-23", ..."""
+    return f"{s.model}-{s.n}"
+
+
 @dataclass
 class Result:
     """Everything measured for one setting."""
@@ -465,7 +470,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--profile", action="store_true", help="profile one MLP round too")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=[setting_key(s) for s in SETTINGS],
+        help="measure only this setting (repeatable; default: all four)",
+    )
     args = parser.parse_args(argv)
+    settings = [s for s in SETTINGS if args.only is None or setting_key(s) in args.only]
     rounds, warmup = (3, 1) if args.quick else (max(1, args.rounds), max(1, args.warmup))
 
     if args.threads > 0:
@@ -497,7 +509,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  peak used below: {peak:.1f} GFLOP/s\n")
 
     results = []
-    for s in SETTINGS:
+    for s in settings:
         loop_n = rounds if s.n <= 23 else max(2, rounds // (2 if s.n <= 230 else 10))
         results.append(run_setting(s, data, rounds, warmup, loop_n, shapes))
     print(table(results, peak))
