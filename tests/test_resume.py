@@ -96,3 +96,34 @@ def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch):
     assert results.load_checkpoint(path)["round"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
     assert os.path.getsize(path) > 0
+
+
+def test_resume_between_metric_rows_keeps_the_detection_window(tmp_path: Path, monkeypatch):
+    """Checkpoints that fall between two metric rows (checkpoint_every = 50, every = 20): the
+    row after a resume still pools n_accepted / tpr / fpr over all rounds since the previous
+    row, as in an uninterrupted run (the counts since that row travel with the checkpoint)."""
+    from diversefl.engine.simulator import Simulation
+
+    cfg = tiny_config(
+        rounds=60,
+        clients={"n": 9},
+        attack={"name": "label_flip", "f": 2, "byzantine": "per_round"},
+        aggregator={"name": "diversefl"},
+        eval={"every": 20, "checkpoint_every": 50},
+    )
+    diversefl.run(cfg, out=tmp_path / "whole")
+    step = Simulation.step
+
+    def crash_at_55(self, r):
+        if r == 55:
+            raise KeyboardInterrupt  # killed between the checkpoint (50) and the row (60)
+        return step(self, r)
+
+    monkeypatch.setattr(Simulation, "step", crash_at_55)
+    with pytest.raises(KeyboardInterrupt):
+        diversefl.run(cfg, out=tmp_path / "killed")
+    monkeypatch.setattr(Simulation, "step", step)
+    diversefl.run(cfg, out=tmp_path / "killed", resume=True)
+    whole = _metrics(tmp_path / "whole" / "metrics.csv")
+    assert [r["round"] for r in whole] == ["20", "40", "60"]
+    assert _metrics(tmp_path / "killed" / "metrics.csv") == whole

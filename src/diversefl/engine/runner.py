@@ -95,7 +95,7 @@ def train(
     checkpoint are cut and recomputed, giving exactly the rows an uninterrupted run writes.
     """
     sim = sim or Simulation(cfg, data_dir=data_dir)
-    total = _Window()
+    total, window = _Window(), _Window()
     start_round, best, elapsed = 0, 0.0, 0.0
     metrics_log = decisions_log = None
     if out_dir is not None:
@@ -110,6 +110,9 @@ def train(
             sim.load_state_dict(ckpt["simulation"])
             start_round, best, elapsed = ckpt["round"], ckpt["best"], ckpt["seconds"]
             total = _Window(**ckpt["total"])
+            # the counts since the last metrics row: a checkpoint may fall between two rows
+            # (older checkpoints lack them; in every shipped config checkpoints fall on a row)
+            window = _Window(**ckpt.get("window", {}))
             metrics_log.truncate_after(start_round)
             if decisions_log is not None and dec_path.exists():
                 decisions_log.columns = list(read_csv_header(dec_path))
@@ -121,7 +124,6 @@ def train(
         write_toml(out_dir / "config.toml", to_toml_dict(cfg))
 
     rows = [dict(r) for r in read_csv(metrics_log.path)] if metrics_log else []
-    window = _Window()
     bar = _ProgressBar(cfg.rounds, start_round, enabled=progress, label=cfg.name or "run")
     t0 = time.perf_counter() - elapsed
     last: dict[str, float] = {}
@@ -157,6 +159,7 @@ def train(
                         "best": best,
                         "seconds": time.perf_counter() - t0,
                         "total": total.__dict__.copy(),
+                        "window": window.__dict__.copy(),
                         "simulation": sim.state_dict(),
                     },
                 )
