@@ -191,3 +191,29 @@ def test_geomed_distances_row_by_row_equal_the_whole_block(monkeypatch, dtype, n
         block = points[:, start : start + geomed._CHUNK].double()
         want += (block - z[None, start : start + geomed._CHUNK]).square().sum(1)
     assert torch.equal(geomed._distances(points, z), want.sqrt())
+
+
+@pytest.mark.parametrize("loss", ["mean", "sum"])
+def test_fltrust_root_gradient_is_on_the_clients_scale(loss):
+    """The server's root gradient (FLTrust's g0) is what an honest client would send: the
+    mean-loss gradient, times the clients' batch size when each client sends the gradient of
+    its summed loss. Reference: a plain autograd pass on the model."""
+    import torch.nn.functional as F
+    from conftest import tiny_config
+    from torch.func import functional_call
+
+    from diversefl.config import make_config
+    from diversefl.engine.simulator import Simulation
+
+    cfg = tiny_config(
+        clients={"n": 6, "batch": 20, "sample": 8, "loss": loss}, aggregator={"name": "fltrust"}
+    )
+    sim = Simulation(make_config(cfg))
+    theta = sim.theta + 0.01 * torch.randn(sim.fm.dim, generator=torch.Generator().manual_seed(1))
+    idx = torch.tensor([3, 50, 700, 1200, 1400])
+    params = {k: v.detach().requires_grad_(True) for k, v in sim.fm.unflatten(theta).items()}
+    logits = functional_call(sim.fm.module, (params, sim.fm.buffers), (sim.x_train[idx],))
+    grads = torch.autograd.grad(F.cross_entropy(logits, sim.y_train[idx]), list(params.values()))
+    want = torch.cat([g.reshape(-1) for g in grads]) * (20.0 if loss == "sum" else 1.0)
+    assert bool((sim.batch_k == 20).all())
+    torch.testing.assert_close(sim.server_gradient(theta, idx), want, rtol=1e-5, atol=1e-6)

@@ -202,6 +202,10 @@ SAMPLE_FAULTS: dict[str, tuple[Callable[[Any], Any], str]] = {
         "num-partitions 4, but the run has clients.n=5",
     ),
     "wrong batch size": (lambda r: _meta(r, **{"batch-size": 10**6}), "batch-size 1000000"),
+    "claims a larger shard": (
+        lambda r: _meta(r, **{"shard-len": 1000}),
+        "shard-len 1000, but partition 2 holds",
+    ),
 }
 
 

@@ -62,6 +62,20 @@ def draw_without_replacement(
     return pos, length_mask(k, K)
 
 
+def server_loss_scale(grad: Tensor, loss_scale: Tensor, loss: str) -> Tensor:
+    """A server-side mean-loss gradient put on the clients' scale.
+
+    With ``clients.loss = "mean"`` it is returned as is. With ``"sum"`` every client sends the
+    gradient of its summed loss, m_j times its mean-loss gradient, so the server's gradient is
+    multiplied by the clients' mean batch size: the update an honest client with that batch
+    would send. FLTrust rescales every accepted update to this gradient's norm; left on the
+    mean-loss scale it would shrink every step by a factor m.
+    """
+    if loss == "sum":
+        return grad * loss_scale.mean().to(grad.dtype)
+    return grad
+
+
 @dataclass
 class RoundRecord:
     """What happened in one round (kept for metrics and decisions.csv)."""
@@ -252,11 +266,13 @@ class Simulation:
         )
 
     def server_gradient(self, theta: Tensor, idx: Tensor) -> Tensor:
-        """Gradient ``[d]`` of the mean loss on training examples ``idx`` (server-held data)."""
+        """Gradient ``[d]`` on training examples ``idx`` (server-held data, e.g. FLTrust's root
+        data) on the clients' scale: see :func:`server_loss_scale`."""
         idx = idx.to(self.device)
         w = torch.ones(1, idx.numel(), device=self.device)
         x, y = self.x_train[idx][None], self.y_train[idx][None]
-        return batched_grads(self.fm, theta, x, y, w, method=self.cfg.engine.grads)[0]
+        g = batched_grads(self.fm, theta, x, y, w, method=self.cfg.engine.grads)[0]
+        return server_loss_scale(g, self.loss_scale, self.cfg.clients.loss)
 
     def context(self, r: int, byz: Tensor) -> RoundContext:
         """The round context handed to the attack and the aggregator."""

@@ -57,6 +57,9 @@ class SampleSpec:
     train_size: int  # training-set indices lie in 0..train_size-1
     sample_count: Callable[[int], int]  # shard length -> the sample size s the config asks for
     batch_count: Callable[[int], int]  # shard length -> the mini-batch size
+    # each partition's shard length where the server knows its partition (it does whenever it
+    # partitions the data itself, as here): a node's claim must match it
+    shard_lens: tuple[int, ...] | None = None
 
 
 def content_bytes(content: RecordDict) -> int:
@@ -155,6 +158,10 @@ def parse_sample(msg: Message, spec: SampleSpec) -> SharedSample:
     shard_len = _int(meta, "shard-len")
     if not 1 <= shard_len <= spec.train_size:
         raise ReplyError(f"shard-len {shard_len} outside 1..{spec.train_size}")
+    if spec.shard_lens is not None and shard_len != spec.shard_lens[j]:
+        # a larger claimed shard would buy a larger sample (more server work every round)
+        # and, with a summed loss, a larger weight for the node's own guiding gradient
+        raise ReplyError(f"shard-len {shard_len}, but partition {j} holds {spec.shard_lens[j]}")
     s = spec.sample_count(shard_len)
     batch = _int(meta, "batch-size")
     if batch != spec.batch_count(shard_len):

@@ -47,7 +47,14 @@ from torch import Tensor
 from diversefl.config import Config
 from diversefl.engine.gradients import batched_grads
 from diversefl.engine.runner import RunResult, train
-from diversefl.engine.simulator import RoundRecord, Simulation, _count, length_mask, pad_rows
+from diversefl.engine.simulator import (
+    RoundRecord,
+    Simulation,
+    _count,
+    length_mask,
+    pad_rows,
+    server_loss_scale,
+)
 from diversefl.flower.common import ARRAYS, CONFIG, MSG_SAMPLE, config_to_text
 from diversefl.flower.replies import (
     NODE_UNAVAILABLE,
@@ -131,6 +138,7 @@ class FlowerFederation(Simulation):
             train_size=int(self.data.y_train.shape[0]),
             sample_count=lambda length: _count(cfg.clients.sample, length),
             batch_count=lambda length: _count(cfg.clients.batch, length),
+            shard_lens=tuple(int(v) for v in self.shard_len),
         )
 
     def set_samples(
@@ -204,14 +212,16 @@ class FlowerFederation(Simulation):
         )
 
     def server_gradient(self, theta: Tensor, idx: Tensor) -> Tensor:
-        """Mean-loss gradient ``[d]`` on uploaded examples, named by training-set index."""
+        """Gradient ``[d]`` on uploaded examples, named by training-set index, on the clients'
+        scale (:func:`diversefl.engine.simulator.server_loss_scale`)."""
         pos = self._pool_pos[idx.cpu()]
         if bool((pos < 0).any()):
             raise ValueError("server_grad_fn: the server only holds the uploaded samples")
         pos = pos.to(self.device)
         w = torch.ones(1, pos.numel(), device=self.device)
         x, y = self._pool_x[pos][None], self._pool_y[pos][None]
-        return batched_grads(self.fm, theta, x, y, w, method=self.cfg.engine.grads)[0]
+        g = batched_grads(self.fm, theta, x, y, w, method=self.cfg.engine.grads)[0]
+        return server_loss_scale(g, self.loss_scale, self.cfg.clients.loss)
 
     # -- rounds --------------------------------------------------------------------------
     def step(self, r: int) -> RoundRecord:
