@@ -544,3 +544,28 @@ def test_killed_supernode_is_dropped_and_the_run_finishes(tmp_path):
     assert [r["accepted"] for r in rows if r["client"] == "3"] == ["1", "0"]
     acc = [float(r["test_accuracy"]) for r in _decisions(out / "metrics.csv")]
     assert len(acc) == 2 and acc[-1] > 0.5
+
+
+def test_declared_attacker_stays_byzantine_when_its_update_is_missing(tmp_path):
+    """adversary = "nodes": a node that declared an attack with its sample counts as Byzantine
+    in the rounds where its update is dropped or rejected too, so decisions.csv, TPR and FPR
+    agree with summary.byzantine_ids."""
+    cfg = make_config(
+        tiny_config(
+            clients={"n": 4},
+            aggregator={"name": "diversefl"},
+            attack={"name": "sign_flip", "byzantine": [3]},
+            rounds=3,
+            eval={"every": 1},
+        )
+    )
+    nodes = [{"partition-id": j, "num-partitions": 4} for j in range(4)]
+    nodes[3]["attack"] = "sign_flip"
+    strategy = DiverseFLStrategy(cfg, out=tmp_path / "run", adversary="nodes", timeout=0.5)
+    strategy.start(_loopback_grid(nodes, _on(3, "train", lambda r: None, rounds={2})))
+    s = strategy.result.summary
+    assert s["byzantine_ids"] == [3]
+    rows = _decisions(tmp_path / "run" / "decisions.csv")
+    assert [r["byzantine"] for r in rows if r["client"] == "3"] == ["1", "1", "1"]
+    assert {r["byzantine"] for r in rows if r["client"] != "3"} == {"0"}
+    assert s["mean_tpr"] == 1.0 and s["mean_fpr"] == 0.0

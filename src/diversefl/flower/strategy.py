@@ -474,8 +474,8 @@ class DiverseFLStrategy(Strategy):
         updates = torch.full((fed.n, fed.fm.dim), float("nan"))
         if self.adversary == "config":
             byz = fed.byzantine_mask(r).clone()
-        else:
-            byz = torch.zeros(fed.n, dtype=torch.bool)
+        else:  # what the nodes declared so far: a silent or rejected attacker is still one
+            byz = torch.tensor([j in fed.reported_byzantine for j in range(fed.n)])
         answered: set[int] = set()
         rejected: dict[int, str] = {}
         gone: set[int] = set()
