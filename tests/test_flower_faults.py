@@ -306,6 +306,22 @@ def test_min_nodes_setting_reaches_the_strategy(tmp_path, monkeypatch):
     assert not (tmp_path / "w").exists()  # nothing was started
 
 
+def test_deploy_refuses_an_out_that_holds_a_run(tmp_path, capsys):
+    """A second deployment into the same --out does not silently replace the first run."""
+    from diversefl.flower.deploy import DeployError, deploy_local
+    from diversefl.flower.deploy import main as deploy_main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    with pytest.raises(DeployError, match="already holds a run .*--overwrite"):
+        deploy_local("", 4, out, workdir=tmp_path / "w")
+    assert not (tmp_path / "w").exists()  # refused before anything started
+    assert (out / "summary.json").read_text() == "{}"  # the old run is untouched
+    assert deploy_main(["", "--nodes", "4", "--out", str(out), "--workdir", str(tmp_path)]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+
+
 # -- A2: a round's update -------------------------------------------------------------------
 def _theta(r: Any) -> np.ndarray:
     return r.content[ARRAYS]["theta"].numpy()

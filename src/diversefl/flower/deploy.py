@@ -567,6 +567,9 @@ def _read_summary(out: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+RUN_FILES = ("summary.json", "metrics.csv", "checkpoint.pt")  # what marks a run directory
+
+
 def deploy_local(
     config_path: str | os.PathLike[str],
     nodes: int,
@@ -588,6 +591,7 @@ def deploy_local(
     node_auth: bool = False,
     min_nodes: int | None = None,
     on_started: Callable[[LocalFederation, int], None] | None = None,
+    overwrite: bool = False,
 ) -> DeployResult:
     """Run ``config_path`` on a SuperLink plus ``nodes`` SuperNodes on 127.0.0.1.
 
@@ -610,12 +614,20 @@ def deploy_local(
     app's ``[tool.flwr.app.config]`` must list that key; by default the server requires a
     majority). ``on_started(federation, run_id)`` is called once the run is submitted (e.g. to
     kill a node mid-run; it runs before the wait for the run's end and may block).
+    An ``out`` that already holds a run is refused (:class:`DeployError`, before anything
+    starts) unless ``overwrite``, as ``diversefl run`` does.
     Every process started is stopped before this returns or raises; :class:`DeployError` when
     the run did not complete.
     """
     if runtime not in ("deployment", "simulation"):
         raise ValueError(f"runtime={runtime!r}: allowed: deployment, simulation")
     out_dir = Path(out).expanduser().resolve()
+    held = [f for f in RUN_FILES if (out_dir / f).exists()]
+    if held and not overwrite:
+        raise DeployError(
+            f"{out_dir} already holds a run ({', '.join(held)}); pass --overwrite to replace it "
+            "or choose another --out"
+        )
     app = Path(app_dir).resolve() if app_dir else REPO_ROOT
     if not (app / "pyproject.toml").exists():
         raise DeployError(f"no pyproject.toml with [tool.flwr.app] in {app}")
@@ -742,6 +754,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, required=True, help="number of SuperNodes (clients)")
     p.add_argument("--out", default=None, help="run directory (default runs/flower-<stem>)")
     p.add_argument(
+        "--overwrite", action="store_true", help="replace a run already in --out (else refused)"
+    )
+    p.add_argument(
         "--byzantine",
         nargs="*",
         metavar="ID[=ATTACK]",
@@ -807,6 +822,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             round_timeout=args.round_timeout,
             tls=tls,
             node_auth=args.node_auth,
+            overwrite=args.overwrite,
         )
     except DeployError as err:
         print(f"error: {err}", file=sys.stderr)
