@@ -585,3 +585,22 @@ def test_declared_attacker_stays_byzantine_when_its_update_is_missing(tmp_path):
     assert [r["byzantine"] for r in rows if r["client"] == "3"] == ["1", "1", "1"]
     assert {r["byzantine"] for r in rows if r["client"] != "3"} == {"0"}
     assert s["mean_tpr"] == 1.0 and s["mean_fpr"] == 0.0
+
+
+def test_stop_leaves_reaped_pids_alone(tmp_path):
+    """stop() signals only live processes of its session: a started process that has already
+    been reaped is skipped (its pid may belong to an unrelated process by now)."""
+    import subprocess
+    import sys
+
+    from diversefl.flower.deploy import LocalFederation
+
+    fed = LocalFederation(tmp_path / "w")
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    fed.procs += [done, running]
+    targets = fed._targets()
+    assert running.pid in targets and done.pid not in targets
+    assert fed.stop(grace=5.0) == []
+    assert running.poll() is not None  # stopped

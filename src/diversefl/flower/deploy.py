@@ -481,12 +481,18 @@ class LocalFederation:
         self.seen.update(_session_pids(self.session))
 
     # -- shutdown --------------------------------------------------------------------------
+    def _targets(self) -> set[int]:
+        """The pids that are this session's now: processes carrying its environment marker,
+        and started processes not yet reaped. A reaped process's pid is left out: the system
+        may already have given that number to an unrelated process."""
+        return set(_session_pids(self.session)) | {p.pid for p in self.procs if p.poll() is None}
+
     def stop(self, grace: float = 10.0) -> list[int]:
         """Stop every process of this session: SIGTERM, then SIGKILL after ``grace`` seconds.
 
         Returns the pids still alive afterwards (empty on success).
         """
-        pids = set(_session_pids(self.session)) | {p.pid for p in self.procs}
+        pids = self._targets()
         self.seen.update(pids)
         for pid in sorted(pids):
             for kill in (lambda p: os.killpg(p, signal.SIGTERM), lambda p: os.kill(p, 15)):
@@ -496,13 +502,10 @@ class LocalFederation:
                     pass
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
-            for proc in self.procs:
-                proc.poll()
-            left = [p for p in set(_session_pids(self.session)) | pids if _alive(p)]
-            if not left:
+            if not [p for p in self._targets() if _alive(p)]:
                 break
             time.sleep(0.2)
-        for pid in set(_session_pids(self.session)) | pids:
+        for pid in self._targets():
             if _alive(pid):
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -517,7 +520,7 @@ class LocalFederation:
         import shutil
 
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
-        return [p for p in set(_session_pids(self.session)) | pids if _alive(p)]
+        return [p for p in self._targets() if _alive(p)]
 
     def __enter__(self) -> LocalFederation:
         return self
