@@ -604,3 +604,24 @@ def test_stop_leaves_reaped_pids_alone(tmp_path):
     assert running.pid in targets and done.pid not in targets
     assert fed.stop(grace=5.0) == []
     assert running.poll() is not None  # stopped
+
+
+def test_deploy_byzantine_choices_are_checked_before_starting(tmp_path):
+    """--byzantine: a bare id means the config's attack in either form; an id outside the
+    nodes, or an attack that resolves to "none", is refused before anything starts."""
+    import tomli_w
+
+    from diversefl.flower.deploy import DeployError, _parse_byzantine, deploy_local
+
+    assert _parse_byzantine(["3"]) == [3]
+    assert _parse_byzantine(["3", "1=gaussian"]) == {3: "", 1: "gaussian"}
+    cfg_path = tmp_path / "none.toml"
+    cfg_path.write_text(tomli_w.dumps(tiny_config(attack={"name": "none"})))
+    work = tmp_path / "w"
+    with pytest.raises(DeployError, match="no attack to run"):
+        deploy_local(cfg_path, 4, tmp_path / "out", byzantine=[3], workdir=work)
+    with pytest.raises(DeployError, match="no attack to run"):
+        deploy_local(cfg_path, 4, tmp_path / "out", byzantine={3: "", 1: "gaussian"}, workdir=work)
+    with pytest.raises(DeployError, match="partition ids are 0..3"):
+        deploy_local(cfg_path, 4, tmp_path / "out", byzantine={7: "sign_flip"}, workdir=work)
+    assert not work.exists()

@@ -658,6 +658,14 @@ def deploy_local(
                 else [(j, cfg.attack.name) for j in byzantine]
             )
             for rank, (j, name) in enumerate(sorted(items)):
+                name = name or cfg.attack.name
+                if not 0 <= int(j) < nodes:
+                    raise DeployError(f"byzantine node {j}: partition ids are 0..{nodes - 1}")
+                if name == "none":
+                    raise DeployError(
+                        f"byzantine node {j}: no attack to run (the config's attack is 'none'); "
+                        f"name one, e.g. {j}=sign_flip"
+                    )
                 node_extra[int(j)] = {"attack": name, "byzantine-rank": rank}
                 if name == cfg.attack.name:
                     for key, value in cfg.attack.params().items():
@@ -742,7 +750,7 @@ def _parse_byzantine(items: list[str] | None) -> dict[int, str] | list[int] | No
     out: dict[int, str] = {}
     for it in items:
         j, _, name = it.partition("=")
-        out[int(j)] = name or "sign_flip"
+        out[int(j)] = name  # "" (a bare id): the config's attack, as with bare ids only
     return out
 
 
