@@ -625,3 +625,29 @@ def test_deploy_byzantine_choices_are_checked_before_starting(tmp_path):
     with pytest.raises(DeployError, match="partition ids are 0..3"):
         deploy_local(cfg_path, 4, tmp_path / "out", byzantine={7: "sign_flip"}, workdir=work)
     assert not work.exists()
+
+
+def test_stop_signals_unwind_while_deploying_and_handlers_are_restored():
+    """SIGTERM / SIGHUP raise KeyboardInterrupt inside a deployment (so its finally stops every
+    process), a caller's own handler is left alone, and the old handlers come back after."""
+    import signal
+
+    from diversefl.flower.deploy import _catch_stop_signals
+
+    def mine(signum, frame):  # a caller's handler
+        return None
+
+    old_term = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    old_hup = signal.signal(signal.SIGHUP, mine)
+    try:
+        restore = _catch_stop_signals()
+        assert signal.getsignal(signal.SIGHUP) is mine
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        restore()
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        assert signal.getsignal(signal.SIGHUP) is mine
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGHUP, old_hup)

@@ -31,6 +31,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -698,6 +699,7 @@ def deploy_local(
     )
     run_id: int | None = None
     status = "not started"
+    restore_signals = _catch_stop_signals()
     try:
         fed.start_superlink()
         federation_config = None
@@ -726,6 +728,7 @@ def deploy_local(
         status = fed.wait(run_id, timeout, done=out_dir / "summary.json")
     finally:
         left = fed.stop()
+        restore_signals()
     result = DeployResult(
         run_id=run_id,
         status=status,
@@ -756,6 +759,25 @@ def _parse_byzantine(items: list[str] | None) -> dict[int, str] | list[int] | No
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _catch_stop_signals() -> Callable[[], None]:
+    """Make SIGTERM and SIGHUP unwind like Ctrl-C while a deployment runs, so its ``finally``
+    stops every process it started (their default action would end this process without it).
+    Only from the main thread, and only where no handler of the caller's is set; returns the
+    function that restores the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) == signal.SIG_DFL:
+            previous[sig] = signal.signal(sig, _interrupt)
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
 
 
 def build_parser() -> argparse.ArgumentParser:
