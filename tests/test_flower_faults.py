@@ -651,3 +651,30 @@ def test_stop_signals_unwind_while_deploying_and_handlers_are_restored():
     finally:
         signal.signal(signal.SIGTERM, old_term)
         signal.signal(signal.SIGHUP, old_hup)
+
+
+def test_wait_survives_a_failed_status_poll(tmp_path, monkeypatch):
+    """One `flwr ls` that fails or hangs does not abort a healthy deployment: the launcher
+    polls again, and reports the last failure only if the run never finishes."""
+    import subprocess
+
+    from diversefl.flower.deploy import DeployError, LocalFederation
+
+    fed = LocalFederation(tmp_path / "w")
+    done = tmp_path / "summary.json"
+    done.write_text("{}")
+    answers = [DeployError("flwr ls local failed: connection reset"),
+               subprocess.TimeoutExpired("flwr", 5), "finished:completed"]  # fmt: skip
+
+    def status(run_id, timeout=120.0):
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(fed, "status", status)
+    assert fed.wait(1, timeout=30, done=done) == "finished:completed"
+    monkeypatch.setattr(fed, "status", lambda run_id, timeout=120.0: (_ for _ in ()).throw(
+        DeployError("flwr ls local failed: down")))  # fmt: skip
+    with pytest.raises(DeployError, match="status poll failed: DeployError flwr ls local failed"):
+        fed.wait(1, timeout=3, done=done)

@@ -441,10 +441,10 @@ class LocalFederation:
             raise DeployError(f"flwr run did not start a run: {payload}")
         return int(payload["run-id"])
 
-    def status(self, run_id: int) -> str:
+    def status(self, run_id: int, timeout: float = 120.0) -> str:
         """The run's status from ``flwr ls --run-id ID --format json`` (e.g.
         ``finished:completed``, ``finished:failed``, ``running``)."""
-        out = self.flwr("ls", "local", "--run-id", str(run_id), "--format", "json")
+        out = self.flwr("ls", "local", "--run-id", str(run_id), "--format", "json", timeout=timeout)
         payload = json.loads(out[out.index("{") :])
         runs = payload.get("runs", [])
         return str(runs[0].get("status", "unknown")) if runs else "unknown"
@@ -463,7 +463,12 @@ class LocalFederation:
             self.check_alive()
             finished_file = done is not None and done.exists()
             if finished_file or time.monotonic() >= next_poll:
-                status = self.status(run_id)
+                try:  # one failed or slow poll says nothing about the run: try again later
+                    left = max(5.0, deadline - time.monotonic())
+                    status = self.status(run_id, timeout=min(120.0, left))
+                except (DeployError, subprocess.TimeoutExpired, ValueError) as err:
+                    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                    status = f"unknown (status poll failed: {type(err).__name__} {first})"
                 if status.startswith("finished"):
                     return status
                 interval = 1.0 if finished_file else min(30.0, interval * 1.5)
