@@ -678,3 +678,25 @@ def test_wait_survives_a_failed_status_poll(tmp_path, monkeypatch):
         DeployError("flwr ls local failed: down")))  # fmt: skip
     with pytest.raises(DeployError, match="status poll failed: DeployError flwr ls local failed"):
         fed.wait(1, timeout=3, done=done)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ['name="my run";rounds=5', 'attack.name="adaptive"', "plain", "with space", 3, 2.5, True, ""],
+)
+def test_config_args_round_trip_through_flowers_parser(value):
+    """What deploy-local passes as --run-config / --node-config reads back unchanged with
+    Flower's own parser, quotes included (--set 'name="my run"' used to break it)."""
+    from flwr.common.config import parse_config_args
+
+    from diversefl.flower.deploy import config_args
+
+    values = {"overrides": value, "out": "/tmp/x y", "timeout": 600.0}
+    assert parse_config_args([config_args(values)]) == values
+
+
+def test_config_value_with_both_quotes_is_refused_by_name():
+    from diversefl.flower.deploy import DeployError, config_args
+
+    with pytest.raises(DeployError, match="both kinds of quote"):
+        config_args({"overrides": """name="it's mine\""""})

@@ -58,7 +58,19 @@ def free_port() -> int:
 
 
 def toml_value(value: Any) -> str:
-    """``value`` written as a TOML value (for ``--run-config`` and ``--node-config``)."""
+    """``value`` written as a TOML value (for ``--run-config`` and ``--node-config``).
+
+    Flower splits these options with a pattern that reads a quoted value up to the next quote
+    of its kind, so a string holding ``"`` (e.g. ``--set 'name="my run"'``) is written as a TOML
+    literal string in single quotes; one holding both kinds of quote, or a line break, cannot
+    pass and is refused with the value named."""
+    if isinstance(value, str) and '"' in value:
+        if "'" in value or "\n" in value or "\r" in value:
+            raise DeployError(
+                f"{value!r}: Flower's --run-config / --node-config cannot carry a value with "
+                "both kinds of quote or a line break; drop one kind of quote"
+            )
+        return f"'{value}'"
     return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
 
 
