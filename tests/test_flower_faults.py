@@ -20,6 +20,7 @@ import torch
 from conftest import tiny_config
 
 from diversefl.config import make_config
+from diversefl.engine.simulator import Simulation
 from diversefl.flower import FLOWER_AVAILABLE
 
 pytestmark = pytest.mark.skipif(
@@ -245,7 +246,13 @@ def test_two_nodes_claiming_one_partition_are_both_excluded(caplog):
     cfg = make_config(tiny_config(clients={"n": 5}, rounds=1, eval={"every": 1}))
     strategy = DiverseFLStrategy(cfg, timeout=0.5, min_nodes=3)
     caplog.set_level(logging.INFO, logger="flwr")
-    strategy.start(_grid(5, _on(2, "sample", lambda r: _meta(r, **{"partition-id": 1}))))
+    sim = Simulation(cfg)  # partition 1's true shard: a claim with another length is refused
+    claim = {
+        "partition-id": 1,
+        "shard-len": int(sim.shard_len[1]),
+        "batch-size": int(sim.batch_k[1]),
+    }
+    strategy.start(_grid(5, _on(2, "sample", lambda r: _meta(r, **claim))))
     fl = strategy.result.summary["flower"]
     assert sorted(fl["excluded"]) == ["1", "2"]
     for j in (1, 2):
