@@ -113,12 +113,15 @@ class CsvLog:
             self._buffer.clear()
 
 
+RUN_FILES = ("summary.json", "checkpoint.pt", "metrics.csv")  # what marks a run directory
+
+
 def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> bool:
     """Create ``out`` or check it may be used; return True when a checkpoint will be resumed."""
     if resume and overwrite:
         raise RunDirError("--resume and --overwrite exclude each other")
     if out.exists() and any(out.iterdir()):
-        has_run = any((out / f).exists() for f in ("summary.json", "checkpoint.pt", "metrics.csv"))
+        has_run = any((out / f).exists() for f in RUN_FILES)
         if resume:
             if not (out / "checkpoint.pt").exists():
                 if (out / "summary.json").exists():

@@ -588,9 +588,6 @@ def _read_summary(out: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-RUN_FILES = ("summary.json", "metrics.csv", "checkpoint.pt")  # what marks a run directory
-
-
 def deploy_local(
     config_path: str | os.PathLike[str],
     nodes: int,
@@ -643,6 +640,8 @@ def deploy_local(
     if runtime not in ("deployment", "simulation"):
         raise ValueError(f"runtime={runtime!r}: allowed: deployment, simulation")
     out_dir = Path(out).expanduser().resolve()
+    from diversefl.results import RUN_FILES
+
     held = [f for f in RUN_FILES if (out_dir / f).exists()]
     if held and not overwrite:
         raise DeployError(
