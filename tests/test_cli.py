@@ -97,6 +97,9 @@ def test_run_writes_run_directory(tmp_path: Path):
         assert key in summary
     assert summary["seed"] == 3 and summary["aggregator"] == "oracle"
     assert set(summary["versions"]) == {"python", "torch", "diversefl"}
+    machine = summary["machine"]  # float rounding differs between CPUs: say which one
+    assert machine["cpu"] and machine["cpu"] != "unknown" and machine["cores"] >= 1
+    assert machine["torch_threads"] >= 1 and "gpu" not in machine
     assert 'name = "oracle"' in (out / "config.toml").read_text()
 
 

@@ -29,11 +29,12 @@ def test_shipped_config_is_valid(path: Path):
         return
     cells = load_sweep(path)
     sweep = raw["sweep"]
-    expected = (
-        len(sweep.get("seeds", [raw.get("seed", 0)]))
-        * len(sweep.get("aggregators", [None]))
-        * len(sweep.get("attacks", [None]))
+    n_attacks = len(sweep.get("attacks", [None]))
+    per_seed = sum(  # an aggregator entry may limit its attacks (`attacks = [...]`)
+        len(a["attacks"]) if isinstance(a, dict) and "attacks" in a else n_attacks
+        for a in sweep.get("aggregators", [None])
     )
+    expected = len(sweep.get("seeds", [raw.get("seed", 0)])) * per_seed
     assert len(cells) == expected
     assert len({c.dirname for c in cells}) == len(cells)  # one run directory per cell
 
@@ -48,3 +49,11 @@ def test_backdoor_board_pairs_every_leaderboard_defense_with_the_backdoor():
 
 def _config(name: str) -> Path:
     return next(p for p in CONFIGS if p.as_posix().endswith(name))
+
+
+def test_mlp_leaderboards_run_oracle_under_one_attack_and_the_rest_under_all():
+    for name in ("leaderboard/mnist-mlp.toml", "leaderboard/mnist-mlp-dirichlet.toml"):
+        cells = load_sweep(_config(name))
+        assert len(cells) == 486
+        oracle = {c.attack for c in cells if c.aggregator == "oracle"}
+        assert oracle == {"none", "sign_flip"}

@@ -49,6 +49,47 @@ def test_bad_cell_fails_up_front():
         expand(_grid(grid=[1]))
 
 
+def test_aggregator_entry_can_limit_its_attacks():
+    cells = expand(
+        _grid(
+            aggregators=[{"name": "oracle", "attacks": ["none"]}, "mean"],
+            attacks=["none", "sign_flip", {"label": "g", "name": "gaussian", "sigma": 5.0}],
+            seeds=[0, 1],
+        )
+    )
+    names = [c.dirname for c in cells]
+    assert names == [
+        "oracle__none__seed0", "oracle__none__seed1",
+        "mean__none__seed0", "mean__none__seed1",
+        "mean__sign_flip__seed0", "mean__sign_flip__seed1",
+        "mean__g__seed0", "mean__g__seed1",
+    ]  # fmt: skip
+    with pytest.raises(ConfigError, match="oracle's attacks name 'gaussian'.*none, sign_flip, g"):
+        attacks = ["none", "sign_flip", {"label": "g", "name": "gaussian"}]
+        expand(_grid(aggregators=[{"name": "oracle", "attacks": ["gaussian"]}], attacks=attacks))
+    with pytest.raises(ConfigError, match="non-empty list of attack labels"):
+        expand(_grid(aggregators=[{"name": "oracle", "attacks": "none"}], attacks=["none"]))
+    with pytest.raises(ConfigError, match="sweep cell mean__sign_flip__seed0"):
+        expand(_grid(aggregators=["mean"], attacks=[{"name": "sign_flip", "attacks": ["x"]}]))
+
+
+def test_oracle_runs_the_same_under_every_attack(tmp_path: Path):
+    """Why the leaderboard runs OracleSGD under one attack only: it averages the honest
+    clients and nothing a Byzantine client does (its data, its update, its randomness)
+    reaches it. Under no attack every client is honest, so that run differs."""
+    attacks = ["none", "sign_flip", {"name": "gaussian", "sigma": 5.0}, "label_flip", "alie",
+               "adaptive", "min_max"]  # fmt: skip
+    raw = tiny_config(rounds=12, attack={"name": "none", "f": 2})
+    raw["sweep"] = {"aggregators": ["oracle", "mean"], "attacks": attacks}
+    rows = run_sweep(expand(raw), tmp_path, progress=False, echo=lambda m: None)
+    acc = {(r["aggregator"], r["attack"]): r["final_test_accuracy"] for r in rows}
+    attacked = {v for (a, t), v in acc.items() if a == "oracle" and t != "none"}
+    assert len(attacked) == 1
+    assert acc[("oracle", "none")] not in attacked  # 6 clients averaged, not 4
+    mean = {v for (a, t), v in acc.items() if a == "mean" and t != "none"}
+    assert len(mean) > 1  # the attacks do change an undefended run of this size
+
+
 def test_run_sweep_writes_csv_and_skips_done(tmp_path: Path):
     cells = expand(_grid(aggregators=["mean", "diversefl"], attacks=["sign_flip"]))
     rows = run_sweep(cells, tmp_path, progress=False, echo=lambda m: None)

@@ -47,10 +47,12 @@ class Cell:
         return f"{self.aggregator}__{self.attack}__seed{self.seed}"
 
 
-def _entry(item: Any, kind: str) -> tuple[str, str, dict[str, Any], list[str]]:
-    """(label, name, params, overrides) from a string or a table entry of the grid."""
+def _entry(item: Any, kind: str) -> tuple[str, str, dict[str, Any], list[str], list[str] | None]:
+    """(label, name, params, overrides, attack labels or None for all) from a string or a
+    table entry of the grid. Only an aggregator entry may name the attacks it runs against
+    (``attacks = ["none"]``: OracleSGD ignores Byzantine clients, so one run per seed)."""
     if isinstance(item, str):
-        return item, item, {}, []
+        return item, item, {}, [], None
     if not isinstance(item, dict) or "name" not in item:
         raise ConfigError(
             f"sweep.{kind}: each entry is a name or a table with 'name', got {item!r}"
@@ -62,7 +64,15 @@ def _entry(item: Any, kind: str) -> tuple[str, str, dict[str, Any], list[str]]:
     if not isinstance(sets, dict):
         raise ConfigError(f"sweep.{kind}: 'set' must be a table of dotted keys, got {sets!r}")
     overrides = [f"{k}={json.dumps(v)}" for k, v in sets.items()]
-    return label, name, item, overrides
+    only = None
+    if kind == "aggregators" and "attacks" in item:
+        only = item.pop("attacks")
+        if not (isinstance(only, list) and only and all(isinstance(t, str) for t in only)):
+            raise ConfigError(
+                f"sweep.aggregators: {label}'s 'attacks' must be a non-empty list of attack "
+                f"labels, got {only!r}"
+            )
+    return label, name, item, overrides, only
 
 
 def expand(raw: dict[str, Any]) -> list[Cell]:
@@ -84,9 +94,19 @@ def expand(raw: dict[str, Any]) -> list[Cell]:
     labels = [a[0] for a in aggs]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"sweep.aggregators: duplicate labels {labels}; give each a 'label'")
+    attack_labels = [k[0] for k in atks]
+    for a_label, *_, only in aggs:
+        unknown_atk = [t for t in only or [] if t not in attack_labels]
+        if unknown_atk:
+            raise ConfigError(
+                f"sweep.aggregators: {a_label}'s attacks name {unknown_atk[0]!r}, which is not "
+                f"an attack of the grid ({', '.join(attack_labels)})"
+            )
     cells = []
-    for a_label, a_name, a_params, a_sets in aggs:
-        for k_label, k_name, k_params, k_sets in atks:
+    for a_label, a_name, a_params, a_sets, only in aggs:
+        for k_label, k_name, k_params, k_sets, _ in atks:
+            if only is not None and k_label not in only:
+                continue
             for seed in seeds:
                 cfg = copy.deepcopy(raw)
                 cfg["aggregator"] = {"name": a_name, **a_params}

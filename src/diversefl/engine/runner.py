@@ -3,6 +3,7 @@ and the progress bar. All math lives elsewhere."""
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -75,6 +76,31 @@ def _versions() -> dict[str, str]:
         "torch": torch.__version__,
         "diversefl": diversefl.__version__,
     }
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what ``platform`` knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_info(device: torch.device) -> dict[str, str | int]:
+    """Where a run ran: the same config and seed give the same numbers on the same machine,
+    but another CPU or GPU rounds floats differently and a chaotic run (say, plain averaging
+    under Gaussian noise) can end elsewhere, so every summary records it."""
+    info: dict[str, str | int] = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count() or 0,
+        "torch_threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
 
 
 def _fmt(v: float) -> float:
@@ -187,6 +213,7 @@ def train(
         "n_params": sim.fm.dim,
         "device": str(sim.device),
         "versions": _versions(),
+        "machine": machine_info(sim.device),
     }
     summary.update(sim.extra_summary(rows))
     if out_dir is not None:
