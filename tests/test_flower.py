@@ -77,6 +77,36 @@ def test_client_sample_is_the_simulators():
         assert torch.equal(x, sim.x_train[idx]) and torch.equal(y, sim.y_train[idx])
 
 
+@pytest.mark.parametrize("loss", ["mean", "sum"])
+def test_server_root_gradient_is_the_simulators(loss):
+    """FLTrust's root gradient on the Flower server (from uploaded samples only) equals the
+    simulator's on the same training examples, on the clients' scale for either loss."""
+    from diversefl.flower.replies import SharedSample
+    from diversefl.flower.strategy import FlowerFederation
+
+    cfg = make_config(tiny_config(clients={"n": 5, "sample": 0.2, "loss": loss}))
+    sim = Simulation(cfg)
+    fed = FlowerFederation(cfg)
+    samples = {}
+    for j in range(5):
+        shard = load_shard(cfg, j, 5)
+        idx, x, y = shared_sample(cfg, shard)
+        samples[100 + j] = SharedSample(
+            node_id=100 + j, partition_id=j, indices=idx, x=x, y=y, attack="none",
+            shard_len=int(sim.shard_len[j]), batch_size=int(sim.batch_k[j]),
+        )  # fmt: skip
+    fed.set_samples(samples)
+    root = sim.sample_idx[sim.sample_w > 0][::3]  # some of the uploaded examples
+    theta = torch.randn_like(sim.theta) * 0.1
+    want = sim.server_gradient(theta, root)
+    torch.testing.assert_close(fed.server_gradient(theta, root), want)
+    if loss == "sum":  # m times the mean-loss gradient (m = the clients' mean batch)
+        assert float(sim.loss_scale.mean()) > 1
+    missing = torch.tensor(sorted(set(range(sim.x_train.shape[0])) - set(root.tolist())))[:1]
+    with pytest.raises(ValueError, match="only holds the uploaded samples"):
+        fed.server_gradient(theta, torch.cat([root[:2], missing]))
+
+
 def test_partition_count_must_match_the_config():
     cfg = make_config(tiny_config(clients={"n": 5}))
     with pytest.raises(ValueError, match="num-partitions=4"):

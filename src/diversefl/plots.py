@@ -132,12 +132,12 @@ def attack_name(label: str) -> str:
     return words if words.lower().endswith("attack") else f"{words} Attack"
 
 
-def _attack_sort_key(label: str) -> tuple[int, str]:
+def attack_sort_key(label: str) -> tuple[int, str]:
     """Fixed attack order: the paper's attacks first, then the rest alphabetically."""
     return (ATTACK_ORDER.index(label), "") if label in ATTACK_ORDER else (len(ATTACK_ORDER), label)
 
 
-def _agg_sort_key(label: str) -> tuple[int, str]:
+def aggregator_sort_key(label: str) -> tuple[int, str]:
     """Fixed aggregator order: the known names in table order, then the rest alphabetically."""
     order = list(_KNOWN)
     known = _known_key(label)
@@ -169,7 +169,7 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def _num(value: Any) -> float:
+def as_number(value: Any) -> float:
     """A CSV/JSON value as float; empty, None or unparsable -> NaN."""
     if value is None or value == "":
         return math.nan
@@ -267,8 +267,8 @@ def _series(rows: list[dict[str, str]], metric: str) -> dict[int, float]:
     """round -> finite metric value of one run."""
     out: dict[int, float] = {}
     for r in rows:
-        v = _num(r.get(metric))
-        rnd = _num(r.get("round"))
+        v = as_number(r.get(metric))
+        rnd = as_number(r.get("round"))
         if math.isfinite(v) and math.isfinite(rnd):
             out[int(rnd)] = v
     return out
@@ -294,7 +294,7 @@ def plot_curves(
     for run in runs:
         rows = _read_rows(run.dir / "metrics.csv")
         for m in METRIC_NAMES:
-            if any(math.isfinite(_num(r.get(m))) for r in rows):
+            if any(math.isfinite(as_number(r.get(m))) for r in rows):
                 available.add(m)
         for m in metrics:
             s = _series(rows, m)
@@ -310,8 +310,8 @@ def plot_curves(
     import numpy as np
 
     plt = _pyplot()
-    attacks = sorted({a for _, a, _ in data}, key=_attack_sort_key)
-    aggs = sorted({g for _, _, g in data}, key=_agg_sort_key)
+    attacks = sorted({a for _, a, _ in data}, key=attack_sort_key)
+    aggs = sorted({g for _, _, g in data}, key=aggregator_sort_key)
     panels = [(m, a) for m in metrics for a in attacks]
     unbounded = {"test_loss", "n_accepted"}
     fig, axes = _panel_grid(
@@ -435,7 +435,7 @@ def plot_c1c2(path: str | Path, out: str | Path | None = None, clients: int | No
         raise ValueError(f"clients must be >= 0, got {clients}")
     runs = _find_runs(path)
     chosen: dict[str, tuple[_Run, list[dict[str, str]]]] = {}
-    for run in sorted(runs, key=lambda r: (r.seed, _agg_sort_key(r.aggregator), str(r.dir))):
+    for run in sorted(runs, key=lambda r: (r.seed, aggregator_sort_key(r.aggregator), str(r.dir))):
         f = run.dir / "decisions.csv"
         if run.attack in chosen or not f.is_file():
             continue
@@ -453,7 +453,7 @@ def plot_c1c2(path: str | Path, out: str | Path | None = None, clients: int | No
     import numpy as np
 
     plt = _pyplot()
-    attacks = sorted(chosen, key=_attack_sort_key)
+    attacks = sorted(chosen, key=attack_sort_key)
     fig, axes = _panel_grid(plt, len(attacks), sharey=False, min_width=6.5)
     eps_seen = set()
     for i, (ax, attack) in enumerate(zip(axes, attacks, strict=True)):
@@ -475,7 +475,7 @@ def plot_c1c2(path: str | Path, out: str | Path | None = None, clients: int | No
                 hon_rej += not acc
             if not byz and int(r["client"]) not in drawn:
                 continue
-            y = _num(r["c1"]) * _num(r["c2"])
+            y = as_number(r["c1"]) * as_number(r["c2"])
             if math.isfinite(y):
                 pts[byz][0].append(float(r["round"]))
                 pts[byz][1].append(y)
@@ -531,7 +531,7 @@ def plot_c1c2(path: str | Path, out: str | Path | None = None, clients: int | No
         fontsize=9,
         frameon=False,
     )
-    labels = sorted({chosen[a][0].aggregator for a in attacks}, key=_agg_sort_key)
+    labels = sorted({chosen[a][0].aggregator for a in attacks}, key=aggregator_sort_key)
     n_honest = f"{clients} honest" if clients is not None else "all honest"
     fig.suptitle(
         f"{', '.join(aggregator_name(g) for g in labels)}: "
@@ -564,10 +564,10 @@ def table_rows(path: Path, seeds: list[int] | None = None) -> list[dict[str, Any
             raise FileNotFoundError(f"no sweep.csv and no finished runs (summary.json) in {path}")
     if seeds is None:
         return rows
-    chosen = [r for r in rows if _num(r.get("seed")) in seeds]
+    chosen = [r for r in rows if as_number(r.get("seed")) in seeds]
     if not chosen:
         present = sorted(
-            {int(_num(r.get("seed"))) for r in rows if math.isfinite(_num(r.get("seed")))}
+            {int(as_number(r.get("seed"))) for r in rows if math.isfinite(as_number(r.get("seed")))}
         )
         raise ValueError(
             f"no finished run with seed {', '.join(map(str, seeds))} under {path} "
@@ -578,7 +578,7 @@ def table_rows(path: Path, seeds: list[int] | None = None) -> list[dict[str, Any
 
 def seed_label(rows: list[dict[str, Any]]) -> str:
     """Which seeds a figure averages, for its title: 'seed 0', 'mean over seeds 0, 1, 2'."""
-    present = sorted({int(v) for r in rows if math.isfinite(v := _num(r.get("seed")))})
+    present = sorted({int(v) for r in rows if math.isfinite(v := as_number(r.get("seed")))})
     if len(present) == 1:
         return f"seed {present[0]}"
     if not present:
@@ -615,7 +615,7 @@ def attack_summary(per_attack: dict[str, list[float]], attacks: list[str]) -> li
     return [f"{shown} ({label})", f"{statistics.fmean(means.values()):.3f}"]
 
 
-def _markdown(header: list[str], body: list[list[str]]) -> str:
+def markdown_table(header: list[str], body: list[list[str]]) -> str:
     """A markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in body]
@@ -635,10 +635,10 @@ def accuracy_table(
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file or directory")
     rows = table_rows(p, seeds)
-    if not any(math.isfinite(_num(r.get(metric))) for r in rows):
+    if not any(math.isfinite(as_number(r.get(metric))) for r in rows):
         numeric = sorted(
             {k for r in rows for k, v in r.items() if k not in ("seed",)
-             and not isinstance(v, (list, dict)) and math.isfinite(_num(v))}
+             and not isinstance(v, (list, dict)) and math.isfinite(as_number(v))}
         )  # fmt: skip
         raise ValueError(
             f"metric {metric!r} not found in the results under {p}; available: "
@@ -648,11 +648,11 @@ def accuracy_table(
     for r in rows:
         c = cells[(str(r["aggregator"]), str(r["attack"]))]
         for k in (metric, "mean_tpr", "mean_fpr"):
-            v = _num(r.get(k))
+            v = as_number(r.get(k))
             if math.isfinite(v):
                 c[k].append(v)
-    aggs = sorted({a for a, _ in cells}, key=_agg_sort_key)
-    attacks = sorted({t for _, t in cells}, key=_attack_sort_key)
+    aggs = sorted({a for a, _ in cells}, key=aggregator_sort_key)
+    attacks = sorted({t for _, t in cells}, key=attack_sort_key)
     cols = [ATTACK_SHORT.get(t, t.replace("_", " ")) for t in attacks]
     n_seeds = max(len(c[metric]) for c in cells.values())
     uneven = any(0 < len(c[metric]) < n_seeds for c in cells.values())
@@ -679,7 +679,7 @@ def accuracy_table(
                 mixed = True
             row += ranks
     note = f"{metric} (mean ± std over seeds)" if n_seeds > 1 else metric
-    text = f"**{note}**\n\n" + _markdown(header, body)
+    text = f"**{note}**\n\n" + markdown_table(header, body)
     if uneven:
         text += (
             f"\n\n(n=k): mean over k seeds, where the fullest cells have {n_seeds}."
@@ -707,7 +707,7 @@ def accuracy_table(
                 row.append(f"{tpr} / {fpr}")
             det.append(row)
         text += "\n\n**mean TPR / FPR (Byzantine rejected / honest rejected)**\n\n"
-        text += _markdown(["Aggregator", *cols], det)
+        text += markdown_table(["Aggregator", *cols], det)
     return text + "\n"
 
 
@@ -719,13 +719,13 @@ def heatmap_grid(
     cell has no run; the worst column is NaN until the row has faced every attack)."""
     cells: dict[tuple[str, str], list[float]] = defaultdict(list)
     for r in rows:
-        v = _num(r.get(metric))
+        v = as_number(r.get(metric))
         if math.isfinite(v):
             cells[(str(r["aggregator"]), str(r["attack"]))].append(v)
     if not cells:
         raise ValueError(f"metric {metric!r} not found in the results")
-    aggs = sorted({a for a, _ in cells}, key=_agg_sort_key)
-    attacks = sorted({t for _, t in cells}, key=_attack_sort_key)
+    aggs = sorted({a for a, _ in cells}, key=aggregator_sort_key)
+    attacks = sorted({t for _, t in cells}, key=attack_sort_key)
     grid = [[statistics.fmean(cells[(a, t)]) if (a, t) in cells else math.nan for t in attacks]
             for a in aggs]  # fmt: skip
     attacked = [j for j, t in enumerate(attacks) if t != "none"]
@@ -783,13 +783,13 @@ def metric_bars(
     values: dict[str, dict[str, list[float]]] = defaultdict(lambda: {m: [] for m in metrics})
     for r in rows:
         for m in metrics:
-            v = _num(r.get(m))
+            v = as_number(r.get(m))
             if math.isfinite(v):
                 values[str(r["aggregator"])][m].append(v)
     missing = [m for m in metrics if not any(v[m] for v in values.values())]
     if missing:
         raise ValueError(f"metric(s) {', '.join(map(repr, missing))} not found in the results")
-    return {a: values[a] for a in sorted(values, key=_agg_sort_key)}
+    return {a: values[a] for a in sorted(values, key=aggregator_sort_key)}
 
 
 def plot_metric_bars(

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from diversefl.plots import (
     ATTACK_SHORT,
-    _agg_sort_key,
-    _attack_sort_key,
-    _markdown,
-    _num,
     aggregator_name,
+    aggregator_sort_key,
+    as_number,
+    attack_sort_key,
+    markdown_table,
     table_rows,
 )
 
@@ -41,7 +41,7 @@ def seed_spread_table(
     rows = table_rows(Path(path))
     cells: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
     for r in rows:
-        v, s = _num(r.get(metric)), _num(r.get("seed"))
+        v, s = as_number(r.get(metric)), as_number(r.get("seed"))
         if math.isfinite(v) and math.isfinite(s):
             cells[(str(r["aggregator"]), str(r["attack"]))][int(s)] = v
     if not cells:
@@ -52,8 +52,8 @@ def seed_spread_table(
     ref = seeds[0] if seed is None else seed
     if ref not in seeds:
         raise ValueError(f"seed {ref} has no runs under {path} (seeds: {seeds})")
-    aggs = sorted({a for a, _ in cells}, key=_agg_sort_key)
-    attacks = sorted({t for _, t in cells}, key=_attack_sort_key)
+    aggs = sorted({a for a, _ in cells}, key=aggregator_sort_key)
+    attacks = sorted({t for _, t in cells}, key=attack_sort_key)
     attacked = [t for t in attacks if t != "none"] or attacks
     body, left_out = [], []
     for a in aggs:
@@ -91,7 +91,7 @@ def seed_spread_table(
         f"largest seed-{ref} distance from a cell's {n}-seed mean",
     ]
     text = f"**{metric}: seed {ref} against the mean over seeds {', '.join(map(str, seeds))}**"
-    text += "\n\n" + _markdown(header, body)
+    text += "\n\n" + markdown_table(header, body)
     if left_out:
         text += f"\n\nNot all seeds finished yet (left out): {', '.join(left_out)}."
     return text + "\n"

@@ -62,6 +62,23 @@ def draw_without_replacement(
     return pos, length_mask(k, K)
 
 
+def server_batch_gradient(
+    fm: FlatModel,
+    theta: Tensor,
+    x: Tensor,
+    y: Tensor,
+    loss_scale: Tensor,
+    loss: str,
+    method: str = "auto",
+) -> Tensor:
+    """Gradient ``[d]`` of the mean loss on one server-held batch ``x``, ``y`` (FLTrust's root
+    data; the simulator and the Flower server both call it) on the clients' scale
+    (:func:`server_loss_scale`)."""
+    w = torch.ones(1, y.shape[0], device=x.device)
+    g = batched_grads(fm, theta, x[None], y[None], w, method=method)[0]
+    return server_loss_scale(g, loss_scale, loss)
+
+
 def server_loss_scale(grad: Tensor, loss_scale: Tensor, loss: str) -> Tensor:
     """A server-side mean-loss gradient put on the clients' scale.
 
@@ -269,10 +286,10 @@ class Simulation:
         """Gradient ``[d]`` on training examples ``idx`` (server-held data, e.g. FLTrust's root
         data) on the clients' scale: see :func:`server_loss_scale`."""
         idx = idx.to(self.device)
-        w = torch.ones(1, idx.numel(), device=self.device)
-        x, y = self.x_train[idx][None], self.y_train[idx][None]
-        g = batched_grads(self.fm, theta, x, y, w, method=self.cfg.engine.grads)[0]
-        return server_loss_scale(g, self.loss_scale, self.cfg.clients.loss)
+        return server_batch_gradient(
+            self.fm, theta, self.x_train[idx], self.y_train[idx], self.loss_scale,
+            self.cfg.clients.loss, self.cfg.engine.grads,
+        )  # fmt: skip
 
     def context(self, r: int, byz: Tensor) -> RoundContext:
         """The round context handed to the attack and the aggregator."""

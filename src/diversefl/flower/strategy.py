@@ -53,7 +53,7 @@ from diversefl.engine.simulator import (
     _count,
     length_mask,
     pad_rows,
-    server_loss_scale,
+    server_batch_gradient,
 )
 from diversefl.flower.common import ARRAYS, CONFIG, MSG_SAMPLE, config_to_text
 from diversefl.flower.replies import (
@@ -218,10 +218,10 @@ class FlowerFederation(Simulation):
         if bool((pos < 0).any()):
             raise ValueError("server_grad_fn: the server only holds the uploaded samples")
         pos = pos.to(self.device)
-        w = torch.ones(1, pos.numel(), device=self.device)
-        x, y = self._pool_x[pos][None], self._pool_y[pos][None]
-        g = batched_grads(self.fm, theta, x, y, w, method=self.cfg.engine.grads)[0]
-        return server_loss_scale(g, self.loss_scale, self.cfg.clients.loss)
+        return server_batch_gradient(
+            self.fm, theta, self._pool_x[pos], self._pool_y[pos], self.loss_scale,
+            self.cfg.clients.loss, self.cfg.engine.grads,
+        )  # fmt: skip
 
     # -- rounds --------------------------------------------------------------------------
     def step(self, r: int) -> RoundRecord:
