@@ -852,8 +852,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         tls = TlsFiles.parse(args.certificates) if args.certificates else None
     except ValueError as err:
         p.error(str(err))
-    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so every started process is stopped.
-    signal.signal(signal.SIGTERM, _interrupt)
     stem = Path(args.config).stem or "demo"
     out = args.out or str(Path("runs") / f"flower-{stem}")
     try:
