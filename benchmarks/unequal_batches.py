@@ -1,15 +1,19 @@
-"""Per-client gradients with very unequal batch sizes: one padded call against size buckets.
+"""Per-client gradients with very unequal batch sizes: one padded call, size groups, and the
+dense models' unpadded (ragged) path.
 
 With a Dirichlet(alpha) partition the clients' shards, hence their 10% mini-batches, differ by
 up to 5x (MNIST, n = 23, alpha = 0.5, seed 0: 1,047 to 5,121 examples). One padded
-``[n, max m]`` batch then computes about twice the real examples; ``batched_grads`` groups the
-clients by batch size (``engine.gradients.length_buckets``) so that each group is padded only
-to its own longest batch. This prints, for the MNIST MLP and softmax at n = 23 (training
-mini-batch and the 1% guiding sample): real and padded examples, the number of groups, and
-ms per call of both (median of alternating calls, so a drifting host skews both alike), and
-the largest difference between their results ("groups" is "-" where ``batched_grads`` keeps
-one padded call); then ms per whole round (``Simulation.step``,
-OracleSGD, the MLP) with the grouping on and off, alternating two simulations.
+``[n, max m]`` batch then computes about twice the real examples. Where that waste is large
+(``engine.gradients.length_groups``), ``batched_grads`` computes a dense model (softmax, the
+MLP) on the concatenated real examples with one weight-gradient matmul per client
+(``dense_grads_ragged``); other models, or a set ``clients_per_chunk``, are grouped by batch
+size (``length_buckets``) and each group padded to its own longest batch. This prints, for the
+MNIST MLP and softmax at n = 23 (training mini-batch and the 1% guiding sample): real and
+padded examples, the number of groups, ms per call of one padded call, of the size groups and
+of ``batched_grads`` as it runs (median of alternating calls, so a drifting host skews all
+alike), and the largest difference from the padded call ("groups" is "-" where
+``batched_grads`` keeps one padded call); then ms per whole round (``Simulation.step``,
+OracleSGD, the MLP) the three ways, alternating three simulations.
 
 Run: ``DIVERSEFL_DATA=/work/shared/data python benchmarks/unequal_batches.py [--reps N]
 [--threads T] [--alpha A]``.
@@ -33,22 +37,24 @@ from diversefl.engine.gradients import batched_grads, length_groups, padded_grad
 from diversefl.engine.simulator import Simulation
 
 
-def time_pair(
-    one: Callable[[], object], other: Callable[[], object], reps: int
-) -> tuple[float, float]:
-    """Median ms of two zero-argument callables, called alternately after one warm-up each."""
-    one(), other()
-    a, b = [], []
+def time_alternating(fns: list[Callable[[], object]], reps: int) -> list[float]:
+    """Median ms of zero-argument callables, called in turn after one warm-up each."""
+    for fn in fns:
+        fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(reps):
-        for fn, acc in ((one, a), (other, b)):
+        for fn, acc in zip(fns, times, strict=True):
             t0 = time.perf_counter()
             fn()
             acc.append(time.perf_counter() - t0)
-    return statistics.median(a) * 1e3, statistics.median(b) * 1e3
+    return [statistics.median(t) * 1e3 for t in times]
 
 
-def make_sim(model: str, alpha: float, data: Dataset, aggregator: str = "mean") -> Simulation:
-    """The benchmarked federation: MNIST, Dirichlet(alpha), n = 23, 10% batches, 1% samples."""
+def make_sim(
+    model: str, alpha: float, data: Dataset, aggregator: str = "mean", chunk: int = 0
+) -> Simulation:
+    """The benchmarked federation: MNIST, Dirichlet(alpha), n = 23, 10% batches, 1% samples
+    (``chunk``: engine.clients_per_chunk, which keeps the size groups)."""
     cfg = make_config(
         {
             "seed": 0,
@@ -57,28 +63,34 @@ def make_sim(model: str, alpha: float, data: Dataset, aggregator: str = "mean") 
             "clients": {"n": 23, "batch": 0.1, "sample": 0.01},
             "attack": {"name": "none"},
             "aggregator": {"name": aggregator},
+            "engine": {"clients_per_chunk": chunk},
         }
     )
     return Simulation(cfg, dataset=data)
 
 
-def round_times(alpha: float, data: Dataset, rounds: int) -> tuple[float, float]:
-    """Median ms per MLP round (OracleSGD) with the grouping on and off, two simulations
-    stepped alternately through the same rounds."""
-    sims = {on: make_sim("mlp", alpha, data, "oracle") for on in (True, False)}
-    times: dict[bool, list[float]] = {True: [], False: []}
+
+def round_times(alpha: float, data: Dataset, rounds: int) -> dict[str, float]:
+    """Median ms per MLP round (OracleSGD) with one padded call, size groups and the ragged
+    path: three simulations stepped alternately through the same rounds."""
+    sims = {
+        "one call": make_sim("mlp", alpha, data, "oracle"),
+        "groups": make_sim("mlp", alpha, data, "oracle", chunk=23),
+        "ragged": make_sim("mlp", alpha, data, "oracle"),
+    }
+    times: dict[str, list[float]] = {k: [] for k in sims}
     threshold = gradients.MIN_WASTED_WORK
     try:
         for r in range(1, rounds + 2):
-            for on, sim in sims.items():
-                gradients.MIN_WASTED_WORK = threshold if on else 1 << 62
+            for way, sim in sims.items():
+                gradients.MIN_WASTED_WORK = 1 << 62 if way == "one call" else threshold
                 t0 = time.perf_counter()
                 sim.step(r)
                 if r > 1:  # round 1 warms up
-                    times[on].append(time.perf_counter() - t0)
+                    times[way].append(time.perf_counter() - t0)
     finally:
         gradients.MIN_WASTED_WORK = threshold
-    return statistics.median(times[False]) * 1e3, statistics.median(times[True]) * 1e3
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}, {args.threads} thread(s), Dirichlet({args.alpha}), n = 23")
     print(
         f"{'model':8} {'batch':8} {'real':>6} {'padded':>7} {'groups':>6} "
-        f"{'one call ms':>11} {'grouped ms':>10} {'speed-up':>8} {'max |diff|':>10}"
+        f"{'one call ms':>11} {'groups ms':>9} {'ragged ms':>9} {'as run':>6} {'max |diff|':>10}"
     )
     for model in ("mlp", "softmax"):
         sim = make_sim(model, args.alpha, data)
@@ -108,16 +120,24 @@ def main(argv: list[str] | None = None) -> None:
             fm = sim.fm
             groups = length_groups(bw, fm.dim)  # None: batched_grads makes one padded call
             one_call = partial(padded_grads, fm, theta, bx, by, bw, None, ones, "auto", True)
-            grouped = partial(batched_grads, fm, theta, bx, by, bw)
-            diff = float((one_call() - grouped()).abs().max())
-            a, b = time_pair(one_call, grouped, args.reps)
+            grouped = partial(batched_grads, fm, theta, bx, by, bw, clients_per_chunk=n)
+            as_run = partial(batched_grads, fm, theta, bx, by, bw)
+            ref = one_call()
+            diff = max(float((ref - f()).abs().max()) for f in (grouped, as_run))
+            a, b, c = time_alternating([one_call, grouped, as_run], args.reps)
+            way = "one" if groups is None else "ragged"
             print(
                 f"{model:8} {label:8} {int(lengths.sum()):6d} {bw.numel():7d} "
-                f"{len(groups) if groups else '-':>6} {a:11.2f} {b:10.2f} {a / b:7.2f}x "
+                f"{len(groups) if groups else '-':>6} {a:11.2f} {b:9.2f} {c:9.2f} {way:>6} "
                 f"{diff:10.2e}"
             )
-    off, on = round_times(args.alpha, data, args.reps)
-    print(f"MLP round (OracleSGD): one call {off:.1f} ms, grouped {on:.1f} ms, {off / on:.2f}x")
+    ms = round_times(args.alpha, data, args.reps)
+    print(
+        "MLP round (OracleSGD): "
+        + ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items())
+        + f"; ragged vs groups {ms['groups'] / ms['ragged']:.2f}x, "
+        f"vs one call {ms['one call'] / ms['ragged']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -184,6 +184,59 @@ def test_unequal_batches_are_bucketed_and_match_the_loop(name, monkeypatch):
     torch.testing.assert_close(fast, padded, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["softmax", "mlp"])
+def test_unequal_batches_of_a_dense_model_take_no_padding(name, monkeypatch):
+    """A dense model with unequal batches gets its gradients from the concatenated real
+    examples (dense_grads_ragged: one matmul per client for the weights), equal to the loop,
+    with a loss scale per client; chunking or method="vmap" keep the size groups."""
+    monkeypatch.setattr(gradients, "MIN_WASTED_WORK", 0)
+    ragged_calls = []
+    real_ragged = gradients.dense_grads_ragged
+    monkeypatch.setattr(
+        gradients, "dense_grads_ragged", lambda *a: ragged_calls.append(a[-1]) or real_ragged(*a)
+    )
+    torch.manual_seed(6)
+    fm = FlatModel(build_model(name, (1, 28, 28), 10))
+    theta = fm.flatten() + 0.01 * torch.randn(fm.dim)
+    lengths = torch.tensor([9, 1, 0, 14, 3, 3])
+    n, m = len(lengths), int(lengths.max())
+    x, y = torch.randn(n, m, 1, 28, 28), torch.randint(0, 10, (n, m))
+    w = (torch.arange(m)[None, :] < lengths[:, None]).float()
+    scale = torch.tensor([1.0, 2.0, 3.0, 0.5, 1.0, 4.0])
+    fast = batched_grads(fm, theta, x, y, w, scale=scale)
+    assert ragged_calls == [lengths.tolist()]
+    ref = loop_grads(fm, theta, x, y, w, scale)
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-4)
+    assert torch.count_nonzero(fast[2]) == 0  # the client without examples
+    for kwargs in ({"clients_per_chunk": 2}, {"method": "vmap"}):
+        other = batched_grads(fm, theta, x, y, w, scale=scale, **kwargs)
+        torch.testing.assert_close(other, ref, atol=1e-5, rtol=1e-4)
+    assert len(ragged_calls) == 1
+
+
+def test_ragged_dense_grads_by_hand():
+    """One Linear(2, 2) (softmax regression), two clients with 2 and 1 examples: the weight
+    gradient of client j is sum_k coef_k (softmax(z_k) - onehot(y_k)) x_k^T."""
+    from diversefl.engine.dense_grads import dense_grads_ragged
+
+    fm = FlatModel(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+    theta = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0])  # W = I, b = 0
+    x = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    y = torch.tensor([0, 0, 1])
+    coef = torch.tensor([0.5, 0.5, 1.0])
+    got = dense_grads_ragged(fm, theta, x, y, coef, [2, 1])
+    want = []
+    for rows in ([0, 1], [2]):
+        gw, gb = torch.zeros(2, 2), torch.zeros(2)
+        for k in rows:
+            p = torch.softmax(x[k], dim=0)  # z = W x + b = x
+            d = coef[k] * (p - torch.nn.functional.one_hot(y[k], 2).float())
+            gw += torch.outer(d, x[k])
+            gb += d
+        want.append(torch.cat([gw.reshape(-1), gb]))
+    torch.testing.assert_close(got, torch.stack(want))
+
+
 def test_equal_holed_or_cheap_batches_take_one_padded_call(monkeypatch):
     monkeypatch.setattr(gradients, "length_buckets", lambda *a: pytest.fail("regrouped"))
     torch.manual_seed(5)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, grad, vmap
 
-from diversefl.engine.dense_grads import dense_grads
+from diversefl.engine.dense_grads import dense_grads, dense_grads_ragged
 from diversefl.engine.params import FlatModel
 
 
@@ -127,6 +127,13 @@ def batched_grads(
     if method == "dense" and not dense_ok:
         raise ValueError("method='dense' needs a Flatten/Linear/ReLU model and one shared theta")
     groups = length_groups(w, fm.dim)
+    if groups is not None and dense_ok and method != "vmap" and not clients_per_chunk:
+        # unequal batches through a dense model: no padding at all (the groups' copy is made
+        # here once, as the concatenated real examples)
+        keep = w != 0
+        coef = (scale[:, None] * w / w.sum(dim=1, keepdim=True).clamp_min(1.0))[keep]
+        lengths = keep.sum(dim=1).tolist()
+        return dense_grads_ragged(fm, theta, x[keep], y[keep], coef, lengths)
     if groups is not None:
         grads = torch.empty(n, fm.dim, dtype=theta.dtype, device=theta.device)
         for idx, width in groups:
