@@ -69,7 +69,6 @@ def make_sim(
     return Simulation(cfg, dataset=data)
 
 
-
 def round_times(alpha: float, data: Dataset, rounds: int) -> dict[str, float]:
     """Median ms per MLP round (OracleSGD) with one padded call, size groups and the ragged
     path: three simulations stepped alternately through the same rounds."""
