@@ -1,0 +1,51 @@
+"""The committed leaderboard results (results/leaderboard/<grid>/<cell>/) are what the tables in
+docs/leaderboard.md are drawn from: every finished run must belong to its grid's current config
+(a config edited after the runs makes them stale, and a stale run would be read as a result of
+the new config), and its summary must agree with its own metrics."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+import diversefl
+from diversefl.sweep import finished_summary, load_sweep
+
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "leaderboard"
+CONFIGS = Path(diversefl.__file__).parent / "configs" / "leaderboard"
+GRIDS = sorted(p for p in RESULTS.iterdir() if p.is_dir()) if RESULTS.is_dir() else []
+
+
+def test_every_results_grid_has_its_config():
+    for grid in GRIDS:
+        assert (CONFIGS / f"{grid.name}.toml").is_file(), f"{grid} has no config {grid.name}.toml"
+
+
+@pytest.mark.parametrize("grid", GRIDS, ids=lambda p: p.name)
+def test_committed_runs_belong_to_the_current_grid(grid: Path):
+    cells = {c.dirname: c for c in load_sweep(CONFIGS / f"{grid.name}.toml")}
+    finished = [d for d in sorted(grid.iterdir()) if (d / "summary.json").is_file()]
+    if not finished:
+        pytest.skip(f"no finished run in {grid} yet")
+    listed = {}
+    if (grid / "sweep.csv").is_file():
+        with (grid / "sweep.csv").open() as fh:
+            listed = {r["run_dir"]: r for r in csv.DictReader(fh)}
+    for run in finished:
+        assert run.name in cells, f"{run} is not a cell of {grid.name}.toml"
+        cell = cells[run.name]
+        summary = finished_summary(cell, run)  # raises when the saved config differs
+        assert summary is not None
+        with (run / "metrics.csv").open() as fh:
+            rows = list(csv.DictReader(fh))
+        assert int(rows[-1]["round"]) == cell.config.rounds == summary["rounds"]
+        assert float(rows[-1]["test_accuracy"]) == pytest.approx(summary["final_test_accuracy"])
+        best = max(float(r["test_accuracy"]) for r in rows)
+        assert best == pytest.approx(summary["best_test_accuracy"])
+        assert summary["seed"] == cell.seed and summary["aggregator"] == cell.config.aggregator.name
+        if run.name in listed:  # sweep.csv, which --table reads, says the same
+            assert float(listed[run.name]["final_test_accuracy"]) == pytest.approx(
+                summary["final_test_accuracy"]
+            )
