@@ -243,6 +243,7 @@ def test_accuracy_table_ranks_by_worst_attack(tmp_path: Path, monkeypatch) -> No
     assert by_name["Mean"] == ["0.200 (Sign flip) *", "0.500"]
     assert by_name["DiverseFL"] == ["0.650 (ALIE) *", "0.775"]
     assert by_name["Median"] == ["", ""]
+    assert "Blank: no run of that pair" in accuracy_table(tmp_path)  # median has no ALIE run
     assert {r[0]: r[2] for r in acc[2:]}["Mean"] == "0.200 ± 0.141"
     assert {r[0]: r[3] for r in acc[2:]}["Mean"] == "0.800 (n=1)"
     # seed 0 alone: every cell has one seed, no markers; mean: worst sign flip 0.1
@@ -279,6 +280,7 @@ def test_accuracy_table_ranks_by_worst_attack(tmp_path: Path, monkeypatch) -> No
     # one attack only: nothing to rank
     (tmp_path / "sweep.csv").write_text("\n".join(lines[:3]) + "\n")
     assert "Worst attack" not in accuracy_table(tmp_path)
+    assert "Blank" not in accuracy_table(tmp_path)  # every pair has its run
     assert heatmap_grid([{"aggregator": "mean", "attack": "alie", "final_test_accuracy": 1}])[
         1
     ] == ["alie"]

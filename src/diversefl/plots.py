@@ -680,6 +680,11 @@ def accuracy_table(
             row += ranks
     note = f"{metric} (mean ± std over seeds)" if n_seeds > 1 else metric
     text = f"**{note}**\n\n" + markdown_table(header, body)
+    if any((a, t) not in cells for a in aggs for t in attacks):
+        text += (
+            "\n\nBlank: no run of that pair (a sweep entry limited to some attacks, such as "
+            "OracleSGD's in the leaderboards, or a grid still running)."
+        )
     if uneven:
         text += (
             f"\n\n(n=k): mean over k seeds, where the fullest cells have {n_seeds}."
