@@ -212,6 +212,9 @@ def test_unequal_batches_of_a_dense_model_take_no_padding(name, monkeypatch):
         other = batched_grads(fm, theta, x, y, w, scale=scale, **kwargs)
         torch.testing.assert_close(other, ref, atol=1e-5, rtol=1e-4)
     assert len(ragged_calls) == 1
+    # no client with a single example: zero gradients, as the padded call gives
+    none = batched_grads(fm, theta, x, y, torch.zeros_like(w))
+    assert none.shape == (n, fm.dim) and torch.count_nonzero(none) == 0
 
 
 def test_ragged_dense_grads_by_hand():

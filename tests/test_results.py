@@ -33,6 +33,12 @@ def test_committed_runs_belong_to_the_current_grid(grid: Path):
     if (grid / "sweep.csv").is_file():
         with (grid / "sweep.csv").open() as fh:
             listed = {r["run_dir"]: r for r in csv.DictReader(fh)}
+    for name, row in listed.items():  # --table reads sweep.csv: no row without its run
+        assert name in cells, f"sweep.csv of {grid.name} lists {name}, not a cell of the config"
+        assert (grid / name / "summary.json").is_file(), f"sweep.csv lists {name}: no summary"
+        assert (row["aggregator"], row["attack"], int(row["seed"])) == (
+            cells[name].aggregator, cells[name].attack, cells[name].seed
+        )  # fmt: skip
     for run in finished:
         assert run.name in cells, f"{run} is not a cell of {grid.name}.toml"
         cell = cells[run.name]

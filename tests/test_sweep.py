@@ -71,6 +71,10 @@ def test_aggregator_entry_can_limit_its_attacks():
         expand(_grid(aggregators=[{"name": "oracle", "attacks": "none"}], attacks=["none"]))
     with pytest.raises(ConfigError, match="sweep cell mean__sign_flip__seed0"):
         expand(_grid(aggregators=["mean"], attacks=[{"name": "sign_flip", "attacks": ["x"]}]))
+    with pytest.raises(ConfigError, match="repeats a label"):
+        expand(_grid(aggregators=[{"name": "oracle", "attacks": ["none", "none"]}]))
+    with pytest.raises(ConfigError, match="sweep.attacks: duplicate labels"):
+        expand(_grid(aggregators=["mean"], attacks=["none", "none"]))
 
 
 def test_oracle_runs_the_same_under_every_attack(tmp_path: Path):

@@ -55,10 +55,14 @@ def seed_spread_table(
     aggs = sorted({a for a, _ in cells}, key=aggregator_sort_key)
     attacks = sorted({t for _, t in cells}, key=attack_sort_key)
     attacked = [t for t in attacks if t != "none"] or attacks
-    body, left_out = [], []
+    body, unfinished, limited = [], [], []
     for a in aggs:
-        if not all(len(cells.get((a, t), {})) == len(seeds) for t in attacks):
-            left_out.append(aggregator_name(a))
+        ran = [t for t in attacks if (a, t) in cells]
+        if not all(len(cells[(a, t)]) == len(seeds) for t in ran):
+            unfinished.append(aggregator_name(a))
+            continue
+        if len(ran) < len(attacks):  # e.g. OracleSGD, which a leaderboard runs under 2 attacks
+            limited.append(aggregator_name(a))
             continue
         one = {t: cells[(a, t)][ref] for t in attacks}
         mean = {t: statistics.fmean(cells[(a, t)].values()) for t in attacks}
@@ -92,6 +96,11 @@ def seed_spread_table(
     ]
     text = f"**{metric}: seed {ref} against the mean over seeds {', '.join(map(str, seeds))}**"
     text += "\n\n" + markdown_table(header, body)
-    if left_out:
-        text += f"\n\nNot all seeds finished yet (left out): {', '.join(left_out)}."
+    if unfinished:
+        text += f"\n\nNot all seeds finished yet (left out): {', '.join(unfinished)}."
+    if limited:
+        text += (
+            f"\n\nRun under only some of the attacks, every seed finished (left out, as it "
+            f"has no worst attack to compare): {', '.join(limited)}."
+        )
     return text + "\n"

@@ -72,6 +72,8 @@ def _entry(item: Any, kind: str) -> tuple[str, str, dict[str, Any], list[str], l
                 f"sweep.aggregators: {label}'s 'attacks' must be a non-empty list of attack "
                 f"labels, got {only!r}"
             )
+        if len(set(only)) != len(only):
+            raise ConfigError(f"sweep.aggregators: {label}'s 'attacks' repeats a label: {only}")
     return label, name, item, overrides, only
 
 
@@ -95,6 +97,8 @@ def expand(raw: dict[str, Any]) -> list[Cell]:
     if len(set(labels)) != len(labels):
         raise ConfigError(f"sweep.aggregators: duplicate labels {labels}; give each a 'label'")
     attack_labels = [k[0] for k in atks]
+    if len(set(attack_labels)) != len(attack_labels):
+        raise ConfigError(f"sweep.attacks: duplicate labels {attack_labels}; give each a 'label'")
     for a_label, *_, only in aggs:
         unknown_atk = [t for t in only or [] if t not in attack_labels]
         if unknown_atk:

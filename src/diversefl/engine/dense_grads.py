@@ -84,6 +84,8 @@ def dense_grads_ragged(
     n = len(lengths)
     out = _result(fm, theta, n, out)
     bounds = list(accumulate(lengths, initial=0))
+    if bounds[-1] == 0:  # no client has an example: every gradient is zero
+        return out.zero_()
 
     def write(dz: Tensor, a: Tensor, w_out: Tensor, b_out: Tensor) -> None:
         for j in range(n):

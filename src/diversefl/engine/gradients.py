@@ -23,9 +23,10 @@ def _client_loss(
     return scale * (losses * w).sum() / w.sum().clamp_min(1.0)
 
 
-# batched_grads splits the clients into groups of similar batch size (see length_groups) when
-# the padding exceeds this share of the real examples AND padded examples x parameters exceeds
-# MIN_WASTED_WORK: grouping copies the batch once more, so it pays only where the wasted
+# batched_grads avoids padding (a dense model: the concatenated real examples; any other model,
+# or a set clients_per_chunk or method="vmap": groups of similar batch size, see length_groups)
+# when the padding exceeds this share of the real examples AND padded examples x parameters
+# exceeds MIN_WASTED_WORK: either copies the batch once more, so it pays only where the wasted
 # gradient work is large (benchmarks/unequal_batches.py, Dirichlet(0.5), n = 23: the MLP's
 # mini-batches, 1.2e9, 1.33-1.41x faster; softmax's, 4.5e7, and the MLP's 1% samples, 1.1e8,
 # no gain).
@@ -107,9 +108,11 @@ def batched_grads(
     loss (default 1). The client axis is processed in chunks of
     ``clients_per_chunk`` to bound memory for large models. When the padding is more than
     :data:`PADDING_TOLERANCE` of the real examples (clients with very different batch sizes)
-    and large in absolute terms (:data:`MIN_WASTED_WORK`), clients are grouped by batch size
-    (:func:`length_groups`) and each group is computed with its own, narrower padding; equal
-    batches take one call.
+    and large in absolute terms (:data:`MIN_WASTED_WORK`), a dense model on the "dense" path
+    without ``clients_per_chunk`` is computed on the concatenated real examples, unpadded
+    (:func:`~diversefl.engine.dense_grads.dense_grads_ragged`); otherwise clients are grouped
+    by batch size (:func:`length_groups`) and each group is computed with its own, narrower
+    padding. Equal batches take one call.
 
     ``method``: "vmap" (``torch.func`` on any model), "dense" (the hand-written backward of
     :mod:`diversefl.engine.dense_grads`, for Flatten/Linear/ReLU networks and one shared

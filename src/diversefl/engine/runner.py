@@ -95,7 +95,9 @@ def machine_info(device: torch.device) -> dict[str, str | int]:
     under Gaussian noise) can end elsewhere, so every summary records it."""
     info: dict[str, str | int] = {
         "cpu": cpu_model(),
-        "cores": os.cpu_count() or 0,
+        "cores": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else (os.cpu_count() or 0),  # the cores this process may use
         "torch_threads": torch.get_num_threads(),
     }
     if device.type == "cuda":
