@@ -15,6 +15,7 @@ from diversefl.plots import (
     aggregator_style,
     attack_summary,
     heatmap_grid,
+    machine_note,
     metric_bars,
     plot_c1c2,
     plot_curves,
@@ -281,6 +282,20 @@ def test_accuracy_table_ranks_by_worst_attack(tmp_path: Path, monkeypatch) -> No
     (tmp_path / "sweep.csv").write_text("\n".join(lines[:3]) + "\n")
     assert "Worst attack" not in accuracy_table(tmp_path)
     assert "Blank" not in accuracy_table(tmp_path)  # every pair has its run
+    assert "Measured on" not in accuracy_table(tmp_path)  # no run records its CPU
+
+
+def test_table_names_the_machines_its_runs_come_from(tmp_path: Path) -> None:
+    lines = ["aggregator,attack,seed,final_test_accuracy,cpu",
+             "mean,none,0,0.9,AMD EPYC", "mean,none,1,0.8,AMD EPYC",
+             "mean,sign_flip,0,0.1,Intel Xeon", "mean,sign_flip,1,0.2,"]  # fmt: skip
+    (tmp_path / "sweep.csv").write_text("\n".join(lines) + "\n")
+    assert accuracy_table(tmp_path).endswith(
+        "Measured on: AMD EPYC (2 runs), Intel Xeon (1 run), not recorded (1 run).\n"
+    )
+    assert machine_note([{"machine": {"cpu": "X"}}, {"machine": {"cpu": "X"}}]) == (
+        "Measured on: X (2 runs)."
+    )
     assert heatmap_grid([{"aggregator": "mean", "attack": "alie", "final_test_accuracy": 1}])[
         1
     ] == ["alie"]

@@ -101,6 +101,9 @@ def test_run_sweep_writes_csv_and_skips_done(tmp_path: Path):
     with (tmp_path / "sweep.csv").open() as fh:
         saved = list(csv.DictReader(fh))
     assert [r["aggregator"] for r in saved] == ["mean", "diversefl"]
+    from diversefl.engine.runner import cpu_model
+
+    assert {r["cpu"] for r in saved} == {cpu_model()}  # the machine each run ran on
     assert float(saved[1]["mean_tpr"]) == 1.0
     messages = []
     run_sweep(cells, tmp_path, progress=False, echo=messages.append)

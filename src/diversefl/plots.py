@@ -622,6 +622,27 @@ def markdown_table(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def machine_note(rows: list[dict[str, Any]]) -> str:
+    """'Measured on: CPU A (n runs), CPU B (m runs)' from the runs' recorded CPU (sweep.csv's
+    ``cpu`` column or summary.json's ``machine``); float rounding differs between CPUs, so a
+    table assembled on several machines says so. Empty when no run records one."""
+    counts: dict[str, int] = defaultdict(int)
+    for r in rows:
+        machine = r.get("machine")
+        cpu = r.get("cpu") or (machine.get("cpu") if isinstance(machine, dict) else None)
+        counts[str(cpu) if cpu else ""] += 1
+    if not any(counts):
+        return ""
+
+    def runs(k: int) -> str:
+        return f"{k} run" if k == 1 else f"{k} runs"
+
+    parts = [f"{cpu} ({runs(k)})" for cpu, k in sorted(counts.items()) if cpu]
+    if counts.get(""):
+        parts.append(f"not recorded ({runs(counts[''])})")
+    return "Measured on: " + ", ".join(parts) + "."
+
+
 def accuracy_table(
     path: str | Path, metric: str = "final_test_accuracy", seeds: list[int] | None = None
 ) -> str:
@@ -713,7 +734,8 @@ def accuracy_table(
             det.append(row)
         text += "\n\n**mean TPR / FPR (Byzantine rejected / honest rejected)**\n\n"
         text += markdown_table(["Aggregator", *cols], det)
-    return text + "\n"
+    machines = machine_note(rows)
+    return text + (f"\n\n{machines}" if machines else "") + "\n"
 
 
 def heatmap_grid(

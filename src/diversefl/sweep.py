@@ -154,6 +154,8 @@ def _summary_row(cell: Cell, summary: dict[str, Any], run_dir: Path) -> dict[str
     for key in ("final_main_accuracy", "final_backdoor_accuracy"):
         if key in summary:
             row[key] = summary[key]
+    if isinstance(summary.get("machine"), dict):  # which CPU: tables say what they mix
+        row["cpu"] = summary["machine"].get("cpu", "")
     return row
 
 
