@@ -7,7 +7,9 @@ rotation of the Byzantine clients' guiding gradients, so some cost a sizeable sh
 round. This prints the median ms per call of every registered attack that works on updates
 (the data attacks, label flip and backdoor, cost nothing here), of ``coordinate_std`` next to
 ``torch.std`` (the same bits), and of one MLP round's per-client gradients for scale
-(``batched_grads`` on 23 mini-batches of 261 MNIST-shaped examples, random pixels).
+(``batched_grads`` on 23 mini-batches of 261 MNIST-shaped examples, random pixels), and of
+the same call with the 5 Byzantine clients' gradients skipped, as the simulator does for the
+attacks that never read them (``uses_own_gradients = False``).
 Calls alternate across the attacks, so a drifting host skews them alike. Like ``diversefl run``
 and ``sweep``, the process keeps freed memory (``engine/allocator.py``).
 
@@ -37,8 +39,11 @@ N, F, BATCH = 23, 5, 261
 SKIPPED = {"none", "label_flip", "backdoor"}  # act on data or not at all: nothing to time
 
 
-def mlp_round() -> tuple[Callable[[], Tensor], Tensor, Tensor]:
-    """One MLP round's gradient call (for scale), and honest / guiding updates of its size."""
+def mlp_round(
+    byzantine: Tensor,
+) -> tuple[Callable[[], Tensor], Callable[[], Tensor], Tensor, Tensor]:
+    """One MLP round's gradient call (for scale), the same call skipping the ``byzantine``
+    clients, and honest / guiding updates of its size."""
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     model = FlatModel(build_model("mlp", (1, 28, 28), 10))
@@ -46,7 +51,8 @@ def mlp_round() -> tuple[Callable[[], Tensor], Tensor, Tensor]:
     x = torch.rand(N, BATCH, 1, 28, 28, generator=gen)
     y = torch.randint(0, 10, (N, BATCH), generator=gen)
     grads = batched_grads(model, theta, x, y)
-    return (lambda: batched_grads(model, theta, x, y)), grads, grads * 0.9 + 1e-4
+    skipping = lambda: batched_grads(model, theta, x, y, compute=~byzantine)  # noqa: E731
+    return (lambda: batched_grads(model, theta, x, y)), skipping, grads, grads * 0.9 + 1e-4
 
 
 def time_alternating(calls: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
@@ -70,9 +76,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     retain_freed_memory()  # as `diversefl run` and `sweep` do: freed blocks are reused
 
-    gradient_call, grads, guiding = mlp_round()
     byzantine = torch.zeros(N, dtype=torch.bool)
-    byzantine[:F] = True
+    byzantine[[1, 6, 11, 16, 21]] = True  # spread out, as a seeded draw leaves them
+    gradient_call, skipping_call, grads, guiding = mlp_round(byzantine)
     honest, byz = grads[~byzantine].contiguous(), grads[byzantine].contiguous()
 
     def attack_call(name: str) -> Callable[[], object]:
@@ -89,6 +95,7 @@ def main() -> None:
         return lambda: attack(honest, byz, ctx)
 
     calls: dict[str, Callable[[], object]] = {"gradients (scale)": gradient_call}
+    calls["gradients, Byz. skipped"] = skipping_call
     calls |= {name: attack_call(name) for name in attacks.REGISTRY if name not in SKIPPED}
     calls["coordinate_std"] = lambda: coordinate_std(honest)
     calls["torch.std (reference)"] = lambda: torch.std(honest, dim=0, correction=0)

@@ -79,6 +79,7 @@ class AdaptiveDiverseFL(Attack):
     """
 
     name: ClassVar[str] = "adaptive"
+    uses_own_gradients: ClassVar[bool] = False
     eps2: float = 2.0  # the defence's upper ratio bound |z| / |g| the attacker targets
     eps1: float = 0.5  # the defence's lower ratio bound (only checked: eps2 - margin > eps1)
     margin: float = 0.05  # sent ratio |z| / |g| = eps2 - margin, this far inside the band

@@ -67,6 +67,7 @@ class ALIE(Attack):
     """
 
     name: ClassVar[str] = "alie"
+    uses_own_gradients: ClassVar[bool] = False
     z: float | None = None  # shift in honest stds; None = z_max from (n, f)
 
     def __call__(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:

@@ -20,6 +20,10 @@ class Attack:
     name: ClassVar[str] = "base"
     # Extra per-evaluation metrics this attack defines (e.g. the backdoor's success rate).
     metric_names: ClassVar[tuple[str, ...]] = ()
+    # Whether __call__ reads the values of the gradients the Byzantine clients computed. An
+    # attack that only looks at the honest ones (and the round context) sets False, and the
+    # simulator then skips computing the Byzantine clients' gradients (f/n of a round's work).
+    uses_own_gradients: ClassVar[bool] = True
 
     def choose_byzantine(self, labels: np.ndarray, parts: list[np.ndarray]) -> list[int] | None:
         """Clients this attack makes Byzantine given the partition, or None to use the config's

@@ -17,6 +17,7 @@ class Gaussian(Attack):
     """Each Byzantine entry is drawn i.i.d. from N(0, sigma^2)."""
 
     name: ClassVar[str] = "gaussian"
+    uses_own_gradients: ClassVar[bool] = False
     sigma: float = 1e4  # sigma_G: 1e4 for softmax regression, 10 for neural networks
 
     def __call__(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:

@@ -27,6 +27,7 @@ class IPM(Attack):
     """
 
     name: ClassVar[str] = "ipm"
+    uses_own_gradients: ClassVar[bool] = False
     epsilon: float = 0.1  # scale of the negated honest mean (paper: 0.1 against Krum, 100 else)
 
     def __call__(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:

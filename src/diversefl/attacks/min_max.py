@@ -125,6 +125,7 @@ class AgrAgnosticAttack(Attack):
     """
 
     rule: ClassVar[Rule] = "max"
+    uses_own_gradients: ClassVar[bool] = False  # only the honest gradients shape the update
     perturbation: Perturbation = "std"  # p: -std (paper's best), -unit mean or -sign(mean)
     gamma_init: float = 10.0  # first gamma tried by the search (paper: 10)
     tol: float = 1e-3  # stop when the feasible/infeasible gamma bracket is this narrow

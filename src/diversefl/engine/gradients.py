@@ -99,6 +99,7 @@ def batched_grads(
     clients_per_chunk: int | None = None,
     scale: Tensor | None = None,
     method: str = "auto",
+    compute: Tensor | None = None,
 ) -> Tensor:
     """Gradients ``[n, d]`` of each client's mean batch loss.
 
@@ -117,6 +118,12 @@ def batched_grads(
     ``method``: "vmap" (``torch.func`` on any model), "dense" (the hand-written backward of
     :mod:`diversefl.engine.dense_grads`, for Flatten/Linear/ReLU networks and one shared
     model) or "auto" (dense where it applies, else vmap).
+
+    ``compute`` (bool ``[n]``, optional) names the clients whose gradients are wanted; the
+    others' rows are zero. On the dense path they cost nothing, and the wanted rows are those
+    of the full call (the padded, grouped or unpadded path is chosen from all clients'
+    batches either way). On the vmap path every client is computed all the same, since a
+    model with dropout draws its masks for the whole client batch at once.
     """
     n = x.shape[0]
     if w is None:
@@ -129,19 +136,36 @@ def batched_grads(
     dense_ok = not per_client_theta and fm.dense
     if method == "dense" and not dense_ok:
         raise ValueError("method='dense' needs a Flatten/Linear/ReLU model and one shared theta")
+    if compute is not None:
+        compute = compute.to(device=x.device, dtype=torch.bool)
+        if compute.shape != (n,):
+            raise ValueError(
+                f"compute must be a bool mask of shape ({n},), got {tuple(compute.shape)}"
+            )
+        if bool(compute.all()):
+            compute = None
+        elif not (dense_ok and method != "vmap"):
+            grads = batched_grads(fm, theta, x, y, w, clients_per_chunk, scale, method)
+            grads[~compute] = 0.0
+            return grads
     groups = length_groups(w, fm.dim)
     if groups is not None and dense_ok and method != "vmap" and not clients_per_chunk:
         # unequal batches through a dense model: no padding at all (the groups' copy is made
         # here once, as the concatenated real examples)
-        keep = w != 0
+        keep = w != 0 if compute is None else (w != 0) & compute[:, None]
         coef = (scale[:, None] * w / w.sum(dim=1, keepdim=True).clamp_min(1.0))[keep]
         lengths = keep.sum(dim=1).tolist()
         return dense_grads_ragged(fm, theta, x[keep], y[keep], coef, lengths)
     if groups is not None:
         grads = torch.empty(n, fm.dim, dtype=theta.dtype, device=theta.device)
         for idx, width in groups:
+            if compute is not None:
+                grads[idx[~compute[idx]]] = 0.0
+                idx = idx[compute[idx]]
             if width == 0:  # clients without a single example: a zero gradient
                 grads[idx] = 0.0
+                continue
+            if len(idx) == 0:
                 continue
             t = theta[idx] if per_client_theta else theta
             xs, ys, ws = x[idx, :width], y[idx, :width], w[idx, :width]
@@ -149,7 +173,30 @@ def batched_grads(
                 fm, t, xs, ys, ws, clients_per_chunk, scale[idx], method, dense_ok
             )
         return grads
-    return padded_grads(fm, theta, x, y, w, clients_per_chunk, scale, method, dense_ok)
+    if compute is None:
+        return padded_grads(fm, theta, x, y, w, clients_per_chunk, scale, method, dense_ok)
+    grads = torch.zeros(n, fm.dim, dtype=theta.dtype, device=theta.device)
+    for a, b in client_runs(compute):  # contiguous runs of wanted clients: views, no copies
+        padded_grads(
+            fm, theta, x[a:b], y[a:b], w[a:b], clients_per_chunk, scale[a:b], method, dense_ok,
+            out=grads[a:b],
+        )  # fmt: skip
+    return grads
+
+
+def client_runs(mask: Tensor) -> list[tuple[int, int]]:
+    """The ``[start, stop)`` ranges of consecutive True entries of a bool ``[n]`` mask."""
+    runs: list[tuple[int, int]] = []
+    start = None
+    for i, keep in enumerate(mask.tolist()):
+        if keep and start is None:
+            start = i
+        elif not keep and start is not None:
+            runs.append((start, i))
+            start = None
+    if start is not None:
+        runs.append((start, mask.shape[0]))
+    return runs
 
 
 def padded_grads(
@@ -162,16 +209,20 @@ def padded_grads(
     scale: Tensor,
     method: str,
     dense_ok: bool,
+    out: Tensor | None = None,
 ) -> Tensor:
     """Gradients ``[n, d]`` of one padded batch in one call (chunked by ``clients_per_chunk``):
     the body of :func:`batched_grads`, which checks the arguments; ``dense_ok`` selects the
-    hand-written dense backward unless ``method`` is "vmap"."""
+    hand-written dense backward unless ``method`` is "vmap"; the dense path writes into
+    ``out`` when given (a row-major ``[n, d]`` view)."""
     n = x.shape[0]
     per_client_theta = theta.dim() == 2
     if dense_ok and method != "vmap":
         coef = scale[:, None] * w / w.sum(dim=1, keepdim=True).clamp_min(1.0)
         chunk = clients_per_chunk or n
-        grads = torch.empty(n, fm.dim, dtype=theta.dtype, device=theta.device)
+        grads = (
+            torch.empty(n, fm.dim, dtype=theta.dtype, device=theta.device) if out is None else out
+        )
         for s in range(0, n, chunk):  # each chunk writes its rows in place: no final cat
             sl = slice(s, s + chunk)
             dense_grads(fm, theta, x[sl], y[sl], coef[sl], out=grads[sl])
@@ -181,13 +232,15 @@ def padded_grads(
         in_dims=(0 if per_client_theta else None, 0, 0, 0, 0),
         randomness="different",
     )
+    if out is not None:
+        raise ValueError("out is for the dense path only")
     chunk = clients_per_chunk or n
-    out = []
+    parts = []
     for start in range(0, n, chunk):
         sl = slice(start, min(n, start + chunk))
         t = theta[sl] if per_client_theta else theta
-        out.append(fn(t, x[sl], y[sl], w[sl], scale[sl]))
-    return out[0] if len(out) == 1 else torch.cat(out)
+        parts.append(fn(t, x[sl], y[sl], w[sl], scale[sl]))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def loop_grads(

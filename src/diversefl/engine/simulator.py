@@ -308,10 +308,17 @@ class Simulation:
         )
 
     def client_gradients(
-        self, r: int, byz: Tensor, ctx: RoundContext, theta: Tensor | None = None
+        self,
+        r: int,
+        byz: Tensor,
+        ctx: RoundContext,
+        theta: Tensor | None = None,
+        compute: Tensor | None = None,
     ) -> Tensor:
         """Every client's mini-batch gradient ``[n, d]`` at ``theta`` (global ``[d]`` or one
-        model per client ``[n, d]``); Byzantine batches are poisoned by data attacks."""
+        model per client ``[n, d]``); Byzantine batches are poisoned by data attacks. With
+        ``compute`` (bool ``[n]``) only those clients' rows are wanted (the others may be zero:
+        :func:`~diversefl.engine.gradients.batched_grads`)."""
         seed_dropout(seed_for(self.cfg.seed, "dropout", r), self.device)
         byz_d = byz.to(self.device)
         poisons = bool(byz.any()) and type(self.attack).poison is not Attack.poison
@@ -329,11 +336,15 @@ class Simulation:
             self.cfg.engine.clients_per_chunk or None,
             self.loss_scale,
             method=self.cfg.engine.grads,
+            compute=compute,
         )
 
     def client_updates(self, r: int, byz: Tensor, ctx: RoundContext) -> Tensor:
-        """What every client sends in round r, ``[n, d]`` (attacks applied)."""
-        grads = self.client_gradients(r, byz, ctx)
+        """What every client sends in round r, ``[n, d]`` (attacks applied). An attack that
+        ignores the Byzantine clients' own gradients (``uses_own_gradients = False``) has them
+        skipped: f/n less gradient work, the same honest rows."""
+        skip = not type(self.attack).uses_own_gradients and bool(byz.any()) and not bool(byz.all())
+        grads = self.client_gradients(r, byz, ctx, compute=~byz if skip else None)
         byz_d = byz.to(self.device)
         grads = self.aggregator.prepare(grads, ctx)
         if bool(byz.any()):
