@@ -5,7 +5,7 @@ clients' training batches before their gradients are computed."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from torch import Tensor
@@ -23,7 +23,13 @@ class Attack:
     # Whether __call__ reads the values of the gradients the Byzantine clients computed. An
     # attack that only looks at the honest ones (and the round context) sets False, and the
     # simulator then skips computing the Byzantine clients' gradients (f/n of a round's work).
+    # A subclass that overrides __call__ without setting it is back at True (the safe value).
     uses_own_gradients: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__call__" in cls.__dict__ and "uses_own_gradients" not in cls.__dict__:
+            cls.uses_own_gradients = True
 
     def choose_byzantine(self, labels: np.ndarray, parts: list[np.ndarray]) -> list[int] | None:
         """Clients this attack makes Byzantine given the partition, or None to use the config's

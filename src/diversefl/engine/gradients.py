@@ -32,6 +32,11 @@ def _client_loss(
 # no gain).
 PADDING_TOLERANCE = 0.25
 MIN_WASTED_WORK = 1 << 28
+# batched_grads(compute=...) computes the wanted clients in calls of their own only when each
+# such call has at least this many examples: BLAS may round a row differently in a call of
+# very few rows (MKL on this project's machines does at 3 rows or fewer), and a skipped
+# client must leave the others' gradients exactly as the full call computes them
+MIN_SKIP_ROWS = 32
 
 
 def length_buckets(
@@ -120,10 +125,12 @@ def batched_grads(
     model) or "auto" (dense where it applies, else vmap).
 
     ``compute`` (bool ``[n]``, optional) names the clients whose gradients are wanted; the
-    others' rows are zero. On the dense path they cost nothing, and the wanted rows are those
-    of the full call (the padded, grouped or unpadded path is chosen from all clients'
-    batches either way). On the vmap path every client is computed all the same, since a
-    model with dropout draws its masks for the whole client batch at once.
+    others' rows are zero. On the dense path without ``clients_per_chunk`` the others cost
+    nothing: the wanted clients are computed in calls of their own (the same padded or
+    unpadded path the full call takes, each client in its own row of the result). Elsewhere
+    (the vmap path, whose dropout masks are drawn for the whole client batch at once; size
+    groups; calls of fewer than :data:`MIN_SKIP_ROWS` examples) every client is computed and
+    the others' rows are zeroed.
     """
     n = x.shape[0]
     if w is None:
@@ -136,6 +143,7 @@ def batched_grads(
     dense_ok = not per_client_theta and fm.dense
     if method == "dense" and not dense_ok:
         raise ValueError("method='dense' needs a Flatten/Linear/ReLU model and one shared theta")
+    groups = length_groups(w, fm.dim)
     if compute is not None:
         compute = compute.to(device=x.device, dtype=torch.bool)
         if compute.shape != (n,):
@@ -144,11 +152,12 @@ def batched_grads(
             )
         if bool(compute.all()):
             compute = None
-        elif not (dense_ok and method != "vmap"):
+        elif not (dense_ok and method != "vmap" and not clients_per_chunk) or (
+            _smallest_call(compute, w, unpadded=groups is not None) < MIN_SKIP_ROWS
+        ):
             grads = batched_grads(fm, theta, x, y, w, clients_per_chunk, scale, method)
             grads[~compute] = 0.0
             return grads
-    groups = length_groups(w, fm.dim)
     if groups is not None and dense_ok and method != "vmap" and not clients_per_chunk:
         # unequal batches through a dense model: no padding at all (the groups' copy is made
         # here once, as the concatenated real examples)
@@ -159,13 +168,8 @@ def batched_grads(
     if groups is not None:
         grads = torch.empty(n, fm.dim, dtype=theta.dtype, device=theta.device)
         for idx, width in groups:
-            if compute is not None:
-                grads[idx[~compute[idx]]] = 0.0
-                idx = idx[compute[idx]]
             if width == 0:  # clients without a single example: a zero gradient
                 grads[idx] = 0.0
-                continue
-            if len(idx) == 0:
                 continue
             t = theta[idx] if per_client_theta else theta
             xs, ys, ws = x[idx, :width], y[idx, :width], w[idx, :width]
@@ -177,11 +181,17 @@ def batched_grads(
         return padded_grads(fm, theta, x, y, w, clients_per_chunk, scale, method, dense_ok)
     grads = torch.zeros(n, fm.dim, dtype=theta.dtype, device=theta.device)
     for a, b in client_runs(compute):  # contiguous runs of wanted clients: views, no copies
-        padded_grads(
-            fm, theta, x[a:b], y[a:b], w[a:b], clients_per_chunk, scale[a:b], method, dense_ok,
-            out=grads[a:b],
-        )  # fmt: skip
+        padded_grads(fm, theta, x[a:b], y[a:b], w[a:b], None, scale[a:b], method, True, grads[a:b])
     return grads
+
+
+def _smallest_call(compute: Tensor, w: Tensor, unpadded: bool) -> int:
+    """Examples in the smallest matmul call :func:`batched_grads` makes for the clients in
+    ``compute`` alone: all their real examples on the unpadded path, else the shortest run of
+    consecutive wanted clients times the padded width."""
+    if unpadded:
+        return int((w[compute] != 0).sum())
+    return min(b - a for a, b in client_runs(compute)) * w.shape[1] if bool(compute.any()) else 0
 
 
 def client_runs(mask: Tensor) -> list[tuple[int, int]]:
@@ -217,6 +227,8 @@ def padded_grads(
     ``out`` when given (a row-major ``[n, d]`` view)."""
     n = x.shape[0]
     per_client_theta = theta.dim() == 2
+    if out is not None and not (dense_ok and method != "vmap"):
+        raise ValueError("out is for the dense path only")
     if dense_ok and method != "vmap":
         coef = scale[:, None] * w / w.sum(dim=1, keepdim=True).clamp_min(1.0)
         chunk = clients_per_chunk or n
@@ -232,8 +244,6 @@ def padded_grads(
         in_dims=(0 if per_client_theta else None, 0, 0, 0, 0),
         randomness="different",
     )
-    if out is not None:
-        raise ValueError("out is for the dense path only")
     chunk = clients_per_chunk or n
     parts = []
     for start in range(0, n, chunk):

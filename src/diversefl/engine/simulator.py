@@ -317,8 +317,8 @@ class Simulation:
     ) -> Tensor:
         """Every client's mini-batch gradient ``[n, d]`` at ``theta`` (global ``[d]`` or one
         model per client ``[n, d]``); Byzantine batches are poisoned by data attacks. With
-        ``compute`` (bool ``[n]``) only those clients' rows are wanted (the others may be zero:
-        :func:`~diversefl.engine.gradients.batched_grads`)."""
+        ``compute`` (bool ``[n]``) only those clients' rows are wanted and the others are zero
+        (:func:`~diversefl.engine.gradients.batched_grads` says when they cost nothing)."""
         seed_dropout(seed_for(self.cfg.seed, "dropout", r), self.device)
         byz_d = byz.to(self.device)
         poisons = bool(byz.any()) and type(self.attack).poison is not Attack.poison
@@ -340,9 +340,10 @@ class Simulation:
         )
 
     def client_updates(self, r: int, byz: Tensor, ctx: RoundContext) -> Tensor:
-        """What every client sends in round r, ``[n, d]`` (attacks applied). An attack that
-        ignores the Byzantine clients' own gradients (``uses_own_gradients = False``) has them
-        skipped: f/n less gradient work, the same honest rows."""
+        """What every client sends in round r, ``[n, d]`` (attacks applied). For an attack
+        that ignores the Byzantine clients' own gradients (``uses_own_gradients = False``)
+        they are not asked for: on the dense models (softmax, MLP) that is f/n less gradient
+        work, with the honest rows exactly as before."""
         skip = not type(self.attack).uses_own_gradients and bool(byz.any()) and not bool(byz.all())
         grads = self.client_gradients(r, byz, ctx, compute=~byz if skip else None)
         byz_d = byz.to(self.device)
