@@ -340,22 +340,66 @@ def test_registry() -> None:
     assert aggregators.get("noisy_median", sigma=0.01).sigma == 0.01
 
 
-@pytest.mark.parametrize("n,d", [(1, 4), (2, 9), (23, 300), (64, 50), (65, 7)])
-def test_stable_argsort_clients_matches_a_plain_stable_sort(n, d):
-    """The integer-key sort orders every column as Python's stable ``sorted`` does, with
-    ties (repeated values, ``-0.0`` against ``0.0``), infinities and negatives."""
-    from diversefl.aggregators.order_stats import stable_argsort_clients
+def ref_window_start(column: list[float], keep: int) -> int:
+    """Drop, one value at a time, whichever end of the sorted column is strictly farther from
+    the median (the larger end on a tie): the plain greedy the vectorised count must match."""
+    values = sorted(column)
+    n = len(values)
+    mid = n // 2
+    m = values[mid] if n % 2 else (values[mid - 1] + values[mid]) / 2
+    lo, hi = 0, n - 1
+    for _ in range(n - keep):
+        if m - values[lo] > values[hi] - m:
+            lo += 1
+        else:
+            hi -= 1
+    return lo
 
-    g = torch.Generator().manual_seed(n * 100 + d)
-    x = torch.round(torch.randn(n, d, generator=g) * 2) / 2  # many ties
-    x[torch.rand(n, d, generator=g) < 0.15] = -0.0
-    x[torch.rand(n, d, generator=g) < 0.05] = math.inf
-    x[torch.rand(n, d, generator=g) < 0.05] = -math.inf
-    x[:, 0] = 1e-45  # the smallest subnormal, in every row: one tie across all rows
-    got = stable_argsort_clients(x)
-    for j in range(d):
-        column = x[:, j].tolist()
-        want = sorted(range(n), key=lambda i: column[i])
-        assert got[:, j].tolist() == want
-    float64 = stable_argsort_clients(x.double())  # the plain numpy path
-    assert torch.equal(got, float64)
+
+@pytest.mark.parametrize(("n", "keep"), [(2, 1), (5, 3), (8, 3), (13, 3), (23, 18), (23, 13)])
+def test_closest_window_start_matches_the_greedy(n: int, keep: int) -> None:
+    from diversefl.aggregators.order_stats import sort_clients
+    from diversefl.aggregators.trimmed_mean import closest_window_start
+
+    g = torch.Generator().manual_seed(n * 31 + keep)
+    x = torch.cat(
+        [
+            torch.randn(n, 40, generator=g, dtype=torch.float64),
+            torch.randint(-2, 3, (n, 40), generator=g).double(),  # many exact ties
+        ],
+        dim=1,
+    )
+    start = closest_window_start(sort_clients(x), keep)
+    want = [ref_window_start(col, keep) for col in columns(x)]
+    assert start.tolist() == want
+
+
+@pytest.mark.parametrize(("n", "keep"), [(23, 18), (23, 13), (13, 3), (6, 1)])
+def test_window_sums_slices_and_gather_agree_bit_for_bit(n: int, keep: int) -> None:
+    """The per-start row-slice sums and the gather add the same values in the same order."""
+    from diversefl.aggregators.order_stats import sort_clients
+    from diversefl.aggregators.trimmed_mean import closest_window_start, window_sums
+
+    ordered = sort_clients(torch.randn(n, 5000, generator=torch.Generator().manual_seed(n)))
+    start = closest_window_start(ordered, keep)
+    rows = start + torch.arange(keep)[:, None]
+    gathered = ordered.gather(0, rows).sum(0)
+    assert torch.equal(window_sums(ordered, start, keep), gathered)
+    looped = torch.zeros(5000)
+    for k in range(n - keep + 1):
+        looped = torch.where(start == k, ordered[k : k + keep].sum(0), looped)
+    assert torch.equal(looped, gathered)
+
+
+def test_closest_to_median_mean_exact_on_integer_ties() -> None:
+    """Small integers (every sum exact): the kept multiset equals the sorted-by-distance
+    reference's (smaller value first on a tie), so the means agree bit for bit."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randint(-4, 5, (23, 300), generator=g).double()
+    for keep in (1, 3, 13, 18, 22):
+        sums = []
+        for col in columns(x):
+            m = statistics.median(col)
+            sums.append(sum(sorted(col, key=lambda v, m=m: (abs(v - m), v))[:keep]))
+        want = torch.tensor(sums, dtype=torch.float64) / keep
+        assert torch.equal(closest_to_median_mean(x, keep), want), keep

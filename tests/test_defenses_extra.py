@@ -217,3 +217,40 @@ def test_fltrust_root_gradient_is_on_the_clients_scale(loss):
     want = torch.cat([g.reshape(-1) for g in grads]) * (20.0 if loss == "sum" else 1.0)
     assert bool((sim.batch_k == 20).all())
     torch.testing.assert_close(sim.server_gradient(theta, idx), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("offset", "scale"), [(2.0, 1.0), (2.0, 1e4), (1e7, 1e-3)])
+def test_geomed_gram_distances_match_coordinate_distances(offset, scale):
+    """The O(n^2) Gram-form distances to ``z = w @ points`` equal the coordinate formula, also
+    where they cancel: rows far from the origin and close together (offset 1e7, spread 1e-3:
+    the Gram form alone is off by far more than 1e-9) and ``z`` on top of a row."""
+    from diversefl.aggregators.geomed import gram_distances
+    from diversefl.aggregators.gram import float64_gram
+
+    g = torch.Generator().manual_seed(3)
+    points = torch.randn(7, 300, generator=g, dtype=torch.float64) * scale + offset
+    gram = float64_gram(points)
+    for weights in (
+        torch.full((7,), 1 / 7, dtype=torch.float64),
+        torch.rand(7, generator=g, dtype=torch.float64).softmax(0),
+        torch.eye(7, dtype=torch.float64)[4],  # z is row 4 itself
+    ):
+        z = weights @ points.double()
+        want = (points.double() - z).norm(dim=1)
+        got = gram_distances(points, gram, weights)
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12 * scale)
+    assert float(got[4]) == 0.0
+
+
+def test_geomed_of_a_majority_of_identical_rows_is_that_row():
+    """Four identical rows and three others: the median is the repeated row, up to the
+    smoothing (eps caps the repeated row's weight), as the plain numpy loop finds it (the Gram
+    form would cancel there; the exact recomputation keeps the distances right)."""
+    g = torch.Generator().manual_seed(5)
+    row = torch.randn(50, generator=g, dtype=torch.float64) * 100
+    points = torch.cat([row.expand(4, 50), torch.randn(3, 50, generator=g, dtype=torch.float64)])
+    out = aggregators.get("geomed")(points, _ctx(7, 2))
+    torch.testing.assert_close(out.update, row, rtol=1e-5, atol=0)
+    np.testing.assert_allclose(
+        out.update.numpy(), _numpy_weiszfeld(points.numpy(), 100, 1e-6, 1e-7), atol=1e-9
+    )

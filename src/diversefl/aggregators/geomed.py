@@ -9,12 +9,11 @@ import torch
 from torch import Tensor
 
 from diversefl.aggregators.base import Aggregate, Aggregator, AggregatorError, RoundContext
+from diversefl.aggregators.gram import CHUNK, float64_gram
 
-# Columns per float64 chunk (as in Krum): 2**18 columns x 8 bytes = 2 MiB per client.
-_CHUNK = 1 << 18
-# Up to this many entries (512 MiB in float64) the updates are widened once per call rather
-# than chunk by chunk in every iteration; the chunks, hence the sums, are the same either way.
-_WIDEN_ONCE = 1 << 26
+# Columns per float64 chunk, as in the Gram product: small enough that a chunk's widened copy
+# is still in cache when it is used.
+_CHUNK = CHUNK
 
 
 def _weighted_sum(points: Tensor, weights: Tensor) -> Tensor:
@@ -59,6 +58,30 @@ def _distances(points: Tensor, z: Tensor) -> Tensor:
     return total.sqrt()
 
 
+# Distances whose Gram form (below) is under this share of ``|z_i|^2 + |z|^2`` could have
+# cancelled badly; they are recomputed from coordinates (Krum's convention).
+_RECHECK = 1e-6
+
+
+def gram_distances(points: Tensor, gram: Tensor, weights: Tensor) -> Tensor:
+    """``||points_i - z||`` in float64 for ``z = weights @ points``, from the Gram matrix.
+
+    ``||z_i - z||^2 = G_ii - 2 (G w)_i + w.G w``: O(n^2) per call instead of a pass over the
+    ``[n, d]`` updates. Rows where that form could cancel (``z`` within ~1e-3 of the row's
+    scale of ``z_i``) are recomputed exactly from ``z``'s coordinates.
+    """
+    gw = gram @ weights
+    zz = weights @ gw
+    sq = gram.diagonal()
+    d2 = sq - 2 * gw + zz
+    risky = d2 <= _RECHECK * (sq + zz)
+    if bool(risky.any()):
+        z = _weighted_sum(points, weights)
+        d2 = d2.clone()
+        d2[risky] = _distances(points[risky], z).square()
+    return d2.clamp_min(0.0).sqrt()
+
+
 def smoothed_weiszfeld(
     points: Tensor, iters: int = 100, eps: float = 1e-6, tol: float = 1e-7
 ) -> tuple[Tensor, Tensor]:
@@ -67,11 +90,12 @@ def smoothed_weiszfeld(
     Starting from the mean, repeat ``beta_i = 1 / max(eps, ||z - z_i||)`` and
     ``z = sum_i beta_i z_i / sum_i beta_i``, at most ``iters`` times, stopping once the
     objective ``sum_i max(eps, ||z - z_i||)`` changes by less than ``tol`` times its value
-    (RFA's stopping rule). The iterate and the distances are kept in float64, computed in
-    column chunks (updates of up to 2**26 entries are widened to float64 once per call, larger
-    ones chunk by chunk, so their float64 copy is never whole): in float32 the objective's
-    rounding is about as large as ``tol``, which would let the row order change the number of
-    iterations, hence the result.
+    (RFA's stopping rule). Every iterate is a convex combination ``z = w @ points``, so the
+    iterations run on the weights ``w`` and the float64 Gram matrix of the points
+    (:func:`gram_distances`); ``z`` itself is formed once, at the end, in float64 column
+    chunks. Distances and the objective are float64: in float32 the objective's rounding is
+    about as large as ``tol``, which would let the row order change the number of iterations,
+    hence the result.
 
     Returns
     -------
@@ -80,23 +104,20 @@ def smoothed_weiszfeld(
         the dtype of ``points``.
     """
     dtype, n = points.dtype, points.shape[0]
-    if points.numel() <= _WIDEN_ONCE:
-        points = points.double()  # the helpers' per-chunk .double() is then a no-op
+    gram = float64_gram(points)
     weights = torch.full((n,), 1.0 / n, dtype=torch.float64, device=points.device)
-    z = _weighted_sum(points, weights)
-    dists = _distances(points, z).clamp_min(eps)
+    dists = gram_distances(points, gram, weights).clamp_min(eps)
     objective = float(dists.sum())
     for _ in range(iters):
         beta = 1.0 / dists
         weights = beta / beta.sum()
-        z = _weighted_sum(points, weights)
-        dists = _distances(points, z).clamp_min(eps)
+        dists = gram_distances(points, gram, weights).clamp_min(eps)
         new_objective = float(dists.sum())
         done = abs(objective - new_objective) <= tol * new_objective
         objective = new_objective
         if done:
             break
-    return z.to(dtype), weights.to(dtype)
+    return _weighted_sum(points, weights).to(dtype), weights.to(dtype)
 
 
 @dataclass

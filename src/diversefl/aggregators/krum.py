@@ -17,10 +17,9 @@ import torch
 from torch import Tensor
 
 from diversefl.aggregators.base import Aggregate, Aggregator, AggregatorError, RoundContext
+from diversefl.aggregators.gram import CHUNK, float64_gram
 from diversefl.aggregators.mean import mean_of
 
-# Columns per float64 chunk: 2**18 columns x 8 bytes = 2 MiB per client.
-_CHUNK = 1 << 18
 # Pairs whose Gram-form distance is below this share of |a|^2 + |b|^2 are recomputed exactly
 # (float64 keeps ~16 digits, so the Gram form is accurate to ~1e-10 relative above it).
 _RECHECK = 1e-6
@@ -29,8 +28,8 @@ _RECHECK = 1e-6
 def _exact_pairs(updates: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     """``||z_i - z_j||^2`` in float64 from coordinate differences, for the listed pairs."""
     out = torch.zeros(rows.numel(), dtype=torch.float64, device=updates.device)
-    for start in range(0, updates.shape[1], _CHUNK):
-        chunk = updates[:, start : start + _CHUNK].to(torch.float64)
+    for start in range(0, updates.shape[1], CHUNK):
+        chunk = updates[:, start : start + CHUNK].to(torch.float64)
         out += (chunk[rows] - chunk[cols]).square().sum(1)
     return out
 
@@ -49,14 +48,11 @@ def pairwise_sq_dists(updates: Tensor) -> Tensor:
         Symmetric float64 matrix ``[n, n]`` with an exactly zero diagonal: a float64 Gram
         product, with the pairs at risk of cancellation recomputed from exact differences.
     """
-    n, d = updates.shape
+    n = updates.shape[0]
     dist = torch.zeros(n, n, dtype=torch.float64, device=updates.device)
     if n < 2:
         return dist
-    gram = torch.zeros(n, n, dtype=torch.float64, device=updates.device)
-    for start in range(0, d, _CHUNK):
-        chunk = updates[:, start : start + _CHUNK].to(torch.float64)
-        gram += chunk @ chunk.T
+    gram = float64_gram(updates)
     sq = gram.diagonal().clone()
     rows, cols = torch.triu_indices(n, n, offset=1, device=updates.device)
     total = sq[rows] + sq[cols]

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from diversefl.aggregators.base import Aggregate, Aggregator, AggregatorError, RoundContext
 from diversefl.aggregators.median import median_of_sorted
-from diversefl.aggregators.order_stats import sort_clients, stable_argsort_clients
+from diversefl.aggregators.order_stats import sort_clients
 
 
 def trimmed_count(beta: float, n: int) -> int:
@@ -44,15 +44,44 @@ def rank_trimmed_mean(updates: Tensor, trim: int) -> Tensor:
     return sort_clients(updates)[trim : n - trim].mean(0)
 
 
+def closest_window_start(ordered: Tensor, keep: int) -> Tensor:
+    """Per coordinate, the first row of the run of ``keep`` sorted values nearest the median.
+
+    The values nearest the median are always a contiguous run of the sorted column (distance
+    to the median falls, then rises, along it). Sliding the run up by one row trades row ``j``
+    for row ``j + keep``; that pays exactly when ``j + keep`` is strictly nearer. That test is
+    monotone in ``j`` (``fl(x - m)`` is monotone in ``x``), so the start is the count of rows
+    ``j`` where it holds. A tie keeps the smaller value.
+
+    Parameters
+    ----------
+    ordered
+        Updates ``[n, d]`` sorted along dim 0 (``sort_clients``).
+    keep
+        Run length, ``1 <= keep <= n``.
+
+    Returns
+    -------
+    Tensor
+        int64 starts ``[d]`` in ``[0, n - keep]``.
+    """
+    n = ordered.shape[0]
+    median = median_of_sorted(ordered)
+    nearer_above = (ordered[keep:] - median) < (median - ordered[: n - keep])
+    return nearer_above.sum(0)
+
+
 def closest_to_median_mean(updates: Tensor, keep: int) -> Tensor:
     """Per coordinate, average the ``keep`` values closest to the coordinate median.
 
     This is the trimmed mean of Xie et al. (2018) (``keep = n - f``) and of Guerraoui et al.
     (2018) (``keep = n - 2f``, also Bulyan's last step with ``keep = n' - 2f``). The median of
     an even count is the mean of the two middle values (as in
-    :func:`diversefl.aggregators.median.coordinate_median`). Ties in distance are broken toward
-    the smaller value, so the result depends only on the multiset of values in each coordinate
-    (it is invariant to the order of the clients).
+    :func:`diversefl.aggregators.median.coordinate_median`). The kept values are the run of
+    ``keep`` sorted values found by :func:`closest_window_start` (equal distances on either
+    side of the median: the smaller value is kept), summed in ascending order, so the result
+    depends only on the multiset of values in each coordinate (it is invariant to the order of
+    the clients).
 
     Parameters
     ----------
@@ -77,10 +106,26 @@ def closest_to_median_mean(updates: Tensor, keep: int) -> Tensor:
     ordered = sort_clients(updates)
     if keep == n:
         return ordered.mean(0)
-    dist = (ordered - median_of_sorted(ordered)).abs()
-    # A stable sort over the value-sorted rows breaks distance ties toward the smaller value.
-    closest = stable_argsort_clients(dist)[:keep]
-    return torch.gather(ordered, 0, closest).mean(0)
+    return window_sums(ordered, closest_window_start(ordered, keep), keep) / keep
+
+
+def window_sums(ordered: Tensor, start: Tensor, keep: int) -> Tensor:
+    """``sum(ordered[start[u] : start[u] + keep, u])`` per column ``u``, rows added in order.
+
+    Few possible starts (the usual case, ``n - keep + 1 <= keep``): one contiguous row-slice
+    sum per start, selected per column, which on the MLP's ``[23, 199,210]`` is 2-3x faster
+    than gathering the windows; otherwise the gather. Both add the same values in the same
+    order, so they give the same bits (tested).
+    """
+    n = ordered.shape[0]
+    starts = n - keep + 1
+    if starts > keep:
+        rows = start + torch.arange(keep, device=ordered.device)[:, None]
+        return ordered.gather(0, rows).sum(0)
+    out = torch.zeros_like(ordered[0])
+    for k in range(starts):
+        out = torch.where(start == k, ordered[k : k + keep].sum(0), out)
+    return out
 
 
 def _all_accepted(updates: Tensor) -> Tensor:
