@@ -132,3 +132,25 @@ def test_time_left_at_the_runs_in_progress(tmp_path: Path):
         "at the 2 runs in progress now (other sweep processes on this directory included): ~5 min"
     )
     assert not summary_lines([done, *busy], jobs=2)[-1].startswith("at the")
+
+
+def test_time_left_at_each_defenses_own_pace():
+    """Unfinished cells are timed by their own defense's finished runs; a defense without
+    any by the mean of all finished runs."""
+    from diversefl.sweep_status import CellProgress
+
+    cells, _ = _cells(seeds=(0, 1, 2))
+    by = {c.dirname: c for c in cells}
+    progress = [
+        CellProgress(by["mean__none__seed0"], "done", 10, 100.0),
+        CellProgress(by["mean__none__seed1"], "done", 10, 140.0),
+        CellProgress(by["median__none__seed0"], "done", 10, 300.0),
+        CellProgress(by["mean__none__seed2"], "todo", 0, 0.0),
+        CellProgress(by["median__none__seed1"], "interrupted", 5, 0.0),
+        CellProgress(by["median__none__seed2"], "todo", 0, 0.0),
+        CellProgress(by["diversefl__none__seed0"], "todo", 0, 0.0),
+    ]
+    # by hand: mean 1 x 120 s; median (0.5 + 1) x 300 s; diversefl 1 x (100+140+300)/3 = 180 s
+    left, seconds = time_left(progress, jobs=2)
+    assert left == pytest.approx(3.5)
+    assert seconds == pytest.approx((120.0 + 450.0 + 180.0) / 2)

@@ -81,13 +81,24 @@ def done_matrix(progress: list[CellProgress]) -> tuple[list[str], list[int], dic
 
 def time_left(progress: list[CellProgress], jobs: int = 1) -> tuple[float, float | None]:
     """Runs' worth of work left (started runs count by their rounds left) and the wall
-    seconds that takes with ``jobs`` at once, at the finished runs' mean wall time
-    (None when no run has finished)."""
+    seconds that takes with ``jobs`` at once (None when no run has finished).
+
+    Each unfinished cell is timed at the mean wall time of its own defense's finished runs
+    (a Bulyan run costs about twice a mean run), or of all finished runs when its defense has
+    none yet.
+    """
     left = sum(p.fraction_left for p in progress)
-    walls = [p.wall_seconds for p in progress if p.state == "done"]
+    walls: dict[str, list[float]] = {}
+    for p in progress:
+        if p.state == "done":
+            walls.setdefault(p.cell.aggregator, []).append(p.wall_seconds)
     if not walls:
         return left, None
-    return left, left * (sum(walls) / len(walls)) / max(1, jobs)
+    every = [w for ws in walls.values() for w in ws]
+    overall = sum(every) / len(every)
+    pace = {agg: sum(ws) / len(ws) for agg, ws in walls.items()}
+    seconds = sum(p.fraction_left * pace.get(p.cell.aggregator, overall) for p in progress)
+    return left, seconds / max(1, jobs)
 
 
 def summary_lines(progress: list[CellProgress], jobs: int = 1) -> list[str]:
@@ -125,7 +136,8 @@ def summary_lines(progress: list[CellProgress], jobs: int = 1) -> list[str]:
     else:
         lines.append(
             f"{left:.1f} runs' worth left: ~{format_duration(seconds)} with --jobs {jobs} "
-            "at the finished runs' pace (their wall times include whatever shared the CPU)"
+            "at the pace of each defense's finished runs (all finished runs' for a defense "
+            "with none; their wall times include whatever shared the CPU)"
         )
         in_progress = len(by_state["running"])
         if in_progress and in_progress != jobs:
