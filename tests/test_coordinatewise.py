@@ -374,21 +374,34 @@ def test_closest_window_start_matches_the_greedy(n: int, keep: int) -> None:
     assert start.tolist() == want
 
 
-@pytest.mark.parametrize(("n", "keep"), [(23, 18), (23, 13), (13, 3), (6, 1)])
+@pytest.mark.parametrize(("n", "keep"), [(23, 18), (23, 13), (13, 3), (6, 1), (1, 1)])
 def test_window_sums_slices_and_gather_agree_bit_for_bit(n: int, keep: int) -> None:
-    """The per-start row-slice sums and the gather add the same values in the same order."""
+    """The per-start row-slice sums and the gather add the same values in the same order, so
+    either path (whichever the size picks) gives the same bits; and the result does not depend
+    on the memory layout of the updates."""
     from diversefl.aggregators.order_stats import sort_clients
-    from diversefl.aggregators.trimmed_mean import closest_window_start, window_sums
+    from diversefl.aggregators.trimmed_mean import (
+        closest_window_start,
+        window_sums,
+        window_sums_by_gather,
+        window_sums_by_slices,
+    )
 
-    ordered = sort_clients(torch.randn(n, 5000, generator=torch.Generator().manual_seed(n)))
+    x = torch.randn(n, 5000, generator=torch.Generator().manual_seed(n))
+    ordered = sort_clients(x)
     start = closest_window_start(ordered, keep)
-    rows = start + torch.arange(keep)[:, None]
-    gathered = ordered.gather(0, rows).sum(0)
+    gathered = window_sums_by_gather(ordered, start, keep)
+    assert torch.equal(window_sums_by_slices(ordered, start, keep), gathered)
     assert torch.equal(window_sums(ordered, start, keep), gathered)
-    looped = torch.zeros(5000)
-    for k in range(n - keep + 1):
-        looped = torch.where(start == k, ordered[k : k + keep].sum(0), looped)
-    assert torch.equal(looped, gathered)
+    column_major = x.t().contiguous().t()
+    assert torch.equal(closest_to_median_mean(column_major, keep), closest_to_median_mean(x, keep))
+
+
+def test_same_side_rounding_tie_keeps_the_truly_nearer_value() -> None:
+    """Sorted 1e-30 below... : median (1e-30 + 0.25) / 2 = 0.125; -1e-30, 1e-30 and 0.25 are all
+    0.125 away after rounding, but 1e-30 is truly nearest, and the run keeps it."""
+    x = torch.tensor([[0.25], [-1e-30], [1e-30], [3e38]], dtype=torch.float64)
+    assert closest_to_median_mean(x, 1).item() == 1e-30
 
 
 def test_closest_to_median_mean_exact_on_integer_ties() -> None:

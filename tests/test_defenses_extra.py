@@ -244,8 +244,7 @@ def test_geomed_gram_distances_match_coordinate_distances(offset, scale):
 
 def test_geomed_of_a_majority_of_identical_rows_is_that_row():
     """Four identical rows and three others: the median is the repeated row, up to the
-    smoothing (eps caps the repeated row's weight), as the plain numpy loop finds it (the Gram
-    form would cancel there; the exact recomputation keeps the distances right)."""
+    smoothing (eps caps the repeated row's weight), as the plain numpy loop finds it."""
     g = torch.Generator().manual_seed(5)
     row = torch.randn(50, generator=g, dtype=torch.float64) * 100
     points = torch.cat([row.expand(4, 50), torch.randn(3, 50, generator=g, dtype=torch.float64)])
@@ -254,3 +253,19 @@ def test_geomed_of_a_majority_of_identical_rows_is_that_row():
     np.testing.assert_allclose(
         out.update.numpy(), _numpy_weiszfeld(points.numpy(), 100, 1e-6, 1e-7), atol=1e-9
     )
+
+
+@pytest.mark.parametrize("big", [1e9, 1e10])
+def test_geomed_with_huge_rows_that_cancel_matches_the_plain_loop(big):
+    """Five huge rows summing to zero next to 18 small ones: the weighted mean is small, but
+    the Gram form's rounding scales with the huge rows, so the small rows' distances must be
+    recomputed from coordinates (a threshold scaled by ``|z_i|^2 + |z|^2`` missed them and
+    was off by up to 1.3 here)."""
+    g = torch.Generator().manual_seed(11)
+    honest = torch.randn(18, 5000, generator=g, dtype=torch.float64) * 0.1
+    u = torch.randn(4, 5000, generator=g, dtype=torch.float64)
+    u = u / u.norm(dim=1, keepdim=True)
+    points = torch.cat([honest, torch.cat([u, -u.sum(0, keepdim=True)]) * big])
+    out = aggregators.get("geomed")(points, _ctx(23, 5))
+    ref = _numpy_weiszfeld(points.numpy(), 100, 1e-6, 1e-7)
+    np.testing.assert_allclose(out.update.numpy(), ref, rtol=0, atol=1e-7)

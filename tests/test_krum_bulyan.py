@@ -89,7 +89,8 @@ def test_distances_exact_for_large_norms() -> None:
 def test_distances_chunked_across_columns(monkeypatch: pytest.MonkeyPatch) -> None:
     from diversefl.aggregators import gram as gram_module
 
-    x = torch.randn(6, 50, generator=torch.Generator().manual_seed(4))
+    x = torch.randn(6, 50, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    x[1] = x[0] + 1e-6 * x[2]  # a pair the Gram form could cancel: recomputed exactly
     whole = pairwise_sq_dists(x)
     monkeypatch.setattr(gram_module, "CHUNK", 7)
     np.testing.assert_allclose(pairwise_sq_dists(x).numpy(), whole.numpy(), rtol=1e-12)

@@ -58,23 +58,29 @@ def _distances(points: Tensor, z: Tensor) -> Tensor:
     return total.sqrt()
 
 
-# Distances whose Gram form (below) is under this share of ``|z_i|^2 + |z|^2`` could have
-# cancelled badly; they are recomputed from coordinates (Krum's convention).
+# Distances whose Gram form (below) is under this share of its rounding scale
+# ``(|z_i| + sum_j w_j |z_j|)^2`` could have cancelled badly; they are recomputed from
+# coordinates (Krum's convention).
 _RECHECK = 1e-6
 
 
 def gram_distances(points: Tensor, gram: Tensor, weights: Tensor) -> Tensor:
-    """``||points_i - z||`` in float64 for ``z = weights @ points``, from the Gram matrix.
+    """``||points_i - z||`` in float64 for ``z = weights @ points`` (weights >= 0), from the
+    Gram matrix.
 
     ``||z_i - z||^2 = G_ii - 2 (G w)_i + w.G w``: O(n^2) per call instead of a pass over the
-    ``[n, d]`` updates. Rows where that form could cancel (``z`` within ~1e-3 of the row's
-    scale of ``z_i``) are recomputed exactly from ``z``'s coordinates.
+    ``[n, d]`` updates. Every term is a sum of products of entries whose magnitudes add up to
+    at most ``(|z_i| + sum_j w_j |z_j|)^2``, so that bounds the rounding error (times float64's
+    ~1e-16); a row whose result is not far above it (``z`` within ~1e-3 of that scale of
+    ``z_i``, or large rows that cancel in ``z``) is recomputed exactly from ``z``'s coordinates.
     """
     gw = gram @ weights
     zz = weights @ gw
     sq = gram.diagonal()
     d2 = sq - 2 * gw + zz
-    risky = d2 <= _RECHECK * (sq + zz)
+    norms = sq.clamp_min(0.0).sqrt()
+    scale = (norms + weights @ norms).square()
+    risky = d2 <= _RECHECK * scale
     if bool(risky.any()):
         z = _weighted_sum(points, weights)
         d2 = d2.clone()

@@ -16,8 +16,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from diversefl.aggregators import gram as gram_module
 from diversefl.aggregators.base import Aggregate, Aggregator, AggregatorError, RoundContext
-from diversefl.aggregators.gram import CHUNK, float64_gram
+from diversefl.aggregators.gram import float64_gram
 from diversefl.aggregators.mean import mean_of
 
 # Pairs whose Gram-form distance is below this share of |a|^2 + |b|^2 are recomputed exactly
@@ -28,8 +29,9 @@ _RECHECK = 1e-6
 def _exact_pairs(updates: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     """``||z_i - z_j||^2`` in float64 from coordinate differences, for the listed pairs."""
     out = torch.zeros(rows.numel(), dtype=torch.float64, device=updates.device)
-    for start in range(0, updates.shape[1], CHUNK):
-        chunk = updates[:, start : start + CHUNK].to(torch.float64)
+    step = gram_module.CHUNK
+    for start in range(0, updates.shape[1], step):
+        chunk = updates[:, start : start + step].to(torch.float64)
         out += (chunk[rows] - chunk[cols]).square().sum(1)
     return out
 

@@ -51,7 +51,9 @@ def closest_window_start(ordered: Tensor, keep: int) -> Tensor:
     to the median falls, then rises, along it). Sliding the run up by one row trades row ``j``
     for row ``j + keep``; that pays exactly when ``j + keep`` is strictly nearer. That test is
     monotone in ``j`` (``fl(x - m)`` is monotone in ``x``), so the start is the count of rows
-    ``j`` where it holds. A tie keeps the smaller value.
+    ``j`` where it holds. Equally far values on opposite sides of the median: the smaller is
+    kept. Two different values on the SAME side can round to equal distances; the run then
+    keeps the one truly nearer the median (a sort by rounded distance would keep the smaller).
 
     Parameters
     ----------
@@ -78,8 +80,8 @@ def closest_to_median_mean(updates: Tensor, keep: int) -> Tensor:
     (2018) (``keep = n - 2f``, also Bulyan's last step with ``keep = n' - 2f``). The median of
     an even count is the mean of the two middle values (as in
     :func:`diversefl.aggregators.median.coordinate_median`). The kept values are the run of
-    ``keep`` sorted values found by :func:`closest_window_start` (equal distances on either
-    side of the median: the smaller value is kept), summed in ascending order, so the result
+    ``keep`` sorted values found by :func:`closest_window_start` (equal distances on opposite
+    sides of the median: the smaller value is kept), summed in ascending order, so the result
     depends only on the multiset of values in each coordinate (it is invariant to the order of
     the clients).
 
@@ -103,7 +105,7 @@ def closest_to_median_mean(updates: Tensor, keep: int) -> Tensor:
     n = updates.shape[0]
     if not 1 <= keep <= n:
         raise ValueError(f"keep must be in [1, {n}], got {keep}")
-    ordered = sort_clients(updates)
+    ordered = sort_clients(updates).contiguous()  # row sums then do not depend on the layout
     if keep == n:
         return ordered.mean(0)
     return window_sums(ordered, closest_window_start(ordered, keep), keep) / keep
@@ -113,17 +115,26 @@ def window_sums(ordered: Tensor, start: Tensor, keep: int) -> Tensor:
     """``sum(ordered[start[u] : start[u] + keep, u])`` per column ``u``, rows added in order.
 
     Few possible starts (the usual case, ``n - keep + 1 <= keep``): one contiguous row-slice
-    sum per start, selected per column, which on the MLP's ``[23, 199,210]`` is 2-3x faster
-    than gathering the windows; otherwise the gather. Both add the same values in the same
-    order, so they give the same bits (tested).
+    sum per start, selected per column (:func:`window_sums_by_slices`), which on the MLP's
+    ``[23, 199,210]`` is 2-3x faster than gathering the windows; otherwise the gather
+    (:func:`window_sums_by_gather`). For a row-major ``ordered`` both add the same values in
+    the same order, so they give the same bits (tested).
     """
-    n = ordered.shape[0]
-    starts = n - keep + 1
-    if starts > keep:
-        rows = start + torch.arange(keep, device=ordered.device)[:, None]
-        return ordered.gather(0, rows).sum(0)
+    if ordered.shape[0] - keep + 1 > keep:
+        return window_sums_by_gather(ordered, start, keep)
+    return window_sums_by_slices(ordered, start, keep)
+
+
+def window_sums_by_gather(ordered: Tensor, start: Tensor, keep: int) -> Tensor:
+    """:func:`window_sums` by gathering each column's ``keep`` rows."""
+    rows = start + torch.arange(keep, device=ordered.device)[:, None]
+    return ordered.gather(0, rows).sum(0)
+
+
+def window_sums_by_slices(ordered: Tensor, start: Tensor, keep: int) -> Tensor:
+    """:func:`window_sums` by summing the row slice of every possible start once."""
     out = torch.zeros_like(ordered[0])
-    for k in range(starts):
+    for k in range(ordered.shape[0] - keep + 1):
         out = torch.where(start == k, ordered[k : k + keep].sum(0), out)
     return out
 
