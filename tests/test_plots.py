@@ -337,3 +337,34 @@ def test_metric_bars_backdoor_board(tmp_path: Path) -> None:
     assert main(["plot", str(tmp_path), "--bars", metrics, "--seeds", "3"]) == 2
     assert main(["plot", str(tmp_path), "--table", "--seeds", "0,x"]) == 2
     assert main(["plot", str(tmp_path), "--bars", "final_main_accuracy,"]) == 2
+
+
+def test_attack_invariant_oracle_fills_the_attacks_it_was_not_run_under(tmp_path: Path) -> None:
+    """OracleSGD run under no attack and sign flip only: the table and the heat-map show its
+    sign-flip run for every other attack, marked, and rank it; a defense with a missing cell
+    stays blank and unranked."""
+    from diversefl import aggregators
+    from diversefl.plots import ATTACK_INVARIANT
+
+    assert ATTACK_INVARIANT == {
+        name for name, cls in aggregators.REGISTRY.items() if cls.attack_invariant
+    }
+    lines = ["aggregator,attack,seed,final_test_accuracy,mean_tpr,mean_fpr",
+             "oracle,none,0,0.9,,0.0", "oracle,sign_flip,0,0.8,1.0,0.0",
+             "mean,none,0,0.9,,0.0", "mean,sign_flip,0,0.1,0.0,0.0", "mean,alie,0,0.5,0.0,0.0",
+             "median,none,0,0.7,,0.0", "median,alie,0,0.6,0.0,0.0"]  # fmt: skip
+    (tmp_path / "sweep.csv").write_text("\n".join(lines) + "\n")
+    text = accuracy_table(tmp_path)
+    accuracy, detection = text.split("**mean TPR / FPR")
+    rows = {ln.split(" | ")[0].lstrip("| "): ln for ln in accuracy.splitlines() if ln[:1] == "|"}
+    assert rows["OracleSGD"] == "| OracleSGD | 0.900 | 0.800 | 0.800 (=) | 0.800 (all) | 0.800 |"
+    assert rows["Median"] == "| Median | 0.700 |  | 0.600 |  |  |"
+    assert "it was run under Sign flip, shown for the others" in text
+    assert "| OracleSGD | – / 0.000 | 1.000 / 0.000 | 1.000 / 0.000 (=) |" in detection
+    aggs, cols, grid = heatmap_grid([dict(zip(lines[0].split(","), ln.split(","), strict=True))
+                                     for ln in lines[1:]])  # fmt: skip
+    assert cols == ["none", "sign_flip", "alie", "worst"]
+    assert grid[aggs.index("oracle")] == pytest.approx([0.9, 0.8, 0.8, 0.8])
+    assert math.isnan(grid[aggs.index("median")][1]) and math.isnan(grid[aggs.index("median")][3])
+    plot_heatmap(tmp_path, out=tmp_path / "heat.png")
+    assert (tmp_path / "heat.png").stat().st_size > 1000

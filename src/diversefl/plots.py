@@ -643,6 +643,31 @@ def machine_note(rows: list[dict[str, Any]]) -> str:
     return "Measured on: " + ", ".join(parts) + "."
 
 
+# Aggregators whose run no attack changes (``Aggregator.attack_invariant``; OracleSGD averages
+# the honest clients only): a grid runs them under one attack, and the tables show that run
+# for the attacks they were not run under. Kept here as names so that plotting needs no torch;
+# tests/test_plots.py checks it against the registry.
+ATTACK_INVARIANT = frozenset({"oracle"})
+
+
+def invariant_fills(
+    present: set[tuple[str, str]], aggs: list[str], attacks: list[str]
+) -> dict[tuple[str, str], str]:
+    """``{(aggregator, attack): attack whose run stands for it}`` for the attacked cells an
+    attack-invariant aggregator was not run under (its first attacked run, in column order)."""
+    fills: dict[tuple[str, str], str] = {}
+    for a in aggs:
+        if _key(a) not in ATTACK_INVARIANT:
+            continue
+        ran = [t for t in attacks if t != "none" and (a, t) in present]
+        if not ran:
+            continue
+        for t in attacks:
+            if t != "none" and (a, t) not in present:
+                fills[(a, t)] = ran[0]
+    return fills
+
+
 def accuracy_table(
     path: str | Path, metric: str = "final_test_accuracy", seeds: list[int] | None = None
 ) -> str:
@@ -675,6 +700,9 @@ def accuracy_table(
     aggs = sorted({a for a, _ in cells}, key=aggregator_sort_key)
     attacks = sorted({t for _, t in cells}, key=attack_sort_key)
     cols = [ATTACK_SHORT.get(t, t.replace("_", " ")) for t in attacks]
+    fills = invariant_fills(set(cells), aggs, attacks)
+    for cell, source in fills.items():
+        cells[cell] = cells[(cell[0], source)]
     n_seeds = max(len(c[metric]) for c in cells.values())
     uneven = any(0 < len(c[metric]) < n_seeds for c in cells.values())
 
@@ -682,11 +710,12 @@ def accuracy_table(
         short = 0 < len(values) < n_seeds
         return format_mean_std(values) + (f" (n={len(values)})" if short else "")
 
-    body = [
-        [aggregator_name(a)]
-        + [cell_text(cells[(a, t)][metric]) if (a, t) in cells else "" for t in attacks]
-        for a in aggs
-    ]
+    def shown(a: str, t: str) -> str:
+        if (a, t) not in cells:
+            return ""
+        return cell_text(cells[(a, t)][metric]) + (" (=)" if (a, t) in fills else "")
+
+    body = [[aggregator_name(a)] + [shown(a, t) for t in attacks] for a in aggs]
     header = ["Aggregator", *cols]
     attacked = [t for t in attacks if t != "none"]
     mixed = False
@@ -701,6 +730,17 @@ def accuracy_table(
             row += ranks
     note = f"{metric} (mean ± std over seeds)" if n_seeds > 1 else metric
     text = f"**{note}**\n\n" + markdown_table(header, body)
+    if fills:
+        sources = sorted({(a, src) for (a, _), src in fills.items()})
+        text += (
+            "\n\n(=): "
+            + "; ".join(
+                f"{aggregator_name(a)} never reads a Byzantine update, so every attack gives it "
+                f"the same run; it was run under {ATTACK_SHORT.get(src, src)}, shown for the others"
+                for a, src in sources
+            )
+            + "."
+        )
     if any((a, t) not in cells for a in aggs for t in attacks):
         text += (
             "\n\nBlank: no run of that pair (a sweep entry limited to some attacks, such as "
@@ -730,7 +770,7 @@ def accuracy_table(
                     continue
                 tpr = f"{statistics.fmean(c['mean_tpr']):.3f}" if c["mean_tpr"] else "–"
                 fpr = f"{statistics.fmean(c['mean_fpr']):.3f}" if c["mean_fpr"] else "–"
-                row.append(f"{tpr} / {fpr}")
+                row.append(f"{tpr} / {fpr}" + (" (=)" if (a, t) in fills else ""))
             det.append(row)
         text += "\n\n**mean TPR / FPR (Byzantine rejected / honest rejected)**\n\n"
         text += markdown_table(["Aggregator", *cols], det)
@@ -743,7 +783,9 @@ def heatmap_grid(
 ) -> tuple[list[str], list[str], list[list[float]]]:
     """Rows (aggregator labels), columns (attack labels, then ``"worst"`` when two or more
     attacks other than ``none`` are present) and the ``metric`` means over seeds (NaN where a
-    cell has no run; the worst column is NaN until the row has faced every attack)."""
+    cell has no run; an attack-invariant aggregator's attacked cells all show its attacked
+    run, :func:`invariant_fills`; the worst column is NaN until the row has faced every
+    attack)."""
     cells: dict[tuple[str, str], list[float]] = defaultdict(list)
     for r in rows:
         v = as_number(r.get(metric))
@@ -753,6 +795,8 @@ def heatmap_grid(
         raise ValueError(f"metric {metric!r} not found in the results")
     aggs = sorted({a for a, _ in cells}, key=aggregator_sort_key)
     attacks = sorted({t for _, t in cells}, key=attack_sort_key)
+    for cell, source in invariant_fills(set(cells), aggs, attacks).items():
+        cells[cell] = cells[(cell[0], source)]
     grid = [[statistics.fmean(cells[(a, t)]) if (a, t) in cells else math.nan for t in attacks]
             for a in aggs]  # fmt: skip
     attacked = [j for j, t in enumerate(attacks) if t != "none"]
@@ -788,11 +832,20 @@ def plot_heatmap(
     if attacks[-1] == "worst":
         ax.axvline(len(attacks) - 1.5, color="white", linewidth=4)
     ax.set_yticks(range(len(aggs)), [aggregator_name(a) for a in aggs])
+    ran = {(str(r["aggregator"]), str(r["attack"])) for r in rows
+           if math.isfinite(as_number(r.get(metric)))}  # fmt: skip
+    fills = invariant_fills(ran, aggs, [t for t in attacks if t != "worst"])
     for i, row in enumerate(grid):
         for j, v in enumerate(row):
             if math.isfinite(v):
+                filled = j < len(attacks) and (aggs[i], attacks[j]) in fills
                 ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=8,
-                        color="white" if v < 0.6 else "black")  # fmt: skip
+                        color="white" if v < 0.6 else "black",
+                        fontstyle="italic" if filled else "normal")  # fmt: skip
+    if fills:
+        names_filled = sorted({aggregator_name(a) for a, _ in fills})
+        fig.text(0.01, 0.01, f"italic: {', '.join(names_filled)} never reads a Byzantine "
+                 "update; its one attacked run stands for every attack", fontsize=7)  # fmt: skip
     fig.colorbar(im, ax=ax, label=metric.replace("_", " "))
     ax.set_title(f"{metric.replace('_', ' ')} ({seed_label(rows)})")
     target = _output_path(p if p.is_dir() else p.parent, out, f"{metric}_heatmap.png")

@@ -77,6 +77,9 @@ class Aggregator:
 
     name: ClassVar[str] = "base"
     needs_guiding: ClassVar[bool] = False
+    # True when no attack can change the rule's run (it never reads a Byzantine update), so
+    # one attacked run stands for every attack (tables fill the others from it)
+    attack_invariant: ClassVar[bool] = False
 
     def check(self, n: int, f: int) -> None:
         """Raise :class:`AggregatorError` when the rule cannot work for n clients, f Byzantine."""

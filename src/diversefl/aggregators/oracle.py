@@ -17,6 +17,7 @@ class Oracle(Aggregator):
     """Mean of the honest clients only: the ideal a defense is measured against."""
 
     name: ClassVar[str] = "oracle"
+    attack_invariant: ClassVar[bool] = True  # the Byzantine rows never reach the average
 
     def aggregate(self, updates: Tensor, ctx: RoundContext) -> Aggregate:
         if ctx.byzantine is None:
