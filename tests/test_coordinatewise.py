@@ -416,3 +416,16 @@ def test_closest_to_median_mean_exact_on_integer_ties() -> None:
             sums.append(sum(sorted(col, key=lambda v, m=m: (abs(v - m), v))[:keep]))
         want = torch.tensor(sums, dtype=torch.float64) / keep
         assert torch.equal(closest_to_median_mean(x, keep), want), keep
+
+
+def test_even_median_does_not_overflow_and_keeps_the_bits_of_the_plain_formula() -> None:
+    """Halves first: no overflow for two values near the dtype's largest, and exactly the bits
+    of ``(a + b) / 2`` everywhere else (halving is exact)."""
+    big16 = torch.tensor([[6.0e4, -6.0e4], [6.5e4, -6.5e4]], dtype=torch.float16)
+    assert coordinate_median(big16).tolist() == [62496.0, -62496.0]
+    big32 = torch.tensor([[3.0e38], [3.2e38]])
+    assert coordinate_median(big32).item() == pytest.approx(3.1e38, rel=1e-6)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 20_000, generator=g) * torch.logspace(-20, 20, 20_000)
+    ordered = x.sort(0).values
+    assert torch.equal(coordinate_median(x), (ordered[1] + ordered[2]) / 2)

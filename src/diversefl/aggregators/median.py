@@ -25,7 +25,9 @@ def median_of_sorted(sorted_updates: Tensor) -> Tensor:
     mid = n // 2
     if n % 2 == 1:
         return sorted_updates[mid].clone()
-    return (sorted_updates[mid - 1] + sorted_updates[mid]) / 2
+    # halves first: the same bits as (a + b) / 2 (halving is exact), without its overflow to
+    # inf for two values near the dtype's largest (float16's 65,504)
+    return sorted_updates[mid - 1] / 2 + sorted_updates[mid] / 2
 
 
 def coordinate_median(updates: Tensor) -> Tensor:
