@@ -144,6 +144,9 @@ def batched_grads(
     if method == "dense" and not dense_ok:
         raise ValueError("method='dense' needs a Flatten/Linear/ReLU model and one shared theta")
     groups = length_groups(w, fm.dim)
+    # the hand-written dense backward on the whole client axis at once: the only path that can
+    # drop padding and skip clients
+    whole_dense = dense_ok and method != "vmap" and not clients_per_chunk
     if compute is not None:
         compute = compute.to(device=x.device, dtype=torch.bool)
         if compute.shape != (n,):
@@ -152,13 +155,13 @@ def batched_grads(
             )
         if bool(compute.all()):
             compute = None
-        elif not (dense_ok and method != "vmap" and not clients_per_chunk) or (
+        elif not whole_dense or (
             _smallest_call(compute, w, unpadded=groups is not None) < MIN_SKIP_ROWS
         ):
             grads = batched_grads(fm, theta, x, y, w, clients_per_chunk, scale, method)
             grads[~compute] = 0.0
             return grads
-    if groups is not None and dense_ok and method != "vmap" and not clients_per_chunk:
+    if groups is not None and whole_dense:
         # unequal batches through a dense model: no padding at all (the groups' copy is made
         # here once, as the concatenated real examples)
         keep = w != 0 if compute is None else (w != 0) & compute[:, None]
