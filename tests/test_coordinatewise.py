@@ -374,7 +374,7 @@ def test_closest_window_start_matches_the_greedy(n: int, keep: int) -> None:
     assert start.tolist() == want
 
 
-@pytest.mark.parametrize(("n", "keep"), [(23, 18), (23, 13), (13, 3), (6, 1), (1, 1)])
+@pytest.mark.parametrize(("n", "keep"), [(23, 18), (23, 13), (13, 3), (6, 1), (1, 1), (40, 20)])
 def test_window_sums_slices_and_gather_agree_bit_for_bit(n: int, keep: int) -> None:
     """The per-start row-slice sums and the gather add the same values in the same order, so
     either path (whichever the size picks) gives the same bits; and the result does not depend
