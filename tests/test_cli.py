@@ -125,3 +125,9 @@ def test_version_names_diversefl_and_torch(capsys):
     out = capsys.readouterr().out
     assert out.startswith(f"diversefl {diversefl.__version__} ")
     assert f"torch {torch.__version__}" in out
+
+
+def test_resume_without_out_is_a_clear_error(capsys):
+    """`run --resume` with neither a config nor `--out`: status 2 and what is missing."""
+    assert main(["run", "--resume"]) == 2
+    assert "--resume needs --out RUN_DIR" in capsys.readouterr().err

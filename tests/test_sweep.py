@@ -42,6 +42,25 @@ def test_expand_labels_params_and_overrides():
     assert c.dirname == "dfl-big__gaussian__seed0" or c.dirname == "dfl-big__gaussian__seed1"
 
 
+def test_base_placement_and_assumed_f_apply_to_every_cell():
+    """The base [attack]'s placement keys and the base [aggregator]'s assumed_f describe the
+    federation, so every cell keeps them; the method settings of the base tables do not
+    carry over (each cell's come from its entries), and an entry's own `set` still wins."""
+    raw = _grid(
+        aggregators=["mean", {"name": "median", "set": {"attack.byzantine_seed": 7}}],
+        attacks=["none", {"name": "gaussian", "sigma": 5.0}],
+    )
+    raw["attack"] = {"name": "gaussian", "sigma": 99.0, "f": 1, "byzantine_seed": 3}
+    raw["aggregator"] = {"name": "trimmed_mean", "beta": 0.2, "assumed_f": 2}
+    cells = expand(raw)
+    assert len(cells) == 4
+    for c in cells:
+        assert c.config.attack.f == 1 and c.config.aggregator.assumed_f == 2
+        assert c.config.attack.byzantine_seed == (7 if c.aggregator == "median" else 3)
+        assert c.config.aggregator.params() == {}  # no beta from the base table
+        assert c.config.attack.params() == ({"sigma": 5.0} if c.attack == "gaussian" else {})
+
+
 def test_bad_cell_fails_up_front():
     with pytest.raises(ConfigError, match="sweep cell bulyan__sign_flip"):
         expand(_grid(aggregators=["bulyan"], attacks=["sign_flip"]))

@@ -33,13 +33,14 @@ def _run_overrides(args: argparse.Namespace) -> list[str]:
 def cmd_run(args: argparse.Namespace) -> int:
     """``diversefl run [CONFIG]``: one experiment, or the built-in demo without a config."""
     from diversefl.api import resolve_config, run
+    from diversefl.config import ConfigError
 
     if args.config is None and not args.resume:
         return _run_demo(args)
     config = args.config
     if config is None:  # --resume with only --out: the saved config is used
         if args.out is None:
-            raise SystemExit("error: --resume needs --out RUN_DIR (or a config)")
+            raise ConfigError("--resume needs --out RUN_DIR (or a config)")
         config = Path(args.out) / "config.toml"
     cfg = resolve_config(config, _run_overrides(args))
     if args.config and "[sweep]" in Path(args.config).read_text():

@@ -40,7 +40,7 @@ class ClientsConfig(_Section):
     batch: int | float = 300  # examples per round: an int, or a fraction of the shard (0.1)
     sample: int | float = 30  # one-time sample shared with the server: int or fraction
     # "mean": gradient of the mean batch loss (eq. 3); "sum": of the summed loss, i.e. m times
-    # larger (the softmax-regression preset: see README "Reproducing the paper")
+    # larger (the softmax-regression preset: see README "Figures and paper reproduction")
     loss: Literal["mean", "sum"] = "mean"
 
     @field_validator("batch", "sample")

@@ -113,12 +113,8 @@ def expand(raw: dict[str, Any]) -> list[Cell]:
                 continue
             for seed in seeds:
                 cfg = copy.deepcopy(raw)
-                cfg["aggregator"] = {"name": a_name, **a_params}
-                cfg["attack"] = {
-                    **{k: v for k, v in raw.get("attack", {}).items() if k in ("f", "byzantine")},
-                    "name": k_name,
-                    **k_params,
-                }
+                cfg["aggregator"] = {**_shared(raw, "aggregator"), "name": a_name, **a_params}
+                cfg["attack"] = {**_shared(raw, "attack"), "name": k_name, **k_params}
                 cfg["seed"] = seed
                 cfg["name"] = f"{a_label}__{k_label}__seed{seed}"
                 cfg = apply_overrides(cfg, a_sets + k_sets)
@@ -128,6 +124,19 @@ def expand(raw: dict[str, Any]) -> list[Cell]:
                     raise ConfigError(f"sweep cell {cfg['name']}: {err}") from None
                 cells.append(Cell(a_label, k_label, seed, config))
     return cells
+
+
+# Keys of the base config's [attack] and [aggregator] that are about the federation, not about
+# one method, so they apply to every cell (the rest of those tables comes from the entries).
+SHARED_KEYS = {
+    "attack": ("f", "byzantine", "byzantine_seed", "also_seeded"),
+    "aggregator": ("assumed_f",),
+}
+
+
+def _shared(raw: dict[str, Any], section: str) -> dict[str, Any]:
+    """The base config's :data:`SHARED_KEYS` of ``section``."""
+    return {k: v for k, v in raw.get(section, {}).items() if k in SHARED_KEYS[section]}
 
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> list[Cell]:
