@@ -61,6 +61,37 @@ def test_base_placement_and_assumed_f_apply_to_every_cell():
         assert c.config.attack.params() == ({"sigma": 5.0} if c.attack == "gaussian" else {})
 
 
+def test_without_a_list_the_base_table_is_the_one_entry():
+    """A grid that lists no aggregators (or attacks) runs the base config's, settings included."""
+    raw = _grid(seeds=[0, 1])
+    raw["aggregator"] = {"name": "trimmed_mean", "beta": 0.2, "assumed_f": 1}
+    raw["attack"] = {"name": "gaussian", "sigma": 5.0, "f": 1}
+    cells = expand(raw)
+    assert [c.dirname for c in cells] == [
+        "trimmed_mean__gaussian__seed0",
+        "trimmed_mean__gaussian__seed1",
+    ]
+    for c in cells:
+        assert c.config.aggregator.params() == {"beta": 0.2} and c.config.aggregator.assumed_f == 1
+        assert c.config.attack.params() == {"sigma": 5.0} and c.config.attack.f == 1
+
+
+def test_set_of_a_method_setting_that_no_cell_would_see_is_an_error(tmp_path: Path):
+    import tomli_w
+
+    from diversefl.sweep import load_sweep
+
+    path = tmp_path / "grid.toml"
+    path.write_text(tomli_w.dumps(_grid(aggregators=["mean", "diversefl"], attacks=["none"])))
+    with pytest.raises(ConfigError, match=r"--set aggregator.eps1: .* set 'eps1' in the entries"):
+        load_sweep(path, ["aggregator.eps1=0.3"])
+    with pytest.raises(ConfigError, match=r"--set attack.name: "):
+        load_sweep(path, ["attack.name=gaussian"])
+    cells = load_sweep(path, ["attack.byzantine_seed=4", "aggregator.assumed_f=0", "rounds=3"])
+    assert all(c.config.attack.byzantine_seed == 4 for c in cells)
+    assert all(c.config.aggregator.assumed_f == 0 and c.config.rounds == 3 for c in cells)
+
+
 def test_bad_cell_fails_up_front():
     with pytest.raises(ConfigError, match="sweep cell bulyan__sign_flip"):
         expand(_grid(aggregators=["bulyan"], attacks=["sign_flip"]))

@@ -360,7 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--set",
         action="append",
         metavar="KEY=VALUE",
-        help="override a base config key (repeatable)",
+        help="override a base config key (repeatable); of [attack] and [aggregator] only "
+        "the federation's keys (attack.f, .byzantine, .byzantine_seed, .also_seeded, "
+        "aggregator.assumed_f) reach the cells, the rest comes from the grid's entries",
     )
     sw.add_argument("--device", help="cpu | cuda | cuda:N")
     sw.add_argument("--seed", type=int, help=argparse.SUPPRESS)
@@ -382,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--status",
         action="store_true",
         help="run nothing: finished runs per defense and seed in --out, and the time left "
-        "with --jobs at the finished runs' pace (safe while the sweep runs)",
+        "with --jobs at the pace of each defense's finished runs (safe while the sweep runs)",
     )
     sw.set_defaults(func=cmd_sweep)
 

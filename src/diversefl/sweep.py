@@ -88,10 +88,11 @@ def expand(raw: dict[str, Any]) -> list[Cell]:
         raise ConfigError(
             f"sweep.{unknown[0]}: unknown key; allowed: {', '.join(sorted(SWEEP_KEYS))}"
         )
-    base_agg = raw.get("aggregator", {}).get("name", "mean")
-    base_atk = raw.get("attack", {}).get("name", "none")
-    aggs = [_entry(a, "aggregators") for a in grid.get("aggregators", [base_agg])]
-    atks = [_entry(a, "attacks") for a in grid.get("attacks", [base_atk])]
+    # without a list, the base table (its method and settings) is the grid's one entry
+    aggs = [
+        _entry(a, "aggregators") for a in grid.get("aggregators", [_base_entry(raw, "aggregator")])
+    ]
+    atks = [_entry(a, "attacks") for a in grid.get("attacks", [_base_entry(raw, "attack")])]
     seeds = grid.get("seeds", [raw.get("seed", 0)])
     labels = [a[0] for a in aggs]
     if len(set(labels)) != len(labels):
@@ -139,6 +140,32 @@ def _shared(raw: dict[str, Any], section: str) -> dict[str, Any]:
     return {k: v for k, v in raw.get(section, {}).items() if k in SHARED_KEYS[section]}
 
 
+BASE_NAMES = {"aggregator": "mean", "attack": "none"}  # the config's defaults
+
+
+def _base_entry(raw: dict[str, Any], section: str) -> dict[str, Any]:
+    """The base config's ``section`` as a grid entry: its method name and own settings."""
+    table = {k: v for k, v in raw.get(section, {}).items() if k not in SHARED_KEYS[section]}
+    return {"name": BASE_NAMES[section], **table}
+
+
+def _check_overrides(raw: dict[str, Any], overrides: list[str]) -> None:
+    """A ``--set`` of a method setting in a section the grid lists entries for would reach no
+    cell (each cell's table comes from its entry): an error that says where it belongs."""
+    grid = raw.get("sweep") if isinstance(raw.get("sweep"), dict) else {}
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        section, _, name = key.partition(".")
+        listed = {"aggregator": "aggregators", "attack": "attacks"}.get(section)
+        if listed in grid and name not in SHARED_KEYS[section]:
+            raise ConfigError(
+                f"--set {key}: this sweep lists its {listed} in [sweep], and each cell's "
+                f"[{section}] comes from its entry; set {name!r} in the entries (or an entry's "
+                f"`set`). Of [{section}], --set reaches every cell only for: "
+                + ", ".join(f"{section}.{k}" for k in SHARED_KEYS[section])
+            )
+
+
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> list[Cell]:
     """Read a sweep TOML file, apply ``--set`` overrides to the base config, expand it."""
     p = Path(path)
@@ -148,6 +175,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> list[Cel
         raw = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{p}: not valid TOML: {err}") from None
+    _check_overrides(raw, overrides or [])
     return expand(apply_overrides(raw, overrides or []))
 
 
