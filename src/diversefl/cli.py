@@ -360,9 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--set",
         action="append",
         metavar="KEY=VALUE",
-        help="override a base config key (repeatable); of [attack] and [aggregator] only "
-        "the federation's keys (attack.f, .byzantine, .byzantine_seed, .also_seeded, "
-        "aggregator.assumed_f) reach the cells, the rest comes from the grid's entries",
+        help="override a base config key (repeatable); where the grid lists aggregators "
+        "(attacks), only the federation's keys of [aggregator] ([attack]) can be set: "
+        "aggregator.assumed_f, attack.f, .byzantine, .byzantine_seed, .also_seeded",
     )
     sw.add_argument("--device", help="cpu | cuda | cuda:N")
     sw.add_argument("--seed", type=int, help=argparse.SUPPRESS)
