@@ -22,8 +22,10 @@ GRID = {
     ("median", "none"): (0.8, 0.8, None),  # seed 2 missing: left out
     ("median", "gaussian"): (0.7, 0.7, 0.7),
     ("median", "sign_flip"): (0.6, 0.6, 0.6),
-    ("oracle", "none"): (0.9, 0.9, 0.9),  # every seed, but no gaussian run: limited, left out
+    ("oracle", "none"): (0.9, 0.9, 0.9),  # no gaussian run, but attack-invariant: filled
     ("oracle", "sign_flip"): (0.85, 0.85, 0.85),
+    ("fltrust", "none"): (0.6, 0.6, 0.6),  # every seed, but no gaussian run: limited, left out
+    ("fltrust", "sign_flip"): (0.5, 0.5, 0.5),
 }
 
 
@@ -74,8 +76,10 @@ def test_seed_spread_reference_seed_and_left_out(tmp_path: Path) -> None:
     assert rows_of(text)["Mean"][0] == "0.200 (Sign flip)"  # seed 2: 0.70 vs 0.20
     assert rows_of(text)["Mean"][5] == "0.300 (Gaussian)"  # |0.70 - 0.40|
     assert "Not all seeds finished yet (left out): Median." in text
-    assert "Run under only some of the attacks" in text and "compare): OracleSGD." in text
-    assert "OracleSGD" not in rows_of(text)
+    assert "Run under only some of the attacks" in text and "compare): FLTrust." in text
+    assert "FLTrust" not in rows_of(text)
+    # OracleSGD's sign-flip run stands for its Gaussian cell too
+    assert rows_of(text)["OracleSGD"][:4] == ["0.850 (all)", "0.850 (all)", "0.850", "0.850"]
 
 
 def test_seed_spread_errors_name_the_problem(tmp_path: Path) -> None:

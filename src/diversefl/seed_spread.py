@@ -14,6 +14,7 @@ from diversefl.plots import (
     aggregator_sort_key,
     as_number,
     attack_sort_key,
+    invariant_fills,
     markdown_table,
     table_rows,
 )
@@ -54,6 +55,8 @@ def seed_spread_table(
         raise ValueError(f"seed {ref} has no runs under {path} (seeds: {seeds})")
     aggs = sorted({a for a, _ in cells}, key=aggregator_sort_key)
     attacks = sorted({t for _, t in cells}, key=attack_sort_key)
+    for cell, source in invariant_fills(set(cells), aggs, attacks).items():
+        cells[cell] = cells[(cell[0], source)]  # OracleSGD: one attacked run stands for all
     attacked = [t for t in attacks if t != "none"] or attacks
     body, unfinished, limited = [], [], []
     for a in aggs:
@@ -61,7 +64,7 @@ def seed_spread_table(
         if not all(len(cells[(a, t)]) == len(seeds) for t in ran):
             unfinished.append(aggregator_name(a))
             continue
-        if len(ran) < len(attacks):  # e.g. OracleSGD, which a leaderboard runs under 2 attacks
+        if len(ran) < len(attacks):  # a grid entry limited to some attacks
             limited.append(aggregator_name(a))
             continue
         one = {t: cells[(a, t)][ref] for t in attacks}
