@@ -668,6 +668,15 @@ def invariant_fills(
     return fills
 
 
+def fill_invariant(cells: dict, aggs: list[str], attacks: list[str]) -> dict[tuple[str, str], str]:
+    """Give ``cells`` (keyed by ``(aggregator, attack)``) the :func:`invariant_fills` entries,
+    each the value of its source run; returns the fills."""
+    fills = invariant_fills(set(cells), aggs, attacks)
+    for cell, source in fills.items():
+        cells[cell] = cells[(cell[0], source)]
+    return fills
+
+
 def accuracy_table(
     path: str | Path, metric: str = "final_test_accuracy", seeds: list[int] | None = None
 ) -> str:
@@ -700,9 +709,7 @@ def accuracy_table(
     aggs = sorted({a for a, _ in cells}, key=aggregator_sort_key)
     attacks = sorted({t for _, t in cells}, key=attack_sort_key)
     cols = [ATTACK_SHORT.get(t, t.replace("_", " ")) for t in attacks]
-    fills = invariant_fills(set(cells), aggs, attacks)
-    for cell, source in fills.items():
-        cells[cell] = cells[(cell[0], source)]
+    fills = fill_invariant(cells, aggs, attacks)
     n_seeds = max(len(c[metric]) for c in cells.values())
     uneven = any(0 < len(c[metric]) < n_seeds for c in cells.values())
 
@@ -795,8 +802,7 @@ def heatmap_grid(
         raise ValueError(f"metric {metric!r} not found in the results")
     aggs = sorted({a for a, _ in cells}, key=aggregator_sort_key)
     attacks = sorted({t for _, t in cells}, key=attack_sort_key)
-    for cell, source in invariant_fills(set(cells), aggs, attacks).items():
-        cells[cell] = cells[(cell[0], source)]
+    fill_invariant(cells, aggs, attacks)
     grid = [[statistics.fmean(cells[(a, t)]) if (a, t) in cells else math.nan for t in attacks]
             for a in aggs]  # fmt: skip
     attacked = [j for j, t in enumerate(attacks) if t != "none"]

@@ -14,7 +14,7 @@ from diversefl.plots import (
     aggregator_sort_key,
     as_number,
     attack_sort_key,
-    invariant_fills,
+    fill_invariant,
     markdown_table,
     table_rows,
 )
@@ -55,8 +55,7 @@ def seed_spread_table(
         raise ValueError(f"seed {ref} has no runs under {path} (seeds: {seeds})")
     aggs = sorted({a for a, _ in cells}, key=aggregator_sort_key)
     attacks = sorted({t for _, t in cells}, key=attack_sort_key)
-    for cell, source in invariant_fills(set(cells), aggs, attacks).items():
-        cells[cell] = cells[(cell[0], source)]  # OracleSGD: one attacked run stands for all
+    fill_invariant(cells, aggs, attacks)  # OracleSGD: one attacked run stands for all
     attacked = [t for t in attacks if t != "none"] or attacks
     body, unfinished, limited = [], [], []
     for a in aggs:
