@@ -241,8 +241,8 @@ def test_accuracy_table_ranks_by_worst_attack(tmp_path: Path, monkeypatch) -> No
     ]  # fmt: skip
     by_name = {r[0]: r[-2:] for r in acc[2:]}
     # both rows mix one- and two-seed cells: ranked, but starred
-    assert by_name["Mean"] == ["0.200 (Sign flip) *", "0.500"]
-    assert by_name["DiverseFL"] == ["0.650 (ALIE) *", "0.775"]
+    assert by_name["Mean"] == ["0.200 (Sign flip) *", "0.500 *"]
+    assert by_name["DiverseFL"] == ["0.650 (ALIE) *", "0.775 *"]
     assert by_name["Median"] == ["", ""]
     assert "Blank: no run of that pair" in accuracy_table(tmp_path)  # median has no ALIE run
     assert {r[0]: r[2] for r in acc[2:]}["Mean"] == "0.200 ± 0.141"
@@ -260,12 +260,28 @@ def test_accuracy_table_ranks_by_worst_attack(tmp_path: Path, monkeypatch) -> No
     assert seed_label([{"seed": "1"}, {"seed": "0"}, {"seed": "1"}]) == "mean over seeds 0, 1"
     assert seed_label([{"seed": 2}]) == "seed 2" and seed_label([{}]) == "mean over runs"
     titles: list[str] = []
+    texts: list[str] = []
     import matplotlib.axes
 
     monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda ax, t, **k: titles.append(t))
+    real_text = matplotlib.axes.Axes.text
+
+    def text(ax, x, y, t, **k):
+        texts.append(t)
+        return real_text(ax, x, y, t, **k)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "text", text)
     plot_heatmap(tmp_path, out=tmp_path / "h0.png", seeds=[0])
+    assert texts and not any("n=" in t for t in texts)  # one seed everywhere: no count shown
+    texts.clear()
     plot_heatmap(tmp_path, out=tmp_path / "h01.png")
-    assert titles == ["final test accuracy (seed 0)", "final test accuracy (mean over seeds 0, 1)"]
+    assert titles == [
+        "final test accuracy (seed 0)",
+        "final test accuracy (mean over seeds 0, 1; n=k: a cell of k of 2 seeds)",
+    ]
+    # first row Mean: no attack 0.9 (n=1), sign flip 0.2 (2 seeds), ALIE 0.8 (n=1), worst 0.2
+    # (the worst column has no count of its own); then Median's one cell, sign flip 0.5 (n=1)
+    assert texts[:5] == ["0.900\nn=1", "0.200", "0.800\nn=1", "0.200", "0.500\nn=1"]
     assert attack_summary({"alie": [0.5], "ipm": [0.5004]}, ["alie", "ipm"])[0] == "0.500 (all)"
     three = {"alie": [0.5], "ipm": [0.5001], "min_max": [0.7]}
     assert attack_summary(three, list(three)) == ["0.500 (2 tied)", "0.567"]
@@ -368,3 +384,31 @@ def test_attack_invariant_oracle_fills_the_attacks_it_was_not_run_under(tmp_path
     assert math.isnan(grid[aggs.index("median")][1]) and math.isnan(grid[aggs.index("median")][3])
     plot_heatmap(tmp_path, out=tmp_path / "heat.png")
     assert (tmp_path / "heat.png").stat().st_size > 1000
+
+
+def test_a_run_without_the_metric_is_no_cell(tmp_path: Path, capsys) -> None:
+    """A run whose metric is missing is left out of the table as of the heat-map: OracleSGD's
+    sign-flip run without a final accuracy does not block the fill from its ALIE run."""
+    from diversefl.cli import main
+
+    lines = ["aggregator,attack,seed,final_test_accuracy,best_test_accuracy,mean_tpr,mean_fpr",
+             "oracle,none,0,0.9,0.9,,0.0", "oracle,sign_flip,0,,0.5,1.0,0.0",
+             "oracle,alie,0,0.8,0.85,1.0,0.0",
+             "mean,none,0,0.9,0.95,,0.0", "mean,sign_flip,0,0.1,0.6,0.0,0.0",
+             "mean,alie,0,0.5,0.7,0.0,0.0"]  # fmt: skip
+    (tmp_path / "sweep.csv").write_text("\n".join(lines) + "\n")
+    text = accuracy_table(tmp_path)
+    assert "| OracleSGD | 0.900 | 0.800 (=) | 0.800 | 0.800 (all) | 0.800 |" in text
+    assert "| OracleSGD | – / 0.000 | 1.000 / 0.000 (=) | 1.000 / 0.000 |" in text
+    # the heat-map draws --table-metric: best accuracy's worst cell of Mean is 0.6
+    aggs, cols, grid = heatmap_grid(
+        [dict(zip(lines[0].split(","), ln.split(","), strict=True)) for ln in lines[1:]],
+        "best_test_accuracy",
+    )
+    assert grid[aggs.index("mean")][-1] == pytest.approx(0.6)
+    heat = tmp_path / "best.png"
+    assert main(["plot", str(tmp_path), "--heatmap", str(heat),
+                 "--table-metric", "best_test_accuracy"]) == 0  # fmt: skip
+    assert heat.stat().st_size > 1000
+    assert main(["plot", str(tmp_path), "--heatmap", str(heat), "--table-metric", "bogus"]) == 2
+    assert "metric 'bogus' not found" in capsys.readouterr().err

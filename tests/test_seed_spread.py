@@ -82,6 +82,23 @@ def test_seed_spread_reference_seed_and_left_out(tmp_path: Path) -> None:
     assert rows_of(text)["OracleSGD"][:4] == ["0.850 (all)", "0.850 (all)", "0.850", "0.850"]
 
 
+def test_seed_spread_names_ties_as_the_table_does(tmp_path: Path) -> None:
+    """Two of three attacks equal as printed: '2 tied', as in `--table`'s worst column."""
+    lines = ["aggregator,attack,seed,final_test_accuracy"]
+    for seed, (a, b, c) in enumerate([(0.30, 0.3004, 0.9), (0.50, 0.40, 0.9)]):
+        lines += [
+            f"mean,gaussian,{seed},{a}",
+            f"mean,sign_flip,{seed},{b}",
+            f"mean,alie,{seed},{c}",
+        ]
+    (tmp_path / "sweep.csv").write_text("\n".join(lines) + "\n")
+    # seed 0: 0.300 and 0.300 as printed; means: gaussian 0.40, sign flip 0.3502, ALIE 0.9
+    assert rows_of(seed_spread_table(tmp_path))["Mean"][:2] == [
+        "0.300 (2 tied)",
+        "0.350 (Sign flip)",
+    ]
+
+
 def test_seed_spread_errors_name_the_problem(tmp_path: Path) -> None:
     write_sweep(tmp_path)
     with pytest.raises(ValueError, match="seed 5 has no runs"):
@@ -99,3 +116,5 @@ def test_plot_seed_spread_cli(tmp_path: Path, capsys) -> None:
     assert "| Krum | 0.300 (all) |" in capsys.readouterr().out
     assert main(["plot", str(tmp_path), "--seed-spread", "one"]) == 2
     assert "--seed-spread takes a seed number" in capsys.readouterr().err
+    assert main(["plot", str(tmp_path), "--seed-spread", "--seeds", "0"]) == 2
+    assert "--seeds 0 does not apply" in capsys.readouterr().err

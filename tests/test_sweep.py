@@ -127,6 +127,21 @@ def test_aggregator_entry_can_limit_its_attacks():
         expand(_grid(aggregators=["mean"], attacks=["none", "none"]))
 
 
+def test_grid_refuses_what_would_share_or_misname_a_run_directory():
+    """A repeated seed would give two cells one run directory (and one sweep.csv row twice);
+    a label with the '__' separator would be read back as another defense/attack pair."""
+    with pytest.raises(ConfigError, match=r"sweep.seeds: 1 is listed twice \(\[0, 1, 1\]\)"):
+        expand(_grid(aggregators=["mean"], attacks=["none"], seeds=[0, 1, 1]))
+    with pytest.raises(ConfigError, match="sweep.seeds: a non-empty list"):
+        expand(_grid(aggregators=["mean"], attacks=["none"], seeds=[]))
+    with pytest.raises(ConfigError, match="sweep.aggregators: label 'a__b' must be"):
+        expand(_grid(aggregators=[{"name": "mean", "label": "a__b"}], attacks=["none"]))
+    with pytest.raises(ConfigError, match="sweep.attacks: label 'x/y' must be"):
+        expand(_grid(aggregators=["mean"], attacks=[{"name": "none", "label": "x/y"}]))
+    cells = expand(_grid(aggregators=[{"name": "mean", "label": "a_b-c"}], attacks=["none"]))
+    assert [c.dirname for c in cells] == ["a_b-c__none__seed0"]
+
+
 def test_oracle_runs_the_same_under_every_attack(tmp_path: Path):
     """Why the leaderboard runs OracleSGD under one attack only: it averages the honest
     clients and nothing a Byzantine client does (its data, its update, its randomness)

@@ -214,6 +214,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if args.seed_spread is not None:
         from diversefl.seed_spread import seed_spread_table
 
+        if seeds is not None:
+            raise ValueError(
+                f"--seed-spread compares one seed with all seeds; --seeds {args.seeds} does "
+                "not apply (give the seed to compare as --seed-spread SEED)"
+            )
         ref = args.seed_spread
         try:
             seed = None if ref == "lowest" else int(ref)
@@ -230,7 +235,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
             else:
                 print(text)
         if args.heatmap:  # on stderr, so `plot --table --heatmap F > table.md` stays a table
-            notes.print(f"wrote {plots.plot_heatmap(args.path, out=args.heatmap, seeds=seeds)}")
+            heatmap = plots.plot_heatmap(
+                args.path, metric=args.table_metric, out=args.heatmap, seeds=seeds
+            )
+            notes.print(f"wrote {heatmap}")
         return 0
     if args.bars:
         metrics = [m.strip() for m in args.bars.split(",")]
@@ -427,10 +435,15 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument(
         "--table",
         action="store_true",
-        help="markdown table of final accuracy (mean +/- std over seeds)",
+        help="markdown table of final accuracy (mean +/- sample std over seeds)",
     )
-    pl.add_argument("--table-metric", default="final_test_accuracy")
-    pl.add_argument("--heatmap", help="draw the heat-map of final accuracy to this file")
+    pl.add_argument(
+        "--table-metric",
+        default="final_test_accuracy",
+        help="--table, --heatmap, --seed-spread: the sweep.csv metric shown (default "
+        "final_test_accuracy)",
+    )
+    pl.add_argument("--heatmap", help="draw the heat-map of --table-metric to this file")
     pl.add_argument(
         "--seeds",
         metavar="S1,S2,...",

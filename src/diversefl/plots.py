@@ -603,16 +603,22 @@ def attack_summary(per_attack: dict[str, list[float]], attacks: list[str]) -> li
     means = {t: statistics.fmean(v) for t, v in per_attack.items() if v}
     if any(t not in means for t in attacks):
         return ["", ""]
-    worst = min(attacks, key=lambda t: means[t])
-    shown = f"{means[worst]:.3f}"
-    tied = [t for t in attacks if f"{means[t]:.3f}" == shown]  # equal as printed
+    return [worst_attack(means, attacks), f"{statistics.fmean(means.values()):.3f}"]
+
+
+def worst_attack(values: dict[str, float], attacks: list[str]) -> str:
+    """'0.098 (Adaptive)': the lowest of ``values`` over ``attacks`` and the attack that gave
+    it, or how many attacks tie with it as printed ('2 tied', 'all')."""
+    worst = min(attacks, key=lambda t: values[t])
+    shown = f"{values[worst]:.3f}"
+    tied = [t for t in attacks if f"{values[t]:.3f}" == shown]  # equal as printed
     if len(tied) == len(attacks):
         label = "all"
     elif len(tied) > 1:
         label = f"{len(tied)} tied"
     else:
         label = ATTACK_SHORT.get(worst, worst.replace("_", " "))
-    return [f"{shown} ({label})", f"{statistics.fmean(means.values()):.3f}"]
+    return f"{shown} ({label})"
 
 
 def markdown_table(header: list[str], body: list[list[str]]) -> str:
@@ -701,6 +707,8 @@ def accuracy_table(
         )
     cells: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
+        if not math.isfinite(as_number(r.get(metric))):
+            continue  # a run without the metric is no cell (as on the heat-map)
         c = cells[(str(r["aggregator"]), str(r["attack"]))]
         for k in (metric, "mean_tpr", "mean_fpr"):
             v = as_number(r.get(k))
@@ -732,7 +740,7 @@ def accuracy_table(
             per_attack = {t: cells[(a, t)][metric] for t in attacked if (a, t) in cells}
             ranks = attack_summary(per_attack, attacked)
             if ranks[0] and len({len(v) for v in per_attack.values()}) > 1:
-                ranks[0] += " *"
+                ranks = [f"{r} *" for r in ranks]
                 mixed = True
             row += ranks
     note = f"{metric} (mean ± std over seeds)" if n_seeds > 1 else metric
@@ -822,7 +830,8 @@ def plot_heatmap(
 ) -> Path:
     """Heat-map of ``metric`` (mean over seeds, or over ``seeds`` only) with aggregators as
     rows, attacks as columns, and each row's worst attack as a last column set apart (a
-    defense is as good as its worst case)."""
+    defense is as good as its worst case). A cell with fewer seeds than the fullest says
+    ``n=k`` under its value, as the table's ``(n=k)``."""
     p = Path(path)
     rows = table_rows(p, seeds)
     try:
@@ -838,14 +847,21 @@ def plot_heatmap(
     if attacks[-1] == "worst":
         ax.axvline(len(attacks) - 1.5, color="white", linewidth=4)
     ax.set_yticks(range(len(aggs)), [aggregator_name(a) for a in aggs])
-    ran = {(str(r["aggregator"]), str(r["attack"])) for r in rows
-           if math.isfinite(as_number(r.get(metric)))}  # fmt: skip
-    fills = invariant_fills(ran, aggs, [t for t in attacks if t != "worst"])
+    counts: dict[tuple[str, str], int] = defaultdict(int)  # runs (seeds) per cell
+    for r in rows:
+        if math.isfinite(as_number(r.get(metric))):
+            counts[(str(r["aggregator"]), str(r["attack"]))] += 1
+    fills = invariant_fills(set(counts), aggs, [t for t in attacks if t != "worst"])
+    for cell, source in fills.items():
+        counts[cell] = counts[(cell[0], source)]
+    fullest = max(counts.values())
     for i, row in enumerate(grid):
         for j, v in enumerate(row):
             if math.isfinite(v):
-                filled = j < len(attacks) and (aggs[i], attacks[j]) in fills
-                ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=8,
+                k = counts.get((aggs[i], attacks[j]), fullest)  # "worst": no count of its own
+                filled = (aggs[i], attacks[j]) in fills
+                ax.text(j, i, f"{v:.3f}" + (f"\nn={k}" if k < fullest else ""), ha="center",
+                        va="center", fontsize=8 if k == fullest else 7,
                         color="white" if v < 0.6 else "black",
                         fontstyle="italic" if filled else "normal")  # fmt: skip
     if fills:
@@ -853,7 +869,9 @@ def plot_heatmap(
         fig.text(0.01, 0.01, f"italic: {', '.join(names_filled)} never reads a Byzantine "
                  "update; its one attacked run stands for every attack", fontsize=7)  # fmt: skip
     fig.colorbar(im, ax=ax, label=metric.replace("_", " "))
-    ax.set_title(f"{metric.replace('_', ' ')} ({seed_label(rows)})")
+    uneven = any(k < fullest for k in counts.values())
+    ax.set_title(f"{metric.replace('_', ' ')} ({seed_label(rows)}"
+                 + (f"; n=k: a cell of k of {fullest} seeds" if uneven else "") + ")")  # fmt: skip
     target = _output_path(p if p.is_dir() else p.parent, out, f"{metric}_heatmap.png")
     fig.tight_layout()
     fig.savefig(target, dpi=110)

@@ -17,19 +17,12 @@ from diversefl.plots import (
     fill_invariant,
     markdown_table,
     table_rows,
+    worst_attack,
 )
 
 
 def _attack(label: str) -> str:
     return ATTACK_SHORT.get(label, label.replace("_", " "))
-
-
-def _worst(values: dict[str, float], attacks: list[str]) -> str:
-    """'0.098 (Adaptive)': the lowest value and its attack ('all' when every attack prints
-    the same value)."""
-    worst = min(attacks, key=lambda t: values[t])
-    same = len({f"{values[t]:.3f}" for t in attacks}) == 1
-    return f"{values[worst]:.3f} ({'all' if same else _attack(worst)})"
 
 
 def seed_spread_table(
@@ -74,8 +67,8 @@ def seed_spread_table(
         body.append(
             [
                 aggregator_name(a),
-                _worst(one, attacked),
-                _worst(mean, attacked),
+                worst_attack(one, attacked),
+                worst_attack(mean, attacked),
                 f"{statistics.fmean(one[t] for t in attacked):.3f}",
                 f"{statistics.fmean(mean[t] for t in attacked):.3f}",
                 f"{std[widest]:.3f} ({_attack(widest)})",

@@ -47,19 +47,30 @@ class Cell:
         return f"{self.aggregator}__{self.attack}__seed{self.seed}"
 
 
+def _checked_label(label: Any, kind: str) -> str:
+    """A grid label, which names run directories (``<defense>__<attack>__seed<k>``): a
+    non-empty string without ``__`` (the separator) or a path separator."""
+    if not isinstance(label, str) or not label or "__" in label or "/" in label or "\\" in label:
+        raise ConfigError(
+            f"sweep.{kind}: label {label!r} must be a non-empty string without '__' or '/' "
+            "(it names the run directories, <defense>__<attack>__seed<k>)"
+        )
+    return label
+
+
 def _entry(item: Any, kind: str) -> tuple[str, str, dict[str, Any], list[str], list[str] | None]:
     """(label, name, params, overrides, attack labels or None for all) from a string or a
     table entry of the grid. Only an aggregator entry may name the attacks it runs against
     (``attacks = ["none"]``: OracleSGD ignores Byzantine clients, so one run per seed)."""
     if isinstance(item, str):
-        return item, item, {}, [], None
+        return _checked_label(item, kind), item, {}, [], None
     if not isinstance(item, dict) or "name" not in item:
         raise ConfigError(
             f"sweep.{kind}: each entry is a name or a table with 'name', got {item!r}"
         )
     item = dict(item)
     name = item.pop("name")
-    label = item.pop("label", name)
+    label = _checked_label(item.pop("label", name), kind)
     sets = item.pop("set", {})
     if not isinstance(sets, dict):
         raise ConfigError(f"sweep.{kind}: 'set' must be a table of dotted keys, got {sets!r}")
@@ -94,6 +105,14 @@ def expand(raw: dict[str, Any]) -> list[Cell]:
     ]
     atks = [_entry(a, "attacks") for a in grid.get("attacks", [_base_entry(raw, "attack")])]
     seeds = grid.get("seeds", [raw.get("seed", 0)])
+    if not isinstance(seeds, list) or not seeds:
+        raise ConfigError(f"sweep.seeds: a non-empty list of integers, got {seeds!r}")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1}, key=str)
+    if repeated:
+        raise ConfigError(
+            f"sweep.seeds: {repeated[0]!r} is listed twice ({seeds}); each seed is one run "
+            "directory per cell"
+        )
     labels = [a[0] for a in aggs]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"sweep.aggregators: duplicate labels {labels}; give each a 'label'")
