@@ -6,13 +6,14 @@ from __future__ import annotations
 import math
 from statistics import NormalDist
 
+import numpy as np
 import pytest
 import torch
 
 from diversefl import aggregators, attacks
 from diversefl.aggregators import RoundContext
 from diversefl.attacks.alie import alie_z_max
-from diversefl.attacks.min_max import agr_agnostic_gamma, perturbation_vector
+from diversefl.attacks.min_max import agr_agnostic_gamma, gamma_scale, perturbation_vector
 
 
 def _ctx(n: int, f: int, **kw) -> RoundContext:
@@ -99,13 +100,57 @@ def test_agr_agnostic_gamma_is_at_the_edge(name, rule, perturbation, seed):
     rows = _rows(honest)
     mean = [sum(r[j] for r in rows) / len(rows) for j in range(5)]
     p = perturbation_vector(honest, perturbation)
-    gamma = agr_agnostic_gamma(honest, p, rule, tol=tol)
+    scale = gamma_scale(honest, p, perturbation)
+    gamma = agr_agnostic_gamma(honest, p, rule, tol=tol, scale=scale)
     expected = [mean[j] + gamma * float(p[j]) for j in range(5)]
     assert [float(x) for x in out[0]] == pytest.approx(expected, abs=1e-12)
     assert gamma > 0
     assert _holds(rule, expected, rows)
-    larger = [mean[j] + (gamma + tol) * float(p[j]) for j in range(5)]
+    larger = [mean[j] + (gamma + tol * scale) * float(p[j]) for j in range(5)]
     assert not _holds(rule, larger, rows)
+
+
+def _exact_edge(honest: np.ndarray, p: np.ndarray, rule: str) -> float:
+    """The largest feasible gamma in closed form: the positive root of the quadratic
+    ``c g^2 + 2 b g + a = bound`` (Min-Max: the first row to reach the bound; Min-Sum: the
+    sum over rows, whose b terms cancel), in float64 numpy."""
+    mu = honest.mean(0)
+    diff = mu[None, :] - honest
+    a, b, c = (diff**2).sum(1), diff @ p, float(p @ p)
+    sq = ((honest[:, None, :] - honest[None, :, :]) ** 2).sum(2)
+    if rule == "max":
+        bound = sq.max()
+        return float(
+            min(
+                (-bi + math.sqrt(bi * bi - c * (ai - bound))) / c
+                for ai, bi in zip(a, b, strict=True)
+            )
+        )
+    m = len(honest)
+    return math.sqrt(m * c * (sq.sum(1).max() - a.sum())) / (m * c)
+
+
+@pytest.mark.parametrize("rule", ["max", "sum"])
+@pytest.mark.parametrize("perturbation", ["std", "unit", "sign"])
+@pytest.mark.parametrize("size", [1.0, 1e-3, 3e-4])
+def test_agr_agnostic_search_finds_the_edge_at_any_gradient_scale(rule, perturbation, size):
+    """Gradients of size 1e-3 and smaller: with -sign(mean) (length sqrt(d)) the feasible gamma
+    is ~1e-3; a tolerance in absolute gamma would stop at gamma 0 there (no attack). The search
+    lands within tol of the closed-form edge in units of |std| / |p| at every scale."""
+    gen = torch.Generator().manual_seed(7)
+    honest = (torch.randn(18, 2000, generator=gen) + 0.3) * size
+    attack = attacks.get("min_max" if rule == "max" else "min_sum", perturbation=perturbation)
+    sent = attack(honest, torch.zeros(5, 2000), _ctx(23, 5))[0].double()
+    h = honest.double().numpy()
+    p = perturbation_vector(honest, perturbation).double().numpy()
+    edge = _exact_edge(h, p, rule)
+    gamma = float((sent.numpy() - h.mean(0)) @ p / (p @ p))  # the gamma that was sent
+    unit = float(np.linalg.norm(h.std(0))) / float(np.linalg.norm(p))
+    assert edge > 0
+    assert gamma <= edge * (1 + 1e-6)  # feasible (float32 message: relative slack)
+    assert edge - gamma <= attack.tol * unit + 1e-6 * edge  # within tol, in units of the spread
+    if perturbation == "std":
+        assert unit == pytest.approx(1.0)
 
 
 # -- adaptive -----------------------------------------------------------------------------

@@ -55,6 +55,7 @@ def agr_agnostic_gamma(
     gamma_init: float = 10.0,
     tol: float = 1e-3,
     max_iter: int = 50,
+    scale: float = 1.0,
 ) -> float:
     """Largest ``gamma >= 0`` for which ``mu + gamma p`` meets the rule's distance bound.
 
@@ -64,7 +65,8 @@ def agr_agnostic_gamma(
     the sum of squared distances), and each left side is convex in gamma, so the feasible
     gammas form an interval starting at 0: the search doubles ``gamma_init`` until it fails,
     then bisects until the bracket is narrower than ``tol``, at most ``max_iter`` steps in all.
-    The returned gamma is always feasible; ``gamma + tol`` is not (unless the budget ran out).
+    ``gamma_init`` and ``tol`` are in units of ``scale`` (:func:`gamma_scale`). The returned
+    gamma is always feasible; ``gamma + tol * scale`` is not (unless the budget ran out).
     """
     a, b, c, dist = distance_terms(honest, p)
     if rule == "max":
@@ -75,6 +77,9 @@ def agr_agnostic_gamma(
         raise ValueError(f"unknown rule {rule!r}; allowed: max, sum")
     if float(c) == 0.0:
         return 0.0  # no perturbation: every gamma sends the mean
+    if not scale > 0.0:
+        return 0.0  # identical honest rows (zero spread): only the mean is within the bound
+    gamma_init, tol = gamma_init * scale, tol * scale
 
     def feasible(gamma: float) -> bool:
         sq = a + 2.0 * gamma * b + gamma * gamma * c
@@ -96,6 +101,20 @@ def agr_agnostic_gamma(
     return lo
 
 
+def gamma_scale(honest: Tensor, p: Tensor, kind: Perturbation) -> float:
+    """The unit of the search's ``gamma_init`` and ``tol``: ``|std(honest)| / |p|``, so that a
+    step of 1 moves the message as far as ``p = -std`` would, whatever ``p``'s own length
+    (``-sign(mean)`` has length sqrt(d), while the feasible move is on the scale of the honest
+    spread: an absolute tolerance would stop the search at gamma 0 for small gradients).
+    Exactly 1 for ``p = -std``."""
+    if kind == "std":
+        return 1.0
+    p_norm = float(p.to(torch.float64).norm())
+    if p_norm == 0.0:
+        return 1.0  # no perturbation: the search returns 0 before using the scale
+    return float(coordinate_std(honest).to(torch.float64).norm()) / p_norm
+
+
 def agr_agnostic_attack(
     honest: Tensor,
     f: int,
@@ -109,7 +128,8 @@ def agr_agnostic_attack(
     Byzantine client sends ``mean(honest) + gamma * p`` with gamma from
     :func:`agr_agnostic_gamma`."""
     p = perturbation_vector(honest, perturbation)
-    gamma = agr_agnostic_gamma(honest, p, rule, gamma_init, tol, max_iter)
+    scale = gamma_scale(honest, p, perturbation)
+    gamma = agr_agnostic_gamma(honest, p, rule, gamma_init, tol, max_iter, scale)
     sent = honest.mean(0) + gamma * p
     return sent.expand(f, -1).clone()
 
@@ -127,6 +147,7 @@ class AgrAgnosticAttack(Attack):
     rule: ClassVar[Rule] = "max"
     uses_own_gradients: ClassVar[bool] = False  # only the honest gradients shape the update
     perturbation: Perturbation = "std"  # p: -std (paper's best), -unit mean or -sign(mean)
+    # gamma_init and tol are in units of |std(honest)| / |p| (1 for p = -std): gamma_scale
     gamma_init: float = 10.0  # first gamma tried by the search (paper: 10)
     tol: float = 1e-3  # stop when the feasible/infeasible gamma bracket is this narrow
     max_iter: int = 50  # most feasibility checks (doubling + bisection)
