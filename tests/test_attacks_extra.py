@@ -200,6 +200,25 @@ def test_adaptive_inside_cone_sends_target_direction_and_antiparallel_case():
     assert bool(aggregators.get("diversefl")(full, ctx).accepted[byz].all())
 
 
+def test_adaptive_guide_too_small_for_float32_sends_the_target_instead_of_failing():
+    """A guide whose float32 squares underflow (norm 1e-34 here) has no usable ratio in the
+    server's float32 test: that client sends the target (as for a zero guide) rather than
+    stopping the run; the others still pass at the top of the band."""
+    n, f, d = 6, 3, 50
+    gen = torch.Generator().manual_seed(5)
+    updates = torch.randn(n, d, generator=gen)
+    byz = torch.tensor([True, True, False, False, True, False])
+    guiding = torch.randn(n, d, generator=gen)
+    guiding[1] = guiding[1] / guiding[1].norm() * 1e-34  # float32 norm of it: 0
+    assert float(guiding[1].norm()) == 0.0 and float(guiding[1].double().norm()) > 0
+    ctx = _ctx(n, f, guiding_fn=lambda: guiding, byzantine=byz)
+    sent = attacks.get("adaptive")(updates[~byz], updates[byz], ctx)
+    target = -updates[~byz].mean(0)
+    assert torch.equal(sent[1], target)
+    for row, j in ((0, 0), (2, 4)):
+        assert float(sent[row].norm() / guiding[j].norm()) == pytest.approx(1.95, rel=1e-5)
+
+
 def test_adaptive_end_to_end_is_always_accepted_by_diversefl():
     from conftest import tiny_config
 
@@ -254,3 +273,26 @@ def test_cone_direction_bit_equal_to_every_branch_reference(case):
         ref = _cone_direction_every_branch(guiding, target, cos_min)
         assert torch.equal(got.isnan(), ref.isnan())
         assert torch.equal(got.nan_to_num(), ref.nan_to_num())
+
+
+def test_adaptive_attack_and_server_share_one_guide_when_the_defense_assumes_another_f(
+    monkeypatch,
+):
+    """With aggregator.assumed_f != attack.f the attack gets its own round context (its true
+    f); the guiding gradients are still computed once a round, so attacker and server test
+    the same guides (with dropout, a second computation would draw other masks)."""
+    from conftest import tiny_config
+
+    from diversefl.config import make_config
+    from diversefl.engine.simulator import Simulation
+
+    cfg = tiny_config(attack={"name": "adaptive", "f": 2, "byzantine": [1, 4]})
+    cfg["aggregator"] = {"name": "diversefl", "assumed_f": 3}
+    sim = Simulation(make_config(cfg))
+    calls = []
+    real = sim.guiding
+    monkeypatch.setattr(sim, "guiding", lambda theta: calls.append(1) or real(theta))
+    for r in range(1, 4):
+        rec = sim.step(r)
+        assert bool(rec.accepted[rec.byzantine].all())
+    assert len(calls) == 3

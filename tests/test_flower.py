@@ -67,6 +67,55 @@ def test_client_replays_its_row_of_the_simulator(aggregator, attack):
         torch.testing.assert_close(got, expected[j], rtol=1e-5, atol=1e-6)
 
 
+def test_adaptive_node_passes_the_servers_test_with_its_own_guide():
+    """A deployed adaptive node computes its guiding gradient on the sample it shared (the
+    server's, to float rounding) and rotates it toward minus its own gradient: the message
+    passes DiverseFL's test against the guide the simulator computes for that client, and it
+    is not the node's gradient."""
+    from diversefl.aggregators.diversefl import diversefl_accept, diversefl_scores
+
+    cfg = make_config(
+        tiny_config(model={"name": "mlp"}, aggregator={"name": "diversefl"},
+                    attack={"name": "adaptive", "f": 2}, clients={"n": 6})
+    )  # fmt: skip
+    sim = Simulation(cfg)
+    for r in (1, 4):
+        byz = sim.byzantine_mask(r)
+        ctx = sim.context(r, byz)
+        ids = torch.nonzero(byz).flatten().tolist()
+        for rank, j in enumerate(ids):
+            shard = load_shard(cfg, j, sim.n)
+            sent = client_update(cfg, shard, sim.theta, r, Role("adaptive", {}, rank, sim.f))
+            honest = client_update(cfg, shard, sim.theta, r, Role())
+            c1, c2 = diversefl_scores(ctx.guiding[j][None], sent[None])
+            assert bool(diversefl_accept(c1, c2, 0.5, 2.0)[0]), (r, j, float(c1), float(c2))
+            assert float(c2[0]) == pytest.approx(1.95, rel=1e-4)  # top of the band
+            cos = torch.nn.functional.cosine_similarity(sent, honest, dim=0)
+            assert float(cos) < 0.5  # turned away from its true gradient
+
+
+def test_attacks_a_node_cannot_carry_out_are_refused():
+    """ALIE, Min-Max and Min-Sum read the other clients' updates; a node alone would send its
+    own gradient, so the deployment refuses them, naming the attack."""
+    from diversefl.flower.common import node_role
+
+    cfg = make_config(tiny_config(attack={"name": "none", "f": 1}))
+    for name in ("alie", "min_max", "min_sum"):
+        with pytest.raises(ValueError, match=f"attack '{name}' is built from the honest"):
+            node_role(cfg, {"attack": name}, {})
+    assert node_role(cfg, {"attack": "ipm"}, {}).attack == "ipm"  # -epsilon x its own
+    assert node_role(cfg, {"attack": "adaptive"}, {}).attack == "adaptive"
+
+
+def test_deploy_refuses_an_attack_a_node_cannot_carry_out(tmp_path):
+    from diversefl.flower.deploy import DeployError, byzantine_nodes
+
+    path = tmp_path / "alie.toml"
+    path.write_text(tomli_w.dumps(tiny_config(attack={"name": "alie", "f": 1})))
+    with pytest.raises(DeployError, match="attack 'alie' is built from the honest"):
+        byzantine_nodes(path, [], None)
+
+
 def test_client_sample_is_the_simulators():
     cfg = make_config(tiny_config(clients={"n": 5, "sample": 0.1}))
     sim = Simulation(cfg)
@@ -292,6 +341,26 @@ def test_protocols_are_refused():
     cfg = make_config(tiny_config(aggregator={"name": "rsa"}))
     with pytest.raises(ValueError, match="protocol"):
         DiverseFLStrategy(cfg)
+    cfg = make_config(tiny_config(attack={"name": "min_sum", "f": 1}))
+    with pytest.raises(ValueError, match="attack 'min_sum' is built from the honest"):
+        DiverseFLStrategy(cfg)
+
+
+@needs_flwr
+def test_adaptive_nodes_pass_diversefl_over_a_loopback_grid():
+    """Byzantine nodes running the adaptive attack are accepted by the server in every round
+    (TPR 0): the guide a node computes on its sample is the server's."""
+    from diversefl.flower.strategy import DiverseFLStrategy
+
+    cfg = make_config(
+        tiny_config(model={"name": "mlp"}, aggregator={"name": "diversefl"},
+                    attack={"name": "adaptive", "f": 2}, clients={"n": 6}, rounds=4,
+                    eval={"every": 2})
+    )  # fmt: skip
+    strategy = DiverseFLStrategy(cfg)
+    strategy.start(_loopback_grid([{"partition-id": j, "num-partitions": 6} for j in range(6)]))
+    s = strategy.result.summary
+    assert len(s["byzantine_ids"]) == 2 and s["mean_tpr"] == 0.0
 
 
 # -- real processes: Flower's simulation runtime and a localhost deployment --------------------

@@ -69,8 +69,8 @@ class AdaptiveDiverseFL(Attack):
     cosine at least ``cos_min``, and ``C2 = |z_j| / |g_j| = eps2 - margin`` sits at the top of
     DiverseFL's band ``(eps1, eps2)``: the largest accepted step, pointed as far uphill as the
     test allows. Every message is checked against :func:`diversefl_accept` (it passes by
-    construction); a client whose guiding gradient is zero or non-finite cannot pass and
-    sends ``t``.
+    construction); a client whose guiding gradient is zero, non-finite or too small for the
+    message's dtype to square cannot pass and sends ``t``.
 
     References
     ----------
@@ -80,6 +80,7 @@ class AdaptiveDiverseFL(Attack):
 
     name: ClassVar[str] = "adaptive"
     uses_own_gradients: ClassVar[bool] = False
+    reads_guiding: ClassVar[bool] = True
     eps2: float = 2.0  # the defence's upper ratio bound |z| / |g| the attacker targets
     eps1: float = 0.5  # the defence's lower ratio bound (only checked: eps2 - margin > eps1)
     margin: float = 0.05  # sent ratio |z| / |g| = eps2 - margin, this far inside the band
@@ -104,7 +105,10 @@ class AdaptiveDiverseFL(Attack):
         guiding = ctx.guiding[ctx.byzantine.to(ctx.guiding.device)].to(byzantine.device)
         target = -honest.mean(0)
         g_norm = guiding.to(torch.float64).norm(dim=1)
-        usable = torch.isfinite(g_norm) & (g_norm > 0)
+        # the server tests in the message's dtype: a guide whose squares underflow there has no
+        # usable norm (float32: below ~1e-19 * sqrt(d)), and no message can be made to pass
+        floor = math.sqrt(torch.finfo(byzantine.dtype).tiny * guiding.shape[1])
+        usable = torch.isfinite(g_norm) & (g_norm > floor)
         direction = cone_direction(guiding, target, self.cos_min)
         sent = (self.eps2 - self.margin) * g_norm[:, None] * direction
         if not bool(usable.all()):

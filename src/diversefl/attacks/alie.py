@@ -67,6 +67,7 @@ class ALIE(Attack):
     """
 
     name: ClassVar[str] = "alie"
+    needs_other_clients: ClassVar[bool] = True  # mean and std of the honest updates
     uses_own_gradients: ClassVar[bool] = False
     z: float | None = None  # shift in honest stds; None = z_max from (n, f)
 

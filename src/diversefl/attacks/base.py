@@ -25,6 +25,14 @@ class Attack:
     # simulator then skips computing the Byzantine clients' gradients (f/n of a round's work).
     # A subclass that overrides __call__ without setting it is back at True (the safe value).
     uses_own_gradients: ClassVar[bool] = True
+    # Whether the message is built from the other clients' updates (their mean and spread),
+    # beyond the mean a node could stand in for with its own gradient: a deployed node sees
+    # only its own gradient, with which such an attack sends that gradient unchanged, so the
+    # Flower deployment refuses it.
+    needs_other_clients: ClassVar[bool] = False
+    # Whether the message is built from the Byzantine clients' guiding gradients
+    # (``ctx.guiding``): a deployed node computes its own on the sample it shared.
+    reads_guiding: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -146,6 +146,7 @@ class AgrAgnosticAttack(Attack):
 
     rule: ClassVar[Rule] = "max"
     uses_own_gradients: ClassVar[bool] = False  # only the honest gradients shape the update
+    needs_other_clients: ClassVar[bool] = True  # the honest spread and pairwise distances
     perturbation: Perturbation = "std"  # p: -std (paper's best), -unit mean or -sign(mean)
     # gamma_init and tol are in units of |std(honest)| / |p| (1 for p = -std): gamma_scale
     gamma_init: float = 10.0  # first gamma tried by the search (paper: 10)

@@ -349,8 +349,12 @@ class Simulation:
         byz_d = byz.to(self.device)
         grads = self.aggregator.prepare(grads, ctx)
         if bool(byz.any()):
-            # the attackers know how many they are, whatever the defense assumes
-            atk_ctx = ctx if ctx.f == self.f else replace(ctx, f=self.f)
+            # the attackers know how many they are, whatever the defense assumes; their context
+            # shares the round's guiding gradients (computed once, the ones the server tests)
+            atk_ctx = ctx
+            if ctx.f != self.f:
+                shared = (lambda: ctx.guiding) if ctx.guiding_fn is not None else None
+                atk_ctx = replace(ctx, f=self.f, guiding_fn=shared)
             grads[byz_d] = self.attack(grads[~byz_d], grads[byz_d], atk_ctx).to(grads.dtype)
         return grads
 

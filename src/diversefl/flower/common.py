@@ -290,6 +290,35 @@ def _attack(name: str, params_json: str) -> Attack:
     return attacks.get(name, **json.loads(params_json))
 
 
+def check_deployable_attack(name: str) -> None:
+    """Refuse an attack a deployed node cannot carry out: one built from the other clients'
+    updates (ALIE, Min-Max, Min-Sum), which a node never sees; with its own gradient alone it
+    would send that gradient unchanged, an honest node under an attack's name."""
+    if name in ("", "none") or name not in attacks.REGISTRY:
+        return  # no attack, or an unknown name that attacks.get reports
+    if attacks.REGISTRY[name].needs_other_clients:
+        raise ValueError(
+            f"attack {name!r} is built from the honest clients' updates (their mean and spread), "
+            "which a deployed node never sees; over Flower it would send the node's own "
+            "gradient unchanged. Run it in the simulator (diversefl run / sweep), or deploy "
+            "an attack a node can carry out alone (sign_flip, gaussian, same_value, "
+            "label_flip, backdoor, ipm, adaptive)"
+        )
+
+
+def node_guiding(
+    cfg: Config, shard: ClientShard, fm: FlatModel, theta: Tensor, k: Tensor
+) -> Tensor:
+    """The guiding gradient ``[d]`` the server computes for this node (eq. 6), computed by the
+    node on the sample it shared (what an attacker who knows the rule does)."""
+    _, x, y = shared_sample(cfg, shard)
+    scale = k.float()[None] if cfg.clients.loss == "sum" else torch.ones(1)
+    w = torch.ones(1, len(y))
+    return batched_grads(
+        fm, theta.float(), x[None], y[None], w, None, scale, method=cfg.engine.grads
+    )[0]
+
+
 def _overrides(obj: object, base: type, method: str) -> bool:
     return getattr(type(obj), method) is not getattr(base, method)
 
@@ -299,7 +328,8 @@ def client_update(cfg: Config, shard: ClientShard, theta: Tensor, r: int, role: 
 
     Honest: the gradient of its mini-batch loss (eq. 3), after the aggregator's client-side
     transform. Byzantine: the attack's poisoned batch and/or message. A message attack sees only
-    this client's own gradient as the "honest" gradients (a real node cannot see the others).
+    this client's own gradient as the "honest" gradients (a real node cannot see the others);
+    one that reads guiding gradients (adaptive) gets the node's own, computed on its sample.
     """
     n, j = shard.num_partitions, shard.partition_id
     fm = _model(cfg.model.name, shard.input_shape, shard.num_classes)
@@ -325,6 +355,10 @@ def client_update(cfg: Config, shard: ClientShard, theta: Tensor, r: int, role: 
         full[j] = grad
         grad = agg.prepare(full, ctx)[j]
     if role.byzantine and _overrides(attack, Attack, "__call__"):
+        if attack.reads_guiding:  # its own guide stands for each Byzantine row
+            guide = node_guiding(cfg, shard, fm, theta, k)[None].expand(ctx.f, -1)
+            ctx.byzantine = torch.ones(ctx.f, dtype=torch.bool)
+            ctx.guiding_fn = lambda: guide
         own = grad[None].expand(ctx.f, -1).clone()
         grad = attack(grad[None].clone(), own, ctx)[role.rank].to(grad.dtype)
     return grad
@@ -341,6 +375,7 @@ def node_role(cfg: Config, node_config: dict[str, Any], message_config: dict[str
         for key, value in node_config.items():
             if key.startswith("attack-"):
                 params[key.removeprefix("attack-").replace("-", "_")] = value
+        check_deployable_attack(name)
         rank = int(node_config.get("byzantine-rank", 0))
         f = int(node_config.get("byzantine-f", max(cfg.byzantine_count(), rank + 1)))
         return Role(name, params, rank, f)

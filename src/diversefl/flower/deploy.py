@@ -555,11 +555,15 @@ def byzantine_nodes(
     """Node-config attack settings for the config's fixed Byzantine clients (partition id ->
     ``{"attack": ..., "byzantine-rank": ..., "byzantine-f": ...}``, plus its settings)."""
     from diversefl.engine.simulator import Simulation
-    from diversefl.flower.common import load_run_config
+    from diversefl.flower.common import check_deployable_attack, load_run_config
 
     cfg = load_run_config(config_path, list(overrides))
     if cfg.attack.name == "none":
         return {}
+    try:
+        check_deployable_attack(cfg.attack.name)
+    except ValueError as err:
+        raise DeployError(str(err)) from None
     if cfg.attack.byzantine == "per_round":
         raise DeployError(
             'attack.byzantine = "per_round" cannot be set per node; use adversary="config"'

@@ -55,7 +55,13 @@ from diversefl.engine.simulator import (
     pad_rows,
     server_batch_gradient,
 )
-from diversefl.flower.common import ARRAYS, CONFIG, MSG_SAMPLE, config_to_text
+from diversefl.flower.common import (
+    ARRAYS,
+    CONFIG,
+    MSG_SAMPLE,
+    check_deployable_attack,
+    config_to_text,
+)
 from diversefl.flower.replies import (
     NODE_UNAVAILABLE,
     ReplyError,
@@ -113,6 +119,7 @@ class FlowerFederation(Simulation):
                 f"aggregator {cfg.aggregator.name!r} is a protocol with client-side model "
                 "copies; it is not available over Flower (use a gradient aggregation rule)"
             )
+        check_deployable_attack(cfg.attack.name)
         self.round_fn: Callable[[int], RoundRecord] | None = None
         self.node_ids: list[int | None] = []  # per partition; None: excluded
         self.samples: dict[int, SharedSample] = {}
