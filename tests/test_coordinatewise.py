@@ -429,3 +429,27 @@ def test_even_median_does_not_overflow_and_keeps_the_bits_of_the_plain_formula()
     x = torch.randn(4, 20_000, generator=g) * torch.logspace(-20, 20, 20_000)
     ordered = x.sort(0).values
     assert torch.equal(coordinate_median(x), (ordered[1] + ordered[2]) / 2)
+
+
+def test_trimmed_mean_default_trims_the_assumed_f() -> None:
+    """Without beta, Yin's trimmed mean drops f values from each end (beta = f / n, the
+    least his guarantee allows): five same-value attackers out of 23 are all trimmed in every
+    coordinate, where beta = 0.1 (2 per side) keeps three of them."""
+    gen = torch.Generator().manual_seed(4)
+    honest = torch.randn(18, 6, generator=gen) * 0.1
+    updates = torch.cat([honest, torch.full((5, 6), 10.0)])
+    out = TrimmedMean()(updates, ctx(23, 5)).update
+    expected = []
+    for u in range(6):
+        column = sorted(float(v) for v in updates[:, u])
+        kept = column[5:-5]
+        expected.append(sum(kept) / len(kept))
+    assert out.tolist() == pytest.approx(expected, abs=1e-6)
+    assert max(abs(v) for v in out.tolist()) < 0.2  # no attacker value left
+    fixed = TrimmedMean(beta=0.1)(updates, ctx(23, 5)).update
+    assert float(fixed.min()) > 1.0  # 3 of the 5 tens kept in every coordinate
+    assert TrimmedMean().trim(23, 5) == 5 and TrimmedMean(beta=0.1).trim(23, 5) == 2
+    torch.testing.assert_close(TrimmedMean()(updates, ctx(23, 0)).update, updates.mean(0))
+    with pytest.raises(AggregatorError, match=r"trims f=2 values from each end of n=4"):
+        TrimmedMean().check(4, 2)
+    TrimmedMean(beta=0.2).check(4, 2)  # an explicit fraction does not depend on f

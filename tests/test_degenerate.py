@@ -16,6 +16,7 @@ from diversefl.engine.simulator import Simulation
 def test_a_single_client_runs(name):
     cfg = tiny_config(rounds=3, clients={"n": 1, "batch": 0.5, "sample": 0.5})
     cfg["aggregator"] = {"name": name}
+    cfg["attack"] = {"name": "none", "f": 0}  # one client cannot assume an attacker
     r = diversefl.run(cfg)
     assert torch.isfinite(r.theta).all() and r.summary["rounds"] == 3
 

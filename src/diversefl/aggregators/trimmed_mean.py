@@ -154,29 +154,45 @@ def _all_accepted(updates: Tensor) -> Tensor:
 class TrimmedMean(Aggregator):
     """Coordinate-wise trimmed mean of Yin et al. (2018).
 
-    For each coordinate ``u``, remove the ``floor(beta * n)`` largest and the
-    ``floor(beta * n)`` smallest of ``{z_1(u), ..., z_n(u)}`` and average the remaining values
-    (supplementary A of the DiverseFL paper, "Trimmed Mean"). When ``floor(beta * n) == 0``
-    this is the plain mean. The trimmed set differs per coordinate, so no client is excluded
-    as a whole: ``accepted`` is all True.
+    For each coordinate ``u``, remove the ``t`` largest and the ``t`` smallest of
+    ``{z_1(u), ..., z_n(u)}`` and average the remaining values (supplementary A of the
+    DiverseFL paper, "Trimmed Mean"), with ``t = floor(beta * n)``, or by default ``t = f``,
+    the Byzantine clients the defense assumes: Yin et al.'s guarantee needs ``beta >= f / n``,
+    and a fixed fraction below it lets attackers' values through in every coordinate. When
+    ``t == 0`` this is the plain mean. The trimmed set differs per coordinate, so no client is
+    excluded as a whole: ``accepted`` is all True.
 
     Parameters
     ----------
     beta
-        Fraction trimmed from each end, ``0 <= beta < 1/2``.
+        Fraction trimmed from each end, ``0 <= beta < 1/2``; None (default): ``f`` values.
     """
 
     name: ClassVar[str] = "trimmed_mean"
 
-    beta: float = 0.1  # trim 10% from each end of every coordinate
+    beta: float | None = None  # fraction trimmed from each end; None: the assumed f
 
     def __post_init__(self) -> None:
-        if not 0 <= self.beta < 0.5:
+        if self.beta is not None and not 0 <= self.beta < 0.5:
             raise AggregatorError(f"{self.name}: beta must be in [0, 0.5), got {self.beta}")
 
+    def trim(self, n: int, f: int) -> int:
+        """Values dropped from each end of a coordinate: ``floor(beta * n)``, or ``f``."""
+        return f if self.beta is None else trimmed_count(self.beta, n)
+
+    def check(self, n: int, f: int) -> None:
+        super().check(n, f)
+        if self.beta is None and not (f >= 0 and n - 2 * f >= 1):
+            raise AggregatorError(
+                f"{self.name}: trims f={f} values from each end of n={n}; needs n - 2f >= 1 "
+                "(or set beta)"
+            )
+
     def aggregate(self, updates: Tensor, ctx: RoundContext) -> Aggregate:
-        trim = trimmed_count(self.beta, updates.shape[0])
-        return Aggregate(update=rank_trimmed_mean(updates, trim), accepted=_all_accepted(updates))
+        n = updates.shape[0]
+        self.check(n, ctx.f)
+        update = rank_trimmed_mean(updates, self.trim(n, ctx.f))
+        return Aggregate(update=update, accepted=_all_accepted(updates))
 
 
 @dataclass
