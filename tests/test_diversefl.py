@@ -156,6 +156,55 @@ def test_quarantine_matches_a_plain_loop_and_survives_a_checkpoint():
     assert got[-1][2]  # the early failer regained trust
 
 
+def test_the_test_is_strict_at_its_boundaries():
+    """Eq. 10 and Algorithm 1: C1 > 0 and eps1 < C2 < eps2, all strict: an update orthogonal
+    to its guide, or at exactly eps1 or eps2 times its norm, is rejected (exact in float)."""
+    guiding = torch.tensor([[2.0, 0.0], [2.0, 0.0], [2.0, 0.0], [2.0, 0.0], [0.0, 1.0]])
+    updates = torch.tensor([[1.0, 0.0], [4.0, 0.0], [1.0001, 0.0], [3.9999, 0.0], [1.0, 0.0]])
+    out = aggregators.get("diversefl", eps1=0.5, eps2=2.0)(updates, _ctx(5, guiding))
+    assert out.scores["c2"][:2].tolist() == [0.5, 2.0]
+    assert out.scores["c1"][4].item() == 0.0
+    assert out.accepted.tolist() == [False, False, True, True, False]
+
+
+def test_quarantine_counts_a_malformed_update_as_a_failed_test():
+    """A client that sends NaN (or infinity) in the rounds it would fail is rejected those
+    rounds and charged the failure: same standing as a client that failed the test openly,
+    checked against the plain loop, also when a round's rows are all malformed."""
+    gen = torch.Generator().manual_seed(1)
+    n, d, rounds = 4, 5, 16
+    rule = aggregators.get("diversefl", quarantine=0.25, quarantine_after=3)
+    passed_by_round, got = [], []
+    for r in range(1, rounds + 1):
+        guiding = torch.randn(n, d, generator=gen)
+        updates = guiding * 1.1
+        bad = [r % 2 == 0, False, r == 5, False]  # client 0 dodges every other round
+        if r == 9:
+            bad = [True] * n
+        for j, b in enumerate(bad):
+            if b:
+                updates[j] = float("nan") if j != 2 else float("inf")
+        passed_by_round.append([not b for b in bad])
+        ctx = RoundContext(round=r, n=n, f=0, generator=gen, guiding_fn=lambda g=guiding: g)
+        got.append(rule(updates, ctx).accepted.tolist())
+    assert got == _quarantine_reference(passed_by_round, 0.25, 3)
+    assert not any(row[0] for row in got[3:])  # fails half its tests: shut out
+    assert got[-1][2]  # one bad round in 16: trusted again
+
+
+def test_per_layer_survives_a_malformed_row():
+    """A NaN row is dropped before the rule runs; the per-layer test still has the layer sizes
+    (the context of the remaining clients keeps them)."""
+    gen = torch.Generator().manual_seed(2)
+    guiding = torch.randn(4, 4, generator=gen)
+    updates = guiding * 1.2
+    updates[1] = float("nan")
+    rule = aggregators.get("diversefl", per_layer=True)
+    out = rule(updates, _layer_ctx(4, guiding, (3, 1)))
+    assert out.accepted.tolist() == [True, False, True, True]
+    torch.testing.assert_close(out.update, updates[[0, 2, 3]].mean(0))
+
+
 def _layer_ctx(n: int, guiding: torch.Tensor, sizes: tuple[int, ...] | None) -> RoundContext:
     return RoundContext(
         round=1,

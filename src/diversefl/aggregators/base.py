@@ -146,6 +146,7 @@ def subcontext(ctx: RoundContext, idx: Tensor) -> RoundContext:
         guiding_fn=guiding_fn,
         server_grad_fn=ctx.server_grad_fn,
         shared_samples=ctx.shared_samples,
+        layer_sizes=ctx.layer_sizes,
         extras=ctx.extras,
     )
 

@@ -78,8 +78,8 @@ class DiverseFL(Aggregator):
     ``theta -= lr * lambda * theta`` (no client is trusted, so the model does not move toward
     any of them). Per-client ``c1`` and ``c2`` are returned as scores every round.
 
-    Two optional hardenings against attacks that pass the test in some rounds (label flip),
-    both off by default so the rule is the paper's:
+    Four optional hardenings against attacks that pass the test in some rounds (label flip,
+    the adaptive attack), all off by default so the rule is the paper's:
 
     - ``min_cosine`` > 0 replaces the bare sign test C1 > 0 by ``cos(guiding_j, z_j) >
       min_cosine`` (``min_cosine = 0`` is exactly the sign test); score ``cos``.
@@ -185,15 +185,34 @@ class DiverseFL(Aggregator):
             self._before = (self.tested.clone(), self.failed.clone())
             self.round = ctx.round
         ids = ctx.client_ids.cpu().long()
+        self._count(ids, (~passed).cpu().double())
+        seen = self.tested[ids]
+        return (self.failed[ids] / seen).to(passed.device), seen.to(passed.device)
+
+    def _count(self, ids: Tensor, failed: Tensor) -> None:
+        """One more test for clients ``ids``, ``failed`` (0/1 per client) of them failed."""
         size = int(ids.max()) + 1 if ids.numel() else 0
         if size > self.tested.numel():
             grow = size - self.tested.numel()
             self.tested = torch.cat([self.tested, torch.zeros(grow, dtype=torch.float64)])
             self.failed = torch.cat([self.failed, torch.zeros(grow, dtype=torch.float64)])
         self.tested[ids] += 1
-        self.failed[ids] += (~passed).cpu().double()
-        seen = self.tested[ids]
-        return (self.failed[ids] / seen).to(passed.device), seen.to(passed.device)
+        self.failed[ids] += failed
+
+    def _aggregate_valid_subset(
+        self, updates: Tensor, valid: Tensor, ctx: RoundContext
+    ) -> Aggregate:
+        """As every rule, on the well-formed rows; with quarantine, a malformed update (NaN,
+        infinity, wrong shape) also counts as a failed test, so that a client cannot keep its
+        standing by sending garbage in the rounds it would fail."""
+        out = super()._aggregate_valid_subset(updates, valid, ctx)
+        if self.quarantine > 0:
+            if ctx.round != self.round or self._before is None:  # no valid row was recorded
+                self._before = (self.tested.clone(), self.failed.clone())
+                self.round = ctx.round
+            bad = ctx.client_ids[(~valid).nonzero().flatten().to(ctx.client_ids.device)]
+            self._count(bad.cpu().long(), torch.ones(bad.numel(), dtype=torch.float64))
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """The per-client test counts of the quarantine rule."""

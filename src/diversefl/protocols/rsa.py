@@ -61,6 +61,9 @@ class RSA:
         if self.clients is None:
             self.clients = sim.theta[None, :].repeat(n, 1)
             self.uploads = self.clients.clone()
+        # a checkpoint holds them on the CPU: back to the model's device after a resume
+        self.clients = self.clients.to(sim.theta.device)
+        self.uploads = self.uploads.to(sim.theta.device)
         grads = sim.client_gradients(r, byz, ctx, theta=self.clients)
         new_clients = rsa_client_step(self.clients, sim.theta, grads, lr, self.delta, n)
         uploads, valid = sanitize(self.uploads, n)
@@ -77,8 +80,9 @@ class RSA:
         return RoundRecord(round=r, lr=lr, byzantine=byz.cpu(), accepted=accepted)
 
     def state_dict(self) -> dict[str, Any]:
-        """Client copies and last uploads (None before the first round)."""
-        return {"clients": self.clients, "uploads": self.uploads}
+        """Client copies and last uploads (None before the first round), on the CPU."""
+        cpu = lambda t: None if t is None else t.detach().cpu()  # noqa: E731
+        return {"clients": cpu(self.clients), "uploads": cpu(self.uploads)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
