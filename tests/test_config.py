@@ -28,6 +28,18 @@ from diversefl.config import ConfigError, load_config, make_config, to_toml_dict
         (["attack.name=sign_flip", "attack.f=23"], "attack.f"),
         (["attack.name=sign_flip", "attack.byzantine=[0, 30]"], "attack.byzantine"),
         (["aggregator.name=diversefl", "aggregator.eps1=3"], "eps1"),
+        # infinite or meaningless numbers, booleans where a number belongs
+        (["optim.lr=1e999"], "optim.lr"),
+        (['optim.lr="inf"'], "optim.lr"),
+        (['data.alpha="nan"'], "data.alpha"),
+        (["optim.gamma=1e999"], "optim.gamma"),
+        (["clients.batch=true"], "clients.batch: expected a number or a name, got the boolean"),
+        (["clients.n=true"], "clients.n"),
+        (["optim.milestones=[-5]"], "optim.milestones"),
+        (["seed=-1"], "seed"),
+        (['engine.device="foo"'], "engine.device: 'foo' is not a torch device"),
+        (['attack.name="gaussian"', "attack.sigma=-1"], "sigma must be finite and >= 0"),
+        (['attack.name="same_value"', "attack.sigma=1e999"], "sigma must be finite"),
     ],
 )
 def test_errors_name_the_key(overrides, needle):
@@ -54,3 +66,19 @@ def test_roundtrip_and_file_errors(tmp_path: Path):
     (tmp_path / "bad.toml").write_text("rounds = = 3")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(tmp_path / "bad.toml")
+
+
+def test_a_cuda_config_on_a_machine_without_cuda_is_a_config_error():
+    """The shipped GPU presets parse anywhere; building their simulation without a CUDA
+    device is a ConfigError naming the setting (exit 2), not a torch traceback."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    from conftest import tiny_config
+
+    from diversefl.engine.simulator import Simulation
+
+    cfg = make_config({**tiny_config(rounds=1), "engine": {"device": "cuda"}})
+    with pytest.raises(ConfigError, match=r"engine.device = 'cuda': torch sees no CUDA device"):
+        Simulation(cfg)

@@ -304,3 +304,29 @@ def test_digits(monkeypatch: pytest.MonkeyPatch) -> None:
     assert ds.x_train.dtype == torch.float32 and ds.y_train.dtype == torch.int64
     counts = torch.bincount(ds.y_test, minlength=10)
     assert int(counts.min()) >= 35 and int(counts.max()) <= 37  # stratified 20%
+
+
+def _write_idx(path: Path, arr: np.ndarray, code: int) -> None:
+    """A raw IDX file: magic (0, 0, type code, ndim), big-endian dims, big-endian data."""
+    dims = np.array(arr.shape, dtype=">u4").tobytes()
+    path.write_bytes(
+        bytes([0, 0, code, arr.ndim]) + dims + arr.astype(arr.dtype.newbyteorder(">")).tobytes()
+    )
+
+
+def test_idx_files_must_hold_bytes(tmp_path: Path) -> None:
+    """A float IDX file (type code 0x0D, here full of NaN) is not MNIST: refused, naming it."""
+    from diversefl.data.datasets import IDX_FILES
+
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    images = np.full((4, 28, 28), np.nan, dtype=np.float32)
+    labels = np.arange(4, dtype=np.uint8)
+    for stem in IDX_FILES:
+        if "images" in stem:
+            _write_idx(folder / stem, images, 0x0D)
+        else:
+            _write_idx(folder / stem, labels, 0x08)
+    assert read_idx(folder / IDX_FILES[0]).dtype == np.float32  # the reader itself is generic
+    with pytest.raises(DataError, match=r"images are float32 and labels uint8; MNIST-style"):
+        load_dataset("mnist", tmp_path)

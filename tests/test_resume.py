@@ -127,3 +127,95 @@ def test_resume_between_metric_rows_keeps_the_detection_window(tmp_path: Path, m
     whole = _metrics(tmp_path / "whole" / "metrics.csv")
     assert [r["round"] for r in whole] == ["20", "40", "60"]
     assert _metrics(tmp_path / "killed" / "metrics.csv") == whole
+
+
+def _interrupted_run(tmp_path: Path) -> tuple[dict, Path, Path]:
+    """A reference run and a copy of it cut back to its round-20 checkpoint, with the rows
+    written after it still in the CSVs (as a kill after a flush but before the next
+    checkpoint leaves them)."""
+    import shutil
+
+    cfg = tiny_config(rounds=30, eval={"every": 5, "checkpoint_every": 10})
+    ref = tmp_path / "ref"
+    diversefl.run(cfg, out=ref)
+    mid = tmp_path / "mid"
+    diversefl.run({**cfg, "rounds": 20}, out=tmp_path / "twenty")
+    shutil.copytree(ref, mid)
+    shutil.copy(tmp_path / "twenty" / "checkpoint.pt", mid / "checkpoint.pt")
+    (mid / "summary.json").unlink()
+    return cfg, ref, mid
+
+
+def test_a_kill_during_the_resume_rewrite_loses_no_row(tmp_path: Path, monkeypatch):
+    """Resume cuts the CSVs back to the checkpoint through a temp file and a rename: killed
+    at the rename, the old file is still whole, and the next resume gives the reference."""
+    from diversefl import results
+
+    cfg, ref, mid = _interrupted_run(tmp_path)
+    before = (mid / "decisions.csv").read_bytes()
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(results.os, "replace", killed)
+        with pytest.raises(KeyboardInterrupt):
+            diversefl.run(cfg, out=mid, resume=True)
+    assert (mid / "decisions.csv").read_bytes() == before
+    assert not [p for p in mid.iterdir() if p.name.endswith(".tmp")]
+    diversefl.run(cfg, out=mid, resume=True)
+    assert _metrics(mid / "metrics.csv") == _metrics(ref / "metrics.csv")
+    assert (mid / "decisions.csv").read_text() == (ref / "decisions.csv").read_text()
+
+
+def test_a_row_cut_short_by_a_kill_is_dropped_on_resume(tmp_path: Path):
+    """A kill in the middle of an append can leave '42' of a round-425 row: it parses as an
+    early round, but it has no other fields and no newline, so resume drops it."""
+    cfg, ref, mid = _interrupted_run(tmp_path)
+    for name in ("metrics.csv", "decisions.csv"):
+        with (mid / name).open("a") as fh:
+            fh.write("1")  # the first digit of a later round's row
+    diversefl.run(cfg, out=mid, resume=True)
+    assert _metrics(mid / "metrics.csv") == _metrics(ref / "metrics.csv")
+    assert (mid / "decisions.csv").read_text() == (ref / "decisions.csv").read_text()
+
+
+def test_resume_edge_cases_name_the_problem_and_lose_nothing(tmp_path: Path):
+    cfg = tiny_config(rounds=20, eval={"every": 5, "checkpoint_every": 10})
+    out = tmp_path / "run"
+    first = diversefl.run(cfg, out=out)
+    # a finished run without its checkpoint (the committed leaderboard runs): returned as is
+    (out / "checkpoint.pt").unlink()
+    saved = {p.name: p.read_bytes() for p in out.iterdir()}
+    again = diversefl.run(cfg, out=out, resume=True)
+    assert again.summary == first.summary
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == saved
+    # a damaged checkpoint or summary: an error naming the file
+    diversefl.run(cfg, out=out, overwrite=True)
+    (out / "summary.json").unlink()
+    (out / "checkpoint.pt").write_bytes(b"\x00" * 100)
+    with pytest.raises(RunDirError, match=r"checkpoint.pt: not a readable checkpoint"):
+        diversefl.run(cfg, out=out, resume=True)
+    (out / "summary.json").write_text("{not json")
+    (out / "checkpoint.pt").unlink()
+    with pytest.raises(RunDirError, match=r"summary.json: not a readable run summary"):
+        diversefl.run(cfg, out=out, resume=True)
+    # killed before its first checkpoint: nothing was saved, so --resume starts it again
+    fresh = tmp_path / "early"
+    fresh.mkdir()
+    (fresh / "metrics.csv").write_text("round,test_accuracy\n")
+    assert diversefl.run(cfg, out=fresh, resume=True).summary["rounds"] == 20
+    # --out naming a file
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunDirError, match="is a file, not a directory"):
+        diversefl.run(cfg, out=tmp_path / "file")
+
+
+def test_run_files_get_the_usual_permissions(tmp_path: Path):
+    """Atomically written files are not left private (0600) like their temp files: a sweep
+    shared by several machines' users can read them."""
+    diversefl.run(tiny_config(rounds=5), out=tmp_path / "run")
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("config.toml", "summary.json", "checkpoint.pt", "metrics.csv"):
+        assert (tmp_path / "run" / name).stat().st_mode & 0o777 == 0o666 & ~mask, name

@@ -307,3 +307,46 @@ def test_pool_workers_end_when_the_sweep_process_is_killed(tmp_path: Path):
                 os.kill(p, signal.SIGKILL)
             except OSError:
                 pass
+
+
+def test_sweep_refuses_changed_or_damaged_run_dirs_before_running_anything(tmp_path: Path):
+    """An interrupted cell whose grid entry changed is found when the sweep starts (naming
+    the key), not after the earlier cells ran; a damaged summary.json names its file."""
+    import shutil
+
+    from diversefl.results import RunDirError
+
+    raw = _grid(aggregators=["mean", "median"], attacks=["none"], seeds=[0])
+    out = tmp_path / "grid"
+    run_sweep(expand(raw), out, progress=False, echo=lambda m: None)
+    # median's run becomes "interrupted" with another config than the grid now asks for
+    (out / "median__none__seed0" / "summary.json").unlink()
+    raw2 = _grid(aggregators=["mean", "median"], attacks=["none"], seeds=[0])
+    raw2["rounds"] = 12
+    shutil.rmtree(out / "mean__none__seed0")
+    with pytest.raises(
+        ConfigError,
+        match=r"median__none__seed0 holds an unfinished run .*rounds: saved 10, grid 12",
+    ):
+        run_sweep(expand(raw2), out, progress=False, echo=lambda m: None)
+    assert not (out / "mean__none__seed0").exists()  # nothing ran before the error
+    # finished with another config: the same, with the key
+    run_sweep(expand(raw), out, progress=False, echo=lambda m: None)
+    with pytest.raises(
+        ConfigError, match=r"finished run with a different config \(rounds: saved 10, grid 12\)"
+    ):
+        run_sweep(expand(raw2), out, progress=False, echo=lambda m: None)
+    (out / "mean__none__seed0" / "summary.json").write_text("[1, 2]")
+    with pytest.raises(RunDirError, match=r"mean__none__seed0/summary.json: not a run summary"):
+        run_sweep(expand(raw), out, progress=False, echo=lambda m: None)
+    with pytest.raises(ConfigError, match=r"sweep.aggregators: a non-empty list"):
+        expand(_grid(aggregators=[], attacks=["none"]))
+
+
+def test_cli_refuses_jobs_below_one(capsys):
+    from diversefl.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", "nowhere.toml", "--jobs", "0"])
+    assert exit_info.value.code == 2
+    assert "expected an integer >= 1, got 0" in capsys.readouterr().err

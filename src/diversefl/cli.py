@@ -206,6 +206,17 @@ def _seed_list(text: str | None) -> list[int] | None:
     return seeds
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``--jobs 0`` is refused, naming the value)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     """``diversefl plot DIR``: curves (or Fig. 2's C1 x C2 scatter, or a table) from saved runs."""
     from diversefl import plots
@@ -378,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--quiet", action="store_true", help="no per-run progress bars")
     sw.add_argument(
         "--jobs",
-        type=int,
+        type=_positive_int,
         default=1,
         help="runs at once, in worker processes sharing the CPU threads (default 1)",
     )
@@ -473,7 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", help="output directory (default: runs/reproduce)")
     rp.add_argument("--rounds", type=int, help="shorter runs (e.g. 5 for a smoke test)")
     rp.add_argument("--quiet", action="store_true")
-    rp.add_argument("--jobs", type=int, default=1, help="runs at once (as in sweep --jobs)")
+    rp.add_argument(
+        "--jobs", type=_positive_int, default=1, help="runs at once (as in sweep --jobs)"
+    )
     rp.set_defaults(func=cmd_reproduce)
 
     dl = sub.add_parser(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -16,7 +16,17 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, v: Any, info: pydantic.ValidationInfo) -> Any:
+        """TOML's true/false are not 1/0: a boolean is only accepted where one is expected."""
+        if isinstance(v, bool) and info.field_name is not None:
+            ann = cls.model_fields[info.field_name].annotation
+            if ann is not bool and bool not in get_args(ann):
+                raise ValueError(f"expected a number or a name, got the boolean {str(v).lower()}")
+        return v
 
 
 class DataConfig(_Section):
@@ -64,11 +74,19 @@ class OptimConfig(_Section):
     warmup_rounds: int = Field(0, ge=0)
     warmup_start_lr: float = Field(0.0, ge=0)
 
+    @field_validator("milestones")
+    @classmethod
+    def _rounds(cls, v: list[int]) -> list[int]:
+        bad = [m for m in v if m < 1]
+        if bad:
+            raise ValueError(f"milestones are rounds (>= 1), got {bad[0]}")
+        return v
+
 
 class AttackConfig(_Section):
     """Who is Byzantine and what they send; extra keys are the attack's own settings."""
 
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    model_config = ConfigDict(extra="allow", validate_assignment=True, allow_inf_nan=False)
     name: str = "none"
     f: int = Field(5, ge=0)  # Byzantine clients; with name = "none", what the defenses assume
     byzantine: Literal["seeded", "per_round"] | list[int] = "seeded"
@@ -86,7 +104,7 @@ class AttackConfig(_Section):
 class AggregatorConfig(_Section):
     """The server's rule; extra keys are the rule's own settings (e.g. eps1, eps2)."""
 
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    model_config = ConfigDict(extra="allow", validate_assignment=True, allow_inf_nan=False)
     name: str = "mean"
     # Byzantine clients the rule assumes (RoundContext.f). Default: the real count under an
     # attack, attack.f without one. Set it to study a misjudged f, or in a deployment.
@@ -116,12 +134,23 @@ class EngineConfig(_Section):
     # float rounding; "vmap" reproduces runs made before the dense path existed digit for digit)
     grads: Literal["auto", "vmap", "dense"] = "auto"
 
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        import torch
+
+        try:
+            torch.device(v)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"{v!r} is not a torch device (cpu, cuda, cuda:1)") from None
+        return v  # whether this machine has one is checked when the simulation is built
+
 
 class Config(_Section):
     """A full run: what `diversefl run` reads from TOML and writes back as config.toml."""
 
     name: str = ""  # run name; the run directory defaults to runs/<name>
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)  # every random stream is keyed by it
     rounds: int = Field(1000, ge=1)
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()

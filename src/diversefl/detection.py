@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from diversefl.plots import format_mean_std
+from diversefl.results import read_summary
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ def _labels(run_dir: Path) -> tuple[str, str, int]:
 def read_run(run_dir: str | Path) -> RunDetection:
     """Detection figures of one finished run directory."""
     d = Path(run_dir)
-    summary = json.loads((d / "summary.json").read_text())
+    summary = read_summary(d / "summary.json")
     cfg = tomllib.loads((d / "config.toml").read_text())
     agg_cfg = cfg.get("aggregator", {})
     eps1, eps2 = float(agg_cfg.get("eps1", 0.5)), float(agg_cfg.get("eps2", 2.0))

@@ -5,6 +5,7 @@ written atomically (temp file + rename) so a kill mid-write never leaves it corr
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import tempfile
@@ -31,10 +32,18 @@ class RunDirError(RuntimeError):
     """The output directory holds a run and neither --resume nor --overwrite was given."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory and a rename."""
+    """Write ``data`` to ``path`` via a temp file in the same directory and a rename (with the
+    permissions a plain ``open`` would give, not the temp file's private 0600)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -47,16 +56,41 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Atomically save a checkpoint (torch pickle of tensors and plain values)."""
-    import io
-
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint`."""
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """Load a checkpoint written by :func:`save_checkpoint`; an unreadable one (truncated,
+    not a checkpoint) is a :class:`RunDirError` naming it."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
+        raise RunDirError(
+            f"{path}: not a readable checkpoint ({type(err).__name__}: {err}); "
+            "--overwrite starts the run again"
+        ) from None
+    if not isinstance(state, dict) or "round" not in state:
+        raise RunDirError(f"{path}: not a diversefl checkpoint; --overwrite starts the run again")
+    return state
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    """A run's summary.json; a damaged one (not JSON, not a run summary) is a
+    :class:`RunDirError` naming the file."""
+    try:
+        summary = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RunDirError(
+            f"{path}: not a readable run summary ({err}); delete it to rerun the run (it "
+            "resumes from its checkpoint)"
+        ) from None
+    if not isinstance(summary, dict) or "final_test_accuracy" not in summary:
+        raise RunDirError(
+            f"{path}: not a run summary (no final_test_accuracy); delete it to rerun the run"
+        )
+    return summary
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -77,6 +111,18 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+def _complete(row: dict[str, Any]) -> bool:
+    """A CSV row with every column (csv.DictReader fills missing ones with None) and an
+    integer round."""
+    if None in row or any(v is None for v in row.values()):
+        return False
+    try:
+        int(row["round"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return True
+
+
 class CsvLog:
     """An append-only CSV with a fixed header that can be cut back to a given round."""
 
@@ -86,15 +132,24 @@ class CsvLog:
         self._buffer: list[dict[str, Any]] = []
 
     def truncate_after(self, last_round: int) -> None:
-        """Keep only rows with round <= last_round (resume from that checkpoint)."""
-        rows = [r for r in read_csv(self.path) if int(r["round"]) <= last_round]
-        self._rewrite(rows)
+        """Keep only complete rows with round <= last_round (resume from that checkpoint).
+
+        The file is replaced atomically, and only when something is cut: a kill during a
+        resume leaves either the old file or the new one, never half of one. A row cut short
+        by a kill mid-append (missing fields, no final newline) is dropped."""
+        raw = self.path.read_bytes() if self.path.exists() else b""
+        rows = read_csv(self.path)
+        kept = [r for r in rows if _complete(r) and int(r["round"]) <= last_round]
+        if len(kept) == len(rows) and (not raw or raw.endswith(b"\n")):
+            return
+        self._rewrite(kept)
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
-        with self.path.open("w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=self.columns, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=self.columns, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_bytes(self.path, buf.getvalue().encode())
 
     def append(self, row: dict[str, Any]) -> None:
         """Queue a row; it reaches disk at the next :meth:`flush`."""
@@ -117,15 +172,21 @@ RUN_FILES = ("summary.json", "checkpoint.pt", "metrics.csv")  # what marks a run
 
 
 def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> bool:
-    """Create ``out`` or check it may be used; return True when a checkpoint will be resumed."""
+    """Create ``out`` or check it may be used; return True when a checkpoint will be resumed
+    (or a finished run returned as it is). ``resume`` on a run killed before its first
+    checkpoint (a metrics.csv, no checkpoint, no summary: nothing was saved) starts it again."""
     if resume and overwrite:
         raise RunDirError("--resume and --overwrite exclude each other")
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out {out} is a file, not a directory")
     if out.exists() and any(out.iterdir()):
         has_run = any((out / f).exists() for f in RUN_FILES)
         if resume:
             if not (out / "checkpoint.pt").exists():
                 if (out / "summary.json").exists():
                     return True  # finished run without checkpoint: nothing to redo
+                if (out / "metrics.csv").exists():
+                    return False  # killed before its first checkpoint: start again
                 raise RunDirError(f"--resume: no checkpoint.pt in {out}")
             return True
         if has_run and not overwrite:

@@ -18,6 +18,7 @@ from typing import Any
 
 from diversefl.cell_lock import CellLock, holder
 from diversefl.config import Config, ConfigError, apply_overrides, make_config, to_toml_dict
+from diversefl.results import read_summary
 
 SWEEP_COLUMNS = [
     "aggregator",
@@ -100,6 +101,12 @@ def expand(raw: dict[str, Any]) -> list[Cell]:
             f"sweep.{unknown[0]}: unknown key; allowed: {', '.join(sorted(SWEEP_KEYS))}"
         )
     # without a list, the base table (its method and settings) is the grid's one entry
+    for kind in ("aggregators", "attacks"):
+        if kind in grid and not (isinstance(grid[kind], list) and grid[kind]):
+            raise ConfigError(
+                f"sweep.{kind}: a non-empty list of entries, got {grid[kind]!r} (leave the key "
+                "out to run the base config's)"
+            )
     aggs = [
         _entry(a, "aggregators") for a in grid.get("aggregators", [_base_entry(raw, "aggregator")])
     ]
@@ -235,13 +242,33 @@ def finished_summary(cell: Cell, run_dir: Path) -> dict[str, Any] | None:
     summary_path = run_dir / "summary.json"
     if not summary_path.exists() or (run_dir / ".running").exists():
         return None
-    saved = make_config(tomllib.loads((run_dir / "config.toml").read_text()))
-    # compared as validated configs, so settings added later with defaults still match
-    if to_toml_dict(saved) != to_toml_dict(cell.config):
+    differs = config_difference(cell, run_dir)
+    if differs:
         raise ConfigError(
-            f"{run_dir} holds a finished run with a different config; use another --out"
+            f"{run_dir} holds a finished run with a different config ({differs}); use another --out"
         )
-    return json.loads(summary_path.read_text())
+    return read_summary(summary_path)
+
+
+def config_difference(cell: Cell, run_dir: Path) -> str:
+    """'' when ``run_dir/config.toml`` is ``cell``'s config, else the first key that differs
+    ('aggregator.beta: saved 0.1, grid 0.2'). Compared as validated configs, so settings
+    added later with defaults still match."""
+    saved = to_toml_dict(make_config(tomllib.loads((run_dir / "config.toml").read_text())))
+    return _first_difference(saved, to_toml_dict(cell.config), "")
+
+
+def _first_difference(saved: Any, grid: Any, prefix: str) -> str:
+    if isinstance(saved, dict) and isinstance(grid, dict):
+        for key in sorted(set(saved) | set(grid)):
+            name = f"{prefix}.{key}" if prefix else key
+            if key not in saved or key not in grid:
+                return f"{name}: saved {saved.get(key, 'unset')!r}, grid {grid.get(key, 'unset')!r}"
+            found = _first_difference(saved[key], grid[key], name)
+            if found:
+                return found
+        return ""
+    return "" if saved == grid else f"{prefix}: saved {saved!r}, grid {grid!r}"
 
 
 @dataclass(frozen=True)
@@ -362,6 +389,14 @@ def run_sweep(
         if done is None:
             if cell.dirname in chosen:
                 todo.append(i)
+                if (out / cell.dirname / "config.toml").exists():  # an interrupted run
+                    differs = config_difference(cell, out / cell.dirname)
+                    if differs:  # found before any cell runs, not when the sweep gets there
+                        raise ConfigError(
+                            f"{out / cell.dirname} holds an unfinished run with a different "
+                            f"config ({differs}); delete it to run the cell afresh, or use "
+                            "another --out"
+                        )
         else:
             summaries[i] = done
             if cell.dirname not in chosen:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -19,6 +20,10 @@ class Gaussian(Attack):
     name: ClassVar[str] = "gaussian"
     uses_own_gradients: ClassVar[bool] = False
     sigma: float = 1e4  # sigma_G: 1e4 for softmax regression, 10 for neural networks
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.sigma) and self.sigma >= 0):
+            raise ValueError(f"gaussian: sigma must be finite and >= 0, got {self.sigma}")
 
     def __call__(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
         noise = torch.randn(byzantine.shape, generator=ctx.generator, dtype=byzantine.dtype)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -19,6 +20,10 @@ class SameValue(Attack):
     name: ClassVar[str] = "same_value"
     uses_own_gradients: ClassVar[bool] = False
     sigma: float = 1e4  # sigma_S: 1e4 for softmax regression, 10 for neural networks
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.sigma):
+            raise ValueError(f"same_value: sigma must be finite, got {self.sigma}")
 
     def __call__(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
         return torch.full_like(byzantine, self.sigma)

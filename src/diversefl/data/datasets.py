@@ -279,6 +279,11 @@ def _load_idx_dataset(root: Path, name: str, verify: bool) -> tuple[np.ndarray, 
     arrays = [read_idx(_find_idx(folder, name, stem, verify)) for stem in IDX_FILES]
     x_train, y_train, x_test, y_test = arrays
     for x, y, split in ((x_train, y_train, "train"), (x_test, y_test, "t10k")):
+        if x.dtype != np.uint8 or y.dtype != np.uint8:
+            raise DataError(
+                f"{folder}: {split} images are {x.dtype} and labels {y.dtype}; MNIST-style "
+                "IDX files hold unsigned bytes (type code 0x08)"
+            )
         if x.ndim != 3 or x.shape[1:] != (28, 28) or y.ndim != 1 or len(x) != len(y):
             raise DataError(
                 f"{folder}: {split} images {x.shape} and labels {y.shape} do not match the "

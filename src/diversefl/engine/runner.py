@@ -21,6 +21,7 @@ from diversefl.results import (
     CsvLog,
     load_checkpoint,
     read_csv,
+    read_summary,
     save_checkpoint,
     write_json,
     write_toml,
@@ -109,6 +110,11 @@ def _fmt(v: float) -> float:
     return round(float(v), 6)
 
 
+def finished_without_checkpoint(out_dir: Path) -> bool:
+    """A run directory with its summary but no checkpoint to continue from."""
+    return (out_dir / "summary.json").exists() and not (out_dir / "checkpoint.pt").exists()
+
+
 def train(
     cfg: Config,
     out_dir: Path | None = None,
@@ -122,6 +128,10 @@ def train(
     With ``resume``, continue from ``out_dir/checkpoint.pt``: metrics written after that
     checkpoint are cut and recomputed, giving exactly the rows an uninterrupted run writes.
     """
+    if resume and out_dir is not None and finished_without_checkpoint(out_dir):
+        # nothing to redo (the committed leaderboard runs keep no checkpoint): the run as saved
+        summary = read_summary(out_dir / "summary.json")
+        return RunResult(read_csv(out_dir / "metrics.csv"), summary, out_dir)
     sim = sim or Simulation(cfg, data_dir=data_dir)
     total, window = _Window(), _Window()
     start_round, best, elapsed = 0, 0.0, 0.0

@@ -15,7 +15,7 @@ from torch.func import functional_call
 from diversefl import aggregators, attacks
 from diversefl.aggregators.base import Aggregate, RoundContext
 from diversefl.attacks.base import Attack
-from diversefl.config import Config
+from diversefl.config import Config, ConfigError
 from diversefl.data.datasets import Dataset, load_dataset
 from diversefl.data.partition import partition
 from diversefl.engine.gradients import batched_grads
@@ -111,7 +111,10 @@ class Simulation:
         self.cfg = cfg
         self.device = torch.device(cfg.engine.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("engine.device = cuda but torch sees no CUDA device")
+            raise ConfigError(
+                f"engine.device = {cfg.engine.device!r}: torch sees no CUDA device on this "
+                "machine (use --device cpu)"
+            )
         self.data = dataset or load_dataset(cfg.data.dataset, data_dir)
         n = cfg.clients.n
         self.n = n
