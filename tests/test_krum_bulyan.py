@@ -286,3 +286,14 @@ def test_pairwise_distances_exact_where_the_gram_form_would_cancel():
             ref[i, j] = ((rows[i].double() - rows[j].double()) ** 2).sum()
     assert dist[0, 1] == 1.0  # the Gram form alone gives 0 or garbage here
     torch.testing.assert_close(dist, ref, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("name", "n", "f"), [("krum", 6, 2), ("multi_krum", 4, 1), ("bulyan", 10, 2)]
+)
+def test_rules_called_directly_check_n_and_f(name: str, n: int, f: int) -> None:
+    """Called as a function, outside a run's config check, a rule still refuses an f it cannot
+    tolerate (Krum: n > 2f + 2; Bulyan: n >= 4f + 3) instead of returning a silent result."""
+    ctx = RoundContext(round=1, n=n, f=f, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(AggregatorError, match="needs n"):
+        aggregators.get(name)(torch.randn(n, 3), ctx)

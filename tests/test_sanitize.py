@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import pytest
 import torch
 
+from diversefl.aggregators import AggregatorError
 from diversefl.aggregators.base import MAX_ABS, rows_within_bound, sanitize
 
 
@@ -51,3 +54,19 @@ def test_mask_matches_loop_on_random_rows() -> None:
         hits = torch.rand(9, 40, generator=gen) < 0.02
         updates[hits] = float("nan")
         assert rows_within_bound(updates).tolist() == _reference(updates)
+
+
+def test_list_of_rows_of_any_kind() -> None:
+    """numpy rows are rows; a row that is neither a tensor nor an array, of another length
+    or complex is marked invalid (zeroed) instead of crashing the round."""
+    good = np.array([1.0, 2.0, 3.0], dtype=np.float32)
+    rows = [good, torch.tensor([4.0, 5.0, 6.0]), "garbage", torch.ones(2),
+            torch.ones(3, dtype=torch.complex64), None]  # fmt: skip
+    updates, valid = sanitize(rows, 6)
+    assert valid.tolist() == [True, True, False, False, False, False]
+    assert updates[:2].tolist() == [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+    assert updates[2:].abs().sum() == 0
+    only_garbage, none_valid = sanitize(["a", None], 2)
+    assert only_garbage.shape == (2, 0) and not none_valid.any()
+    with pytest.raises(AggregatorError, match="updates must be real, got torch.complex64"):
+        sanitize(torch.ones(2, 3, dtype=torch.complex64))

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -154,12 +155,15 @@ def subcontext(ctx: RoundContext, idx: Tensor) -> RoundContext:
 def sanitize(updates: Tensor, n: int | None = None) -> tuple[Tensor, Tensor]:
     """Return float updates ``[n, d]`` and a mask of well-formed rows (others zeroed).
 
-    Accepts a stacked tensor or a list of rows; a row of the wrong length or a non-float dtype
-    is marked invalid instead of raising, so one malformed client cannot crash a round.
+    Accepts a stacked tensor or a list of rows (tensors or numpy arrays); a row of the wrong
+    length, a non-float dtype or something else entirely is marked invalid instead of
+    raising, so one malformed client cannot crash a round.
     """
     if isinstance(updates, list | tuple):
+        updates = [torch.from_numpy(u) if isinstance(u, np.ndarray) else u for u in updates]
         lengths = [int(u.numel()) if isinstance(u, Tensor) else -1 for u in updates]
-        d = max(set(lengths), key=lengths.count) if lengths else 0
+        usable = [k for k in lengths if k >= 0]
+        d = max(set(usable), key=usable.count) if usable else 0
         rows, valid = [], []
         for u, length in zip(updates, lengths, strict=True):
             ok = length == d and u.dtype.is_floating_point
@@ -172,6 +176,8 @@ def sanitize(updates: Tensor, n: int | None = None) -> tuple[Tensor, Tensor]:
             raise AggregatorError(
                 f"updates must be [n_clients, d], got shape {tuple(updates.shape)}"
             )
+        if updates.dtype.is_complex:
+            raise AggregatorError(f"updates must be real, got {updates.dtype}")
         if not updates.dtype.is_floating_point:
             updates = updates.float()
         valid_t = torch.ones(updates.shape[0], dtype=torch.bool, device=updates.device)
