@@ -66,6 +66,9 @@ def test_roundtrip_and_file_errors(tmp_path: Path):
     (tmp_path / "bad.toml").write_text("rounds = = 3")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(tmp_path / "bad.toml")
+    (tmp_path / "latin1.toml").write_bytes('name = "caf\xe9"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.toml: not UTF-8 text"):
+        load_config(tmp_path / "latin1.toml")
 
 
 def test_a_cuda_config_on_a_machine_without_cuda_is_a_config_error():

@@ -296,9 +296,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            raw = tomllib.loads(p.read_text())
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{p}: not valid TOML: {err}") from None
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{p}: not UTF-8 text, as TOML must be ({err.reason})") from None
     # A sweep file's base config can be run on its own; the grid is `diversefl sweep`'s.
     raw.pop("sweep", None)
     return make_config(apply_overrides(raw, overrides or []))
