@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from diversefl.cli import main
-from diversefl.detection import detection_table, read_sweep
+from diversefl.detection import detection_table, per_client_table, read_sweep
 
 
 def _run(root: Path, name: str, acc: float, tpr, fpr, decisions: list[tuple] | None) -> None:
@@ -54,6 +54,8 @@ def test_pass_rates_and_gap_to_oracle(tmp_path: Path):
     out = tmp_path / "t.md"
     assert main(["detection", str(tmp_path), "--out", str(out), "--per-client", "dfl"]) == 0
     assert "1: 0.25" in out.read_text()
+    with pytest.raises(ValueError, match=r"--per-client nosuch: no run of that aggregator.*dfl"):
+        per_client_table(runs, "nosuch")
 
 
 def test_empty_directory_is_a_clear_error(tmp_path: Path):

@@ -173,7 +173,14 @@ def detection_table(runs: list[RunDetection], oracle: str = "oracle") -> str:
 
 def per_client_table(runs: list[RunDetection], aggregator: str) -> str:
     """Markdown: for one aggregator, per attack (placement) the Byzantine ids and the share of
-    rounds each one was accepted, averaged over seeds."""
+    rounds each one was accepted, averaged over seeds. An aggregator without runs here is an
+    error naming the ones present."""
+    present = sorted({r.aggregator for r in runs})
+    if aggregator not in present:
+        raise ValueError(
+            f"--per-client {aggregator}: no run of that aggregator here; present: "
+            f"{', '.join(present) or 'none'}"
+        )
     by_attack: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
         if r.aggregator == aggregator:
