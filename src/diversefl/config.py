@@ -82,6 +82,16 @@ class OptimConfig(_Section):
             raise ValueError(f"milestones are rounds (>= 1), got {bad[0]}")
         return v
 
+    @model_validator(mode="after")
+    def _milestones_after_warmup(self) -> OptimConfig:
+        early = [m for m in self.milestones if m < self.warmup_rounds]
+        if self.schedule == "warmup_step" and early:
+            raise ValueError(
+                f"milestones: {early[0]} falls inside the warmup (warmup_rounds = "
+                f"{self.warmup_rounds}), where the step schedule does not apply yet"
+            )
+        return self
+
 
 class AttackConfig(_Section):
     """Who is Byzantine and what they send; extra keys are the attack's own settings."""

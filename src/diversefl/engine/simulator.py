@@ -115,6 +115,9 @@ class Simulation:
                 f"engine.device = {cfg.engine.device!r}: torch sees no CUDA device on this "
                 "machine (use --device cpu)"
             )
+        if self.device.type == "cuda":  # cuDNN's fastest convolution kernels are not repeatable
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
         self.data = dataset or load_dataset(cfg.data.dataset, data_dir)
         n = cfg.clients.n
         self.n = n
