@@ -40,8 +40,10 @@ from diversefl.config import ConfigError, load_config, make_config, to_toml_dict
         (['engine.device="foo"'], "engine.device: 'foo' is not a torch device"),
         (['attack.name="gaussian"', "attack.sigma=-1"], "sigma must be finite and >= 0"),
         (['attack.name="same_value"', "attack.sigma=1e999"], "sigma must be finite"),
-        (['optim.schedule="warmup_step"', "optim.warmup_rounds=100", "optim.milestones=[50]"],
-         "milestones: 50 falls inside the warmup"),  # fmt: skip
+        (
+            ['optim.schedule="warmup_step"', "optim.warmup_rounds=100", "optim.milestones=[50]"],
+            "milestones: 50 falls inside the warmup",
+        ),  # fmt: skip
     ],
 )
 def test_errors_name_the_key(overrides, needle):
