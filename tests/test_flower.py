@@ -487,3 +487,20 @@ def test_failed_run_is_reported_and_stops_everything(tmp_path):
     with pytest.raises(DeployError, match="failed|did not"):
         deploy_local(config, 2, tmp_path / "out", byzantine=[], workdir=work, timeout=400)
     assert _leftovers(work) == []
+
+
+def test_node_refuses_to_share_more_than_its_max_sample():
+    """A node's own cap on its one-time sample: the server's config cannot ask for more."""
+    from diversefl.flower.common import config_to_text, handle_sample, sample_count
+
+    cfg = make_config(tiny_config(clients={"n": 5, "sample": 0.2}))
+    text = config_to_text(cfg)
+    node = {"partition-id": 1, "num-partitions": 5}
+    shard = load_shard(cfg, 1, 5)
+    asked = sample_count(cfg, int(shard.indices.numel()))
+    assert len(handle_sample(text, {**node, "max-sample": asked})["idx"]) == asked
+    assert len(handle_sample(text, {**node, "max-sample": 0.2})["idx"]) == asked
+    with pytest.raises(ValueError, match=rf"asks for a sample of {asked} examples.*allows 3"):
+        handle_sample(text, {**node, "max-sample": 3})
+    with pytest.raises(ValueError, match="max-sample=0"):
+        handle_sample(text, {**node, "max-sample": 0})

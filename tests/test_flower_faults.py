@@ -203,6 +203,18 @@ SAMPLE_FAULTS: dict[str, tuple[Callable[[Any], Any], str]] = {
         "num-partitions 4, but the run has clients.n=5",
     ),
     "wrong batch size": (lambda r: _meta(r, **{"batch-size": 10**6}), "batch-size 1000000"),
+    "poisoned images": (
+        lambda r: _with_arrays(r, x=(_np(r, "x") * 1000).astype(np.float32)),
+        "images differ from the training set's at",
+    ),
+    "shifted labels": (
+        lambda r: _with_arrays(r, y=((_np(r, "y") + 1) % 10).astype(np.int64)),
+        "labels differ from the training set's at 8 of 8 examples",
+    ),
+    "not its seeded sample": (
+        lambda r: _with_arrays(r, idx=np.ascontiguousarray(_np(r, "idx")[::-1])),
+        "indices are not partition 2's sample",
+    ),
     "claims a larger shard": (
         lambda r: _meta(r, **{"shard-len": 1000}),
         "shard-len 1000, but partition 2 holds",
@@ -243,6 +255,10 @@ def test_bad_sample_excludes_its_node_with_one_warning(fault, tmp_path, caplog):
 
 
 def test_two_nodes_claiming_one_partition_are_both_excluded(caplog):
+    """Node 2 uploads partition 1's exact sample (every node holds the public dataset and the
+    draw is seeded, so it can): the server cannot tell which node holds partition 1."""
+    from diversefl.flower.common import load_shard, shared_sample
+
     cfg = make_config(tiny_config(clients={"n": 5}, rounds=1, eval={"every": 1}))
     strategy = DiverseFLStrategy(cfg, timeout=0.5, min_nodes=3)
     caplog.set_level(logging.INFO, logger="flwr")
@@ -252,13 +268,37 @@ def test_two_nodes_claiming_one_partition_are_both_excluded(caplog):
         "shard-len": int(sim.shard_len[1]),
         "batch-size": int(sim.batch_k[1]),
     }
-    strategy.start(_grid(5, _on(2, "sample", lambda r: _meta(r, **claim))))
+    idx, x, y = shared_sample(cfg, load_shard(cfg, 1, 5))
+
+    def impostor(r: Any) -> Any:
+        return _with_arrays(_meta(r, **claim), idx=idx.numpy(), x=x.numpy(), y=y.numpy())
+
+    strategy.start(_grid(5, _on(2, "sample", impostor)))
     fl = strategy.result.summary["flower"]
     assert sorted(fl["excluded"]) == ["1", "2"]
     for j in (1, 2):
         claim = f"partition 1 is claimed by nodes {_node(1)}, {_node(2)}"
         assert len(_warnings(caplog, f"excluding node {_node(j)}", claim)) == 1
     assert fl["node_ids"][1] == fl["node_ids"][2] == ""
+
+
+def test_a_claim_without_the_partitions_sample_leaves_the_owner_in(caplog):
+    """Node 2 claims partition 1 but uploads its own examples: refused as an invalid sample,
+    so partition 1's owner keeps its place (only the impostor is excluded)."""
+    cfg = make_config(tiny_config(clients={"n": 5}, rounds=1, eval={"every": 1}))
+    strategy = DiverseFLStrategy(cfg, timeout=0.5, min_nodes=3)
+    caplog.set_level(logging.INFO, logger="flwr")
+    sim = Simulation(cfg)
+    claim = {
+        "partition-id": 1,
+        "shard-len": int(sim.shard_len[1]),
+        "batch-size": int(sim.batch_k[1]),
+    }
+    strategy.start(_grid(5, _on(2, "sample", lambda r: _meta(r, **claim))))
+    fl = strategy.result.summary["flower"]
+    assert sorted(fl["excluded"]) == ["2"]
+    assert "indices are not partition 1's sample" in fl["sample_rejects"][str(_node(2))]
+    assert fl["node_ids"][1] == str(_node(1))
 
 
 def test_run_refuses_to_start_with_fewer_usable_nodes_than_min_nodes(tmp_path):

@@ -403,6 +403,17 @@ def handle_sample(cfg_text: str, node_config: dict[str, Any], data_dir: str = ""
     """The answer to ``query.sample``: numpy ``idx``, ``x``, ``y`` and a ``meta`` dict."""
     cfg = config_from_text(cfg_text)
     shard = _node_shard(cfg, node_config, data_dir)
+    cap = node_config.get("max-sample")
+    if cap is not None:  # the node's own limit on what it shares, whatever the server asks
+        asked = sample_count(cfg, int(shard.indices.numel()))
+        if isinstance(cap, bool) or not isinstance(cap, int | float) or cap <= 0:
+            raise ValueError(f"node config max-sample={cap!r}: a count >= 1 or a fraction")
+        allowed = _count(cap, int(shard.indices.numel()))  # as clients.sample counts
+        if asked > allowed:
+            raise ValueError(
+                f"the run asks for a sample of {asked} examples (clients.sample = "
+                f"{cfg.clients.sample}); this node's max-sample allows {allowed}"
+            )
     idx, x, y = shared_sample(cfg, shard)
     j = shard.partition_id
     return {

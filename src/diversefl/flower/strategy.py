@@ -129,6 +129,9 @@ class FlowerFederation(Simulation):
         self.excluded: dict[int, str] = {}  # partition -> why it has no usable sample
         self.sample_rejects: dict[int, str] = {}  # node id -> why its sample was refused
         self.faults: list[dict[str, Any]] = []  # per round with a dropped or rejected update
+        # each partition's seeded sample, as the simulator draws it: what a node must upload
+        drawn, weights = Simulation._shared_samples(self)
+        self._expected_idx = [drawn[j, : int(weights[j].sum())].clone() for j in range(self.n)]
 
     # -- samples -------------------------------------------------------------------------
     def _shared_samples(self) -> tuple[Tensor, Tensor]:
@@ -147,6 +150,26 @@ class FlowerFederation(Simulation):
             batch_count=lambda length: _count(cfg.clients.batch, length),
             shard_lens=tuple(int(v) for v in self.shard_len),
         )
+
+    def check_sample(self, sample: SharedSample) -> str | None:
+        """Why an uploaded sample is not its partition's seeded draw of the training set (the
+        server holds the dataset: indices, labels and images must be exactly those), or None.
+
+        The guiding gradients (and FLTrust's root data) are computed from these samples, so a
+        node free to choose its sample would choose what it is tested against."""
+        j = sample.partition_id
+        want = self._expected_idx[j]
+        if not torch.equal(sample.indices.cpu(), want.cpu()):
+            return f"indices are not partition {j}'s sample (the seeded draw of its shard)"
+        y = self.data.y_train[want]
+        if not torch.equal(sample.y.cpu(), y):
+            bad = int((sample.y.cpu() != y).sum())
+            return f"labels differ from the training set's at {bad} of {len(y)} examples"
+        x = self.data.x_train[want]
+        if not torch.allclose(sample.x.cpu(), x, rtol=0.0, atol=1e-6):
+            bad = int(((sample.x.cpu() - x).abs().flatten(1).amax(1) > 1e-6).sum())
+            return f"images differ from the training set's at {bad} of {len(y)} examples"
+        return None
 
     def set_samples(
         self, samples: Mapping[int, SharedSample], reasons: Mapping[int, str] | None = None
@@ -421,6 +444,10 @@ class DiverseFLStrategy(Strategy):
                 self._refuse_sample(node, reason, _claimed_partition(msg))
                 continue
             sample = dataclasses.replace(sample, node_id=node)
+            wrong = self.federation.check_sample(sample)
+            if wrong:
+                self._refuse_sample(node, f"invalid sample: {wrong}", sample.partition_id)
+                continue
             claims.setdefault(sample.partition_id, []).append(sample)
         samples: dict[int, SharedSample] = {}
         for j, group in sorted(claims.items()):
