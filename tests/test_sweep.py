@@ -134,6 +134,10 @@ def test_grid_refuses_what_would_share_or_misname_a_run_directory():
         expand(_grid(aggregators=["mean"], attacks=["none"], seeds=[0, 1, 1]))
     with pytest.raises(ConfigError, match="sweep.seeds: a non-empty list"):
         expand(_grid(aggregators=["mean"], attacks=["none"], seeds=[]))
+    with pytest.raises(
+        ConfigError, match=r"sweep.seeds: a non-empty list of integers, got \[\[0\]\]"
+    ):
+        expand(_grid(aggregators=["mean"], attacks=["none"], seeds=[[0]]))
     with pytest.raises(ConfigError, match="sweep.aggregators: label 'a__b' must be"):
         expand(_grid(aggregators=[{"name": "mean", "label": "a__b"}], attacks=["none"]))
     with pytest.raises(ConfigError, match="sweep.attacks: label 'x/y' must be"):

@@ -112,7 +112,11 @@ def expand(raw: dict[str, Any]) -> list[Cell]:
     ]
     atks = [_entry(a, "attacks") for a in grid.get("attacks", [_base_entry(raw, "attack")])]
     seeds = grid.get("seeds", [raw.get("seed", 0)])
-    if not isinstance(seeds, list) or not seeds:
+    if not (
+        isinstance(seeds, list)
+        and seeds
+        and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
         raise ConfigError(f"sweep.seeds: a non-empty list of integers, got {seeds!r}")
     repeated = sorted({s for s in seeds if seeds.count(s) > 1}, key=str)
     if repeated:
