@@ -671,6 +671,8 @@ def test_deploy_byzantine_choices_are_checked_before_starting(tmp_path):
         deploy_local(cfg_path, 4, tmp_path / "out", byzantine={3: "", 1: "gaussian"}, workdir=work)
     with pytest.raises(DeployError, match="partition ids are 0..3"):
         deploy_local(cfg_path, 4, tmp_path / "out", byzantine={7: "sign_flip"}, workdir=work)
+    with pytest.raises(DeployError, match="byzantine node 2: attack 'alie' is built from the"):
+        deploy_local(cfg_path, 4, tmp_path / "out", byzantine={2: "alie"}, workdir=work)
     assert not work.exists()
 
 

@@ -366,7 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", help="cpu | cuda | cuda:N")
     r.add_argument("--seed", type=int)
     r.add_argument("--rounds", type=int)
-    r.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    r.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from --out's checkpoint (a finished run is returned as saved)",
+    )
     r.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
@@ -446,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument(
         "--table",
         action="store_true",
-        help="markdown table of final accuracy (mean +/- sample std over seeds)",
+        help="markdown table of --table-metric (mean +/- sample std over seeds)",
     )
     pl.add_argument(
         "--table-metric",

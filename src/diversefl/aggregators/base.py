@@ -103,7 +103,12 @@ class Aggregator:
         """Restore the state saved by :meth:`state_dict`."""
 
     def __call__(self, updates: Tensor, ctx: RoundContext) -> Aggregate:
-        """Validate rows, run the rule on the valid ones, and map the result back to all n."""
+        """Validate rows, run the rule on the valid ones, and map the result back to all n.
+
+        The rule's requirement on n and f (:meth:`check`, as at config time) applies to the
+        whole federation, also when the rule is called directly; dropped malformed rows then
+        lower n and f together, which every rule tolerates."""
+        self.check(ctx.n, ctx.f)
         updates, valid = sanitize(updates, ctx.n)
         if bool(valid.all()):
             return self.aggregate(updates, ctx)

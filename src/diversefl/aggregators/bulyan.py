@@ -92,9 +92,12 @@ class Bulyan(Aggregator):
 
     def aggregate(self, updates: Tensor, ctx: RoundContext) -> Aggregate:
         n, f = updates.shape[0], ctx.f
-        self.check(n, f)  # also called outside a run; dropped malformed rows lower f with n
         theta = n - 2 * f
         beta = theta - 2 * f
+        if beta < 1:
+            # unreachable after check() on the whole federation: dropping malformed rows keeps
+            # beta >= 1 (it lowers f with n)
+            raise AggregatorError(f"{self.name}: needs n >= 4f + 1 to aggregate, got n={n}, f={f}")
         picked = bulyan_select(pairwise_sq_dists(updates), f, theta)
         accepted = torch.zeros(n, dtype=torch.bool, device=updates.device)
         accepted[picked] = True

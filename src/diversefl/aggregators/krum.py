@@ -134,7 +134,6 @@ class Krum(Aggregator):
         _check_krum(self.name, n, f)
 
     def aggregate(self, updates: Tensor, ctx: RoundContext) -> Aggregate:
-        _check_krum(self.name, updates.shape[0], ctx.f)  # also when called outside a run
         scores = krum_scores(pairwise_sq_dists(updates), ctx.f)
         best = int(torch.argmin(scores))  # first minimum: ties -> lowest index
         accepted = torch.zeros(updates.shape[0], dtype=torch.bool, device=updates.device)
@@ -163,7 +162,6 @@ class MultiKrum(Aggregator):
 
     def aggregate(self, updates: Tensor, ctx: RoundContext) -> Aggregate:
         n = updates.shape[0]
-        _check_krum(self.name, n, ctx.f)  # also when called outside a run
         scores = krum_scores(pairwise_sq_dists(updates), ctx.f)
         m = n - ctx.f if self.m is None else self.m
         m = min(max(m, 1), n)

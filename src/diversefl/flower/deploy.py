@@ -670,7 +670,7 @@ def deploy_local(
         if byzantine is None:
             node_extra = byzantine_nodes(config_abs, overrides, data or None)
         else:
-            from diversefl.flower.common import load_run_config
+            from diversefl.flower.common import check_deployable_attack, load_run_config
 
             cfg = load_run_config(config_abs, overrides)
             items = (
@@ -687,6 +687,10 @@ def deploy_local(
                         f"byzantine node {j}: no attack to run (the config's attack is 'none'); "
                         f"name one, e.g. {j}=sign_flip"
                     )
+                try:
+                    check_deployable_attack(name)
+                except ValueError as err:
+                    raise DeployError(f"byzantine node {j}: {err}") from None
                 node_extra[int(j)] = {"attack": name, "byzantine-rank": rank}
                 if name == cfg.attack.name:
                     for key, value in cfg.attack.params().items():
