@@ -749,3 +749,58 @@ def test_config_value_with_both_quotes_is_refused_by_name():
 
     with pytest.raises(DeployError, match="both kinds of quote"):
         config_args({"overrides": """name="it's mine\""""})
+
+
+def test_node_partitions_binding_stops_an_impostor(caplog):
+    """With the operator's node -> partition binding, node 2 uploading partition 1's exact
+    sample is refused (it is bound to partition 2), and partition 1's owner stays in."""
+    from diversefl.flower.common import RunSettings, load_shard, shared_sample
+
+    cfg = make_config(tiny_config(clients={"n": 5}, rounds=1, eval={"every": 1}))
+    binding = RunSettings(node_partitions=", ".join(f"{_node(j)}:{j}" for j in range(5)))
+    strategy = DiverseFLStrategy(
+        cfg, timeout=0.5, min_nodes=3, node_partitions=binding.partition_map()
+    )
+    caplog.set_level(logging.INFO, logger="flwr")
+    sim = Simulation(cfg)
+    claim = {
+        "partition-id": 1,
+        "shard-len": int(sim.shard_len[1]),
+        "batch-size": int(sim.batch_k[1]),
+    }
+    idx, x, y = shared_sample(cfg, load_shard(cfg, 1, 5))
+
+    def impostor(r: Any) -> Any:
+        return _with_arrays(_meta(r, **claim), idx=idx.numpy(), x=x.numpy(), y=y.numpy())
+
+    strategy.start(_grid(5, _on(2, "sample", impostor)))
+    fl = strategy.result.summary["flower"]
+    assert sorted(fl["excluded"]) == ["2"]
+    assert (
+        f"claims partition 1, but node-partitions binds node {_node(2)} to partition 2"
+        in fl["sample_rejects"][str(_node(2))]
+    )
+    assert fl["node_ids"][1] == str(_node(1))
+    # a node outside the binding is refused too
+    partial = {_node(j): j for j in range(4)}
+    strategy = DiverseFLStrategy(cfg, timeout=0.5, min_nodes=3, node_partitions=partial)
+    strategy.start(_grid(5))
+    fl = strategy.result.summary["flower"]
+    assert fl["sample_rejects"][str(_node(4))] == f"node {_node(4)} is not in node-partitions"
+
+
+def test_node_partitions_setting_is_parsed_and_checked():
+    from diversefl.flower.common import RunSettings
+
+    s = RunSettings.from_run_config({"node-partitions": "101:0, 202:1"})
+    assert s.partition_map() == {101: 0, 202: 1}
+    assert RunSettings.from_run_config({}).partition_map() is None
+    for bad, needle in (("101-0", "'101-0' is not NODE_ID:PARTITION"),
+                        ("101:0,101:1", "node 101 is listed twice")):  # fmt: skip
+        with pytest.raises(ValueError, match=needle):
+            RunSettings(node_partitions=bad).partition_map()
+    cfg = make_config(tiny_config(clients={"n": 5}))
+    with pytest.raises(ValueError, match="partitions are 0..4"):
+        DiverseFLStrategy(cfg, node_partitions={1: 7})
+    with pytest.raises(ValueError, match="assigns a partition twice"):
+        DiverseFLStrategy(cfg, node_partitions={1: 0, 2: 0})

@@ -61,6 +61,7 @@ class RunSettings:
     overwrite: bool = False
     max_inflight: int = 0  # messages outstanding at once (0: all)
     min_nodes: int = 0  # fewest usable nodes (0: a majority of clients.n)
+    node_partitions: str = ""  # "NODE_ID:J,NODE_ID:J": the operator's node -> partition binding
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> RunSettings:
@@ -79,7 +80,29 @@ class RunSettings:
             overwrite=bool(get("overwrite", False)),
             max_inflight=int(get("max-inflight", 0)),
             min_nodes=int(get("min-nodes", 0)),
+            node_partitions=str(get("node-partitions", "")),
         )
+
+    def partition_map(self) -> dict[int, int] | None:
+        """``node-partitions`` as ``{node id: partition}`` (None when unset)."""
+        text = self.node_partitions.strip()
+        if not text:
+            return None
+        out: dict[int, int] = {}
+        for item in text.split(","):
+            node, sep, part = item.strip().partition(":")
+            try:
+                if not sep:
+                    raise ValueError
+                key, value = int(node), int(part)
+            except ValueError:
+                raise ValueError(
+                    f"run config node-partitions: {item.strip()!r} is not NODE_ID:PARTITION"
+                ) from None
+            if key in out:
+                raise ValueError(f"run config node-partitions: node {key} is listed twice")
+            out[key] = value
+        return out
 
     def override_list(self) -> list[str]:
         """The overrides as a list of ``key=value`` strings."""

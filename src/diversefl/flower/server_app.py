@@ -25,6 +25,10 @@ Run config (``[tool.flwr.app.config]`` in pyproject.toml, or ``flwr run --run-co
     The fewest usable nodes: the run refuses to start with fewer valid samples and stops in
     a round with fewer valid updates (0: a majority of ``clients.n``). Read when present;
     ``flwr run --run-config`` accepts it only once ``[tool.flwr.app.config]`` lists it.
+``node-partitions``
+    ``"NODE_ID:J,NODE_ID:J,..."``: which registered node holds which partition (the ids that
+    ``flwr supernode register`` prints). Set, a node outside it or claiming another
+    partition is excluded; empty (the default): a node's claim is taken.
 """
 
 from __future__ import annotations
@@ -61,5 +65,6 @@ def main(grid: Grid, context: Context) -> None:
         overwrite=settings.overwrite,
         max_inflight=settings.max_inflight,
         min_nodes=settings.min_nodes or None,
+        node_partitions=settings.partition_map(),
     )
     strategy.start(grid)

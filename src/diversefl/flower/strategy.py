@@ -332,6 +332,11 @@ class DiverseFLStrategy(Strategy):
         The fewest usable nodes the run accepts: it refuses to start when fewer nodes sent a
         valid sample, and stops with :class:`FederationError` in the first round with fewer
         valid updates (None or 0: :func:`default_min_nodes`, a majority of ``clients.n``).
+    node_partitions:
+        ``{node id: partition}``, the operator's binding of registered nodes to partitions
+        (None: a node's claim is taken). A sample from a node that is not in it, or that
+        claims another partition, is refused, so a hacked node cannot take over (or, by a
+        duplicate claim, knock out) an honest node's partition.
     """
 
     def __init__(
@@ -346,6 +351,7 @@ class DiverseFLStrategy(Strategy):
         overwrite: bool = False,
         max_inflight: int = 0,
         min_nodes: int | None = None,
+        node_partitions: Mapping[int, int] | None = None,
     ) -> None:
         if adversary not in ("config", "nodes"):
             raise ValueError(f"adversary={adversary!r}: allowed: config, nodes")
@@ -355,6 +361,14 @@ class DiverseFLStrategy(Strategy):
             raise ValueError(f"min_nodes={min_nodes}: must lie in 1..clients.n={n}")
         if timeout <= 0:
             raise ValueError(f"timeout={timeout}: must be positive")
+        if node_partitions is not None:
+            bad = {k: j for k, j in node_partitions.items() if not 0 <= int(j) < n}
+            if bad:
+                raise ValueError(f"node_partitions {bad}: partitions are 0..{n - 1}")
+            parts = list(node_partitions.values())
+            if len(set(parts)) != len(parts):
+                raise ValueError(f"node_partitions assigns a partition twice: {node_partitions}")
+        self.node_partitions = None if node_partitions is None else dict(node_partitions)
         self.cfg = cfg
         self.cfg_text = config_to_text(cfg)
         self.out = None if out is None or str(out) == "" else Path(out)
@@ -444,6 +458,17 @@ class DiverseFLStrategy(Strategy):
                 self._refuse_sample(node, reason, _claimed_partition(msg))
                 continue
             sample = dataclasses.replace(sample, node_id=node)
+            if self.node_partitions is not None:
+                bound = self.node_partitions.get(node)
+                if bound != sample.partition_id:
+                    why = (
+                        f"node {node} is not in node-partitions"
+                        if bound is None
+                        else f"claims partition {sample.partition_id}, but node-partitions "
+                        f"binds node {node} to partition {bound}"
+                    )
+                    self._refuse_sample(node, why, sample.partition_id)
+                    continue
             wrong = self.federation.check_sample(sample)
             if wrong:
                 self._refuse_sample(node, f"invalid sample: {wrong}", sample.partition_id)
