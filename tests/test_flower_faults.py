@@ -804,3 +804,26 @@ def test_node_partitions_setting_is_parsed_and_checked():
         DiverseFLStrategy(cfg, node_partitions={1: 7})
     with pytest.raises(ValueError, match="assigns a partition twice"):
         DiverseFLStrategy(cfg, node_partitions={1: 0, 2: 0})
+
+
+def test_round_grace_ends_a_round_soon_after_the_quorum(tmp_path, caplog):
+    """A node that stays connected but never answers: with round_grace, each round waits
+    only that long after min_nodes replies instead of the whole timeout, and the silent node
+    is dropped as before."""
+    cfg = make_config(tiny_config(clients={"n": 4}, rounds=3, eval={"every": 3}))
+    silent = _on(3, "train", lambda r: None)
+    timed = {}
+    for grace in (0.0, 0.05):
+        strategy = DiverseFLStrategy(cfg, timeout=1.5, min_nodes=3, round_grace=grace)
+        t0 = time.perf_counter()
+        strategy.start(_grid(4, silent))
+        timed[grace] = time.perf_counter() - t0
+        assert all(strategy.round_metrics[r]["dropped"] == 1 for r in (1, 2, 3))
+        assert strategy.result.summary["flower"]["dropped_total"] == 3
+    assert timed[0.0] > 3 * 1.5  # without a grace every round waits out the timeout
+    assert timed[0.05] < timed[0.0] - 3.0  # with it, about 0.05 s a round
+    with pytest.raises(ValueError, match="round_grace=-1"):
+        DiverseFLStrategy(cfg, round_grace=-1)
+    from diversefl.flower.common import RunSettings
+
+    assert RunSettings.from_run_config({"round-grace": 2.5}).round_grace == 2.5

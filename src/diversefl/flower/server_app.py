@@ -29,6 +29,10 @@ Run config (``[tool.flwr.app.config]`` in pyproject.toml, or ``flwr run --run-co
     ``"NODE_ID:J,NODE_ID:J,..."``: which registered node holds which partition (the ids that
     ``flwr supernode register`` prints). Set, a node outside it or claiming another
     partition is excluded; empty (the default): a node's claim is taken.
+``round-grace``
+    Seconds a training round still waits once ``min-nodes`` replies are in (0, the default:
+    until every node answered or ``timeout``): a node that stays connected but never
+    answers then costs each round this grace instead of the whole ``timeout``.
 """
 
 from __future__ import annotations
@@ -66,5 +70,6 @@ def main(grid: Grid, context: Context) -> None:
         max_inflight=settings.max_inflight,
         min_nodes=settings.min_nodes or None,
         node_partitions=settings.partition_map(),
+        round_grace=settings.round_grace,
     )
     strategy.start(grid)

@@ -337,6 +337,11 @@ class DiverseFLStrategy(Strategy):
         (None: a node's claim is taken). A sample from a node that is not in it, or that
         claims another partition, is refused, so a hacked node cannot take over (or, by a
         duplicate claim, knock out) an honest node's partition.
+    round_grace:
+        Seconds a training round still waits once ``min_nodes`` replies are in (0: until
+        every node answered or ``timeout``). A node that stays connected but never answers
+        then costs each round this grace, not the whole ``timeout``; the later replies
+        count as dropped for that round.
     """
 
     def __init__(
@@ -352,6 +357,7 @@ class DiverseFLStrategy(Strategy):
         max_inflight: int = 0,
         min_nodes: int | None = None,
         node_partitions: Mapping[int, int] | None = None,
+        round_grace: float = 0.0,
     ) -> None:
         if adversary not in ("config", "nodes"):
             raise ValueError(f"adversary={adversary!r}: allowed: config, nodes")
@@ -361,6 +367,9 @@ class DiverseFLStrategy(Strategy):
             raise ValueError(f"min_nodes={min_nodes}: must lie in 1..clients.n={n}")
         if timeout <= 0:
             raise ValueError(f"timeout={timeout}: must be positive")
+        if not round_grace >= 0:
+            raise ValueError(f"round_grace={round_grace}: must be >= 0 (0: off)")
+        self.round_grace = float(round_grace)
         if node_partitions is not None:
             bad = {k: j for k, j in node_partitions.items() if not 0 <= int(j) < n}
             if bad:
@@ -630,7 +639,9 @@ class DiverseFLStrategy(Strategy):
         return None
 
     # -- messaging -------------------------------------------------------------------------
-    def send_and_receive(self, grid: Grid, messages: Iterable[Message]) -> list[Message]:
+    def send_and_receive(
+        self, grid: Grid, messages: Iterable[Message], quorum: int = 0, grace: float = 0.0
+    ) -> list[Message]:
         """Push ``messages`` and poll for their replies every ``poll_interval`` seconds until
         all arrived or ``timeout`` passed (Flower's own loop sleeps 3 s between polls).
 
@@ -638,6 +649,9 @@ class DiverseFLStrategy(Strategy):
         are pushed as replies come back. On a small machine this keeps Flower from starting
         every node's ClientApp process at once: a process that does not check in within 30 s
         loses its task, which Flower then relaunches, piling up processes.
+
+        With ``grace`` > 0, once ``quorum`` replies have arrived the wait ends at most
+        ``grace`` seconds later (never later than ``timeout``).
         """
         queue = list(messages)
         limit = self.max_inflight if self.max_inflight > 0 else max(1, len(queue))
@@ -645,6 +659,7 @@ class DiverseFLStrategy(Strategy):
         replies: list[Message] = []
         self._sent = {}
         deadline = time.monotonic() + self.timeout
+        quorum_met = False
         delay = self.poll_interval
         while (pending or queue) and time.monotonic() < deadline:
             if queue and len(pending) < limit:
@@ -663,6 +678,9 @@ class DiverseFLStrategy(Strategy):
             got = list(grid.pull_messages(pending)) if pending else []
             replies.extend(got)
             pending -= {m.metadata.reply_to_message_id for m in got}
+            if grace > 0 and quorum and not quorum_met and len(replies) >= quorum:
+                deadline = min(deadline, time.monotonic() + grace)
+                quorum_met = True
             if pending or queue:
                 time.sleep(delay)
                 delay = min(0.5, delay * 1.5) if not got else self.poll_interval
@@ -671,9 +689,9 @@ class DiverseFLStrategy(Strategy):
             silent += [int(m.metadata.dst_node_id) for m in queue]
             log(  # the callers log a WARNING per node
                 INFO,
-                "%d replies did not arrive within %g s (nodes %s)",
+                "%d replies did not arrive within %s (nodes %s)",
                 len(silent),
-                self.timeout,
+                f"{grace:g} s of the quorum" if quorum_met else f"{self.timeout:g} s",
                 ", ".join(str(x) for x in silent),
             )
         return replies
@@ -733,7 +751,7 @@ class DiverseFLStrategy(Strategy):
         assert self._grid is not None
         fed = self.federation
         messages = self.configure_train(r, theta_record(fed.theta), ConfigRecord(), self._grid)
-        replies = self.send_and_receive(self._grid, messages)
+        replies = self.send_and_receive(self._grid, messages, self.min_nodes, self.round_grace)
         _, metrics = self.aggregate_train(r, replies)
         self.round_metrics[r] = dict(metrics or {})
         log(INFO, "[ROUND %d/%d] %s", r, self.cfg.rounds, self.round_metrics[r])
