@@ -22,6 +22,7 @@ from conftest import tiny_config
 from diversefl.config import make_config
 from diversefl.engine.simulator import Simulation
 from diversefl.flower import FLOWER_AVAILABLE
+from diversefl.results import RunDirError
 
 pytestmark = pytest.mark.skipif(
     not FLOWER_AVAILABLE, reason='flwr is not installed: pip install -e ".[flower]"'
@@ -550,6 +551,20 @@ def test_too_few_valid_updates_stop_the_run_and_keep_the_checkpoint(tmp_path):
     assert not (tmp_path / "run" / "summary.json").exists()
     rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
     assert [r["round"] for r in rows] == ["1", "2"]
+    # once the nodes are back, resume finishes the run as if it had never stopped
+    with pytest.raises(RunDirError, match="already holds a run"):
+        DiverseFLStrategy(cfg, out=tmp_path / "run", timeout=0.3).start(_grid(4))
+    DiverseFLStrategy(cfg, out=tmp_path / "run", timeout=0.3, resume=True).start(_grid(4))
+    DiverseFLStrategy(cfg, out=tmp_path / "ref", timeout=0.3).start(_grid(4))
+
+    def metrics(d: str) -> list[dict[str, str]]:
+        with (tmp_path / d / "metrics.csv").open() as fh:
+            return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(fh)]
+
+    assert metrics("run") == metrics("ref") and len(metrics("run")) == 5
+    other = make_config({**raw, "rounds": 6})
+    with pytest.raises(ValueError, match="resume: the config differs"):
+        DiverseFLStrategy(other, out=tmp_path / "run", timeout=0.3, resume=True).start(_grid(4))
 
 
 # -- B4: a SuperNode killed mid-run (real processes) -------------------------------------------

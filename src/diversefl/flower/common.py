@@ -63,6 +63,7 @@ class RunSettings:
     min_nodes: int = 0  # fewest usable nodes (0: a majority of clients.n)
     node_partitions: str = ""  # "NODE_ID:J,NODE_ID:J": the operator's node -> partition binding
     round_grace: float = 0.0  # seconds a round still waits once min-nodes replied (0: off)
+    resume: bool = False  # continue the run in `out` from its last checkpoint
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> RunSettings:
@@ -83,6 +84,7 @@ class RunSettings:
             min_nodes=int(get("min-nodes", 0)),
             node_partitions=str(get("node-partitions", "")),
             round_grace=float(get("round-grace", 0.0)),
+            resume=bool(get("resume", False)),
         )
 
     def partition_map(self) -> dict[int, int] | None:

@@ -33,6 +33,10 @@ Run config (``[tool.flwr.app.config]`` in pyproject.toml, or ``flwr run --run-co
     Seconds a training round still waits once ``min-nodes`` replies are in (0, the default:
     until every node answered or ``timeout``): a node that stays connected but never
     answers then costs each round this grace instead of the whole ``timeout``.
+``resume``
+    Continue the run in ``out`` from its last checkpoint (after a stopped or crashed server):
+    the nodes upload their samples again; the model and the rule's state come from the
+    checkpoint.
 """
 
 from __future__ import annotations
@@ -71,5 +75,6 @@ def main(grid: Grid, context: Context) -> None:
         min_nodes=settings.min_nodes or None,
         node_partitions=settings.partition_map(),
         round_grace=settings.round_grace,
+        resume=settings.resume,
     )
     strategy.start(grid)

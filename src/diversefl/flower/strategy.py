@@ -44,7 +44,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from flwr.supercore import log
 from torch import Tensor
 
-from diversefl.config import Config
+from diversefl.config import Config, load_config, to_toml_dict
 from diversefl.engine.gradients import batched_grads
 from diversefl.engine.runner import RunResult, train
 from diversefl.engine.simulator import (
@@ -342,6 +342,10 @@ class DiverseFLStrategy(Strategy):
         every node answered or ``timeout``). A node that stays connected but never answers
         then costs each round this grace, not the whole ``timeout``; the later replies
         count as dropped for that round.
+    resume:
+        Continue the run in ``out`` from its last checkpoint (after a :class:`FederationError`
+        or a crashed server): the samples are collected again, the model and the rule's
+        state come from the checkpoint, and the metrics after it are recomputed.
     """
 
     def __init__(
@@ -358,6 +362,7 @@ class DiverseFLStrategy(Strategy):
         min_nodes: int | None = None,
         node_partitions: Mapping[int, int] | None = None,
         round_grace: float = 0.0,
+        resume: bool = False,
     ) -> None:
         if adversary not in ("config", "nodes"):
             raise ValueError(f"adversary={adversary!r}: allowed: config, nodes")
@@ -370,6 +375,7 @@ class DiverseFLStrategy(Strategy):
         if not round_grace >= 0:
             raise ValueError(f"round_grace={round_grace}: must be >= 0 (0: off)")
         self.round_grace = float(round_grace)
+        self.resume = bool(resume)
         if node_partitions is not None:
             bad = {k: j for k, j in node_partitions.items() if not 0 <= int(j) < n}
             if bad:
@@ -784,9 +790,19 @@ class DiverseFLStrategy(Strategy):
         if initial_arrays is not None:
             self.federation.theta = theta_from_record(initial_arrays).to(self.federation.device)
         self.collect_samples(grid)
+        resuming = False
         if self.out is not None:
-            prepare_run_dir(self.out, resume=False, overwrite=self.overwrite)
-        run: RunResult = train(self.cfg, self.out, progress=False, sim=self.federation)
+            resuming = prepare_run_dir(self.out, resume=self.resume, overwrite=self.overwrite)
+            saved = self.out / "config.toml"
+            if (
+                resuming
+                and saved.exists()
+                and to_toml_dict(load_config(saved)) != to_toml_dict(self.cfg)
+            ):
+                raise ValueError(f"resume: the config differs from {saved}")
+        run: RunResult = train(
+            self.cfg, self.out, progress=False, sim=self.federation, resume=resuming
+        )
         result = Result(arrays=theta_record(self.federation.theta))
         for row in run.metrics:
             values = {
