@@ -255,26 +255,32 @@ def test_bad_sample_excludes_its_node_with_one_warning(fault, tmp_path, caplog):
     assert torch.isfinite(strategy.federation.theta).all()
 
 
-def test_two_nodes_claiming_one_partition_are_both_excluded(caplog):
-    """Node 2 uploads partition 1's exact sample (every node holds the public dataset and the
-    draw is seeded, so it can): the server cannot tell which node holds partition 1."""
+def _impostor_of(cfg: Any, j: int) -> Callable[[Any], Any]:
+    """A sample-reply fault: claim partition j with partition j's exact seeded sample (a node
+    holding the public dataset can compute it), passing every check but the binding."""
     from diversefl.flower.common import load_shard, shared_sample
 
-    cfg = make_config(tiny_config(clients={"n": 5}, rounds=1, eval={"every": 1}))
-    strategy = DiverseFLStrategy(cfg, timeout=0.5, min_nodes=3)
-    caplog.set_level(logging.INFO, logger="flwr")
-    sim = Simulation(cfg)  # partition 1's true shard: a claim with another length is refused
+    sim = Simulation(cfg)  # partition j's true shard: a claim with another length is refused
     claim = {
-        "partition-id": 1,
-        "shard-len": int(sim.shard_len[1]),
-        "batch-size": int(sim.batch_k[1]),
+        "partition-id": j,
+        "shard-len": int(sim.shard_len[j]),
+        "batch-size": int(sim.batch_k[j]),
     }
-    idx, x, y = shared_sample(cfg, load_shard(cfg, 1, 5))
+    idx, x, y = shared_sample(cfg, load_shard(cfg, j, sim.n))
 
     def impostor(r: Any) -> Any:
         return _with_arrays(_meta(r, **claim), idx=idx.numpy(), x=x.numpy(), y=y.numpy())
 
-    strategy.start(_grid(5, _on(2, "sample", impostor)))
+    return impostor
+
+
+def test_two_nodes_claiming_one_partition_are_both_excluded(caplog):
+    """Node 2 uploads partition 1's exact sample (every node holds the public dataset and the
+    draw is seeded, so it can): the server cannot tell which node holds partition 1."""
+    cfg = make_config(tiny_config(clients={"n": 5}, rounds=1, eval={"every": 1}))
+    strategy = DiverseFLStrategy(cfg, timeout=0.5, min_nodes=3)
+    caplog.set_level(logging.INFO, logger="flwr")
+    strategy.start(_grid(5, _on(2, "sample", _impostor_of(cfg, 1))))
     fl = strategy.result.summary["flower"]
     assert sorted(fl["excluded"]) == ["1", "2"]
     for j in (1, 2):
@@ -769,7 +775,7 @@ def test_config_value_with_both_quotes_is_refused_by_name():
 def test_node_partitions_binding_stops_an_impostor(caplog):
     """With the operator's node -> partition binding, node 2 uploading partition 1's exact
     sample is refused (it is bound to partition 2), and partition 1's owner stays in."""
-    from diversefl.flower.common import RunSettings, load_shard, shared_sample
+    from diversefl.flower.common import RunSettings
 
     cfg = make_config(tiny_config(clients={"n": 5}, rounds=1, eval={"every": 1}))
     binding = RunSettings(node_partitions=", ".join(f"{_node(j)}:{j}" for j in range(5)))
@@ -777,18 +783,7 @@ def test_node_partitions_binding_stops_an_impostor(caplog):
         cfg, timeout=0.5, min_nodes=3, node_partitions=binding.partition_map()
     )
     caplog.set_level(logging.INFO, logger="flwr")
-    sim = Simulation(cfg)
-    claim = {
-        "partition-id": 1,
-        "shard-len": int(sim.shard_len[1]),
-        "batch-size": int(sim.batch_k[1]),
-    }
-    idx, x, y = shared_sample(cfg, load_shard(cfg, 1, 5))
-
-    def impostor(r: Any) -> Any:
-        return _with_arrays(_meta(r, **claim), idx=idx.numpy(), x=x.numpy(), y=y.numpy())
-
-    strategy.start(_grid(5, _on(2, "sample", impostor)))
+    strategy.start(_grid(5, _on(2, "sample", _impostor_of(cfg, 1))))
     fl = strategy.result.summary["flower"]
     assert sorted(fl["excluded"]) == ["2"]
     assert (
