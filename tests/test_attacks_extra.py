@@ -4,7 +4,7 @@ plain-loop references."""
 from __future__ import annotations
 
 import math
-from statistics import NormalDist
+from statistics import NormalDist, pstdev
 
 import numpy as np
 import pytest
@@ -100,14 +100,45 @@ def test_agr_agnostic_gamma_is_at_the_edge(name, rule, perturbation, seed):
     rows = _rows(honest)
     mean = [sum(r[j] for r in rows) / len(rows) for j in range(5)]
     p = perturbation_vector(honest, perturbation)
+    assert [float(x) for x in p] == pytest.approx(_hand_direction(rows, perturbation), rel=1e-6)
     scale = gamma_scale(honest, p, perturbation)
     gamma = agr_agnostic_gamma(honest, p, rule, tol=tol, scale=scale)
     expected = [mean[j] + gamma * float(p[j]) for j in range(5)]
+    # the message pushes against the honest mean (the paper's "inverse" directions)
+    push = [float(out[0][j]) - mean[j] for j in range(5)]
+    if perturbation == "std":
+        assert all(x < 0 for x in push)
+    else:
+        assert sum(x * m for x, m in zip(push, mean, strict=True)) < 0
     assert [float(x) for x in out[0]] == pytest.approx(expected, abs=1e-12)
     assert gamma > 0
     assert _holds(rule, expected, rows)
     larger = [mean[j] + (gamma + tol * scale) * float(p[j]) for j in range(5)]
     assert not _holds(rule, larger, rows)
+
+
+def _hand_direction(rows: list[list[float]], kind: str) -> list[float]:
+    """The attack's direction by hand: -(population std), -mean / |mean| or -sign(mean)."""
+    cols = list(zip(*rows, strict=True))
+    mean = [sum(c) / len(c) for c in cols]
+    if kind == "std":
+        return [-pstdev(c) for c in cols]
+    if kind == "unit":
+        norm = math.sqrt(sum(m * m for m in mean))
+        return [-m / norm for m in mean]
+    return [-math.copysign(1.0, m) if m else 0.0 for m in mean]
+
+
+def test_perturbation_directions_on_a_hand_example():
+    """-std, -mean/|mean| and -sign(mean) of three 2-d rows, worked by hand."""
+    honest = torch.tensor([[1.0, -2.0], [3.0, -2.0], [5.0, 1.0]])
+    # column 0: mean 3, population std sqrt(8/3); column 1: mean -1, std sqrt(2)
+    std = perturbation_vector(honest, "std")
+    assert std.tolist() == pytest.approx([-math.sqrt(8 / 3), -math.sqrt(2)])
+    assert perturbation_vector(honest, "unit").tolist() == pytest.approx(
+        [-3 / math.sqrt(10), 1 / math.sqrt(10)]
+    )
+    assert perturbation_vector(honest, "sign").tolist() == [-1.0, 1.0]
 
 
 def _exact_edge(honest: np.ndarray, p: np.ndarray, rule: str) -> float:
@@ -142,7 +173,8 @@ def test_agr_agnostic_search_finds_the_edge_at_any_gradient_scale(rule, perturba
     attack = attacks.get("min_max" if rule == "max" else "min_sum", perturbation=perturbation)
     sent = attack(honest, torch.zeros(5, 2000), _ctx(23, 5))[0].double()
     h = honest.double().numpy()
-    p = perturbation_vector(honest, perturbation).double().numpy()
+    mu = h.mean(0)  # the direction in numpy, not from the code under test
+    p = {"std": -h.std(0), "unit": -mu / np.linalg.norm(mu), "sign": -np.sign(mu)}[perturbation]
     edge = _exact_edge(h, p, rule)
     gamma = float((sent.numpy() - h.mean(0)) @ p / (p @ p))  # the gamma that was sent
     unit = float(np.linalg.norm(h.std(0))) / float(np.linalg.norm(p))

@@ -146,6 +146,26 @@ def test_centered_clipping_steps_and_momentum_vs_plain_loop():
     assert [float(x) for x in agg.momentum] == pytest.approx(ema, abs=1e-12)
 
 
+def test_centered_clipping_iterations_vs_plain_loop():
+    """iters = 3: the plain step applied three times from zero; tau small enough that rows
+    are still clipped in the last iteration (its ``clipped`` score)."""
+    gen = torch.Generator().manual_seed(8)
+    u = torch.randn(6, 4, generator=gen, dtype=torch.float64) * 3
+    u[5] += 20.0  # an outlier that stays clipped
+    out = aggregators.get("centered_clipping", tau=0.5, iters=3)(u, _ctx(6, r=1))
+    rows = [[float(x) for x in r] for r in u]
+    v = [0.0] * 4
+    for _ in range(3):
+        before = v
+        v = _plain_cc_step(rows, v, 0.5)
+    assert [float(x) for x in out.update] == pytest.approx(v, abs=1e-12)
+    last = [math.dist(r, before) > 0.5 for r in rows]  # clipped in the third step
+    assert out.scores["clipped"].tolist() == [float(c) for c in last]
+    assert last[5]  # the outlier is still clipped after two steps
+    one = aggregators.get("centered_clipping", tau=0.5, iters=1)(u, _ctx(6, r=1))
+    assert not torch.allclose(one.update, out.update)  # the extra iterations matter here
+
+
 def test_centered_clipping_state_round_trip():
     gen = torch.Generator().manual_seed(6)
     rounds = [torch.randn(4, 3, generator=gen) * 3 for _ in range(3)]

@@ -10,6 +10,7 @@ import torch
 from diversefl import aggregators
 from diversefl.aggregators import RoundContext
 from diversefl.aggregators.base import AggregatorError
+from diversefl.aggregators.diversefl import diversefl_accept, diversefl_scores
 
 
 def _ctx(n: int, guiding: torch.Tensor, f: int = 0) -> RoundContext:
@@ -165,6 +166,25 @@ def test_the_test_is_strict_at_its_boundaries():
     assert out.scores["c2"][:2].tolist() == [0.5, 2.0]
     assert out.scores["c1"][4].item() == 0.0
     assert out.accepted.tolist() == [False, False, True, True, False]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_helpers_the_adaptive_attack_uses_agree_with_the_rule(seed: int):
+    """``diversefl_scores`` / ``diversefl_accept`` (the adaptive attack's self-check and the
+    Flower test's oracle) give the aggregator's C1, C2 and decisions, boundary rows included."""
+    gen = torch.Generator().manual_seed(seed)
+    guiding = torch.randn(12, 6, generator=gen)
+    scale = torch.tensor([0.3, 0.5, 0.7, 1.0, 1.5, 1.99, 2.0, 2.5, -1.0, 1.2, 0.9, 1.1])
+    updates = guiding * scale[:, None] + 0.2 * torch.randn(12, 6, generator=gen)
+    updates[6] = 2.0 * guiding[6]  # exactly eps2: rejected by both
+    updates[0] = 0.5 * guiding[0]  # exactly eps1
+    for eps1, eps2 in ((0.5, 2.0), (0.8, 1.3)):
+        out = aggregators.get("diversefl", eps1=eps1, eps2=eps2)(updates, _ctx(12, guiding))
+        c1, c2 = diversefl_scores(guiding, updates)
+        assert c1.tolist() == out.scores["c1"].tolist()
+        torch.testing.assert_close(c2, out.scores["c2"])
+        assert diversefl_accept(c1, c2, eps1, eps2).tolist() == out.accepted.tolist()
+        assert 0 < int(out.accepted.sum()) < 12
 
 
 def test_quarantine_counts_a_malformed_update_as_a_failed_test():

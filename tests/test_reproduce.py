@@ -57,12 +57,17 @@ def test_reproduce_says_when_another_process_holds_a_run(mnist_dir: Path, tmp_pa
         text = " ".join(capsys.readouterr().out.split())  # undo the console's line wrapping
         assert "running in pid" in text and "note: 1 of 4 runs are not finished" in text
         assert len(list((out / "mnist-backdoor-r3").glob("*/summary.json"))) == 3
+        view = out / "figures" / "fig7-r3"  # the figure's links: finished runs only
+        assert sorted(p.name for p in view.iterdir()) == sorted(
+            c.dirname for c in figure_cells(FIGURES["fig7"], rounds=3) if c.dirname != busy.name
+        )
     finally:
         child.stdin.close()
         child.wait(timeout=30)
     assert main(args) == 0  # the lock is gone: the run happens, no note
     assert "note:" not in capsys.readouterr().out
     assert len(list((out / "mnist-backdoor-r3").glob("*/summary.json"))) == 4
+    assert (view / busy.name).is_symlink()
 
 
 def test_unknown_figure_is_a_clear_error(capsys):

@@ -31,12 +31,21 @@ def test_batches_come_from_own_shard_without_replacement():
 
 
 def test_draw_rows_are_independent_of_other_rows():
+    """Row j's draw depends on row j alone: another client's shard size or batch size leaves
+    rows 0 and 1 unchanged (so a client's batches do not move when another's data changes)."""
     lengths = torch.tensor([5, 9, 3])
     k = torch.tensor([2, 4, 3])
     pos, w = draw_without_replacement(lengths, k, torch.Generator().manual_seed(3), 9)
     assert w.sum(1).tolist() == [2, 4, 3]
     for j in range(3):
         assert (pos[j, : k[j]] < lengths[j]).all()
+        assert len(set(pos[j, : k[j]].tolist())) == k[j]
+    other, _ = draw_without_replacement(
+        torch.tensor([5, 9, 7]), torch.tensor([2, 4, 6]), torch.Generator().manual_seed(3), 9
+    )
+    for j in (0, 1):
+        assert pos[j, : k[j]].tolist() == other[j, : k[j]].tolist()
+    assert other[2, :6].tolist() != pos[2, :3].tolist()
 
 
 def test_shared_sample_size_and_origin():
@@ -117,7 +126,7 @@ def test_no_attack_means_no_byzantine_even_with_f():
 def test_without_an_attack_the_defense_still_assumes_attack_f():
     """Nobody is Byzantine, but the round context tells the defense f = attack.f, as a
     server that cannot know nobody attacks would be configured: Xie et al.'s trimmed mean
-    keeps the n - 2f updates nearest the coordinate median instead of averaging them all."""
+    keeps the n - f updates nearest the coordinate median instead of averaging them all."""
     cfg = make_config(
         tiny_config(
             attack={"name": "none", "f": 2},

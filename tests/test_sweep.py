@@ -39,7 +39,7 @@ def test_expand_labels_params_and_overrides():
     assert c.config.aggregator.params() == {"eps2": 3.0}
     assert c.config.attack.params() == {"sigma": 5.0} and c.config.attack.f == 1
     assert c.config.clients.sample == 0.5
-    assert c.dirname == "dfl-big__gaussian__seed0" or c.dirname == "dfl-big__gaussian__seed1"
+    assert c.dirname == "dfl-big__gaussian__seed0"  # the first of the two seeds' cells
 
 
 def test_base_placement_and_assumed_f_apply_to_every_cell():

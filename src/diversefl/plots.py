@@ -216,7 +216,25 @@ def _find_runs(path: str | Path) -> list[_Run]:
                        if "metrics.csv" in files})  # fmt: skip
     if not dirs:
         raise FileNotFoundError(f"no run directories (with metrics.csv) found in {p}")
-    return [_load_run(d) for d in dirs]
+    runs: list[_Run] = []
+    seen: dict[Path, Path] = {}  # resolved -> first path (a figure view links to run dirs)
+    labels: dict[tuple[str, str, int], Path] = {}
+    for d in dirs:
+        real = d.resolve()
+        if real in seen:
+            continue
+        seen[real] = d
+        run = _load_run(d)
+        key = (run.aggregator, run.attack, run.seed)
+        if key in labels:  # two experiments would be averaged as if they were seeds
+            raise ValueError(
+                f"{labels[key]} and {d} are both {run.aggregator} / {run.attack} / seed "
+                f"{run.seed}: point the command at one experiment's directory (e.g. one sweep's "
+                "--out), not at a folder holding several"
+            )
+        labels[key] = d
+        runs.append(run)
+    return runs
 
 
 def _output_path(path: str | Path, out: str | Path | None, default_name: str) -> Path:
@@ -282,7 +300,8 @@ def plot_curves(
 ) -> Path:
     """One panel per attack (and per metric when several are given, e.g. the backdoor's main
     and backdoor accuracy side by side), one line per aggregator (mean and min-max band over
-    seeds)."""
+    seeds, per round over the seeds with a value there, drawn up to the last round that every
+    seed reached)."""
     metrics = [metric] if isinstance(metric, str) else list(metric)
     for m in metrics:
         if m not in METRIC_NAMES:
@@ -329,7 +348,10 @@ def plot_curves(
             if not seeds:
                 continue
             n_seeds = max(n_seeds, len(seeds))
-            rounds = sorted(set().union(*seeds))
+            # up to the last round every seed reached: a seed still running (or stopped)
+            # would otherwise make the mean jump where it drops out
+            last = min(max(s) for s in seeds)
+            rounds = sorted(r for r in set().union(*seeds) if r <= last)
             vals = np.array([[s.get(r, np.nan) for s in seeds] for r in rounds], dtype=float)
             mean = np.nanmean(vals, axis=1)
             ymax = max(ymax, float(np.nanmax(vals)))

@@ -201,9 +201,12 @@ def reproduce(
     # draw from only this figure's cells (the run root may hold more of the preset's grid)
     view = root / "figures" / (name + ("" if rounds is None else f"-r{rounds}"))
     view.mkdir(parents=True, exist_ok=True)
-    for c in cells:
+    for c in cells:  # finished runs only: a run in progress would be drawn cut short
         link = view / c.dirname
-        if not link.exists():
+        if c.dirname not in finished:
+            if link.is_symlink():
+                link.unlink()
+        elif not link.exists():
             link.symlink_to((run_root / c.dirname).resolve(), target_is_directory=True)
     paths = []
     if fig.metrics:  # several metrics (the backdoor's two accuracies): panels of one figure
