@@ -483,3 +483,111 @@ def test_a_linked_view_of_the_same_runs_is_not_counted_twice(tmp_path: Path, dra
     x, y = _lines(drawn["plot"])[("Gaussian Attack", "Median")]
     assert (x, y) == ([10], pytest.approx([0.4]))
     assert drawn["plot"][0].ax.figure.get_suptitle() == "(mean and min-max over 2 seeds)"
+
+
+def _outside_ylim(drawn: dict[str, list[Call]]) -> list[str]:
+    """Each drawn curve and band whose y-values leave its axes' visible y range."""
+    bad = []
+    for c in drawn["plot"]:
+        (line,) = c.artist
+        lo, hi = c.ax.get_ylim()
+        if not all(lo <= y <= hi for y in _floats(line.get_ydata())):
+            bad.append(f"{_panel(c.ax)} / {line.get_label()}: {line.get_ydata()} not in {lo, hi}")
+    for c in drawn["fill_between"]:
+        _, low, high = c.args
+        lo, hi = c.ax.get_ylim()
+        if not all(lo <= y <= hi for y in _floats(low) + _floats(high)):
+            bad.append(f"{_panel(c.ax)} band: {low}-{high} not in {lo, hi}")
+    return bad
+
+
+def test_shared_y_axis_shows_every_panel(tmp_path: Path, drawn) -> None:
+    """Panels share one y range, taken over all of them: a sign-flip curve below the no-attack
+    panel's lowest value is not cut off by the first panel's limits."""
+    root = tmp_path / "clip"
+    values = {
+        ("none", 0): [0.37, 0.39, 0.41],
+        ("none", 1): [0.38, 0.40, 0.40],
+        ("sign_flip", 0): [0.36, 0.28, 0.20],
+        ("sign_flip", 1): [0.35, 0.30, 0.22],
+    }
+    for (attack, seed), accs in values.items():
+        rows = [{"round": 10 * (i + 1), "test_accuracy": a} for i, a in enumerate(accs)]
+        _run(root, "median", attack, seed, rows)
+    plot_curves(root, out=tmp_path / "clip.png")
+    assert len(drawn["plot"]) == 2 and len(drawn["fill_between"]) == 2
+    assert _outside_ylim(drawn) == []
+    axes = {c.ax for c in drawn["plot"]}
+    assert len({ax.get_ylim() for ax in axes}) == 1  # still one shared range
+    lo, hi = next(iter(axes)).get_ylim()
+    assert -0.02 <= lo <= 0.20 and 0.41 <= hi <= 1.02
+
+
+@pytest.mark.parametrize(
+    "metric", [["test_accuracy"], ["test_accuracy", "tpr"], ["test_loss"], ["tpr"]]
+)
+def test_no_drawn_value_is_outside_its_axes(grid: Path, tmp_path: Path, drawn, metric) -> None:
+    """Every curve and band of the grid lies within its panel's y range; an accuracy-like
+    metric's range stays within [-0.02, 1.02]."""
+    # the single-seed mean under sign flip (0.11 at round 10) lies below every value of the
+    # first panel (median and DiverseFL, no attack, from 0.25)
+    plot_curves(grid, metric=metric, out=tmp_path / "grid.png")
+    assert drawn["plot"] and drawn["fill_between"]
+    assert _outside_ylim(drawn) == []
+    for c in drawn["plot"]:
+        lo, hi = c.ax.get_ylim()
+        if "loss" not in c.ax.get_ylabel().lower():
+            assert -0.02 <= lo < hi <= 1.02
+
+
+@pytest.mark.parametrize("agg", ["median", "oracle"])
+def test_a_single_evaluation_is_drawn_as_a_marker(tmp_path: Path, drawn, agg: str) -> None:
+    """A run evaluated once (e.g. 3 rounds, eval every 5) is one point: no segment to draw, so
+    its line shows a marker at that point, even for a style without one (OracleSGD)."""
+    from matplotlib.lines import _mark_every_path  # what Line2D.draw uses to place markers
+
+    root = tmp_path / "once"
+    for seed, acc in enumerate((0.31, 0.35)):
+        _run(root, agg, "sign_flip", seed, [{"round": 3, "test_accuracy": acc}])
+    plot_curves(root, out=tmp_path / "once.png")
+    ((line,),) = [c.artist for c in drawn["plot"]]
+    assert (_floats(line.get_xdata()), _floats(line.get_ydata())) == ([3.0], [pytest.approx(0.33)])
+    assert line.get_marker() not in (None, "", " ", "None", "none")
+    assert line.get_markersize() > 0
+    assert line.get_visible() and line.get_alpha() in (None, 1.0)
+    line.figure.canvas.draw()
+    markevery = line.get_markevery()
+    if markevery is not None:
+        tpath, affine = line._get_transformed_path().get_transformed_points_and_affine()
+        assert len(_mark_every_path(markevery, tpath, affine, line.axes).vertices) == 1
+    assert _outside_ylim(drawn) == []
+
+
+def test_heatmap_scale_fits_a_metric_outside_zero_one(tmp_path: Path, monkeypatch) -> None:
+    """Accuracies keep the fixed 0-1 colour scale; a metric like wall_seconds gets its own
+    range (on 0-1 every cell would be one saturated colour)."""
+    import matplotlib.axes
+
+    from diversefl.plots import plot_heatmap
+
+    scales: list[tuple[float, float]] = []
+    real = matplotlib.axes.Axes.imshow
+
+    def imshow(ax, grid, **kwargs):
+        scales.append((kwargs["vmin"], kwargs["vmax"]))
+        return real(ax, grid, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow", imshow)
+    rows = [
+        {"aggregator": a, "attack": t, "seed": 0, "final_test_accuracy": acc, "wall_seconds": sec}
+        for a, t, acc, sec in [
+            ("mean", "none", 0.9, 80.0),
+            ("mean", "sign_flip", 0.2, 95.0),
+            ("median", "none", 0.85, 120.0),
+            ("median", "sign_flip", 0.6, 131.5),
+        ]
+    ]
+    _write_csv(tmp_path / "sweep.csv", list(rows[0]), rows)
+    plot_heatmap(tmp_path, out=tmp_path / "acc.png")
+    plot_heatmap(tmp_path, metric="wall_seconds", out=tmp_path / "sec.png")
+    assert scales == [(0.0, 1.0), (80.0, 131.5)]

@@ -12,6 +12,7 @@ import pytest
 from diversefl.plots import (
     accuracy_table,
     aggregator_name,
+    aggregator_sort_key,
     aggregator_style,
     attack_summary,
     heatmap_grid,
@@ -20,6 +21,7 @@ from diversefl.plots import (
     plot_c1c2,
     plot_curves,
     plot_heatmap,
+    plot_metric_bars,
     seed_label,
 )
 
@@ -412,3 +414,71 @@ def test_a_run_without_the_metric_is_no_cell(tmp_path: Path, capsys) -> None:
     assert heat.stat().st_size > 1000
     assert main(["plot", str(tmp_path), "--heatmap", str(heat), "--table-metric", "bogus"]) == 2
     assert "metric 'bogus' not found" in capsys.readouterr().err
+
+
+def test_trimmed_mean_variants_have_their_own_styles() -> None:
+    """Yin's, Xie's and Guerraoui's trimmed means (labels as in the leaderboard configs) are
+    told apart; plain trimmed_mean keeps its style, and other labels map as before."""
+    plain = {"color": "#e377c2", "linestyle": "-", "marker": "P"}
+    variants = ["trimmed_mean", "trimmed_mean_xie", "trimmed_mean_guerraoui"]
+    styles = [aggregator_style(v) for v in variants]
+    assert styles[0] == plain
+    for i, a in enumerate(styles):
+        for b in styles[i + 1 :]:
+            assert (a["linestyle"], a["marker"]) != (b["linestyle"], b["marker"])
+            assert a != b
+    # spellings of the same rule map to the same style
+    for label in ("trimmedmean", "TrimmedMean", "Trimmed Mean", "trimmed-mean", "trimmed_mean0.2"):
+        assert aggregator_style(label) == plain, label
+    for label in ("Trimmed Mean (xie)", "trimmed-mean-xie", "TrimmedMeanXie", "trimmedmean_xie"):
+        assert aggregator_style(label) == styles[1], label
+    for label in ("Trimmed Mean (guerraoui)", "trimmed_mean-Guerraoui"):
+        assert aggregator_style(label) == styles[2], label
+    # names and order as before; unknown labels keep their hashed style
+    assert [aggregator_name(v) for v in variants] == [
+        "Trimmed Mean", "Trimmed Mean (xie)", "Trimmed Mean (guerraoui)"
+    ]  # fmt: skip
+    assert sorted(["krum", *variants[::-1], "median"], key=aggregator_sort_key) == [
+        "median", "trimmed_mean", "trimmed_mean_guerraoui", "trimmed_mean_xie", "krum"
+    ]  # fmt: skip
+    assert aggregator_style("my-new-rule") == {"color": "#8c6d31", "linestyle": "--", "marker": "v"}
+    assert aggregator_style("oracle") == {"color": "#000000", "linestyle": "--", "marker": ""}
+
+
+def test_bars_stay_within_the_axes(tmp_path: Path, monkeypatch) -> None:
+    """Each bar, its whisker and its value label lie inside the x range: a wide std near 1.0
+    (whisker to 1.122) and a metric above 1 (seconds) are not cut off; accuracy keeps 0-1.12."""
+    import matplotlib.axes
+    from matplotlib.container import ErrorbarContainer
+
+    axes: list = []
+    real = matplotlib.axes.Axes.barh
+
+    def barh(ax, *args, **kwargs):
+        axes.append(ax)
+        return real(ax, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "barh", barh)
+    lines = ["aggregator,attack,seed,final_test_accuracy,wall_seconds",
+             "mean,none,0,1.0,40", "mean,none,1,1.0,60", "mean,none,2,0.5,50",
+             "median,none,0,0.7,20"]  # fmt: skip
+    (tmp_path / "sweep.csv").write_text("\n".join(lines) + "\n")
+    # mean's accuracy: 5/6 + sample std sqrt(1/12) = 1.122; its seconds: 50 + 10
+    cases = ((["final_test_accuracy"], 5 / 6 + (1 / 12) ** 0.5), (["wall_seconds"], 60))
+    for metrics, top in cases:
+        axes.clear()
+        plot_metric_bars(tmp_path, metrics, out=tmp_path / f"{metrics[0]}.png")
+        (ax,) = axes
+        lo, hi = ax.get_xlim()
+        ends = [p.get_x() + p.get_width() for p in ax.patches]
+        ((whiskers,),) = [c.lines[2] for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        right = max(x for seg in whiskers.get_segments() for x, _ in seg)
+        assert right == pytest.approx(top)
+        assert lo <= 0 and max(ends) < hi and right < hi
+        assert max(t.get_position()[0] for t in ax.texts) < hi
+        if metrics == ["final_test_accuracy"]:
+            assert hi < 1.3
+    (tmp_path / "sweep.csv").write_text("\n".join(lines[:2] + lines[4:]) + "\n")
+    axes.clear()
+    plot_metric_bars(tmp_path, ["final_test_accuracy"], out=tmp_path / "plain.png")
+    assert axes[0].get_xlim() == (0.0, 1.12)  # an ordinary accuracy board keeps its range

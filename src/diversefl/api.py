@@ -5,10 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from diversefl.config import Config, apply_overrides, load_config, make_config, to_toml_dict
+from diversefl.cell_lock import CellLock, held_here, holder
+from diversefl.config import (
+    Config,
+    apply_overrides,
+    first_difference,
+    load_config,
+    make_config,
+    to_toml_dict,
+)
 from diversefl.engine.allocator import retain_freed_memory
 from diversefl.engine.runner import RunResult, train
-from diversefl.results import prepare_run_dir
+from diversefl.results import RunDirError, prepare_run_dir
 
 
 def resolve_config(
@@ -45,30 +53,68 @@ def run(
     cfg = resolve_config(config, overrides)
     out_dir = None
     created: Path | None = None
+    lock: CellLock | None = None
     if out is not None:
         out_dir = Path(out)
         created = first_missing(out_dir)
+        lock = _lock_run_dir(out_dir)
+    try:
+        return _run_locked(cfg, config, out_dir, data_dir, resume, overwrite, progress)
+    finally:
+        if lock is not None:
+            lock.release_and_remove()
+        if out_dir is not None and created is not None:
+            # a run that failed before writing anything (e.g. a missing dataset) leaves no
+            # empty directories behind; anything with files in it is kept for --resume
+            remove_empty_dirs(out_dir, created)
+
+
+def _lock_run_dir(out_dir: Path) -> CellLock | None:
+    """Take ``out_dir``'s lock (None when this process holds it: a sweep's cell), so that a
+    second ``run --overwrite`` or ``--resume`` on a run in progress is refused, not mixed in."""
+    if held_here(out_dir):
+        return None
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunDirError(f"--out {out_dir} is a file, not a directory")
+    lock = CellLock(out_dir)
+    if not lock.acquire():
+        raise RunDirError(
+            f"{out_dir} is in use by {holder(out_dir) or 'another process'}: a run is writing "
+            "it now; wait for it to end (or stop it) before --resume or --overwrite"
+        )
+    return lock
+
+
+def _run_locked(
+    cfg: Config,
+    config: Config | dict[str, Any] | str | Path | None,
+    out_dir: Path | None,
+    data_dir: str | Path | None,
+    resume: bool,
+    overwrite: bool,
+    progress: bool,
+) -> RunResult:
+    """:func:`run` once the run directory is locked."""
+    if out_dir is not None:
         resuming = prepare_run_dir(out_dir, resume=resume, overwrite=overwrite)
         if resuming and (out_dir / "config.toml").exists():
             saved = load_config(out_dir / "config.toml")
             if config is not None and to_toml_dict(saved) != to_toml_dict(cfg):
-                raise ValueError(f"--resume: the config differs from {out_dir / 'config.toml'}")
+                raise ValueError(
+                    f"--resume: the config differs from {out_dir / 'config.toml'} ("
+                    f"{first_difference(to_toml_dict(saved), to_toml_dict(cfg))}); a run "
+                    "continues with the settings it started with (a finished run cannot be "
+                    "extended: start a new one)"
+                )
             cfg = saved
         resume = resuming
-    try:
-        return train(
-            cfg,
-            out_dir,
-            data_dir=None if data_dir is None else str(data_dir),
-            resume=resume,
-            progress=progress,
-        )
-    except BaseException:
-        # a run that failed before writing anything (e.g. a missing dataset) leaves no
-        # empty directories behind; anything with files in it is kept for --resume
-        if out_dir is not None and created is not None:
-            remove_empty_dirs(out_dir, created)
-        raise
+    return train(
+        cfg,
+        out_dir,
+        data_dir=None if data_dir is None else str(data_dir),
+        resume=resume,
+        progress=progress,
+    )
 
 
 def first_missing(path: Path) -> Path | None:

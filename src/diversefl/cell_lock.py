@@ -23,6 +23,12 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = ".lock"
+_HELD: set[Path] = set()  # lock files this process holds (a sweep cell's run calls run())
+
+
+def held_here(run_dir: Path) -> bool:
+    """Whether this process holds ``run_dir``'s lock (a sweep running the cell in-process)."""
+    return (Path(run_dir) / LOCK_NAME).resolve() in _HELD
 
 
 class CellLock:
@@ -49,15 +55,24 @@ class CellLock:
         fh.write(f"{socket.gethostname()} {os.getpid()}\n")
         fh.flush()
         self._fh = fh
+        _HELD.add(self.path.resolve())
         return True
 
     def release(self) -> None:
         """Drop the lock (no-op when not held)."""
         if self._fh is not None:
+            _HELD.discard(self.path.resolve())
             self._fh.seek(0)
             self._fh.truncate()  # no holder named any more (see :func:`holder`)
             self._fh.close()  # closing the descriptor releases the flock
             self._fh = None
+
+    def release_and_remove(self) -> None:
+        """Delete the lock file, then drop the lock (a plain run leaves no ``.lock`` behind;
+        deleting while still holding it keeps a second process from locking the old file)."""
+        if self._fh is not None:
+            self.path.unlink(missing_ok=True)
+        self.release()
 
     def __enter__(self) -> CellLock:
         return self

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console(stderr=False)
@@ -37,10 +39,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.config is None and not args.resume:
         return _run_demo(args)
+    if args.resume and args.out is None:  # the default --out is new (timestamped) every time
+        raise ConfigError("--resume needs --out RUN_DIR, the run directory to continue")
     config = args.config
     if config is None:  # --resume with only --out: the saved config is used
-        if args.out is None:
-            raise ConfigError("--resume needs --out RUN_DIR (or a config)")
         config = Path(args.out) / "config.toml"
     cfg = resolve_config(config, _run_overrides(args))
     if args.config and "[sweep]" in Path(args.config).read_text():
@@ -67,8 +69,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_demo(args: argparse.Namespace) -> int:
     from diversefl.api import resolve_config, run
+    from diversefl.config import ConfigError
     from diversefl.demo import DEMO_AGGREGATORS, demo_config, demo_description
 
+    chosen = [k for k in (args.set or []) if k.split("=", 1)[0].strip().startswith("aggregator.")]
+    if chosen:
+        both = " and ".join(DEMO_AGGREGATORS)
+        raise ConfigError(
+            f"--set {chosen[0]}: the demo trains one federation with {both} and labels its "
+            "rows so; to try another defense give a config (diversefl run CONFIG.toml --set "
+            "aggregator.name=..., presets in configs/)"
+        )
     root = Path(args.out) if args.out else _default_out("demo")
     # validate the overrides for every run before anything starts or is written
     cfgs = {agg: resolve_config(demo_config(agg), _run_overrides(args)) for agg in DEMO_AGGREGATORS}
@@ -521,14 +532,20 @@ def main(argv: list[str] | None = None) -> int:
     from diversefl.results import RunDirError
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["deploy-local"]:  # every further argument belongs to the deploy command
-        return cmd_deploy_local(argparse.Namespace(args=argv[1:]))
-    args = build_parser().parse_args(argv)
     try:
+        if argv[:1] == ["deploy-local"]:  # every further argument belongs to the deploy command
+            return cmd_deploy_local(argparse.Namespace(args=argv[1:]))
+        args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except KeyboardInterrupt:
+        _error(
+            "interrupted. A run continues from its last checkpoint with "
+            "`diversefl run --out RUN_DIR --resume`; a sweep, by running the same command again"
+        )
+        return 130
     except (
         ConfigError,
         DataError,
@@ -537,8 +554,22 @@ def main(argv: list[str] | None = None) -> int:
         ValueError,
         FileNotFoundError,
     ) as err:
-        notes.print(f"[red]error:[/] {err}", highlight=False)  # errors go to stderr
+        _error(str(err))
         return 2
+    except OSError as err:  # an unwritable --out, a file where a folder belongs, a full disk
+        hint = ""
+        if err.errno == errno.ENOSPC:
+            hint = (
+                "; the files written before are intact: free some space and continue with "
+                "--resume (a sweep: run it again)"
+            )
+        _error(f"{err.strerror or err}: {err.filename or ''}{hint}")
+        return 2
+
+
+def _error(text: str) -> None:
+    """``error: text`` on stderr, the text shown as written (brackets are not markup)."""
+    notes.print(f"[red]error:[/] {escape(text)}", highlight=False)
 
 
 if __name__ == "__main__":

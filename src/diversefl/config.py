@@ -236,6 +236,24 @@ class Config(_Section):
         return self._configured_f()
 
 
+def first_difference(saved: Any, other: Any, other_name: str = "now", prefix: str = "") -> str:
+    """The first key where two TOML-shaped dicts differ, as ``'rounds: saved 400, now 450'``;
+    '' when they are equal."""
+    if isinstance(saved, dict) and isinstance(other, dict):
+        for key in sorted(set(saved) | set(other)):
+            name = f"{prefix}.{key}" if prefix else key
+            if key not in saved or key not in other:
+                return (
+                    f"{name}: saved {saved.get(key, 'unset')!r}, "
+                    f"{other_name} {other.get(key, 'unset')!r}"
+                )
+            found = first_difference(saved[key], other[key], other_name, name)
+            if found:
+                return found
+        return ""
+    return "" if saved == other else f"{prefix}: saved {saved!r}, {other_name} {other!r}"
+
+
 def _format_error(err: pydantic.ValidationError) -> str:
     lines = []
     for e in err.errors():

@@ -71,6 +71,12 @@ _KNOWN: dict[str, tuple[str, str, str, str]] = {
     "diversefl_s1": ("DiverseFL (s=1%)", "#2ca02c", "-", "*"),
     "diversefl_s3": ("DiverseFL (s=3%)", "#e6007e", "-", "p"),
 }
+# trimmed means other than Yin's (plain ``trimmed_mean``, in _KNOWN): their own shades of its
+# colour, line styles and markers; keyed by the word after "trimmed_mean" in the label
+_TRIMMED_VARIANTS: dict[str, tuple[str, str, str]] = {
+    "xie": ("#c51b7d", "--", "X"),
+    "guerraoui": ("#7a0177", "-.", "H"),
+}
 _HASH_COLOURS = [
     "#393b79", "#5254a3", "#8ca252", "#b5cf6b", "#8c6d31", "#bd9e39", "#ad494a",
     "#d6616b", "#7b4173", "#a55194", "#3182bd", "#e6550d", "#31a354", "#756bb1",
@@ -96,9 +102,23 @@ def _known_key(label: str) -> str | None:
     return None
 
 
+def _trimmed_variant(label: str) -> str | None:
+    """Which of _TRIMMED_VARIANTS a trimmed-mean label names ('Trimmed Mean (xie)' -> 'xie')."""
+    k = _key(label)
+    rest = re.sub(r"^trimmed_?mean", "", k)
+    if rest == k:
+        return None
+    words = set(re.findall(r"[a-z]+", rest))
+    return next((v for v in _TRIMMED_VARIANTS if v in words), None)
+
+
 def aggregator_style(label: str) -> dict[str, str]:
     """Fixed matplotlib style (color, linestyle, marker) of an aggregator label."""
     known = _known_key(label)
+    variant = _trimmed_variant(label) if known == "trimmed_mean" else None
+    if variant is not None:
+        color, ls, marker = _TRIMMED_VARIANTS[variant]
+        return {"color": color, "linestyle": ls, "marker": marker}
     if known is not None:
         _, color, ls, marker = _KNOWN[known]
         return {"color": color, "linestyle": ls, "marker": marker}
@@ -333,16 +353,19 @@ def plot_curves(
     aggs = sorted({g for _, _, g in data}, key=aggregator_sort_key)
     panels = [(m, a) for m in metrics for a in attacks]
     unbounded = {"test_loss", "n_accepted"}
+    sharey = len(metrics) == 1 and metrics[0] not in unbounded
     fig, axes = _panel_grid(
         plt,
         len(panels),
-        sharey=len(metrics) == 1 and metrics[0] not in unbounded,
+        sharey=sharey,
         min_width=min(12.0, 2.2 * len(aggs)),
     )
     handles: dict[str, Any] = {}
     n_seeds = 1
+    spans: list[tuple[float, float] | None] = []  # per panel: lowest and highest value drawn
     for i, (ax, (metric, attack)) in enumerate(zip(axes, panels, strict=True)):
         ymax = 0.0
+        ymin = math.inf
         for agg in aggs:
             seeds = data.get((metric, attack, agg))
             if not seeds:
@@ -355,15 +378,17 @@ def plot_curves(
             vals = np.array([[s.get(r, np.nan) for s in seeds] for r in rounds], dtype=float)
             mean = np.nanmean(vals, axis=1)
             ymax = max(ymax, float(np.nanmax(vals)))
+            ymin = min(ymin, float(np.nanmin(vals)))
             style = aggregator_style(agg)
+            one = len(rounds) == 1  # one evaluation: no segment, only its marker shows it
             (line,) = ax.plot(
                 rounds,
                 mean,
                 color=style["color"],
                 linestyle=style["linestyle"],
-                marker=style["marker"] or None,
+                marker=style["marker"] or ("o" if one else None),
                 markersize=4,
-                markevery=0.1,
+                markevery=None if one else 0.1,
                 linewidth=1.8 if _key(agg).startswith("diversefl") else 1.3,
                 label=aggregator_name(agg),
                 zorder={"oracle": 4, "diversefl": 3}.get(_key(agg), 2),
@@ -378,6 +403,7 @@ def plot_curves(
                     linewidth=0,
                 )
             handles.setdefault(aggregator_name(agg), line)
+        spans.append((ymin, ymax) if math.isfinite(ymin) else None)
         label = METRIC_NAMES[metric] if len(metrics) > 1 else attack_name(attack)
         if len(metrics) > 1 and len(attacks) > 1:
             label += f", {attack_name(attack)}"
@@ -392,9 +418,15 @@ def plot_curves(
                 ax.set_yscale("log")
         if ax.get_subplotspec().is_first_col() or len(metrics) > 1 or metric == "test_loss":
             ax.set_ylabel(METRIC_NAMES[metric])
-        if metric not in unbounded:
-            lo, hi = ax.get_ylim()
-            ax.set_ylim(max(lo, -0.02), min(hi, 1.02))
+    # bounded metrics: limits from the data of every panel that shares them (set panel by
+    # panel, the first panel's limits would fix a shared axis and cut off later panels' curves)
+    for ax, (metric, _), span in zip(axes, panels, spans, strict=True):
+        group = [s for s in (spans if sharey else [span]) if s is not None]
+        if metric in unbounded or not group:
+            continue
+        lo, hi = min(s[0] for s in group), max(s[1] for s in group)
+        pad = 0.05 * (hi - lo) or 0.05  # matplotlib's default margin
+        ax.set_ylim(min(max(lo - pad, -0.02), lo), max(min(hi + pad, 1.02), hi))
     ncols = min(len(panels), 3)
     fig.legend(
         list(handles.values()),
@@ -862,7 +894,12 @@ def plot_heatmap(
         raise ValueError(f"{e} under {p}") from None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(1.1 * len(attacks) + 3.0, 0.45 * len(aggs) + 1.6))
-    im = ax.imshow(grid, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    finite = [v for row in grid for v in row if math.isfinite(v)]
+    # rates and accuracies on the fixed 0-1 scale (figures comparable); other metrics (a loss,
+    # seconds) on their own range
+    lo, hi = (0.0, 1.0) if all(0.0 <= v <= 1.0 for v in finite) else (min(finite), max(finite))
+    hi = hi if hi > lo else lo + 1.0
+    im = ax.imshow(grid, cmap="viridis", vmin=lo, vmax=hi, aspect="auto")
     names = {**ATTACK_SHORT, "worst": "Worst attack"}
     ax.set_xticks(range(len(attacks)), [names.get(t, t) for t in attacks], rotation=30,
                   ha="right")  # fmt: skip
@@ -884,7 +921,7 @@ def plot_heatmap(
                 filled = (aggs[i], attacks[j]) in fills
                 ax.text(j, i, f"{v:.3f}" + (f"\nn={k}" if k < fullest else ""), ha="center",
                         va="center", fontsize=8 if k == fullest else 7,
-                        color="white" if v < 0.6 else "black",
+                        color="white" if v < lo + 0.6 * (hi - lo) else "black",
                         fontstyle="italic" if filled else "normal")  # fmt: skip
     if fills:
         names_filled = sorted({aggregator_name(a) for a, _ in fills})
@@ -938,20 +975,35 @@ def plot_metric_bars(
     height = 0.8 / len(metrics)
     fig, ax = plt.subplots(figsize=(8.0, 0.42 * len(aggs) * max(1, len(metrics) / 2) + 1.4))
     colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
+    stats = {
+        m: (
+            [statistics.fmean(bars[a][m]) if bars[a][m] else math.nan for a in aggs],
+            [statistics.stdev(bars[a][m]) if len(bars[a][m]) > 1 else 0.0 for a in aggs],
+        )
+        for m in metrics
+    }
+    # x range: 0 to 1.12 (room for a label right of a bar at 1.0) unless a whisker or a
+    # metric above 1 (or below 0) needs more
+    ends = [(v - sd, v + sd) for means, stds in stats.values()
+            for v, sd in zip(means, stds, strict=True) if math.isfinite(v)]  # fmt: skip
+    left, right = min(0.0, *(e[0] for e in ends)), max(1.0, *(e[1] for e in ends))
+    scale = right - left
     for k, m in enumerate(metrics):
-        means = [statistics.fmean(bars[a][m]) if bars[a][m] else math.nan for a in aggs]
-        stds = [statistics.stdev(bars[a][m]) if len(bars[a][m]) > 1 else 0.0 for a in aggs]
+        means, stds = stats[m]
         ys = [i - 0.4 + height * (k + 0.5) for i in range(len(aggs))]
         name = m.removeprefix("final_").replace("_", " ")
         ax.barh(ys, means, height=height, xerr=stds if any(stds) else None, capsize=2,
                 color=colours[k % len(colours)], label=name)  # fmt: skip
         for y, v, sd in zip(ys, means, stds, strict=True):
             if math.isfinite(v):  # right of the whisker, inside the axes
-                ax.text(v + sd + 0.01, y, f"{v:.3f}", va="center", fontsize=7)
+                ax.text(v + sd + 0.01 * scale, y, f"{v:.3f}", va="center", fontsize=7)
     ax.set_yticks(range(len(aggs)), [aggregator_name(a) for a in aggs])
     ax.invert_yaxis()
-    ax.set_xlim(0.0, 1.12)  # room for a label right of a bar at 1.0
-    ax.set_xticks([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    if (left, right) == (0.0, 1.0):
+        ax.set_xlim(0.0, 1.12)
+        ax.set_xticks([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    else:
+        ax.set_xlim(left - (0.02 * scale if left < 0 else 0.0), right + 0.12 * scale)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     runs = max(len(v) for b in bars.values() for v in b.values())

@@ -15,6 +15,8 @@ from typing import Any
 import tomli_w
 import torch
 
+from diversefl.cell_lock import LOCK_NAME
+
 METRIC_COLUMNS = [
     "round",
     "test_accuracy",
@@ -182,7 +184,7 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> bool:
         raise RunDirError("--resume and --overwrite exclude each other")
     if out.exists() and not out.is_dir():
         raise RunDirError(f"--out {out} is a file, not a directory")
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
         has_run = any((out / f).exists() for f in RUN_FILES)
         if resume:
             if not (out / "checkpoint.pt").exists():

@@ -670,6 +670,7 @@ def deploy_local(
         if byzantine is None:
             node_extra = byzantine_nodes(config_abs, overrides, data or None)
         else:
+            from diversefl import attacks
             from diversefl.flower.common import check_deployable_attack, load_run_config
 
             cfg = load_run_config(config_abs, overrides)
@@ -686,6 +687,11 @@ def deploy_local(
                     raise DeployError(
                         f"byzantine node {j}: no attack to run (the config's attack is 'none'); "
                         f"name one, e.g. {j}=sign_flip"
+                    )
+                if name not in attacks.REGISTRY:  # checked here, not in a node's log later
+                    raise DeployError(
+                        f"byzantine node {j}: unknown attack {name!r}; allowed: "
+                        f"{', '.join(sorted(attacks.REGISTRY))}"
                     )
                 try:
                     check_deployable_attack(name)

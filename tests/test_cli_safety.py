@@ -1,0 +1,128 @@
+"""The `diversefl` command on misuse: a run directory in use, unwritable paths, bracketed
+values, a changed config on --resume, Ctrl-C, logs that are not a terminal, deploy-local
+input errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import tomli_w
+from conftest import hold_lock, tiny_config
+
+from diversefl.cli import main
+from diversefl.engine.runner import _ProgressBar
+
+
+def _config(tmp_path: Path, **sections) -> str:
+    path = tmp_path / "cfg.toml"
+    path.write_text(tomli_w.dumps(tiny_config(**sections)))
+    return str(path)
+
+
+def _err(capsys) -> str:
+    return " ".join(capsys.readouterr().err.split())  # undo the console's line wrapping
+
+
+def test_a_run_in_progress_is_not_overwritten_or_resumed_twice(tmp_path: Path, capsys):
+    """While another process holds the run directory, --overwrite and --resume are refused,
+    naming the holder, and the run's files are untouched."""
+    cfg = _config(tmp_path, rounds=10)
+    out = tmp_path / "run"
+    assert main(["run", cfg, "--out", str(out), "--quiet"]) == 0
+    saved = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert ".lock" not in saved  # a plain run leaves no lock file behind
+    child = hold_lock(out)
+    try:
+        for extra in (["--overwrite"], ["--resume"]):
+            assert main(["run", cfg, "--out", str(out), "--quiet", *extra]) == 2
+            assert "is in use by pid" in _err(capsys)
+        assert main(["run", "--out", str(out), "--resume", "--quiet"]) == 2
+        assert "is in use by pid" in _err(capsys)
+    finally:
+        child.stdin.close()
+        child.wait(timeout=30)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"} == saved
+    assert main(["run", cfg, "--out", str(out), "--quiet", "--overwrite"]) == 0  # free again
+
+
+def test_resume_names_the_setting_that_changed(tmp_path: Path, capsys):
+    cfg = _config(tmp_path, rounds=6)
+    out = tmp_path / "run"
+    assert main(["run", cfg, "--out", str(out), "--quiet"]) == 0
+    assert main(["run", "--out", str(out), "--resume", "--rounds", "9", "--quiet"]) == 2
+    err = _err(capsys)
+    assert "rounds: saved 6, now 9" in err and "cannot be extended" in err
+
+
+def test_resume_without_out_is_refused(tmp_path: Path, capsys, monkeypatch):
+    """The default --out is a new timestamped folder: --resume there would silently start a
+    new run."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", _config(tmp_path), "--resume", "--quiet"]) == 2
+    assert "--resume needs --out RUN_DIR" in _err(capsys)
+    assert not Path("runs").exists() or not any(Path("runs").glob("cfg-*"))
+
+
+def test_error_text_is_printed_as_written(tmp_path: Path, capsys):
+    """Brackets in a bad value are not read as console markup (a closing tag used to crash)."""
+    for value in ("[/x]", "[red]x"):
+        assert main(["run", _config(tmp_path), "--set", f"aggregator.name={value}"]) == 2
+        assert f"unknown aggregator '{value}'" in _err(capsys)
+
+
+def test_an_unwritable_out_is_a_clear_error(tmp_path: Path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["run", _config(tmp_path), "--out", str(afile / "run"), "--quiet"]) == 2
+    err = _err(capsys)
+    assert err.startswith("error:") and str(afile / "run") in err and "Traceback" not in err
+    assert main(["run", _config(tmp_path), "--out", str(afile), "--quiet"]) == 2
+    assert f"--out {afile} is a file" in _err(capsys)
+
+
+def test_the_demo_refuses_a_different_aggregator(tmp_path: Path, capsys):
+    """Its rows are labelled mean and diversefl: --set aggregator.name would train both as
+    something else under those labels."""
+    out = tmp_path / "demo"
+    assert main(["run", "--set", "aggregator.name=median", "--out", str(out), "--quiet"]) == 2
+    assert "--set aggregator.name=median: the demo trains" in _err(capsys)
+    assert not out.exists()
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path: Path, capsys, monkeypatch):
+    import diversefl.api
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(diversefl.api, "run", interrupted)
+    assert main(["run", _config(tmp_path), "--out", str(tmp_path / "r"), "--quiet"]) == 130
+    err = _err(capsys)
+    assert "interrupted" in err and "--resume" in err and "Traceback" not in err
+
+
+def test_progress_is_plain_lines_when_output_is_not_a_terminal(tmp_path: Path, capsys, monkeypatch):
+    """A log file gets a line now and then (here: every round) and at the end, with round,
+    accuracy and speed; no bar that would only show when the run ends."""
+    monkeypatch.setattr(_ProgressBar, "PLAIN_EVERY", 0.0)
+    cfg = _config(tmp_path, rounds=4, eval={"every": 2})
+    assert main(["run", cfg, "--out", str(tmp_path / "r")]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ": round " in ln]
+    assert [ln.split(": round ")[1].split(",")[0] for ln in lines] == ["1/4", "2/4", "3/4", "4/4"]
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert f"acc {summary['final_test_accuracy']:.4f}" in lines[-1]
+    assert "acc -" in lines[0]  # round 1 is not evaluated (every 2)
+
+
+def test_deploy_local_input_errors_are_errors_not_tracebacks(tmp_path: Path, capsys):
+    pytest.importorskip("flwr")
+    assert main(["deploy-local", str(tmp_path / "nope.toml"), "--nodes", "3"]) == 2
+    assert "config file not found" in _err(capsys)
+    out = tmp_path / "fl"
+    args = ["deploy-local", "", "--nodes", "8", "--byzantine", "1=signflip", "--out", str(out)]
+    assert main(args) == 1  # refused before any process starts
+    err = _err(capsys)
+    assert "byzantine node 1: unknown attack 'signflip'; allowed:" in err and "sign_flip" in err
+    assert not out.exists()
