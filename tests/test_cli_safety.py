@@ -126,3 +126,20 @@ def test_deploy_local_input_errors_are_errors_not_tracebacks(tmp_path: Path, cap
     err = _err(capsys)
     assert "byzantine node 1: unknown attack 'signflip'; allowed:" in err and "sign_flip" in err
     assert not out.exists()
+
+
+def test_small_input_mistakes_get_plain_answers(tmp_path: Path, capsys):
+    """A folder given as the config, an unknown --bars metric (the columns are listed), and
+    the library's own warnings as one `warning:` line."""
+    assert main(["run", str(tmp_path)]) == 2
+    assert f"{tmp_path} is a directory, not a TOML config file" in _err(capsys)
+    rows = "aggregator,attack,seed,final_test_accuracy,wall_seconds\nmean,none,0,0.9,12.0\n"
+    (tmp_path / "sweep.csv").write_text(rows)
+    assert main(["plot", str(tmp_path), "--bars", "foo", "--out", str(tmp_path / "b.png")]) == 2
+    assert "numeric columns: final_test_accuracy, wall_seconds" in _err(capsys)
+    # a sample larger than a shard: capped, with a one-line warning naming the key
+    cfg = _config(tmp_path, rounds=2, clients={"n": 6, "batch": 0.5, "sample": 10_000})
+    assert main(["run", cfg, "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: clients.sample=10000 is larger than the shards" in " ".join(err.split())
+    assert "UserWarning" not in err and "Simulation(" not in err

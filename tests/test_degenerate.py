@@ -78,5 +78,5 @@ def test_sample_and_batch_larger_than_the_shard_are_capped_with_a_warning():
 
 
 def test_more_clients_than_examples_is_a_clear_error():
-    with pytest.raises(ValueError, match="n_clients=2000 is invalid: allowed 1..1437"):
+    with pytest.raises(ValueError, match="clients.n = 2000 is invalid: allowed 1..1437"):
         Simulation(make_config(tiny_config(clients={"n": 2000, "batch": 1, "sample": 1})))

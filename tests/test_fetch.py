@@ -90,3 +90,11 @@ def test_fetch_unreachable_and_unknown(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="allowed"):
         fetch("svhn", tmp_path)
     assert fetch("digits", tmp_path) == []
+
+
+def test_fetch_from_a_plain_folder(tmp_path: Path) -> None:
+    """--base-url may be a folder path (the help calls it a mirror folder), not only a URL."""
+    paths = fetch("mnist", tmp_path, base_url=str(real_data_dir() / "mnist"), progress=False)
+    assert {p.name: _md5(p) for p in paths} == CHECKSUMS["mnist"]
+    with pytest.raises(DataError, match="no such folder"):
+        fetch("mnist", tmp_path / "x", base_url=str(tmp_path / "missing"), progress=False)

@@ -7,6 +7,7 @@ import errno
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from rich.console import Console
@@ -375,8 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config key, e.g. --set aggregator.name=median (repeatable)",
     )
     r.add_argument("--device", help="cpu | cuda | cuda:N")
-    r.add_argument("--seed", type=int)
-    r.add_argument("--rounds", type=int)
+    r.add_argument("--seed", type=int, help="override the config's seed")
+    r.add_argument(
+        "--rounds", type=int, help="override the number of rounds (not on --resume: see README)"
+    )
     r.add_argument(
         "--resume",
         action="store_true",
@@ -498,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--data-dir", help="dataset directory (default: $DIVERSEFL_DATA)")
     rp.add_argument("--out", help="output directory (default: runs/reproduce)")
     rp.add_argument("--rounds", type=int, help="shorter runs (e.g. 5 for a smoke test)")
-    rp.add_argument("--quiet", action="store_true")
+    rp.add_argument("--quiet", action="store_true", help="no per-run progress bars")
     rp.add_argument(
         "--jobs", type=_positive_int, default=1, help="runs at once (as in sweep --jobs)"
     )
@@ -519,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("name", choices=["mnist", "fashion-mnist", "cifar10", "cifar100"])
     f.add_argument("--to", required=True, help="data directory to fill")
     f.add_argument("--base-url", help="mirror folder that directly holds the files")
-    f.add_argument("--quiet", action="store_true")
+    f.add_argument("--quiet", action="store_true", help="no download progress")
     f.set_defaults(func=cmd_data_fetch)
     return p
 
@@ -532,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     from diversefl.results import RunDirError
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    previous, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         if argv[:1] == ["deploy-local"]:  # every further argument belongs to the deploy command
             return cmd_deploy_local(argparse.Namespace(args=argv[1:]))
@@ -565,6 +569,20 @@ def main(argv: list[str] | None = None) -> int:
             )
         _error(f"{err.strerror or err}: {err.filename or ''}{hint}")
         return 2
+    finally:
+        warnings.showwarning = previous
+
+
+_PLAIN_WARNING = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """The library's own warnings (UserWarning) as one ``warning:`` line, without the source
+    line Python shows; others as usual."""
+    if issubclass(category, UserWarning) and "diversefl" in str(filename):
+        notes.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
+    else:
+        _PLAIN_WARNING(message, category, filename, lineno, file, line)
 
 
 def _error(text: str) -> None:

@@ -321,6 +321,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     raw: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"{p} is a directory, not a TOML config file")
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:

@@ -951,7 +951,14 @@ def metric_bars(
                 values[str(r["aggregator"])][m].append(v)
     missing = [m for m in metrics if not any(v[m] for v in values.values())]
     if missing:
-        raise ValueError(f"metric(s) {', '.join(map(repr, missing))} not found in the results")
+        have = sorted(
+            k for k in (rows[0] if rows else {})
+            if any(math.isfinite(as_number(r.get(k))) for r in rows) and k != "seed"
+        )  # fmt: skip
+        raise ValueError(
+            f"metric(s) {', '.join(map(repr, missing))} not found in the results; "
+            f"numeric columns: {', '.join(have) or 'none'}"
+        )
     return {a: values[a] for a in sorted(values, key=aggregator_sort_key)}
 
 

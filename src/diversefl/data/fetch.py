@@ -91,6 +91,11 @@ def fetch(
         raise DataError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
     source = FETCH_SOURCES[name]
     base = str(base_url if base_url is not None else source["base_url"]).rstrip("/")
+    if "://" not in base:  # a plain folder (the help says "mirror folder"): as a file URL
+        local = Path(base).expanduser().resolve()
+        if not local.is_dir():
+            raise DataError(f"--base-url {base_url}: no such folder (or give an http(s) URL)")
+        base = local.as_uri()
     folder = Path(to).expanduser() / name
     folder.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []

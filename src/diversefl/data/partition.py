@@ -83,7 +83,9 @@ def partition(
         raise ValueError(f"n_clients must be an integer, got {n_clients!r}")
     n = int(n_clients)
     if n < 1 or n > y.size:
-        raise ValueError(f"n_clients={n} is invalid: allowed 1..{y.size} (number of examples)")
+        raise ValueError(
+            f"clients.n = {n} is invalid: allowed 1..{y.size} (the number of training examples)"
+        )
     if not alpha > 0:
         raise ValueError(f"alpha={alpha} is invalid: the Dirichlet concentration must be > 0")
     if y.min() < 0:
