@@ -89,3 +89,28 @@ def test_a_cuda_config_on_a_machine_without_cuda_is_a_config_error():
     cfg = make_config({**tiny_config(rounds=1), "engine": {"device": "cuda"}})
     with pytest.raises(ConfigError, match=r"engine.device = 'cuda': torch sees no CUDA device"):
         Simulation(cfg)
+
+
+def test_attack_f_follows_a_list_of_byzantine_ids():
+    """config.toml says how many attack: f becomes the list's count (plus also_seeded); an
+    explicit f that disagrees is warned about, not silently overridden."""
+    import warnings
+
+    from conftest import tiny_config
+
+    from diversefl.config import make_config, to_toml_dict
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cfg = make_config(tiny_config(attack={"name": "sign_flip", "byzantine": [0, 1, 2]}))
+    assert cfg.attack.f == 3 and to_toml_dict(cfg)["attack"]["f"] == 3
+    both = {"name": "sign_flip", "byzantine": [4], "also_seeded": 1}
+    assert make_config(tiny_config(attack=both)).attack.f == 2
+    with pytest.warns(UserWarning, match=r"attack.f = 2, but attack.byzantine lists 3 ids"):
+        told = make_config(
+            tiny_config(attack={"name": "sign_flip", "f": 2, "byzantine": [0, 1, 2]})
+        )
+    assert told.attack.f == 3 and told.byzantine_count() == 3
+    with warnings.catch_warnings():  # config.toml read back: agrees, no warning
+        warnings.simplefilter("error")
+        assert make_config(to_toml_dict(told)).attack.f == 3

@@ -4,6 +4,7 @@ with an error naming the key and what is allowed."""
 from __future__ import annotations
 
 import tomllib
+import warnings
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -109,6 +110,23 @@ class AttackConfig(_Section):
     def params(self) -> dict[str, Any]:
         """The attack-specific settings (everything but name, f, byzantine, ...)."""
         return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _f_follows_the_list(self) -> AttackConfig:
+        """With listed ids, ``f`` is their count (plus ``also_seeded``), so that config.toml
+        says how many attack; an explicit ``f`` that disagrees gets a warning, not silence."""
+        if isinstance(self.byzantine, list):
+            count = len(self.byzantine) + self.also_seeded
+            if self.f != count:
+                if "f" in self.model_fields_set:
+                    warnings.warn(
+                        f"attack.f = {self.f}, but attack.byzantine lists {len(self.byzantine)} "
+                        f"ids (also_seeded {self.also_seeded}): {count} clients attack, and "
+                        f"attack.f is taken as {count}",
+                        stacklevel=1,
+                    )
+                self.__dict__["f"] = count  # no re-validation: it is the list's count
+        return self
 
 
 class AggregatorConfig(_Section):
