@@ -162,6 +162,24 @@ def test_missing_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_data_dir(None) == tmp_path.resolve()
 
 
+def test_data_dir_errors_name_the_option_and_the_argument(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI user typed --data-dir, the Python user passed data_dir: the advice names both."""
+    monkeypatch.delenv("DIVERSEFL_DATA", raising=False)
+    with pytest.raises(DataError) as err:
+        resolve_data_dir(None)
+    assert "pass --data-dir DIR (data_dir in Python) or set" in str(err.value)
+    with pytest.raises(DataError) as err:
+        resolve_data_dir(tmp_path / "nope")
+    msg = str(err.value)
+    assert "(from --data-dir / data_dir)" in msg and "pass an existing --data-dir" in msg
+    with pytest.raises(DataError) as err:
+        load_dataset("mnist", tmp_path)
+    hint = "pass DIR as --data-dir (data_dir in Python) or set $DIVERSEFL_DATA=DIR"
+    assert hint in str(err.value)
+
+
 def test_unknown_name() -> None:
     with pytest.raises(DataError, match="allowed: digits, mnist, fashion-mnist"):
         load_dataset("imagenet", "/")

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+import torch
 from conftest import hold_lock
 
 from diversefl.cli import main
-from diversefl.reproduce import FIGURES, figure_cells
+from diversefl.config import ConfigError
+from diversefl.data import DataError
+from diversefl.reproduce import FIGURES, figure_cells, reproduce
 
 
 def test_every_figure_expands_to_valid_cells():
@@ -73,3 +77,28 @@ def test_reproduce_says_when_another_process_holds_a_run(mnist_dir: Path, tmp_pa
 def test_unknown_figure_is_a_clear_error(capsys):
     assert main(["reproduce", "fig99"]) == 2
     assert "unknown figure 'fig99'" in capsys.readouterr().err
+
+
+def test_device_overrides_every_cell_of_the_figure():
+    fig = FIGURES["fig5"]  # the CIFAR-10 VGG11 preset runs on "cuda"
+    assert {c.config.engine.device for c in figure_cells(fig, rounds=1)} == {"cuda"}
+    assert {c.config.engine.device for c in figure_cells(fig, 1, device="cpu")} == {"cpu"}
+
+
+def test_reproduce_checks_device_and_data_before_any_run(
+    mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """fig5 on a machine without CUDA: the advice names the device option, and with it the
+    missing CIFAR-10 is found before any run starts; either way nothing is left behind."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "mnist").symlink_to(Path(mnist_dir, "mnist").resolve(), target_is_directory=True)
+    out = tmp_path / "rep"
+    quiet = {"out": out, "data_dir": str(data), "rounds": 1, "progress": False}
+    with pytest.raises(ConfigError, match=r"no CUDA device .*\(use --device cpu\)"):
+        reproduce("fig5", **quiet, echo=lambda m: None)
+    assert not out.exists()
+    with pytest.raises(DataError, match="cifar-10-batches-py"):
+        reproduce("fig5", **quiet, echo=lambda m: None, device="cpu")
+    assert not out.exists()

@@ -21,12 +21,15 @@ def _cells(seeds=(0,)):
     return expand(raw), raw
 
 
-def _fake_started(run_dir: Path, rounds: list[int]) -> None:
-    """What an interrupted run leaves: its marker and the metrics rows it wrote."""
+def _fake_started(run_dir: Path, rounds: list[int], checkpoint: bool = True) -> None:
+    """What an interrupted run leaves: its marker, the metrics rows it wrote and (unless it
+    stopped before its first one) a checkpoint."""
     run_dir.mkdir(parents=True)
     (run_dir / ".running").touch()
     lines = ["round,test_accuracy"] + [f"{r},0.5" for r in rounds]
     (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
+    if checkpoint:
+        (run_dir / "checkpoint.pt").write_bytes(b"stand-in")  # only its existence is read
 
 
 def test_states_matrix_and_time_left(tmp_path: Path):
@@ -98,6 +101,29 @@ def test_cli_status_prints_matrix_and_runs_nothing(tmp_path: Path, capsys):
     assert "--jobs 2" in text
     assert main(["sweep", str(cfg), "--out", str(out), "--status", "--only", "median*"]) == 0
     assert "0 of 1 runs done" in capsys.readouterr().out
+
+
+def test_a_run_never_checkpointed_is_not_said_to_resume(tmp_path: Path):
+    """A run stopped before its first checkpoint (a setup error in its first round, or killed
+    early) starts again from round 0: --status says so and counts all of its rounds as left."""
+    cells, _ = _cells()
+    bare = tmp_path / cells[0].dirname  # what a cell that failed while being set up leaves
+    bare.mkdir()
+    (bare / ".running").touch()
+    (bare / ".lock").touch()
+    _fake_started(tmp_path / cells[1].dirname, [5], checkpoint=False)
+    _fake_started(tmp_path / cells[2].dirname, [5])
+    progress = sweep_progress(cells, tmp_path)
+    assert [p.state for p in progress] == ["interrupted"] * 3
+    lines = summary_lines(progress)
+    restart = "(started but never checkpointed: the next sweep starts it from round 0)"
+    assert f"interrupted: {cells[0].dirname} at round 0/10 {restart}" in lines
+    assert f"interrupted: {cells[1].dirname} at round 5/10 {restart}" in lines
+    assert (
+        f"interrupted: {cells[2].dirname} at round 5/10 "
+        "(the next sweep resumes it from its last checkpoint)"
+    ) in lines
+    assert time_left(progress)[0] == pytest.approx(2.5)
 
 
 def test_a_locked_cell_is_running_and_named(tmp_path: Path):

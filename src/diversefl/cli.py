@@ -300,6 +300,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         progress=not args.quiet and args.jobs <= 1,
         echo=lambda m: console.print(m, highlight=False),
         jobs=args.jobs,
+        device=args.device,
     )
     return 0
 
@@ -501,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--data-dir", help="dataset directory (default: $DIVERSEFL_DATA)")
     rp.add_argument("--out", help="output directory (default: runs/reproduce)")
     rp.add_argument("--rounds", type=int, help="shorter runs (e.g. 5 for a smoke test)")
+    rp.add_argument("--device", help="cpu | cuda | cuda:N (default: each preset's engine.device)")
     rp.add_argument("--quiet", action="store_true", help="no per-run progress bars")
     rp.add_argument(
         "--jobs", type=_positive_int, default=1, help="runs at once (as in sweep --jobs)"

@@ -4,8 +4,11 @@ interrupted ones) and draw it from the saved results."""
 from __future__ import annotations
 
 import glob
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from diversefl.sweep import Cell, load_sweep, run_sweep
 
@@ -139,16 +142,18 @@ FIGURES: dict[str, Figure] = {
 }
 
 
-def preset_cells(fig: Figure, rounds: int | None = None) -> list[Cell]:
+def preset_cells(fig: Figure, rounds: int | None = None, device: str | None = None) -> list[Cell]:
     """Every cell of the figure's preset grid (figures sharing a preset share its runs)."""
     overrides = [] if rounds is None else [f"rounds={rounds}"]
+    if device is not None:  # every cell's engine.device, as `sweep --device` sets it
+        overrides.append(f"engine.device={json.dumps(device)}")
     return load_sweep(PRESETS / f"{fig.preset}.toml", overrides)
 
 
-def figure_cells(fig: Figure, rounds: int | None = None) -> list[Cell]:
+def figure_cells(fig: Figure, rounds: int | None = None, device: str | None = None) -> list[Cell]:
     """The cells of the figure's preset grid that the figure shows."""
     return [
-        c for c in preset_cells(fig, rounds)
+        c for c in preset_cells(fig, rounds, device)
         if (fig.aggregators is None or c.aggregator in fig.aggregators)
         and (fig.attacks is None or c.attack in fig.attacks)
     ]  # fmt: skip
@@ -160,14 +165,16 @@ def reproduce(
     data_dir: str | None = None,
     rounds: int | None = None,
     progress: bool = True,
-    echo=print,
+    echo: Callable[[str], Any] = print,
     jobs: int = 1,
+    device: str | None = None,
 ) -> list[Path]:
     """Run (or finish) the runs behind figure ``name`` and draw it; returns the figure paths.
 
     Runs go to ``out/<preset>[-r<rounds>]/`` so figures sharing a preset share runs; its
     ``sweep.csv`` lists every finished run of the preset grid (what ``plot --table`` reads),
-    whichever figure or sweep ran them.
+    whichever figure or sweep ran them. ``device`` (e.g. "cpu") replaces every preset cell's
+    engine.device; the data and the device are checked before any run starts.
     """
     from diversefl import plots
 
@@ -176,8 +183,8 @@ def reproduce(
     fig = FIGURES[name]
     root = Path(out) if out is not None else Path("runs") / "reproduce"
     run_root = root / (fig.preset + ("" if rounds is None else f"-r{rounds}"))
-    grid = preset_cells(fig, rounds)
-    cells = figure_cells(fig, rounds)
+    grid = preset_cells(fig, rounds, device)
+    cells = figure_cells(fig, rounds, device)
     echo(f"{name}: {fig.description}; {len(cells)} of the {len(grid)} runs in {run_root}")
     # the whole preset grid with only this figure's cells chosen: sweep.csv lists every
     # finished run of the preset, whichever figure or sweep ran it

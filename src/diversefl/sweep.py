@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from diversefl.cell_lock import CellLock, holder
-from diversefl.config import Config, ConfigError, apply_overrides, make_config, to_toml_dict
+from diversefl.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    first_difference,
+    make_config,
+    to_toml_dict,
+)
 from diversefl.results import read_summary
 
 SWEEP_COLUMNS = [
@@ -259,20 +266,58 @@ def config_difference(cell: Cell, run_dir: Path) -> str:
     ('aggregator.beta: saved 0.1, grid 0.2'). Compared as validated configs, so settings
     added later with defaults still match."""
     saved = to_toml_dict(make_config(tomllib.loads((run_dir / "config.toml").read_text())))
-    return _first_difference(saved, to_toml_dict(cell.config), "")
+    return first_difference(saved, to_toml_dict(cell.config), "grid")
 
 
-def _first_difference(saved: Any, grid: Any, prefix: str) -> str:
-    if isinstance(saved, dict) and isinstance(grid, dict):
-        for key in sorted(set(saved) | set(grid)):
-            name = f"{prefix}.{key}" if prefix else key
-            if key not in saved or key not in grid:
-                return f"{name}: saved {saved.get(key, 'unset')!r}, grid {grid.get(key, 'unset')!r}"
-            found = _first_difference(saved[key], grid[key], name)
-            if found:
-                return found
-        return ""
-    return "" if saved == grid else f"{prefix}: saved {saved!r}, grid {grid!r}"
+def _check_device(device: str) -> None:
+    """Raise ConfigError when this machine lacks ``device`` (asked of torch, not used)."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        return
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"engine.device = {device!r}: torch sees no CUDA device on this machine "
+                "(use --device cpu)"
+            )
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(
+                f"engine.device = {device!r}: torch sees {count} CUDA device"
+                f"{'' if count == 1 else 's'} on this machine "
+                f"({', '.join(f'cuda:{i}' for i in range(count))}; use --device with one of them)"
+            )
+        return
+    try:
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError, ValueError) as err:
+        raise ConfigError(
+            f"engine.device = {device!r}: torch cannot use it on this machine ({err}); "
+            "use --device cpu"
+        ) from None
+
+
+def _check_dataset(name: str, data_dir: str | None, keep: bool) -> None:
+    """Run the loader's own checks of dataset ``name`` in ``data_dir`` (its DataError)."""
+    from diversefl.data import load_cifar, load_dataset, resolve_data_dir
+
+    # keep: load it as a run does, so runs in this process take it from the loader's cache
+    # (no second load). Else (--jobs workers load their own) CIFAR is checked as raw arrays,
+    # 0.2-0.5 s, not kept, instead of holding ~0.7 GB of normalised images here (2-3 s).
+    if keep or name not in ("cifar10", "cifar100"):
+        load_dataset(name, data_dir)
+    else:
+        load_cifar(resolve_data_dir(data_dir), "cifar10" if name == "cifar10" else "cifar100")
+
+
+def check_setup(cells: list[Cell], data_dir: str | None = None, keep_data: bool = True) -> None:
+    """Check once per device and dataset of ``cells`` that they exist here, before any run."""
+    for device in dict.fromkeys(c.config.engine.device for c in cells):
+        _check_device(device)
+    for name in dict.fromkeys(c.config.data.dataset for c in cells):
+        _check_dataset(name, data_dir, keep_data)
 
 
 @dataclass(frozen=True)
@@ -296,6 +341,11 @@ def _run_cell(
 
     from diversefl.api import run
 
+    if threads > 0:
+        torch.set_num_threads(threads)
+    # before the lock creates the run directory: a --jobs worker checks (and loads) the data
+    # itself, and in the sweep's own process this finds what run_sweep checked in the cache
+    check_setup([cell], data_dir)
     lock = CellLock(run_dir)
     if not lock.acquire():
         return CellResult(None, f"running in {holder(run_dir) or 'another process'}")
@@ -303,8 +353,6 @@ def _run_cell(
         done = finished_summary(cell, run_dir)
         if done is not None:
             return CellResult(done, "finished by another process")
-        if threads > 0:
-            torch.set_num_threads(threads)
         resume = (run_dir / "checkpoint.pt").exists()
         (run_dir / ".running").touch()
         (run_dir / "summary.json").unlink(missing_ok=True)
@@ -322,10 +370,15 @@ def _run_cell(
         lock.release()
 
 
+def _rate(value: float | None) -> str:
+    """A detection rate for a progress line: '-' where there is none (no attacker)."""
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _done_line(i: int, total: int, cell: Cell, summary: dict[str, Any]) -> str:
     return (
         f"[{i}/{total}] {cell.dirname}: acc {summary['final_test_accuracy']:.4f}, "
-        f"tpr {summary['mean_tpr']}, fpr {summary['mean_fpr']} "
+        f"tpr {_rate(summary['mean_tpr'])}, fpr {_rate(summary['mean_fpr'])} "
         f"({summary['wall_seconds']:.1f} s)"
     )
 
@@ -385,7 +438,6 @@ def run_sweep(
     ``sweep.csv`` still lists every finished cell of the grid, in grid order."""
     chosen = {c.dirname for c in select(cells, only)}
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     summaries: dict[int, dict[str, Any]] = {}
     todo = []
     for i, cell in enumerate(cells):
@@ -410,6 +462,10 @@ def run_sweep(
                 f"(acc {done['final_test_accuracy']:.4f})"
             )
 
+    # a missing dataset or device fails here, before any directory is made, rather than in
+    # the first cell (which would be left looking interrupted); finished cells need neither
+    check_setup([cells[i] for i in todo], data_dir, keep_data=jobs <= 1 or len(todo) <= 1)
+    out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     elsewhere: set[int] = set()  # cells another process was running when this one got there
 

@@ -18,19 +18,24 @@ from diversefl.sweep import Cell, finished_summary, format_duration
 class CellProgress:
     """One cell's state: ``done`` (finished run), ``running`` (a process holds its lock),
     ``interrupted`` (a run directory without a finished summary and nobody running it: the
-    next sweep resumes it) or ``todo`` (no directory)."""
+    next sweep resumes it from its checkpoint, or starts it again when it has none) or
+    ``todo`` (no directory)."""
 
     cell: Cell
     state: str
     rounds: int  # rounds with saved metrics (all of them when done)
     wall_seconds: float  # the finished run's wall time; 0 otherwise
     holder: str | None = None  # who runs it ("pid 123 on host") when running
+    checkpointed: bool = True  # False: an interrupted run without checkpoint.pt, run again
 
     @property
     def fraction_left(self) -> float:
         """Share of this cell's rounds still to run."""
-        total = self.cell.config.rounds
-        return 0.0 if self.state == "done" else max(0.0, 1.0 - self.rounds / total)
+        if self.state == "done":
+            return 0.0
+        if self.state == "interrupted" and not self.checkpointed:
+            return 1.0  # nothing to resume from: it starts again from round 0
+        return max(0.0, 1.0 - self.rounds / self.cell.config.rounds)
 
 
 def _last_round(metrics_csv: Path) -> int:
@@ -56,7 +61,10 @@ def cell_progress(cell: Cell, run_dir: Path) -> CellProgress:
     if run_dir.is_dir():
         who = holder(run_dir)
         state = "interrupted" if who is None else "running"
-        return CellProgress(cell, state, _last_round(run_dir / "metrics.csv"), 0.0, who)
+        rounds = _last_round(run_dir / "metrics.csv")
+        return CellProgress(
+            cell, state, rounds, 0.0, who, checkpointed=(run_dir / "checkpoint.pt").exists()
+        )
     return CellProgress(cell, "todo", 0, 0.0)
 
 
@@ -126,7 +134,11 @@ def summary_lines(progress: list[CellProgress], jobs: int = 1) -> list[str]:
     for p in by_state["interrupted"]:
         lines.append(
             f"interrupted: {p.cell.dirname} at round {p.rounds}/{p.cell.config.rounds} "
-            "(the next sweep resumes it from its last checkpoint)"
+            + (
+                "(the next sweep resumes it from its last checkpoint)"
+                if p.checkpointed
+                else "(started but never checkpointed: the next sweep starts it from round 0)"
+            )
         )
     left, seconds = time_left(progress, jobs)
     if left == 0:

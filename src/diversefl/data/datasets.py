@@ -155,8 +155,8 @@ class Dataset:
 def _fetch_hint(name: str) -> str:
     """The CLI command that downloads ``name``, for error messages."""
     return (
-        f"get it with `diversefl data fetch {name} --to DIR` and pass DIR as the data dir "
-        f"(or set ${DATA_ENV_VAR}=DIR)"
+        f"get it with `diversefl data fetch {name} --to DIR` and pass DIR as --data-dir "
+        f"(data_dir in Python) or set ${DATA_ENV_VAR}=DIR"
     )
 
 
@@ -164,12 +164,12 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     """Return the data directory: the argument, else $DIVERSEFL_DATA; it must exist."""
     if data_dir is not None and str(data_dir) != "":
         path = Path(data_dir).expanduser()
-        origin = "the data_dir argument"
+        origin = "--data-dir / data_dir"
     else:
         env = os.environ.get(DATA_ENV_VAR, "")
         if not env:
             raise DataError(
-                "no data directory given: pass a data directory (data_dir) or set the "
+                "no data directory given: pass --data-dir DIR (data_dir in Python) or set the "
                 f"environment variable {DATA_ENV_VAR}=DIR, where DIR holds mnist/, "
                 "fashion-mnist/, cifar10/, cifar100/ (fill it with `diversefl data fetch NAME "
                 "--to DIR`)"
@@ -179,7 +179,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     if not path.is_dir():
         raise DataError(
             f"data directory {path} (from {origin}) does not exist or is not a directory; pass "
-            f"an existing data_dir or set {DATA_ENV_VAR} to one (fill it with "
+            f"an existing --data-dir / data_dir or set {DATA_ENV_VAR} to one (fill it with "
             "`diversefl data fetch NAME --to DIR`)"
         )
     return path.resolve()
