@@ -55,7 +55,8 @@ def test_missing_dataset_fails_before_any_cell_and_leaves_nothing(
     assert "cifar-10-batches-py" in err and "datafetchcifar10" in err  # the loader's error
     assert not out.exists()  # no sweep directory, so no run directory, .running or .lock
     assert main([*argv, "--status"]) == 0
-    assert "4notstarted" in _flat(capsys.readouterr().out)
+    status = _flat(capsys.readouterr().out)
+    assert "4notstarted" in status and _flat(f"{out} does not exist yet") in status
 
 
 def test_missing_data_directory_fails_before_any_cell(tmp_path: Path):

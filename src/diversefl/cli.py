@@ -135,7 +135,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         out,
         data_dir=args.data_dir,
         progress=not args.quiet and args.jobs <= 1,
-        echo=lambda m: console.print(m, highlight=False),
+        echo=lambda m: console.print(m, highlight=False, markup=False),
         jobs=args.jobs,
         only=args.only,
     )
@@ -184,6 +184,10 @@ def _sweep_status(cells: list, out: Path, jobs: int, name: str) -> int:
         totals.append(f"{done}/{total}")
     table.add_row("all", *totals, style="bold")
     console.print(table)
+    if not out.exists():
+        console.print(
+            f"{out} does not exist yet: no run of this grid has started there", highlight=False
+        )
     for line in summary_lines(progress, jobs):
         console.print(line, highlight=False)
     return 0
@@ -298,7 +302,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         rounds=args.rounds,
         progress=not args.quiet and args.jobs <= 1,
-        echo=lambda m: console.print(m, highlight=False),
+        echo=lambda m: console.print(m, highlight=False, markup=False),
         jobs=args.jobs,
         device=args.device,
     )
