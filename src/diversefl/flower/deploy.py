@@ -825,10 +825,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ID[=ATTACK]",
         help="attacking partition ids, e.g. 3=sign_flip (default: the config's [attack])",
     )
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--timeout", type=float, default=1800.0, help="seconds for the whole run")
-    p.add_argument("--runtime", choices=("deployment", "simulation"), default="deployment")
+    p.add_argument("--data-dir", default=None, help="dataset directory (default: $DIVERSEFL_DATA)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
+    )
+    p.add_argument(
+        "--timeout", type=float, default=1800.0, help="seconds for the whole run (default 1800)"
+    )
+    p.add_argument(
+        "--runtime",
+        choices=("deployment", "simulation"),
+        default="deployment",
+        help="real SuperLink + SuperNode processes (default) or Flower's simulation engine",
+    )
     p.add_argument("--workdir", default=None, help="where logs and FLWR_HOME go")
     p.add_argument(
         "--no-workers",
