@@ -1,0 +1,236 @@
+"""Markdown tables of final results per aggregator x attack (mean ± std over seeds, worst
+attack, TPR/FPR), with the cells an attack-invariant aggregator shares."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from diversefl.plots.runs import as_number, table_rows
+from diversefl.plots.style import (
+    ATTACK_SHORT,
+    _key,
+    aggregator_name,
+    aggregator_sort_key,
+    attack_sort_key,
+)
+
+
+def seed_label(rows: list[dict[str, Any]]) -> str:
+    """Which seeds a figure averages, for its title: 'seed 0', 'mean over seeds 0, 1, 2'."""
+    present = sorted({int(v) for r in rows if math.isfinite(v := as_number(r.get("seed")))})
+    if len(present) == 1:
+        return f"seed {present[0]}"
+    if not present:
+        return "mean over runs"
+    return f"mean over seeds {', '.join(map(str, present))}"
+
+
+def format_mean_std(values: list[float]) -> str:
+    """'0.884' for one value, '0.884 ± 0.004' (sample std) for several, '–' for none."""
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def attack_summary(per_attack: dict[str, list[float]], attacks: list[str]) -> list[str]:
+    """The two ranking cells of a table row: the lowest per-attack mean (with the attack that
+    caused it, or how many tie with it as printed) and the mean of the per-attack means; blank
+    unless every attack has a value, so a half-run row is not ranked on the attacks it
+    happened to face."""
+    means = {t: statistics.fmean(v) for t, v in per_attack.items() if v}
+    if any(t not in means for t in attacks):
+        return ["", ""]
+    return [worst_attack(means, attacks), f"{statistics.fmean(means.values()):.3f}"]
+
+
+def worst_attack(values: dict[str, float], attacks: list[str]) -> str:
+    """'0.098 (Adaptive)': the lowest of ``values`` over ``attacks`` and the attack that gave
+    it, or how many attacks tie with it as printed ('2 tied', 'all')."""
+    worst = min(attacks, key=lambda t: values[t])
+    shown = f"{values[worst]:.3f}"
+    tied = [t for t in attacks if f"{values[t]:.3f}" == shown]  # equal as printed
+    if len(tied) == len(attacks):
+        label = "all"
+    elif len(tied) > 1:
+        label = f"{len(tied)} tied"
+    else:
+        label = ATTACK_SHORT.get(worst, worst.replace("_", " "))
+    return f"{shown} ({label})"
+
+
+def markdown_table(header: list[str], body: list[list[str]]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def machine_note(rows: list[dict[str, Any]]) -> str:
+    """'Measured on: CPU A (n runs), CPU B (m runs)' from the runs' recorded CPU (sweep.csv's
+    ``cpu`` column or summary.json's ``machine``); float rounding differs between CPUs, so a
+    table assembled on several machines says so. Empty when no run records one."""
+    counts: dict[str, int] = defaultdict(int)
+    for r in rows:
+        machine = r.get("machine")
+        cpu = r.get("cpu") or (machine.get("cpu") if isinstance(machine, dict) else None)
+        counts[str(cpu) if cpu else ""] += 1
+    if not any(counts):
+        return ""
+
+    def runs(k: int) -> str:
+        return f"{k} run" if k == 1 else f"{k} runs"
+
+    parts = [f"{cpu} ({runs(k)})" for cpu, k in sorted(counts.items()) if cpu]
+    if counts.get(""):
+        parts.append(f"not recorded ({runs(counts[''])})")
+    return "Measured on: " + ", ".join(parts) + "."
+
+
+# Aggregators whose run no attack changes (``Aggregator.attack_invariant``; OracleSGD averages
+# the honest clients only): a grid runs them under one attack, and the tables show that run
+# for the attacks they were not run under. Kept here as names so that plotting needs no torch;
+# tests/test_plots.py checks it against the registry.
+ATTACK_INVARIANT = frozenset({"oracle"})
+
+
+def invariant_fills(
+    present: set[tuple[str, str]], aggs: list[str], attacks: list[str]
+) -> dict[tuple[str, str], str]:
+    """``{(aggregator, attack): attack whose run stands for it}`` for the attacked cells an
+    attack-invariant aggregator was not run under (its first attacked run, in column order)."""
+    fills: dict[tuple[str, str], str] = {}
+    for a in aggs:
+        if _key(a) not in ATTACK_INVARIANT:
+            continue
+        ran = [t for t in attacks if t != "none" and (a, t) in present]
+        if not ran:
+            continue
+        for t in attacks:
+            if t != "none" and (a, t) not in present:
+                fills[(a, t)] = ran[0]
+    return fills
+
+
+def fill_invariant(cells: dict, aggs: list[str], attacks: list[str]) -> dict[tuple[str, str], str]:
+    """Give ``cells`` (keyed by ``(aggregator, attack)``) the :func:`invariant_fills` entries,
+    each the value of its source run; returns the fills."""
+    fills = invariant_fills(set(cells), aggs, attacks)
+    for cell, source in fills.items():
+        cells[cell] = cells[(cell[0], source)]
+    return fills
+
+
+def accuracy_table(
+    path: str | Path, metric: str = "final_test_accuracy", seeds: list[int] | None = None
+) -> str:
+    """Markdown tables: ``metric`` per aggregator x attack (mean ± std), then mean TPR/FPR.
+
+    With ``seeds``, only those seeds' runs count. A cell with fewer seeds than the table's
+    fullest cell says so (``(n=1)``), and a ranking taken over cells with different numbers
+    of seeds is starred: while a multi-seed grid is still running, its rows are not yet
+    comparable, and ``seeds`` restricts the table to the seeds every cell has."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file or directory")
+    rows = table_rows(p, seeds)
+    if not any(math.isfinite(as_number(r.get(metric))) for r in rows):
+        numeric = sorted(
+            {k for r in rows for k, v in r.items() if k not in ("seed",)
+             and not isinstance(v, (list, dict)) and math.isfinite(as_number(v))}
+        )  # fmt: skip
+        raise ValueError(
+            f"metric {metric!r} not found in the results under {p}; available: "
+            + ", ".join(numeric)
+        )
+    cells: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if not math.isfinite(as_number(r.get(metric))):
+            continue  # a run without the metric is no cell (as on the heat-map)
+        c = cells[(str(r["aggregator"]), str(r["attack"]))]
+        for k in (metric, "mean_tpr", "mean_fpr"):
+            v = as_number(r.get(k))
+            if math.isfinite(v):
+                c[k].append(v)
+    aggs = sorted({a for a, _ in cells}, key=aggregator_sort_key)
+    attacks = sorted({t for _, t in cells}, key=attack_sort_key)
+    cols = [ATTACK_SHORT.get(t, t.replace("_", " ")) for t in attacks]
+    fills = fill_invariant(cells, aggs, attacks)
+    n_seeds = max(len(c[metric]) for c in cells.values())
+    uneven = any(0 < len(c[metric]) < n_seeds for c in cells.values())
+
+    def cell_text(values: list[float]) -> str:
+        short = 0 < len(values) < n_seeds
+        return format_mean_std(values) + (f" (n={len(values)})" if short else "")
+
+    def shown(a: str, t: str) -> str:
+        if (a, t) not in cells:
+            return ""
+        return cell_text(cells[(a, t)][metric]) + (" (=)" if (a, t) in fills else "")
+
+    body = [[aggregator_name(a)] + [shown(a, t) for t in attacks] for a in aggs]
+    header = ["Aggregator", *cols]
+    attacked = [t for t in attacks if t != "none"]
+    mixed = False
+    if len(attacked) >= 2:
+        header += ["Worst attack", "Mean under attack"]
+        for a, row in zip(aggs, body, strict=True):
+            per_attack = {t: cells[(a, t)][metric] for t in attacked if (a, t) in cells}
+            ranks = attack_summary(per_attack, attacked)
+            if ranks[0] and len({len(v) for v in per_attack.values()}) > 1:
+                ranks = [f"{r} *" for r in ranks]
+                mixed = True
+            row += ranks
+    note = f"{metric} (mean ± std over seeds)" if n_seeds > 1 else metric
+    text = f"**{note}**\n\n" + markdown_table(header, body)
+    if fills:
+        sources = sorted({(a, src) for (a, _), src in fills.items()})
+        text += (
+            "\n\n(=): "
+            + "; ".join(
+                f"{aggregator_name(a)} never reads a Byzantine update, so every attack gives it "
+                f"the same run; it was run under {ATTACK_SHORT.get(src, src)}, shown for the others"
+                for a, src in sources
+            )
+            + "."
+        )
+    if any((a, t) not in cells for a in aggs for t in attacks):
+        text += (
+            "\n\nBlank: no run of that pair (a sweep entry limited to some attacks, such as "
+            "OracleSGD's in the leaderboards, or a grid still running)."
+        )
+    if uneven:
+        text += (
+            f"\n\n(n=k): mean over k seeds, where the fullest cells have {n_seeds}."
+            + (" \\*: worst and mean over cells with different numbers of seeds." if mixed else "")
+            + " `--seeds` limits the table to the seeds every cell has."
+        )
+
+    def rejects(a: str) -> bool:
+        vals = [v for (g, _), c in cells.items() if g == a for k in ("mean_tpr", "mean_fpr")
+                for v in c[k]]  # fmt: skip
+        return any(v > 0 for v in vals)
+
+    rejecting = [a for a in aggs if rejects(a)]
+    if rejecting:
+        det = []
+        for a in rejecting:
+            row = [aggregator_name(a)]
+            for t in attacks:
+                c = cells.get((a, t))
+                if c is None:
+                    row.append("")
+                    continue
+                tpr = f"{statistics.fmean(c['mean_tpr']):.3f}" if c["mean_tpr"] else "–"
+                fpr = f"{statistics.fmean(c['mean_fpr']):.3f}" if c["mean_fpr"] else "–"
+                row.append(f"{tpr} / {fpr}" + (" (=)" if (a, t) in fills else ""))
+            det.append(row)
+        text += "\n\n**mean TPR / FPR (Byzantine rejected / honest rejected)**\n\n"
+        text += markdown_table(["Aggregator", *cols], det)
+    machines = machine_note(rows)
+    return text + (f"\n\n{machines}" if machines else "") + "\n"
