@@ -16,17 +16,8 @@ from typing import Any, NamedTuple
 import pytest
 
 from diversefl.plots import aggregator_name, aggregator_style, attack_name, plot_c1c2, plot_curves
+from diversefl.results import METRIC_COLUMNS  # the runner's metrics.csv layout
 
-METRIC_COLUMNS = [
-    "round",
-    "test_accuracy",
-    "test_loss",
-    "n_accepted",
-    "tpr",
-    "fpr",
-    "lr",
-    "seconds",
-]
 DECISION_COLUMNS = ["round", "client", "byzantine", "accepted", "c1", "c2", "cos"]
 
 
