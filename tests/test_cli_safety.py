@@ -4,6 +4,7 @@ input errors."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -51,9 +52,48 @@ def test_resume_names_the_setting_that_changed(tmp_path: Path, capsys):
     cfg = _config(tmp_path, rounds=6)
     out = tmp_path / "run"
     assert main(["run", cfg, "--out", str(out), "--quiet"]) == 0
-    assert main(["run", "--out", str(out), "--resume", "--rounds", "9", "--quiet"]) == 2
+    assert main(["run", "--out", str(out), "--resume", "--seed", "4", "--quiet"]) == 2
     err = _err(capsys)
-    assert "rounds: saved 6, now 9" in err and "cannot be extended" in err
+    assert "seed: saved 0, now 4" in err and "only `rounds` may grow" in err
+    assert main(["run", "--out", str(out), "--resume", "--rounds", "4", "--quiet"]) == 2
+    assert "rounds: saved 6, now 4" in _err(capsys)  # a run is not shortened
+    (out / "checkpoint.pt").unlink()
+    assert main(["run", "--out", str(out), "--resume", "--rounds", "9", "--quiet"]) == 2
+    assert "rounds: saved 6, now 9" in _err(capsys)  # nothing to go on from
+
+
+def _rows(path: Path, drop: str = "seconds") -> list[dict[str, str]]:
+    with path.open() as fh:
+        return [{k: v for k, v in r.items() if k != drop} for r in csv.DictReader(fh)]
+
+
+@pytest.mark.parametrize("first", [6, 5])
+def test_a_finished_run_is_extended_with_more_rounds(tmp_path: Path, first: int):
+    """`--resume --rounds 10` on a finished run goes on from its last checkpoint to round 10:
+    the same model, decisions and metric rows as a run started with 10 rounds (plus the row
+    the shorter run wrote at its last round when that round is off the eval grid)."""
+    cfg = _config(
+        tmp_path,
+        rounds=first,
+        attack={"name": "sign_flip", "f": 1},
+        aggregator={"name": "diversefl"},
+        eval={"every": 2, "checkpoint_every": 2},
+    )
+    longer, fresh = tmp_path / "longer", tmp_path / "fresh"
+    assert main(["run", cfg, "--out", str(longer), "--quiet"]) == 0
+    assert main(["run", "--out", str(longer), "--resume", "--rounds", "10", "--quiet"]) == 0
+    assert main(["run", cfg, "--rounds", "10", "--out", str(fresh), "--quiet"]) == 0
+    assert _rows(longer / "decisions.csv") == _rows(fresh / "decisions.csv")
+    got, want = _rows(longer / "metrics.csv"), _rows(fresh / "metrics.csv")
+    if first % 2:  # round 5 was the shorter run's last: evaluated then, and its window ends
+        assert [r["round"] for r in got] == ["2", "4", "5", "6", "8", "10"]
+        got = [r for r in got if r["round"] not in ("5", "6")]
+        want = [r for r in want if r["round"] != "6"]
+    assert got == want
+    a = json.loads((longer / "summary.json").read_text())
+    b = json.loads((fresh / "summary.json").read_text())
+    assert a["rounds"] == 10 and a["final_test_accuracy"] == b["final_test_accuracy"]
+    assert "rounds = 10" in (longer / "config.toml").read_text()
 
 
 def test_resume_without_out_is_refused(tmp_path: Path, capsys, monkeypatch):

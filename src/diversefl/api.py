@@ -100,12 +100,16 @@ def _run_locked(
         if resuming and (out_dir / "config.toml").exists():
             saved = load_config(out_dir / "config.toml")
             if config is not None and to_toml_dict(saved) != to_toml_dict(cfg):
-                raise ValueError(
-                    f"--resume: the config differs from {out_dir / 'config.toml'} ("
-                    f"{first_difference(to_toml_dict(saved), to_toml_dict(cfg))}); a run "
-                    "continues with the settings it started with (a finished run cannot be "
-                    "extended: start a new one)"
-                )
+                if not _extends(saved, cfg, out_dir):
+                    raise ValueError(
+                        f"--resume: the config differs from {out_dir / 'config.toml'} ("
+                        f"{first_difference(to_toml_dict(saved), to_toml_dict(cfg))}); a run "
+                        "continues with the settings it started with (only `rounds` may grow, "
+                        "to extend a run that has its checkpoint.pt)"
+                    )
+                # more rounds: the run is not finished any more; its config says the new end
+                (out_dir / "summary.json").unlink(missing_ok=True)
+                saved = cfg
             cfg = saved
         resume = resuming
     return train(
@@ -114,6 +118,18 @@ def _run_locked(
         data_dir=None if data_dir is None else str(data_dir),
         resume=resume,
         progress=progress,
+    )
+
+
+def _extends(saved: Config, cfg: Config, out_dir: Path) -> bool:
+    """Whether ``cfg`` is ``saved`` with more rounds, and ``out_dir`` has the checkpoint to go
+    on from. Nothing in a round depends on the total (schedules, draws and attacks are keyed
+    by round), so the extended run follows the trajectory of one started with more rounds."""
+    longer = saved.model_copy(update={"rounds": cfg.rounds})
+    return (
+        cfg.rounds > saved.rounds
+        and to_toml_dict(longer) == to_toml_dict(cfg)
+        and (out_dir / "checkpoint.pt").exists()
     )
 
 

@@ -383,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", help="cpu | cuda | cuda:N")
     r.add_argument("--seed", type=int, help="override the config's seed")
     r.add_argument(
-        "--rounds", type=int, help="override the number of rounds (not on --resume: see README)"
+        "--rounds", type=int, help="override the number of rounds (with --resume: extend the run)"
     )
     r.add_argument(
         "--resume",
