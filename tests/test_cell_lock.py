@@ -107,3 +107,27 @@ def test_two_sweep_processes_on_one_grid_split_it(tmp_path: Path):
     run_sweep(cells, serial, progress=False, echo=lambda m: None)
     for c in cells:
         assert metrics(out / c.dirname) == metrics(serial / c.dirname), c.dirname
+
+
+def test_a_lock_file_removed_under_a_waiter_does_not_make_two_holders(tmp_path, monkeypatch):
+    """B opens .lock just before A (a plain run) deletes it and lets go, and C locks the new
+    file at the path: B's flock on the deleted file succeeds, but B must see that its file is
+    gone and count as not holding the lock."""
+    from diversefl import cell_lock
+
+    a = cell_lock.CellLock(tmp_path)
+    assert a.acquire()
+    stale = open(tmp_path / ".lock", "a+")  # noqa: SIM115 - B's open, before the delete
+    a.release_and_remove()
+    assert not (tmp_path / ".lock").exists()
+    c = cell_lock.CellLock(tmp_path)
+    assert c.acquire()
+    opened = iter([stale])
+    real_open = open
+    monkeypatch.setattr(cell_lock, "open", lambda *a, **k: next(opened, None) or real_open(*a, **k),
+                        raising=False)  # fmt: skip
+    b = cell_lock.CellLock(tmp_path)
+    assert not b.acquire()  # C holds the file at the path
+    c.release()
+    assert b.acquire()  # and once C lets go, B takes that file
+    b.release()

@@ -183,3 +183,34 @@ def test_small_input_mistakes_get_plain_answers(tmp_path: Path, capsys):
     err = capsys.readouterr().err
     assert "warning: clients.sample=10000 is larger than the shards" in " ".join(err.split())
     assert "UserWarning" not in err and "Simulation(" not in err
+
+
+def test_a_failed_extension_keeps_the_finished_run(tmp_path: Path, capsys):
+    """An extension that fails before it goes on (here: a damaged checkpoint) leaves the
+    finished run's summary.json as it was; a sweep's cell is not extended in place."""
+    cfg = _config(tmp_path, rounds=4, eval={"every": 2, "checkpoint_every": 2})
+    out = tmp_path / "run"
+    assert main(["run", cfg, "--out", str(out), "--quiet"]) == 0
+    summary = (out / "summary.json").read_bytes()
+    (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert main(["run", "--out", str(out), "--resume", "--rounds", "8", "--quiet"]) == 2
+    assert "checkpoint" in _err(capsys)
+    assert (out / "summary.json").read_bytes() == summary
+    (tmp_path / "sweep.csv").write_text("aggregator,attack,seed\n")  # out is now a sweep cell
+    assert main(["run", cfg, "--out", str(tmp_path / "cell"), "--quiet"]) == 0
+    assert main(["run", "--out", str(tmp_path / "cell"), "--resume", "--rounds", "8"]) == 2
+    assert "is a cell of the sweep in" in _err(capsys)
+
+
+def test_diversefl_traceback_shows_the_whole_error(tmp_path: Path, monkeypatch):
+    """For a bug report: DIVERSEFL_TRACEBACK=1 lets the exception through (with its stack)
+    instead of the one-line error."""
+    from diversefl.config import ConfigError
+
+    monkeypatch.setenv("DIVERSEFL_TRACEBACK", "1")
+    with pytest.raises(ConfigError, match="unknown aggregator 'nope'"):
+        main(["run", _config(tmp_path), "--set", "aggregator.name=nope"])
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(NotADirectoryError):
+        main(["run", _config(tmp_path), "--out", str(afile / "run"), "--quiet"])

@@ -582,3 +582,20 @@ def test_heatmap_scale_fits_a_metric_outside_zero_one(tmp_path: Path, monkeypatc
     plot_heatmap(tmp_path, out=tmp_path / "acc.png")
     plot_heatmap(tmp_path, metric="wall_seconds", out=tmp_path / "sec.png")
     assert scales == [(0.0, 1.0), (80.0, 131.5)]
+
+
+def test_a_seed_that_diverged_does_not_cut_the_others(tmp_path: Path, drawn) -> None:
+    """A seed whose loss went to inf/NaN ran to the end: the curve goes on to the last round
+    (over the seeds with a finite value), unlike a seed that is still running."""
+    root = tmp_path / "diverged"
+    finite = [{"round": r, "test_accuracy": 0.5, "test_loss": 1.0} for r in (10, 20, 30)]
+    blown = [
+        {"round": 10, "test_accuracy": 0.3, "test_loss": 2.0},
+        {"round": 20, "test_accuracy": 0.1, "test_loss": "inf"},
+        {"round": 30, "test_accuracy": 0.1, "test_loss": "nan"},
+    ]
+    _run(root, "mean", "gaussian", 0, finite)
+    _run(root, "mean", "gaussian", 1, blown)
+    plot_curves(root, metric="test_loss", out=tmp_path / "loss.png")
+    x, y = _lines(drawn["plot"])[("Gaussian Attack", "Mean")]
+    assert x == [10, 20, 30] and y == pytest.approx([1.5, 1.0, 1.0])

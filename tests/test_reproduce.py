@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,13 @@ def test_reproduce_says_when_another_process_holds_a_run(mnist_dir: Path, tmp_pa
     assert "note:" not in capsys.readouterr().out
     assert len(list((out / "mnist-backdoor-r3").glob("*/summary.json"))) == 4
     assert (view / busy.name).is_symlink()
+    # relative links: the run root moves (or is copied) with its figures
+    assert all(not os.readlink(link).startswith("/") for link in view.iterdir())
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    assert main([*args[:5], str(moved), *args[6:]]) == 0  # the same figure from the new place
+    assert all((moved / "figures" / "fig7-r3" / c.dirname / "summary.json").is_file()
+               for c in figure_cells(FIGURES["fig7"], rounds=3))  # fmt: skip
 
 
 def test_unknown_figure_is_a_clear_error(capsys):

@@ -107,9 +107,7 @@ def _run_locked(
                         "continues with the settings it started with (only `rounds` may grow, "
                         "to extend a run that has its checkpoint.pt)"
                     )
-                # more rounds: the run is not finished any more; its config says the new end
-                (out_dir / "summary.json").unlink(missing_ok=True)
-                saved = cfg
+                saved = cfg  # more rounds (train() drops summary.json once it goes on)
             cfg = saved
         resume = resuming
     return train(
@@ -126,11 +124,14 @@ def _extends(saved: Config, cfg: Config, out_dir: Path) -> bool:
     on from. Nothing in a round depends on the total (schedules, draws and attacks are keyed
     by round), so the extended run follows the trajectory of one started with more rounds."""
     longer = saved.model_copy(update={"rounds": cfg.rounds})
-    return (
-        cfg.rounds > saved.rounds
-        and to_toml_dict(longer) == to_toml_dict(cfg)
-        and (out_dir / "checkpoint.pt").exists()
-    )
+    if not (cfg.rounds > saved.rounds and to_toml_dict(longer) == to_toml_dict(cfg)):
+        return False
+    if (out_dir.parent / "sweep.csv").exists():
+        raise RunDirError(
+            f"{out_dir} is a cell of the sweep in {out_dir.parent}: extended, it would no "
+            "longer match its grid; copy it elsewhere and extend the copy"
+        )
+    return (out_dir / "checkpoint.pt").exists()
 
 
 def first_missing(path: Path) -> Path | None:

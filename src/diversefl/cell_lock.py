@@ -5,8 +5,9 @@ mistake) must not run a cell that another process is running: both would write t
 files. The lock is an advisory ``flock`` on ``<run dir>/.lock``: the kernel drops it when its
 process ends, however it ends, so a killed sweep never blocks its own restart and there is
 no stale-lock guessing. The file holds the holder's ``host pid`` while it is held (for messages and
-``sweep --status``) and is emptied, not deleted, on release (deleting it could let two
-processes lock two different files).
+``sweep --status``). A sweep empties it on release; a plain ``diversefl run`` deletes it
+(:meth:`CellLock.release_and_remove`), and :meth:`CellLock.acquire` checks after taking the
+flock that its file is still the one at the path, so a deletion never gives two holders.
 Where ``fcntl`` does not exist (Windows) locking is a no-op: run one sweep per directory.
 """
 
@@ -44,12 +45,18 @@ class CellLock:
         if fcntl is None:
             return True
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+")  # noqa: SIM115 - kept open while the lock is held
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        while True:
+            fh = open(self.path, "a+")  # noqa: SIM115 - kept open while the lock is held
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.close()
+                return False
+            if _same_file(fh, self.path):
+                break
+            # the file was removed (release_and_remove) between our open and our flock: the
+            # lock is on a file nobody else will open; take the one at the path instead
             fh.close()
-            return False
         fh.seek(0)
         fh.truncate()
         fh.write(f"{socket.gethostname()} {os.getpid()}\n")
@@ -68,8 +75,9 @@ class CellLock:
             self._fh = None
 
     def release_and_remove(self) -> None:
-        """Delete the lock file, then drop the lock (a plain run leaves no ``.lock`` behind;
-        deleting while still holding it keeps a second process from locking the old file)."""
+        """Delete the lock file, then drop the lock (a plain run leaves no ``.lock`` behind).
+        A process that opened the old file just before it went sees, once it has the flock,
+        that the path no longer names that file, and locks the path's file instead."""
         if self._fh is not None:
             self.path.unlink(missing_ok=True)
         self.release()
@@ -79,6 +87,16 @@ class CellLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _same_file(fh: IO[str], path: Path) -> bool:
+    """Whether the open ``fh`` is still the file at ``path`` (not removed or replaced)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fh.fileno())
+    return (own.st_dev, own.st_ino) == (st.st_dev, st.st_ino)
 
 
 def _pid_alive(pid: int) -> bool:

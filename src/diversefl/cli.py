@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import os
 import sys
 import time
@@ -534,14 +535,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``diversefl`` console script."""
+    """Entry point of the ``diversefl`` console script. Errors a user can fix print one line
+    (exit 2); ``DIVERSEFL_TRACEBACK=1`` shows the full traceback instead (for bug reports)."""
     from diversefl.aggregators import AggregatorError
     from diversefl.config import ConfigError
     from diversefl.data.datasets import DataError
     from diversefl.results import RunDirError
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    previous, warnings.showwarning = warnings.showwarning, _show_warning
+    previous = warnings.showwarning
+    warnings.showwarning = functools.partial(_show_warning, fallback=previous)
+    traceback = bool(os.environ.get("DIVERSEFL_TRACEBACK"))
     try:
         if argv[:1] == ["deploy-local"]:  # every further argument belongs to the deploy command
             return cmd_deploy_local(argparse.Namespace(args=argv[1:]))
@@ -551,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
+        if traceback:
+            raise
         _error(
             "interrupted. A run continues from its last checkpoint with "
             "`diversefl run --out RUN_DIR --resume`; a sweep, by running the same command again"
@@ -564,31 +570,38 @@ def main(argv: list[str] | None = None) -> int:
         ValueError,
         FileNotFoundError,
     ) as err:
+        if traceback:
+            raise
         _error(str(err))
         return 2
     except OSError as err:  # an unwritable --out, a file where a folder belongs, a full disk
+        if traceback:
+            raise
         hint = ""
         if err.errno == errno.ENOSPC:
             hint = (
                 "; the files written before are intact: free some space and continue with "
                 "--resume (a sweep: run it again)"
             )
-        _error(f"{err.strerror or err}: {err.filename or ''}{hint}")
+        where = f": {err.filename}" if err.filename else " (DIVERSEFL_TRACEBACK=1 shows where)"
+        _error(f"{err.strerror or err}{where}{hint}")
         return 2
     finally:
         warnings.showwarning = previous
 
 
-_PLAIN_WARNING = warnings.showwarning
+_PACKAGE = Path(__file__).resolve().parent  # this package's source: its own warnings
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+def _show_warning(  # noqa: ANN001
+    message, category, filename, lineno, file=None, line=None, *, fallback
+) -> None:
     """The library's own warnings (UserWarning) as one ``warning:`` line, without the source
-    line Python shows; others as usual."""
-    if issubclass(category, UserWarning) and "diversefl" in str(filename):
+    line Python shows; others go to the handler that was installed before (``fallback``)."""
+    if issubclass(category, UserWarning) and Path(str(filename)).resolve().is_relative_to(_PACKAGE):
         notes.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
     else:
-        _PLAIN_WARNING(message, category, filename, lineno, file, line)
+        fallback(message, category, filename, lineno, file, line)
 
 
 def _error(text: str) -> None:

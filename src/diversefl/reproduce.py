@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,11 +211,13 @@ def reproduce(
     view.mkdir(parents=True, exist_ok=True)
     for c in cells:  # finished runs only: a run in progress would be drawn cut short
         link = view / c.dirname
-        if c.dirname not in finished:
-            if link.is_symlink():
+        if c.dirname not in finished or (link.is_symlink() and not link.exists()):
+            if link.is_symlink():  # not finished, or a link left broken by a moved run root
                 link.unlink()
-        elif not link.exists():
-            link.symlink_to((run_root / c.dirname).resolve(), target_is_directory=True)
+        if c.dirname in finished and not link.exists():
+            # relative, so that the run root can be moved or copied with its figures
+            target = os.path.relpath(run_root / c.dirname, view)
+            link.symlink_to(target, target_is_directory=True)
     paths = []
     if fig.metrics:  # several metrics (the backdoor's two accuracies): panels of one figure
         paths.append(

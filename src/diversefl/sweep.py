@@ -301,15 +301,18 @@ def _check_device(device: str) -> None:
 
 def _check_dataset(name: str, data_dir: str | None, keep: bool) -> None:
     """Run the loader's own checks of dataset ``name`` in ``data_dir`` (its DataError)."""
-    from diversefl.data import load_cifar, load_dataset, resolve_data_dir
+    from diversefl.data import clear_cache, load_cifar, load_dataset, resolve_data_dir
 
     # keep: load it as a run does, so runs in this process take it from the loader's cache
     # (no second load). Else (--jobs workers load their own) CIFAR is checked as raw arrays,
     # 0.2-0.5 s, not kept, instead of holding ~0.7 GB of normalised images here (2-3 s).
-    if keep or name not in ("cifar10", "cifar100"):
+    if keep:
         load_dataset(name, data_dir)
-    else:
+    elif name in ("cifar10", "cifar100"):
         load_cifar(resolve_data_dir(data_dir), "cifar10" if name == "cifar10" else "cifar100")
+    else:
+        load_dataset(name, data_dir)
+        clear_cache()  # checked; the --jobs workers load their own copies
 
 
 def check_setup(cells: list[Cell], data_dir: str | None = None, keep_data: bool = True) -> None:

@@ -152,6 +152,10 @@ def train(
             # (older checkpoints lack them; in every shipped config checkpoints fall on a row)
             window = _Window(**ckpt.get("window", {}))
             metrics_log.truncate_after(start_round)
+            if start_round < cfg.rounds:
+                # going on (an extension to more rounds): not finished until it writes a new
+                # summary; dropped only now that the checkpoint has loaded
+                (out_dir / "summary.json").unlink(missing_ok=True)
             if decisions_log is not None and dec_path.exists():
                 decisions_log.columns = list(read_csv_header(dec_path))
                 decisions_log.truncate_after(start_round)
@@ -268,7 +272,8 @@ class _ProgressBar:
 
         self.t0 = time.perf_counter()
         self.start, self.total, self.label = start, total, label
-        self.plain = not Console().is_terminal
+        console = Console()
+        self.plain = not (console.is_terminal or console.is_jupyter)
         self.last_line = self.t0
         if self.plain:
             return

@@ -33,6 +33,12 @@ def _series(rows: list[dict[str, str]], metric: str) -> dict[int, float]:
     return out
 
 
+def _last_round(rows: list[dict[str, str]]) -> int:
+    """The last round a run wrote a metrics row for, whatever its values."""
+    rounds = [as_number(r.get("round")) for r in rows]
+    return int(max((x for x in rounds if math.isfinite(x)), default=0))
+
+
 def plot_curves(
     path: str | Path,
     metric: str | Sequence[str] = "test_accuracy",
@@ -50,6 +56,7 @@ def plot_curves(
     runs = _find_runs(path)
     target = _output_path(path, out, f"{'-'.join(metrics)}.png")
     data: dict[tuple[str, str, str], list[dict[int, float]]] = defaultdict(list)
+    reached: dict[tuple[str, str, str], list[int]] = defaultdict(list)  # last round per run
     available: set[str] = set()
     for run in runs:
         rows = _read_rows(run.dir / "metrics.csv")
@@ -60,6 +67,7 @@ def plot_curves(
             s = _series(rows, m)
             if s:
                 data[(m, run.attack, run.aggregator)].append(s)
+                reached[(m, run.attack, run.aggregator)].append(_last_round(rows))
     missing = [m for m in metrics if not any(k[0] == m for k in data)]
     if missing:
         have = ", ".join(m for m in METRIC_NAMES if m in available) or "none"
@@ -93,8 +101,9 @@ def plot_curves(
                 continue
             n_seeds = max(n_seeds, len(seeds))
             # up to the last round every seed reached: a seed still running (or stopped)
-            # would otherwise make the mean jump where it drops out
-            last = min(max(s) for s in seeds)
+            # would otherwise make the mean jump where it drops out (reached: the round
+            # column, so a seed whose metric went NaN or inf does not cut the others)
+            last = min(reached[(metric, attack, agg)])
             rounds = sorted(r for r in set().union(*seeds) if r <= last)
             vals = np.array([[s.get(r, np.nan) for s in seeds] for r in rounds], dtype=float)
             mean = np.nanmean(vals, axis=1)
