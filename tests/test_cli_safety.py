@@ -214,3 +214,5 @@ def test_diversefl_traceback_shows_the_whole_error(tmp_path: Path, monkeypatch):
     afile.write_text("x")
     with pytest.raises(NotADirectoryError):
         main(["run", _config(tmp_path), "--out", str(afile / "run"), "--quiet"])
+    monkeypatch.setenv("DIVERSEFL_TRACEBACK", "0")  # off, as unset
+    assert main(["run", _config(tmp_path), "--set", "aggregator.name=nope"]) == 2

@@ -45,7 +45,10 @@ def run(
     """Run one experiment and return its metrics and summary.
 
     ``config`` may be a :class:`Config`, a dict shaped like the TOML file, a path to a TOML
-    file, or None for the defaults. With ``out``, the run directory is written there.
+    file, or None for the defaults. With ``out``, the run directory is written there, locked
+    while it runs (a directory another process is writing is a RunDirError). With ``resume``,
+    a config that differs from the saved one only by more ``rounds`` extends the run from its
+    checkpoint (not a sweep's cell); any other difference is an error naming the key.
     On Linux it also keeps freed tensor memory in the process for reuse (see
     :mod:`diversefl.engine.allocator`; ``DIVERSEFL_RETAIN_MEMORY=0`` turns that off).
     """

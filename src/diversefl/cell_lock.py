@@ -1,4 +1,5 @@
-"""A lock per run directory, so that several sweep processes can work on one grid.
+"""A lock per run directory, so that several sweep processes can work on one grid and a
+second ``run --resume`` / ``--overwrite`` cannot write a run in progress.
 
 A second ``diversefl sweep`` on the same output directory (to add capacity, or started by
 mistake) must not run a cell that another process is running: both would write the same run

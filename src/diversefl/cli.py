@@ -1,4 +1,5 @@
-"""The ``diversefl`` command: run, data fetch (and the experiment commands built on them)."""
+"""The ``diversefl`` command (run, sweep, detection, plot, reproduce, deploy-local, data
+fetch): errors as one ``error: ...`` message on stderr with exit status 2; Ctrl-C exit 130."""
 
 from __future__ import annotations
 
@@ -389,10 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--resume",
         action="store_true",
-        help="continue from --out's checkpoint (a finished run is returned as saved)",
+        help="continue the run in --out (required) from its checkpoint; a finished run is "
+        "returned as saved, or extended with a larger --rounds",
     )
     r.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     r.set_defaults(func=cmd_run)
 
     sw = sub.add_parser("sweep", help="run a grid of aggregators x attacks x seeds")
@@ -452,7 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     de.set_defaults(func=cmd_detection)
 
     pl = sub.add_parser("plot", help="figures and tables from saved run or sweep directories")
-    pl.add_argument("path", help="a run directory or a sweep directory")
+    pl.add_argument(
+        "path", help="a run directory or one sweep's directory (not a folder of several)"
+    )
     pl.add_argument(
         "--metric",
         default="test_accuracy",
@@ -528,7 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     f = dsub.add_parser("fetch", help="download a dataset and verify its checksums")
     f.add_argument("name", choices=["mnist", "fashion-mnist", "cifar10", "cifar100"])
     f.add_argument("--to", required=True, help="data directory to fill")
-    f.add_argument("--base-url", help="mirror folder that directly holds the files")
+    f.add_argument(
+        "--base-url", help="mirror that directly holds the files: an http(s) URL or a folder"
+    )
     f.add_argument("--quiet", action="store_true", help="no download progress")
     f.set_defaults(func=cmd_data_fetch)
     return p
@@ -545,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     previous = warnings.showwarning
     warnings.showwarning = functools.partial(_show_warning, fallback=previous)
-    traceback = bool(os.environ.get("DIVERSEFL_TRACEBACK"))
+    traceback = os.environ.get("DIVERSEFL_TRACEBACK", "0") not in ("", "0")
     try:
         if argv[:1] == ["deploy-local"]:  # every further argument belongs to the deploy command
             return cmd_deploy_local(argparse.Namespace(args=argv[1:]))
@@ -557,10 +563,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if traceback:
             raise
-        _error(
-            "interrupted. A run continues from its last checkpoint with "
-            "`diversefl run --out RUN_DIR --resume`; a sweep, by running the same command again"
-        )
+        advice = {
+            "run": ": it continues from its last checkpoint with "
+            "`diversefl run --out RUN_DIR --resume`",
+            "sweep": ": run the same command again to continue (finished cells are kept)",
+            "reproduce": ": run the same command again to continue (finished runs are kept)",
+            "deploy-local": ": a Flower run continues with the run-config key resume=true "
+            "(docs/flower.md)",
+        }.get(argv[0] if argv else "", "")
+        _error(f"interrupted{advice}")
         return 130
     except (
         ConfigError,

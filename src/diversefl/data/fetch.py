@@ -2,7 +2,8 @@
 
 Mirror rule: ``base_url`` (or the default in ``FETCH_SOURCES``) is the folder that directly
 holds the files, so each file is fetched from ``base_url.rstrip("/") + "/" + filename``. To
-serve a local copy, point ``base_url`` at e.g. ``http://host/data/mnist`` (not ``.../data``).
+serve a local copy, point ``base_url`` at e.g. ``http://host/data/mnist`` (not ``.../data``);
+a local folder holding the files works too (``/srv/mirror/mnist``, read as a file:// URL).
 """
 
 from __future__ import annotations
