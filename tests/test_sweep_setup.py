@@ -135,3 +135,14 @@ def test_a_cell_checks_its_setup_before_taking_its_directory(tmp_path: Path, mni
     with pytest.raises(DataError, match="cifar-10-batches-py"):
         sweep._run_cell(cell, run_dir, str(data), progress=False)
     assert not (tmp_path / "sw").exists()
+
+
+def test_a_sweep_runs_where_flock_does_not_exist(tmp_path: Path, monkeypatch):
+    """Without fcntl (Windows) locking is a no-op: the cell directory must still be made
+    before the sweep marks it running."""
+    from diversefl import cell_lock
+
+    monkeypatch.setattr(cell_lock, "fcntl", None)
+    cells = expand({**tiny_config(rounds=2), "sweep": {"seeds": [0]}})
+    rows = run_sweep(cells, tmp_path / "sw", None, progress=False, echo=lambda m: None)
+    assert len(rows) == 1 and (tmp_path / "sw" / cells[0].dirname / "summary.json").is_file()

@@ -357,6 +357,7 @@ def _run_cell(
         if done is not None:
             return CellResult(done, "finished by another process")
         resume = (run_dir / "checkpoint.pt").exists()
+        run_dir.mkdir(parents=True, exist_ok=True)  # made by the lock, except without fcntl
         (run_dir / ".running").touch()
         (run_dir / "summary.json").unlink(missing_ok=True)
         result = run(
