@@ -270,33 +270,10 @@ def config_difference(cell: Cell, run_dir: Path) -> str:
 
 
 def _check_device(device: str) -> None:
-    """Raise ConfigError when this machine lacks ``device`` (asked of torch, not used)."""
-    import torch
+    """Raise ConfigError when this machine lacks ``device`` (the run's own check, early)."""
+    from diversefl.engine.devices import usable_device
 
-    dev = torch.device(device)
-    if dev.type == "cpu":
-        return
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                f"engine.device = {device!r}: torch sees no CUDA device on this machine "
-                "(use --device cpu)"
-            )
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise ConfigError(
-                f"engine.device = {device!r}: torch sees {count} CUDA device"
-                f"{'' if count == 1 else 's'} on this machine "
-                f"({', '.join(f'cuda:{i}' for i in range(count))}; use --device with one of them)"
-            )
-        return
-    try:
-        torch.empty(0, device=dev)
-    except (RuntimeError, AssertionError, ValueError) as err:
-        raise ConfigError(
-            f"engine.device = {device!r}: torch cannot use it on this machine ({err}); "
-            "use --device cpu"
-        ) from None
+    usable_device(device)
 
 
 def _check_dataset(name: str, data_dir: str | None, keep: bool) -> None:

@@ -15,9 +15,10 @@ from torch.func import functional_call
 from diversefl import aggregators, attacks
 from diversefl.aggregators.base import Aggregate, RoundContext
 from diversefl.attacks.base import Attack
-from diversefl.config import Config, ConfigError
+from diversefl.config import Config
 from diversefl.data.datasets import Dataset, load_dataset
 from diversefl.data.partition import partition
+from diversefl.engine.devices import usable_device
 from diversefl.engine.gradients import batched_grads
 from diversefl.engine.params import FlatModel
 from diversefl.engine.schedules import make_schedule
@@ -109,12 +110,7 @@ class Simulation:
 
     def __init__(self, cfg: Config, data_dir: str | None = None, dataset: Dataset | None = None):
         self.cfg = cfg
-        self.device = torch.device(cfg.engine.device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(
-                f"engine.device = {cfg.engine.device!r}: torch sees no CUDA device on this "
-                "machine (use --device cpu)"
-            )
+        self.device = usable_device(cfg.engine.device)
         if self.device.type == "cuda":  # cuDNN's fastest convolution kernels are not repeatable
             torch.backends.cudnn.deterministic = True
             torch.backends.cudnn.benchmark = False
