@@ -211,9 +211,8 @@ def reproduce(
     view.mkdir(parents=True, exist_ok=True)
     for c in cells:  # finished runs only: a run in progress would be drawn cut short
         link = view / c.dirname
-        if c.dirname not in finished or (link.is_symlink() and not link.exists()):
-            if link.is_symlink():  # not finished, or a link left broken by a moved run root
-                link.unlink()
+        if link.is_symlink() and (c.dirname not in finished or not link.exists()):
+            link.unlink()  # not finished, or a link left broken by a moved run root
         if c.dirname in finished and not link.exists():
             # relative, so that the run root can be moved or copied with its figures
             target = os.path.relpath(run_root / c.dirname, view)
