@@ -482,3 +482,58 @@ def test_bars_stay_within_the_axes(tmp_path: Path, monkeypatch) -> None:
     axes.clear()
     plot_metric_bars(tmp_path, ["final_test_accuracy"], out=tmp_path / "plain.png")
     assert axes[0].get_xlim() == (0.0, 1.12)  # an ordinary accuracy board keeps its range
+
+
+def test_worst_attack_is_the_highest_where_lower_is_better(tmp_path: Path, monkeypatch) -> None:
+    """For a loss, FPR, seconds or backdoor accuracy the worst attack is the one with the
+    highest value: hand-computed per-attack means, table and heat-map agree."""
+    from diversefl.plots import lower_is_better
+
+    assert lower_is_better("final_backdoor_accuracy") and lower_is_better("mean_fpr")
+    assert lower_is_better("test_loss") and lower_is_better("wall_seconds")
+    assert not lower_is_better("final_test_accuracy") and not lower_is_better("mean_tpr")
+    assert not lower_is_better("final_main_accuracy")
+    # backdoor accuracy: mean lets the backdoor in under ALIE (0.9), not under IPM (0.1);
+    # median: IPM (0.3 + 0.5) / 2 = 0.4 > ALIE 0.2
+    lines = ["aggregator,attack,seed,final_test_accuracy,final_backdoor_accuracy",
+             "mean,alie,0,0.5,0.9", "mean,ipm,0,0.6,0.1",
+             "median,alie,0,0.7,0.2", "median,ipm,0,0.8,0.3", "median,ipm,1,0.8,0.5"]  # fmt: skip
+    (tmp_path / "sweep.csv").write_text("\n".join(lines) + "\n")
+    text = accuracy_table(tmp_path, metric="final_backdoor_accuracy")
+    assert "lower is better, so the worst attack is the highest value" in text
+    by_name = {r[0]: r[-2:] for r in _parse(text.split("\n\n")[1])[2:]}
+    assert by_name["Mean"] == ["0.900 (ALIE)", "0.500"]
+    assert by_name["Median"] == ["0.400 (IPM) *", "0.300 *"]
+    # accuracy on the same runs still takes the lowest
+    acc = accuracy_table(tmp_path)
+    assert "lower is better" not in acc
+    assert {r[0]: r[-2] for r in _parse(acc.split("\n\n")[1])[2:]}["Mean"] == "0.500 (ALIE)"
+    rows = [dict(zip(lines[0].split(","), ln.split(","), strict=True)) for ln in lines[1:]]
+    aggs, cols, grid = heatmap_grid(rows, "final_backdoor_accuracy")
+    assert cols == ["alie", "ipm", "worst"]
+    worst = {a: row[-1] for a, row in zip(aggs, grid, strict=True)}
+    assert worst == {"mean": pytest.approx(0.9), "median": pytest.approx(0.4)}
+    assert heatmap_grid(rows)[2][aggs.index("mean")][-1] == pytest.approx(0.5)
+    # the heat-map reverses its colours, so bright stays good: the low (good) backdoor cell
+    # gets dark text on a bright colour, the high (bad) one white text
+    import matplotlib.axes
+
+    colours: dict[str, str] = {}
+    cmaps: list[str] = []
+    real_text, real_imshow = matplotlib.axes.Axes.text, matplotlib.axes.Axes.imshow
+
+    def text(ax, x, y, t, **k):
+        colours.setdefault(t, k.get("color"))
+        return real_text(ax, x, y, t, **k)
+
+    def imshow(ax, *a, **k):
+        cmaps.append(k.get("cmap"))
+        return real_imshow(ax, *a, **k)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "text", text)
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow", imshow)
+    plot_heatmap(tmp_path, metric="final_backdoor_accuracy", out=tmp_path / "b.png", seeds=[0])
+    assert cmaps == ["viridis_r"]
+    assert colours["0.100"] == "black" and colours["0.900"] == "white"
+    plot_heatmap(tmp_path, out=tmp_path / "a.png", seeds=[0])
+    assert cmaps[-1] == "viridis" and colours["0.500"] == "white"

@@ -17,6 +17,7 @@ from diversefl.plots.style import (
     aggregator_style,
     attack_name,
     attack_sort_key,
+    lower_is_better,
 )
 from diversefl.plots.tables import (
     ATTACK_INVARIANT,
@@ -49,6 +50,7 @@ __all__ = [
     "format_mean_std",
     "heatmap_grid",
     "invariant_fills",
+    "lower_is_better",
     "machine_note",
     "markdown_table",
     "metric_bars",

@@ -16,6 +16,7 @@ from diversefl.plots.style import (
     aggregator_name,
     aggregator_sort_key,
     attack_sort_key,
+    lower_is_better,
 )
 from diversefl.plots.tables import fill_invariant, invariant_fills, seed_label
 
@@ -26,8 +27,8 @@ def heatmap_grid(
     """Rows (aggregator labels), columns (attack labels, then ``"worst"`` when two or more
     attacks other than ``none`` are present) and the ``metric`` means over seeds (NaN where a
     cell has no run; an attack-invariant aggregator's attacked cells all show its attacked
-    run, :func:`invariant_fills`; the worst column is NaN until the row has faced every
-    attack)."""
+    run, :func:`invariant_fills`; the worst column, the lowest value or the highest where
+    :func:`lower_is_better`, is NaN until the row has faced every attack)."""
     cells: dict[tuple[str, str], list[float]] = defaultdict(list)
     for r in rows:
         v = as_number(r.get(metric))
@@ -43,9 +44,10 @@ def heatmap_grid(
     attacked = [j for j, t in enumerate(attacks) if t != "none"]
     if len(attacked) < 2:
         return aggs, attacks, grid
+    pick = max if lower_is_better(metric) else min
     for row in grid:
         values = [row[j] for j in attacked]
-        row.append(min(values) if all(math.isfinite(v) for v in values) else math.nan)
+        row.append(pick(values) if all(math.isfinite(v) for v in values) else math.nan)
     return aggs, [*attacks, "worst"], grid
 
 
@@ -72,7 +74,9 @@ def plot_heatmap(
     # seconds) on their own range
     lo, hi = (0.0, 1.0) if all(0.0 <= v <= 1.0 for v in finite) else (min(finite), max(finite))
     hi = hi if hi > lo else lo + 1.0
-    im = ax.imshow(grid, cmap="viridis", vmin=lo, vmax=hi, aspect="auto")
+    # the same colour means the same verdict on every metric: bright is good, dark is bad
+    cmap = "viridis_r" if lower_is_better(metric) else "viridis"
+    im = ax.imshow(grid, cmap=cmap, vmin=lo, vmax=hi, aspect="auto")
     names = {**ATTACK_SHORT, "worst": "Worst attack"}
     ax.set_xticks(range(len(attacks)), [names.get(t, t) for t in attacks], rotation=30,
                   ha="right")  # fmt: skip
@@ -87,6 +91,11 @@ def plot_heatmap(
     for cell, source in fills.items():
         counts[cell] = counts[(cell[0], source)]
     fullest = max(counts.values())
+
+    def dark(v: float) -> bool:  # text on the dark end of the colour map is white
+        share = (v - lo) / (hi - lo)
+        return (1.0 - share if lower_is_better(metric) else share) < 0.6
+
     for i, row in enumerate(grid):
         for j, v in enumerate(row):
             if math.isfinite(v):
@@ -94,7 +103,7 @@ def plot_heatmap(
                 filled = (aggs[i], attacks[j]) in fills
                 ax.text(j, i, f"{v:.3f}" + (f"\nn={k}" if k < fullest else ""), ha="center",
                         va="center", fontsize=8 if k == fullest else 7,
-                        color="white" if v < lo + 0.6 * (hi - lo) else "black",
+                        color="white" if dark(v) else "black",
                         fontstyle="italic" if filled else "normal")  # fmt: skip
     if fills:
         names_filled = sorted({aggregator_name(a) for a, _ in fills})

@@ -15,6 +15,17 @@ METRIC_NAMES = {
     "fpr": "FPR (honest rejected)",
     "n_accepted": "Accepted clients",
 }
+# metric names (or parts of them) where a lower value is the better defense: a loss, a time,
+# the backdoor's success, honest clients rejected; everything else (accuracies, TPR) is higher
+_LOWER_IS_BETTER = ("loss", "seconds", "backdoor", "fpr")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a lower ``metric`` means a better defense, so that a table's or heat-map's
+    "worst attack" is its highest value (backdoor accuracy, a loss, FPR, wall seconds)."""
+    return any(part in metric for part in _LOWER_IS_BETTER)
+
+
 ATTACK_ORDER = ["none", "gaussian", "sign_flip", "same_value", "label_flip", "backdoor"]
 ATTACK_NAMES = {
     "none": "No Attack",

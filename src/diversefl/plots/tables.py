@@ -16,6 +16,7 @@ from diversefl.plots.style import (
     aggregator_name,
     aggregator_sort_key,
     attack_sort_key,
+    lower_is_better,
 )
 
 
@@ -38,21 +39,25 @@ def format_mean_std(values: list[float]) -> str:
     return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def attack_summary(per_attack: dict[str, list[float]], attacks: list[str]) -> list[str]:
-    """The two ranking cells of a table row: the lowest per-attack mean (with the attack that
-    caused it, or how many tie with it as printed) and the mean of the per-attack means; blank
-    unless every attack has a value, so a half-run row is not ranked on the attacks it
-    happened to face."""
+def attack_summary(
+    per_attack: dict[str, list[float]], attacks: list[str], lower_better: bool = False
+) -> list[str]:
+    """The two ranking cells of a table row: the worst per-attack mean (the lowest, or the
+    highest with ``lower_better``; with the attack that caused it, or how many tie with it as
+    printed) and the mean of the per-attack means; blank unless every attack has a value, so a
+    half-run row is not ranked on the attacks it happened to face."""
     means = {t: statistics.fmean(v) for t, v in per_attack.items() if v}
     if any(t not in means for t in attacks):
         return ["", ""]
-    return [worst_attack(means, attacks), f"{statistics.fmean(means.values()):.3f}"]
+    return [worst_attack(means, attacks, lower_better), f"{statistics.fmean(means.values()):.3f}"]
 
 
-def worst_attack(values: dict[str, float], attacks: list[str]) -> str:
-    """'0.098 (Adaptive)': the lowest of ``values`` over ``attacks`` and the attack that gave
-    it, or how many attacks tie with it as printed ('2 tied', 'all')."""
-    worst = min(attacks, key=lambda t: values[t])
+def worst_attack(values: dict[str, float], attacks: list[str], lower_better: bool = False) -> str:
+    """'0.098 (Adaptive)': the worst of ``values`` over ``attacks`` (the lowest, or the
+    highest where ``lower_better``) and the attack that gave it, or how many attacks tie with
+    it as printed ('2 tied', 'all')."""
+    pick = max if lower_better else min
+    worst = pick(attacks, key=lambda t: values[t])
     shown = f"{values[worst]:.3f}"
     tied = [t for t in attacks if f"{values[t]:.3f}" == shown]  # equal as printed
     if len(tied) == len(attacks):
@@ -181,12 +186,14 @@ def accuracy_table(
         header += ["Worst attack", "Mean under attack"]
         for a, row in zip(aggs, body, strict=True):
             per_attack = {t: cells[(a, t)][metric] for t in attacked if (a, t) in cells}
-            ranks = attack_summary(per_attack, attacked)
+            ranks = attack_summary(per_attack, attacked, lower_is_better(metric))
             if ranks[0] and len({len(v) for v in per_attack.values()}) > 1:
                 ranks = [f"{r} *" for r in ranks]
                 mixed = True
             row += ranks
     note = f"{metric} (mean ± std over seeds)" if n_seeds > 1 else metric
+    if lower_is_better(metric):
+        note += "; lower is better, so the worst attack is the highest value"
     text = f"**{note}**\n\n" + markdown_table(header, body)
     if fills:
         sources = sorted({(a, src) for (a, _), src in fills.items()})
