@@ -4,11 +4,13 @@ written atomically (temp file + rename) so a kill mid-write never leaves it corr
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +51,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as fh:
+        with _naming(path), os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -57,6 +59,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Give an OSError raised while writing ``path`` (a full disk: ``write`` and ``fsync``
+    say only "No space left on device") the file's name, so the error says which file."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -165,7 +179,7 @@ class CsvLog:
         if not self.path.exists():
             self._rewrite([])
         if self._buffer:
-            with self.path.open("a", newline="") as fh:
+            with _naming(self.path), self.path.open("a", newline="") as fh:
                 w = csv.DictWriter(fh, fieldnames=self.columns, extrasaction="ignore")
                 w.writerows(self._buffer)
                 fh.flush()
