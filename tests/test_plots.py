@@ -537,3 +537,7 @@ def test_worst_attack_is_the_highest_where_lower_is_better(tmp_path: Path, monke
     assert colours["0.100"] == "black" and colours["0.900"] == "white"
     plot_heatmap(tmp_path, out=tmp_path / "a.png", seeds=[0])
     assert cmaps[-1] == "viridis" and colours["0.500"] == "white"
+    # one attack: no worst column, so no word about it
+    (tmp_path / "sweep.csv").write_text("\n".join(lines[:3:2]) + "\n")
+    one = accuracy_table(tmp_path, metric="final_backdoor_accuracy")
+    assert "Worst attack" not in one and "lower is better" not in one

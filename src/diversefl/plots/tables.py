@@ -192,7 +192,7 @@ def accuracy_table(
                 mixed = True
             row += ranks
     note = f"{metric} (mean ± std over seeds)" if n_seeds > 1 else metric
-    if lower_is_better(metric):
+    if lower_is_better(metric) and len(attacked) >= 2:
         note += "; lower is better, so the worst attack is the highest value"
     text = f"**{note}**\n\n" + markdown_table(header, body)
     if fills:
