@@ -16,6 +16,7 @@ from diversefl.plots import (
     aggregator_style,
     attack_summary,
     heatmap_grid,
+    invariant_labels,
     machine_note,
     metric_bars,
     plot_c1c2,
@@ -23,6 +24,7 @@ from diversefl.plots import (
     plot_heatmap,
     plot_metric_bars,
     seed_label,
+    table_rows,
 )
 
 AGGS = ["oracle", "diversefl"]
@@ -386,6 +388,35 @@ def test_attack_invariant_oracle_fills_the_attacks_it_was_not_run_under(tmp_path
     assert math.isnan(grid[aggs.index("median")][1]) and math.isnan(grid[aggs.index("median")][3])
     plot_heatmap(tmp_path, out=tmp_path / "heat.png")
     assert (tmp_path / "heat.png").stat().st_size > 1000
+
+
+def test_the_fill_follows_the_rule_a_run_used_not_its_label(tmp_path: Path) -> None:
+    """A sweep entry labelled "ideal" (rule oracle in its runs' config.toml) gets the fill;
+    one labelled "oracle" whose runs used the mean does not (it was attacked for real, so its
+    missing cell stays blank). Without run files the label decides, as before."""
+    import tomli_w
+
+    lines = ["aggregator,attack,seed,final_test_accuracy,run_dir",
+             "ideal,none,0,0.9,a", "ideal,sign_flip,0,0.8,b",
+             "oracle,none,0,0.9,c", "oracle,sign_flip,0,0.3,d",
+             "mean,none,0,0.9,e", "mean,sign_flip,0,0.1,f", "mean,alie,0,0.5,g"]  # fmt: skip
+    rules = {"a": "oracle", "b": "oracle", "c": "mean", "d": "mean"}
+    for run_dir, rule in rules.items():
+        (tmp_path / run_dir).mkdir()
+        (tmp_path / run_dir / "config.toml").write_text(
+            tomli_w.dumps({"aggregator": {"name": rule}})
+        )
+    (tmp_path / "sweep.csv").write_text("\n".join(lines) + "\n")
+    text = accuracy_table(tmp_path)
+    rows = {ln.split(" | ")[0].lstrip("| "): ln for ln in text.splitlines() if ln[:1] == "|"}
+    assert rows["ideal"] == "| ideal | 0.900 | 0.800 | 0.800 (=) | 0.800 (all) | 0.800 |"
+    assert rows["OracleSGD"] == "| OracleSGD | 0.900 | 0.300 |  |  |  |"  # label "oracle"
+    aggs, _, grid = heatmap_grid(table_rows(tmp_path))
+    assert grid[aggs.index("ideal")] == pytest.approx([0.9, 0.8, 0.8, 0.8])
+    assert math.isnan(grid[aggs.index("oracle")][2])
+    assert invariant_labels(table_rows(tmp_path)) == {"ideal"}
+    # no run files: the label decides (the leaderboards' "oracle" keeps its fill)
+    assert invariant_labels([{"aggregator": "oracle"}, {"aggregator": "ideal"}]) == {"oracle"}
 
 
 def test_a_run_without_the_metric_is_no_cell(tmp_path: Path, capsys) -> None:

@@ -15,6 +15,7 @@ from diversefl.plots import (
     as_number,
     attack_sort_key,
     fill_invariant,
+    invariant_labels,
     markdown_table,
     table_rows,
     worst_attack,
@@ -48,7 +49,7 @@ def seed_spread_table(
         raise ValueError(f"seed {ref} has no runs under {path} (seeds: {seeds})")
     aggs = sorted({a for a, _ in cells}, key=aggregator_sort_key)
     attacks = sorted({t for _, t in cells}, key=attack_sort_key)
-    fill_invariant(cells, aggs, attacks)  # OracleSGD: one attacked run stands for all
+    fill_invariant(cells, aggs, attacks, invariant_labels(rows))  # one run stands for all
     attacked = [t for t in attacks if t != "none"] or attacks
     body, unfinished, limited = [], [], []
     for a in aggs:

@@ -18,7 +18,7 @@ from diversefl.plots.style import (
     attack_sort_key,
     lower_is_better,
 )
-from diversefl.plots.tables import fill_invariant, invariant_fills, seed_label
+from diversefl.plots.tables import fill_invariant, invariant_fills, invariant_labels, seed_label
 
 
 def heatmap_grid(
@@ -38,7 +38,7 @@ def heatmap_grid(
         raise ValueError(f"metric {metric!r} not found in the results")
     aggs = sorted({a for a, _ in cells}, key=aggregator_sort_key)
     attacks = sorted({t for _, t in cells}, key=attack_sort_key)
-    fill_invariant(cells, aggs, attacks)
+    fill_invariant(cells, aggs, attacks, invariant_labels(rows))
     grid = [[statistics.fmean(cells[(a, t)]) if (a, t) in cells else math.nan for t in attacks]
             for a in aggs]  # fmt: skip
     attacked = [j for j, t in enumerate(attacks) if t != "none"]
@@ -87,7 +87,9 @@ def plot_heatmap(
     for r in rows:
         if math.isfinite(as_number(r.get(metric))):
             counts[(str(r["aggregator"]), str(r["attack"]))] += 1
-    fills = invariant_fills(set(counts), aggs, [t for t in attacks if t != "worst"])
+    fills = invariant_fills(
+        set(counts), aggs, [t for t in attacks if t != "worst"], invariant_labels(rows)
+    )
     for cell, source in fills.items():
         counts[cell] = counts[(cell[0], source)]
     fullest = max(counts.values())

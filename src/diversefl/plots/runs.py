@@ -102,18 +102,36 @@ def _find_runs(path: str | Path) -> list[_Run]:
     return runs
 
 
+def _rule(run_dir: Path) -> str | None:
+    """The aggregator rule a run used (its config.toml's ``aggregator.name``), whatever its
+    label in the sweep; None when the run directory or its config is not readable."""
+    try:
+        name = tomllib.loads((run_dir / "config.toml").read_text()).get("aggregator", {})
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    rule = name.get("name") if isinstance(name, dict) else None
+    return str(rule) if rule else None
+
+
 def table_rows(path: Path, seeds: list[int] | None = None) -> list[dict[str, Any]]:
-    """Result rows (aggregator, attack, seed, metrics) from sweep.csv or summary.json files;
-    with ``seeds``, only the runs of those seeds (an error when none is left)."""
+    """Result rows (aggregator, attack, seed, metrics) from sweep.csv or summary.json files,
+    with ``rule`` (the aggregator's registry name from the run's config.toml) where the run's
+    files are there; with ``seeds``, only the runs of those seeds (an error when none is
+    left)."""
     sweep = path if path.is_file() else path / "sweep.csv"
     if sweep.is_file():
         rows = [dict(r) for r in _read_rows(sweep)]
+        for r in rows:
+            rule = _rule(sweep.parent / r["run_dir"]) if r.get("run_dir") else None
+            if rule:
+                r["rule"] = rule
     else:
         rows = []
         for run in _find_runs(path):
             if run.summary:
+                rule = run.config.get("aggregator", {}).get("name")
                 rows.append({**run.summary, "aggregator": run.aggregator, "attack": run.attack,
-                             "seed": run.seed})  # fmt: skip
+                             "seed": run.seed, **({"rule": rule} if rule else {})})  # fmt: skip
         if not rows:
             raise FileNotFoundError(f"no sweep.csv and no finished runs (summary.json) in {path}")
     if seeds is None:

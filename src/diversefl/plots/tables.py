@@ -104,14 +104,33 @@ def machine_note(rows: list[dict[str, Any]]) -> str:
 ATTACK_INVARIANT = frozenset({"oracle"})
 
 
+def invariant_labels(rows: list[dict[str, Any]]) -> set[str]:
+    """The aggregator labels of ``rows`` whose rule is attack-invariant: by the run's recorded
+    rule (``rule``, from its config) where there is one, else by the label itself, so that a
+    sweep entry labelled "OracleSGD" is recognised as well as one labelled "oracle"."""
+    invariant: set[str] = set()
+    for r in rows:
+        label = str(r["aggregator"])
+        if _key(str(r.get("rule") or label)) in ATTACK_INVARIANT:
+            invariant.add(label)
+    return invariant
+
+
 def invariant_fills(
-    present: set[tuple[str, str]], aggs: list[str], attacks: list[str]
+    present: set[tuple[str, str]],
+    aggs: list[str],
+    attacks: list[str],
+    invariant: set[str] | None = None,
 ) -> dict[tuple[str, str], str]:
     """``{(aggregator, attack): attack whose run stands for it}`` for the attacked cells an
-    attack-invariant aggregator was not run under (its first attacked run, in column order)."""
+    attack-invariant aggregator (``invariant``, from :func:`invariant_labels`; by default
+    the labels that name such a rule) was not run under (its first attacked run, in column
+    order)."""
+    if invariant is None:
+        invariant = {a for a in aggs if _key(a) in ATTACK_INVARIANT}
     fills: dict[tuple[str, str], str] = {}
     for a in aggs:
-        if _key(a) not in ATTACK_INVARIANT:
+        if a not in invariant:
             continue
         ran = [t for t in attacks if t != "none" and (a, t) in present]
         if not ran:
@@ -122,10 +141,12 @@ def invariant_fills(
     return fills
 
 
-def fill_invariant(cells: dict, aggs: list[str], attacks: list[str]) -> dict[tuple[str, str], str]:
+def fill_invariant(
+    cells: dict, aggs: list[str], attacks: list[str], invariant: set[str] | None = None
+) -> dict[tuple[str, str], str]:
     """Give ``cells`` (keyed by ``(aggregator, attack)``) the :func:`invariant_fills` entries,
     each the value of its source run; returns the fills."""
-    fills = invariant_fills(set(cells), aggs, attacks)
+    fills = invariant_fills(set(cells), aggs, attacks, invariant)
     for cell, source in fills.items():
         cells[cell] = cells[(cell[0], source)]
     return fills
@@ -165,7 +186,7 @@ def accuracy_table(
     aggs = sorted({a for a, _ in cells}, key=aggregator_sort_key)
     attacks = sorted({t for _, t in cells}, key=attack_sort_key)
     cols = [ATTACK_SHORT.get(t, t.replace("_", " ")) for t in attacks]
-    fills = fill_invariant(cells, aggs, attacks)
+    fills = fill_invariant(cells, aggs, attacks, invariant_labels(rows))
     n_seeds = max(len(c[metric]) for c in cells.values())
     uneven = any(0 < len(c[metric]) < n_seeds for c in cells.values())
 
