@@ -18,6 +18,10 @@ from conftest import tiny_config
 import diversefl
 from diversefl.cli import main
 
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/self/fd").is_dir(), reason="the simulated disk finds files via /proc"
+)
+
 
 class _Disk:
     """Every file written under ``root`` (through ``os.fdopen`` or ``Path.open``) shares
@@ -153,3 +157,27 @@ def test_a_write_error_names_its_file(tmp_path: Path, monkeypatch: pytest.Monkey
             log.flush()
         assert caught.value.filename == str(tmp_path / "m.csv")
     assert [p.name for p in tmp_path.iterdir()] == ["m.csv"]  # no summary, no temp file
+
+
+def test_a_full_disk_at_fsync_and_in_sweep_csv_names_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a real disk a small write often fails only at flush or fsync; and a sweep's
+    sweep.csv is written the same way as the run files (named, no temp file left)."""
+    from diversefl import results
+    from diversefl.sweep import write_sweep_csv
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as mp:
+        mp.setattr(os, "fsync", full)
+        with pytest.raises(OSError) as caught:
+            results.save_checkpoint(tmp_path / "checkpoint.pt", {"round": 1})
+        assert caught.value.filename == str(tmp_path / "checkpoint.pt")
+        with pytest.raises(OSError) as caught:
+            write_sweep_csv(tmp_path / "sweep.csv", [{"aggregator": "mean", "attack": "none"}])
+        assert caught.value.filename == str(tmp_path / "sweep.csv")
+    assert list(tmp_path.iterdir()) == []  # no half file, no temp file
+    write_sweep_csv(tmp_path / "sweep.csv", [{"aggregator": "mean", "attack": "none"}])
+    assert (tmp_path / "sweep.csv").read_text().splitlines()[1].startswith("mean,none")

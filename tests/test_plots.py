@@ -417,6 +417,15 @@ def test_the_fill_follows_the_rule_a_run_used_not_its_label(tmp_path: Path) -> N
     assert invariant_labels(table_rows(tmp_path)) == {"ideal"}
     # no run files: the label decides (the leaderboards' "oracle" keeps its fill)
     assert invariant_labels([{"aggregator": "oracle"}, {"aggregator": "ideal"}]) == {"oracle"}
+    # a label whose runs record a rule is judged by those runs only, all of them: a row
+    # without run files does not bring the label back, nor does one oracle run among means
+    mixed = [{"aggregator": "oracle", "rule": "mean"}, {"aggregator": "oracle"},
+             {"aggregator": "x", "rule": "oracle"}, {"aggregator": "x", "rule": "mean"},
+             {"aggregator": "y", "rule": "oracle"}, {"aggregator": "y"}]  # fmt: skip
+    assert invariant_labels(mixed) == {"y"}
+    # an unreadable config.toml (not UTF-8) is no rule, not a crash
+    (tmp_path / "a" / "config.toml").write_bytes(b"\xff\xfe[aggregator]\n")
+    assert [r.get("rule") for r in table_rows(tmp_path)][:2] == [None, "oracle"]
 
 
 def test_a_run_without_the_metric_is_no_cell(tmp_path: Path, capsys) -> None:
@@ -524,6 +533,10 @@ def test_worst_attack_is_the_highest_where_lower_is_better(tmp_path: Path, monke
     assert lower_is_better("test_loss") and lower_is_better("wall_seconds")
     assert not lower_is_better("final_test_accuracy") and not lower_is_better("mean_tpr")
     assert not lower_is_better("final_main_accuracy")
+    # whole words only, and names that turn the sense around are higher-is-better
+    for name in ("tpr_minus_fpr", "loss_reduction", "backdoor_rejected", "classloss", "fprx"):
+        assert not lower_is_better(name), name
+    assert lower_is_better("max_backdoor_accuracy") and lower_is_better("best_test_loss")
     # backdoor accuracy: mean lets the backdoor in under ALIE (0.9), not under IPM (0.1);
     # median: IPM (0.3 + 0.5) / 2 = 0.4 > ALIE 0.2
     lines = ["aggregator,attack,seed,final_test_accuracy,final_backdoor_accuracy",

@@ -118,3 +118,12 @@ def test_plot_seed_spread_cli(tmp_path: Path, capsys) -> None:
     assert "--seed-spread takes a seed number" in capsys.readouterr().err
     assert main(["plot", str(tmp_path), "--seed-spread", "--seeds", "0"]) == 2
     assert "--seeds 0 does not apply" in capsys.readouterr().err
+
+
+def test_seed_spread_worst_is_the_highest_where_lower_is_better(tmp_path: Path) -> None:
+    """Backdoor accuracy: the worst attack is the highest, as in `--table`."""
+    lines = ["aggregator,attack,seed,final_backdoor_accuracy",
+             "mean,alie,0,0.9", "mean,alie,1,0.8", "mean,ipm,0,0.1", "mean,ipm,1,0.2"]  # fmt: skip
+    (tmp_path / "sweep.csv").write_text("\n".join(lines) + "\n")
+    rows = rows_of(seed_spread_table(tmp_path, metric="final_backdoor_accuracy"))
+    assert rows["Mean"][:2] == ["0.900 (ALIE)", "0.850 (ALIE)"]  # seed 0; mean over seeds

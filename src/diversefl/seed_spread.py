@@ -16,6 +16,7 @@ from diversefl.plots import (
     attack_sort_key,
     fill_invariant,
     invariant_labels,
+    lower_is_better,
     markdown_table,
     table_rows,
     worst_attack,
@@ -68,8 +69,8 @@ def seed_spread_table(
         body.append(
             [
                 aggregator_name(a),
-                worst_attack(one, attacked),
-                worst_attack(mean, attacked),
+                worst_attack(one, attacked, lower_is_better(metric)),
+                worst_attack(mean, attacked, lower_is_better(metric)),
                 f"{statistics.fmean(one[t] for t in attacked):.3f}",
                 f"{statistics.fmean(mean[t] for t in attacked):.3f}",
                 f"{std[widest]:.3f} ({_attack(widest)})",

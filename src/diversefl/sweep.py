@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import csv
 import fnmatch
+import io
 import json
 import os
 import threading
@@ -25,7 +26,7 @@ from diversefl.config import (
     make_config,
     to_toml_dict,
 )
-from diversefl.results import read_summary
+from diversefl.results import atomic_write_bytes, read_summary
 
 SWEEP_COLUMNS = [
     "aggregator",
@@ -513,10 +514,9 @@ def write_sweep_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     columns = list(SWEEP_COLUMNS)
     for r in rows:
         columns += [k for k in r if k not in columns]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=columns)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if v is None else v) for k, v in r.items()})
-    os.replace(tmp, path)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=columns)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    atomic_write_bytes(path, buf.getvalue().encode())

@@ -51,12 +51,12 @@ def _load_run(d: Path) -> _Run:
     if (d / "config.toml").exists():
         try:
             cfg = tomllib.loads((d / "config.toml").read_text())
-        except (tomllib.TOMLDecodeError, OSError):
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError):
             cfg = {}
     if (d / "summary.json").exists():
         try:
             summary = json.loads((d / "summary.json").read_text())
-        except (json.JSONDecodeError, OSError):
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
             summary = {}
     for name in (d.name, str(summary.get("name", "")), str(cfg.get("name", ""))):
         m = _RUN_DIR_RE.match(name)
@@ -106,10 +106,15 @@ def _rule(run_dir: Path) -> str | None:
     """The aggregator rule a run used (its config.toml's ``aggregator.name``), whatever its
     label in the sweep; None when the run directory or its config is not readable."""
     try:
-        name = tomllib.loads((run_dir / "config.toml").read_text()).get("aggregator", {})
-    except (OSError, tomllib.TOMLDecodeError):
+        section = tomllib.loads((run_dir / "config.toml").read_text()).get("aggregator", {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return None
-    rule = name.get("name") if isinstance(name, dict) else None
+    return _rule_of(section)
+
+
+def _rule_of(section: Any) -> str | None:
+    """``aggregator.name`` of a config's aggregator section (None when it has none)."""
+    rule = section.get("name") if isinstance(section, dict) else None
     return str(rule) if rule else None
 
 
@@ -129,7 +134,7 @@ def table_rows(path: Path, seeds: list[int] | None = None) -> list[dict[str, Any
         rows = []
         for run in _find_runs(path):
             if run.summary:
-                rule = run.config.get("aggregator", {}).get("name")
+                rule = _rule_of(run.config.get("aggregator"))
                 rows.append({**run.summary, "aggregator": run.aggregator, "attack": run.attack,
                              "seed": run.seed, **({"rule": rule} if rule else {})})  # fmt: skip
         if not rows:

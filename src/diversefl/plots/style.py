@@ -15,15 +15,21 @@ METRIC_NAMES = {
     "fpr": "FPR (honest rejected)",
     "n_accepted": "Accepted clients",
 }
-# metric names (or parts of them) where a lower value is the better defense: a loss, a time,
-# the backdoor's success, honest clients rejected; everything else (accuracies, TPR) is higher
-_LOWER_IS_BETTER = ("loss", "seconds", "backdoor", "fpr")
+# metrics where a lower value is the better defense, by the words of their names: a loss, a
+# time, the backdoor's success, honest clients rejected; everything else (accuracies, TPR) is
+# higher-is-better, and so is any name that also says "minus", "reduction" or "rejected"
+_LOWER_IS_BETTER = (("loss",), ("seconds",), ("backdoor", "accuracy"), ("fpr",))
+_TURNS_AROUND = frozenset({"minus", "reduction", "rejected", "drop", "gain"})
 
 
 def lower_is_better(metric: str) -> bool:
     """Whether a lower ``metric`` means a better defense, so that a table's or heat-map's
-    "worst attack" is its highest value (backdoor accuracy, a loss, FPR, wall seconds)."""
-    return any(part in metric for part in _LOWER_IS_BETTER)
+    "worst attack" is its highest value (``final_backdoor_accuracy``, ``test_loss``,
+    ``mean_fpr``, ``wall_seconds``), matched on whole ``_``-separated words."""
+    words = set(metric.lower().split("_"))
+    if words & _TURNS_AROUND:
+        return False
+    return any(set(group) <= words for group in _LOWER_IS_BETTER)
 
 
 ATTACK_ORDER = ["none", "gaussian", "sign_flip", "same_value", "label_flip", "backdoor"]

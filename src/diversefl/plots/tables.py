@@ -105,15 +105,21 @@ ATTACK_INVARIANT = frozenset({"oracle"})
 
 
 def invariant_labels(rows: list[dict[str, Any]]) -> set[str]:
-    """The aggregator labels of ``rows`` whose rule is attack-invariant: by the run's recorded
-    rule (``rule``, from its config) where there is one, else by the label itself, so that a
-    sweep entry labelled "OracleSGD" is recognised as well as one labelled "oracle"."""
-    invariant: set[str] = set()
+    """The aggregator labels of ``rows`` whose rule is attack-invariant. Where a label's runs
+    record their rule (``rule``, from each run's config.toml) every recorded rule must be
+    such a rule, so an entry with any label ("ideal") is recognised by its runs; the label
+    itself ("oracle") decides only for labels none of whose runs records a rule."""
+    rules: dict[str, set[str]] = {}
     for r in rows:
         label = str(r["aggregator"])
-        if _key(str(r.get("rule") or label)) in ATTACK_INVARIANT:
-            invariant.add(label)
-    return invariant
+        rules.setdefault(label, set())
+        if r.get("rule"):
+            rules[label].add(_key(str(r["rule"])))
+    return {
+        label
+        for label, recorded in rules.items()
+        if (recorded <= ATTACK_INVARIANT if recorded else _key(label) in ATTACK_INVARIANT)
+    }
 
 
 def invariant_fills(
