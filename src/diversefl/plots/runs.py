@@ -46,13 +46,8 @@ def as_number(value: Any) -> float:
 
 def _load_run(d: Path) -> _Run:
     """Labels of a run dir: from its name, else summary.json, else config.toml."""
-    cfg: dict[str, Any] = {}
+    cfg = _read_config(d)
     summary: dict[str, Any] = {}
-    if (d / "config.toml").exists():
-        try:
-            cfg = tomllib.loads((d / "config.toml").read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError):
-            cfg = {}
     if (d / "summary.json").exists():
         try:
             summary = json.loads((d / "summary.json").read_text())
@@ -102,18 +97,18 @@ def _find_runs(path: str | Path) -> list[_Run]:
     return runs
 
 
-def _rule(run_dir: Path) -> str | None:
-    """The aggregator rule a run used (its config.toml's ``aggregator.name``), whatever its
-    label in the sweep; None when the run directory or its config is not readable."""
+def _read_config(run_dir: Path) -> dict[str, Any]:
+    """A run directory's config.toml as a dict; empty when it is missing or unreadable."""
     try:
-        section = tomllib.loads((run_dir / "config.toml").read_text()).get("aggregator", {})
+        return tomllib.loads((run_dir / "config.toml").read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return None
-    return _rule_of(section)
+        return {}
 
 
-def _rule_of(section: Any) -> str | None:
-    """``aggregator.name`` of a config's aggregator section (None when it has none)."""
+def _rule_of(cfg: dict[str, Any]) -> str | None:
+    """The aggregator rule a run used (its config's ``aggregator.name``), whatever its label
+    in the sweep; None when the config has none."""
+    section = cfg.get("aggregator")
     rule = section.get("name") if isinstance(section, dict) else None
     return str(rule) if rule else None
 
@@ -127,14 +122,14 @@ def table_rows(path: Path, seeds: list[int] | None = None) -> list[dict[str, Any
     if sweep.is_file():
         rows = [dict(r) for r in _read_rows(sweep)]
         for r in rows:
-            rule = _rule(sweep.parent / r["run_dir"]) if r.get("run_dir") else None
+            rule = _rule_of(_read_config(sweep.parent / r["run_dir"])) if r.get("run_dir") else None
             if rule:
                 r["rule"] = rule
     else:
         rows = []
         for run in _find_runs(path):
             if run.summary:
-                rule = _rule_of(run.config.get("aggregator"))
+                rule = _rule_of(run.config)
                 rows.append({**run.summary, "aggregator": run.aggregator, "attack": run.attack,
                              "seed": run.seed, **({"rule": rule} if rule else {})})  # fmt: skip
         if not rows:
