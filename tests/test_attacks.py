@@ -15,7 +15,7 @@ def _ctx(seed: int = 0, num_classes: int = 10) -> RoundContext:
         n=8,
         f=3,
         generator=torch.Generator().manual_seed(seed),
-        extras={"num_classes": num_classes},
+        num_classes=num_classes,
     )
 
 

@@ -17,7 +17,7 @@ from diversefl.data.partition import partition
 
 def _ctx() -> RoundContext:
     return RoundContext(
-        round=1, n=4, f=1, generator=torch.Generator().manual_seed(0), extras={"num_classes": 10}
+        round=1, n=4, f=1, generator=torch.Generator().manual_seed(0), num_classes=10
     )
 
 

@@ -49,7 +49,7 @@ def test_rsa_two_rounds_match_plain_loop():
         uploads[2] = -clients[2]  # the sign-flip client uploads its negated copy
         sim.step(r)
         torch.testing.assert_close(sim.theta, theta_m, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(sim.aggregator.clients, clients, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(sim.protocol_state["clients"], clients, atol=1e-5, rtol=1e-4)
 
 
 def test_rsa_resists_gaussian_where_mean_fails():

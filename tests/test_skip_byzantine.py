@@ -223,7 +223,7 @@ def _attack_ctx(n: int, f: int, byz: torch.Tensor, guiding: torch.Tensor) -> Rou
         generator=torch.Generator().manual_seed(7),
         byzantine=byz,
         guiding_fn=lambda: guiding,
-        extras={"num_classes": 10},
+        num_classes=10,
     )
 
 

@@ -4,64 +4,14 @@ an :class:`Aggregate` (update ``[d]`` and per-client accepted mask ``[n]``) out.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
-
-@dataclass
-class RoundContext:
-    """Everything an aggregator or attack may look at in one round besides the updates.
-
-    ``guiding`` is computed lazily (only DiverseFL-style rules pay for it); ``byzantine`` is
-    the true Byzantine mask, which only the oracle, the attacks and the metrics may read.
-    """
-
-    round: int
-    n: int
-    f: int  # Byzantine clients the defense assumes (attack.f also when nobody attacks)
-    generator: torch.Generator
-    client_ids: Tensor | None = None
-    byzantine: Tensor | None = None
-    guiding_fn: Callable[[], Tensor] | None = None
-    # Server-side gradient at the current model on training examples ``idx`` (1-D index
-    # tensor), and the union of the clients' one-time samples: what a rule with a server
-    # dataset (FLTrust's root data) may use.
-    server_grad_fn: Callable[[Tensor], Tensor] | None = None
-    shared_samples: Tensor | None = None
-    # Sizes of the consecutive per-layer blocks of a flat update (sum = d), for rules that
-    # test each layer on its own; None when the model's layout is unknown.
-    layer_sizes: tuple[int, ...] | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.client_ids is None:
-            self.client_ids = torch.arange(self.n)
-
-    @cached_property
-    def guiding(self) -> Tensor:
-        """Server-side guiding gradients ``[n, d]``, one per client, on its shared sample."""
-        if self.guiding_fn is None:
-            raise RuntimeError("this round context has no guiding gradients (no shared samples)")
-        return self.guiding_fn()
-
-
-@dataclass(frozen=True)
-class Aggregate:
-    """Result of one aggregation: the update to step with and who contributed to it.
-
-    ``scores`` holds per-client diagnostics ``[n]`` (e.g. DiverseFL's ``c1`` and ``c2``).
-    """
-
-    update: Tensor
-    accepted: Tensor
-    scores: dict[str, Tensor] = field(default_factory=dict)
-
+from diversefl.round import Aggregate, RoundContext
 
 # Entries beyond this magnitude are treated as malformed: no real gradient is this large, and
 # squaring them (distances, norms) would overflow float32 to inf.
@@ -138,23 +88,7 @@ class Aggregator:
 
 def subcontext(ctx: RoundContext, idx: Tensor) -> RoundContext:
     """The round context restricted to the clients ``idx`` (f shrinks by the dropped rows)."""
-    dropped = ctx.n - idx.numel()
-    guiding_fn = None
-    if ctx.guiding_fn is not None:
-        guiding_fn = lambda: ctx.guiding[idx]  # noqa: E731
-    return RoundContext(
-        round=ctx.round,
-        n=int(idx.numel()),
-        f=max(0, ctx.f - dropped),
-        generator=ctx.generator,
-        client_ids=ctx.client_ids[idx],
-        byzantine=None if ctx.byzantine is None else ctx.byzantine[idx],
-        guiding_fn=guiding_fn,
-        server_grad_fn=ctx.server_grad_fn,
-        shared_samples=ctx.shared_samples,
-        layer_sizes=ctx.layer_sizes,
-        extras=ctx.extras,
-    )
+    return ctx.restricted(idx)
 
 
 def sanitize(updates: Tensor, n: int | None = None) -> tuple[Tensor, Tensor]:

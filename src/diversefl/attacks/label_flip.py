@@ -23,5 +23,7 @@ class LabelFlip(Attack):
     name: ClassVar[str] = "label_flip"
 
     def poison(self, x: Tensor, y: Tensor, ctx: RoundContext) -> tuple[Tensor, Tensor]:
-        num_classes = int(ctx.extras["num_classes"])
+        if ctx.num_classes is None:
+            raise ValueError("label_flip: the round context does not say how many classes")
+        num_classes = int(ctx.num_classes)
         return x, num_classes - 1 - y

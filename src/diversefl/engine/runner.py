@@ -14,7 +14,8 @@ import torch
 
 import diversefl
 from diversefl.config import Config, to_toml_dict
-from diversefl.engine.simulator import RoundRecord, Simulation
+from diversefl.engine.federation import Federation
+from diversefl.engine.simulator import Simulation
 from diversefl.results import (
     DECISION_COLUMNS,
     METRIC_COLUMNS,
@@ -26,6 +27,7 @@ from diversefl.results import (
     write_json,
     write_toml,
 )
+from diversefl.round import RoundRecord
 
 
 @dataclass
@@ -121,7 +123,7 @@ def train(
     data_dir: str | None = None,
     resume: bool = False,
     progress: bool = True,
-    sim: Simulation | None = None,
+    sim: Federation | None = None,
 ) -> RunResult:
     """Run ``cfg`` to the end, writing the run directory when ``out_dir`` is given.
 
@@ -226,7 +228,7 @@ def train(
         "mean_tpr": rates["tpr"] if rates["tpr"] != "" else None,
         "mean_fpr": rates["fpr"] if rates["fpr"] != "" else None,
         "mean_accepted": rates["n_accepted"],
-        "n_params": sim.fm.dim,
+        "n_params": sim.n_params,
         "device": str(sim.device),
         "versions": _versions(),
         "machine": machine_info(sim.device),

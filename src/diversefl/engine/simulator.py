@@ -4,7 +4,6 @@ A round is a few large tensor operations over all clients at once, never a loop 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -13,7 +12,6 @@ from torch import Tensor
 from torch.func import functional_call
 
 from diversefl import aggregators, attacks
-from diversefl.aggregators.base import Aggregate, RoundContext
 from diversefl.attacks.base import Attack
 from diversefl.config import Config
 from diversefl.data.datasets import Dataset, load_dataset
@@ -23,7 +21,10 @@ from diversefl.engine.gradients import batched_grads
 from diversefl.engine.params import FlatModel
 from diversefl.engine.schedules import make_schedule
 from diversefl.engine.seeding import generator, seed_dropout, seed_for
+from diversefl.engine.server_step import server_step
 from diversefl.models import build_model
+from diversefl.protocols.base import Protocol, ProtocolState
+from diversefl.round import RoundContext, RoundRecord
 
 
 def _count(spec: int | float, length: int) -> int:
@@ -94,17 +95,6 @@ def server_loss_scale(grad: Tensor, loss_scale: Tensor, loss: str) -> Tensor:
     return grad
 
 
-@dataclass
-class RoundRecord:
-    """What happened in one round (kept for metrics and decisions.csv)."""
-
-    round: int
-    lr: float
-    byzantine: Tensor
-    accepted: Tensor
-    scores: dict[str, Tensor] = field(default_factory=dict)
-
-
 class Simulation:
     """The simulated federation for one config: build once, then call :meth:`step` per round."""
 
@@ -160,6 +150,7 @@ class Simulation:
         self.theta = self.fm.flatten()
 
         self.aggregator = aggregators.get_method(cfg.aggregator.name, **cfg.aggregator.params())
+        self.protocol_state: ProtocolState = {}  # a protocol's client-side state (RSA)
         self.attack = attacks.get(cfg.attack.name, **cfg.attack.params())
         chosen = self.attack.choose_byzantine(self.data.y_train.numpy(), parts)
         self.f = cfg.byzantine_count() if chosen is None else len(chosen)
@@ -306,7 +297,7 @@ class Simulation:
             server_grad_fn=lambda idx: self.server_gradient(theta, idx),
             shared_samples=self.sample_idx[self.sample_w > 0],
             layer_sizes=self.fm.layer_sizes,
-            extras={"num_classes": self.data.num_classes},
+            num_classes=self.data.num_classes,
         )
 
     def client_gradients(
@@ -353,10 +344,7 @@ class Simulation:
         if bool(byz.any()):
             # the attackers know how many they are, whatever the defense assumes; their context
             # shares the round's guiding gradients (computed once, the ones the server tests)
-            atk_ctx = ctx
-            if ctx.f != self.f:
-                shared = (lambda: ctx.guiding) if ctx.guiding_fn is not None else None
-                atk_ctx = replace(ctx, f=self.f, guiding_fn=shared)
+            atk_ctx = ctx if ctx.f == self.f else ctx.sharing_guides(f=self.f)
             grads[byz_d] = self.attack(grads[~byz_d], grads[byz_d], atk_ctx).to(grads.dtype)
         return grads
 
@@ -364,19 +352,41 @@ class Simulation:
         """Run round r (1-based): client updates, aggregation, server step (eq. 11)."""
         byz = self.byzantine_mask(r)
         ctx = self.context(r, byz)
-        if hasattr(self.aggregator, "step"):  # a protocol (RSA) runs its own round
-            return self.aggregator.step(self, r, byz, ctx)
+        if isinstance(self.aggregator, Protocol):  # a protocol (RSA) runs its own round
+            return self._protocol_round(r, byz, ctx)
         updates = self.client_updates(r, byz, ctx)
-        agg: Aggregate = self.aggregator(updates, ctx)
-        lr = self.schedule(r)
-        self.theta = self.theta - lr * (agg.update + self.cfg.optim.weight_decay * self.theta)
-        return RoundRecord(
-            round=r,
-            lr=lr,
-            byzantine=byz.cpu(),
-            accepted=agg.accepted.cpu(),
-            scores={k: v.detach().cpu() for k, v in agg.scores.items()},
+        self.theta, rec = server_step(
+            self.theta, self.aggregator, updates, ctx, self.schedule(r), self.cfg.optim.weight_decay
         )
+        return rec
+
+    def _protocol_round(self, r: int, byz: Tensor, ctx: RoundContext) -> RoundRecord:
+        """One round of a protocol whose clients keep state (RSA's model copies)."""
+        byz_d = byz.to(self.device)
+
+        def attack(sent: Tensor) -> Tensor:
+            if bool(byz.any()):
+                sent[byz_d] = self.attack(sent[~byz_d], sent[byz_d], ctx).to(sent.dtype)
+            return sent
+
+        if not self.protocol_state:
+            self.protocol_state = self.aggregator.initial_state(self.theta, self.n)
+        lr = self.schedule(r)
+        out = self.aggregator.round(
+            self.protocol_state,
+            self.theta,
+            lr=lr,
+            weight_decay=self.cfg.optim.weight_decay,
+            client_gradients=lambda models: self.client_gradients(r, byz, ctx, theta=models),
+            attack=attack,
+        )
+        self.theta, self.protocol_state = out.theta, out.state
+        return RoundRecord(round=r, lr=lr, byzantine=byz.cpu(), accepted=out.accepted)
+
+    @property
+    def n_params(self) -> int:
+        """Entries of the flat model."""
+        return self.fm.dim
 
     def byzantine_ids(self) -> list[int] | str:
         """The Byzantine client ids for the run files ("per_round" when redrawn each round)."""
@@ -404,17 +414,18 @@ class Simulation:
     def evaluate(self, theta: Tensor | None = None) -> dict[str, float]:
         """Test accuracy and mean cross-entropy of the current (or given) model."""
         theta = self.theta if theta is None else theta
-        preds = self.predict(theta)
-        out = {
-            "test_accuracy": float((preds == self.y_test).float().mean()),
-            "test_loss": self._test_loss,
-        }
+        preds, loss = self._test_pass(theta)
+        out = {"test_accuracy": float((preds == self.y_test).float().mean()), "test_loss": loss}
         out.update(self.attack.metrics(preds, self.y_test))
         return out
 
     @torch.no_grad()
     def predict(self, theta: Tensor) -> Tensor:
         """Predicted classes for the whole test set (eval mode: no dropout)."""
+        return self._test_pass(theta)[0]
+
+    def _test_pass(self, theta: Tensor) -> tuple[Tensor, float]:
+        """One pass over the test set: predicted classes and the mean cross-entropy."""
         module = self.fm.module
         module.eval()
         params = self.fm.unflatten(theta)
@@ -426,15 +437,23 @@ class Simulation:
             total += float(F.cross_entropy(logits, yb, reduction="sum"))
             preds.append(logits.argmax(1))
         module.train()
-        self._test_loss = total / self.x_test.shape[0]
-        return torch.cat(preds)
+        return torch.cat(preds), total / self.x_test.shape[0]
 
     # -- checkpointing -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly (all randomness is keyed by round)."""
+        if isinstance(self.aggregator, Protocol):
+            state = {
+                k: None if v is None else v.detach().cpu() for k, v in self.protocol_state.items()
+            }
+            return {"theta": self.theta.cpu(), "aggregator": state}
         return {"theta": self.theta.cpu(), "aggregator": self.aggregator.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
         self.theta = state["theta"].to(self.device)
-        self.aggregator.load_state_dict(state["aggregator"])
+        if isinstance(self.aggregator, Protocol):  # before the first round: no client state yet
+            saved = state["aggregator"] or {}
+            self.protocol_state = {} if saved.get("clients") is None else dict(saved)
+        else:
+            self.aggregator.load_state_dict(state["aggregator"])

@@ -10,6 +10,7 @@ like the simulator's so that every random draw lands on the same numbers).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -365,7 +366,7 @@ def client_update(cfg: Config, shard: ClientShard, theta: Tensor, r: int, role: 
         n=n,
         f=max(role.f, role.rank + 1) if role.byzantine else 0,
         generator=generator(cfg.seed, "round", r),
-        extras={"num_classes": shard.num_classes},
+        num_classes=shard.num_classes,
     )
     pos, w = batch_positions(cfg, shard, r)
     x, y = shard.x[pos][None], shard.y[pos][None]
@@ -384,8 +385,9 @@ def client_update(cfg: Config, shard: ClientShard, theta: Tensor, r: int, role: 
     if role.byzantine and _overrides(attack, Attack, "__call__"):
         if attack.reads_guiding:  # its own guide stands for each Byzantine row
             guide = node_guiding(cfg, shard, fm, theta, k)[None].expand(ctx.f, -1)
-            ctx.byzantine = torch.ones(ctx.f, dtype=torch.bool)
-            ctx.guiding_fn = lambda: guide
+            ctx = dataclasses.replace(
+                ctx, byzantine=torch.ones(ctx.f, dtype=torch.bool), guiding_fn=lambda: guide
+            )
         own = grad[None].expand(ctx.f, -1).clone()
         grad = attack(grad[None].clone(), own, ctx)[role.rank].to(grad.dtype)
     return grad

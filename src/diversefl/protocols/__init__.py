@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from diversefl.protocols.base import Protocol, ProtocolRound, ProtocolState
 from diversefl.protocols.rsa import RSA
 
-PROTOCOLS: dict[str, type] = {"rsa": RSA}
+PROTOCOLS: dict[str, type[Protocol]] = {"rsa": RSA}
 
-__all__ = ["PROTOCOLS", "RSA"]
+__all__ = ["PROTOCOLS", "RSA", "Protocol", "ProtocolRound", "ProtocolState"]

@@ -7,17 +7,15 @@ moves it by at most ``lr * delta`` per coordinate (paper supplementary, eqs. 13-
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from diversefl.aggregators.base import AggregatorError, sanitize
-
-if TYPE_CHECKING:
-    from diversefl.aggregators.base import RoundContext
-    from diversefl.engine.simulator import RoundRecord, Simulation
+from diversefl.aggregators.base import sanitize
+from diversefl.protocols.base import Protocol, ProtocolRound, ProtocolState
 
 
 def rsa_client_step(
@@ -36,8 +34,9 @@ def rsa_server_step(
 
 
 @dataclass
-class RSA:
-    """The RSA protocol's settings and state (client model copies and their last uploads)."""
+class RSA(Protocol):
+    """The RSA protocol's settings. Its state: the clients' model copies ``clients`` and what
+    they uploaded last round ``uploads`` (both ``[n, d]``; absent before the first round)."""
 
     name: ClassVar[str] = "rsa"
     delta: float = 0.25  # weight of the l1 consensus penalty (paper: 0.25)
@@ -45,45 +44,35 @@ class RSA:
     def __post_init__(self) -> None:
         if self.delta < 0:
             raise ValueError(f"delta must be >= 0, got {self.delta}")
-        self.clients: Tensor | None = None
-        self.uploads: Tensor | None = None
 
-    def check(self, n: int, f: int) -> None:
-        """RSA runs for any n >= 1."""
-        if n < 1:
-            raise AggregatorError(f"rsa: needs at least one client, got n={n}")
-
-    def step(self, sim: Simulation, r: int, byz: Tensor, ctx: RoundContext) -> RoundRecord:
-        """One RSA round: clients step their copies, the server steps toward the uploads."""
-        from diversefl.engine.simulator import RoundRecord
-
-        n, lr = sim.n, sim.schedule(r)
-        if self.clients is None:
-            self.clients = sim.theta[None, :].repeat(n, 1)
-            self.uploads = self.clients.clone()
+    def round(
+        self,
+        state: ProtocolState,
+        theta: Tensor,
+        *,
+        lr: float,
+        weight_decay: float,
+        client_gradients: Callable[[Tensor], Tensor],
+        attack: Callable[[Tensor], Tensor],
+    ) -> ProtocolRound:
+        """One RSA round: clients step their copies, the server steps toward the last uploads."""
+        n = None if state.get("clients") is None else state["clients"].shape[0]
+        clients, uploads = state.get("clients"), state.get("uploads")
+        if clients is None:
+            raise ValueError("rsa: the state has no client models (call initial_state first)")
         # a checkpoint holds them on the CPU: back to the model's device after a resume
-        self.clients = self.clients.to(sim.theta.device)
-        self.uploads = self.uploads.to(sim.theta.device)
-        grads = sim.client_gradients(r, byz, ctx, theta=self.clients)
-        new_clients = rsa_client_step(self.clients, sim.theta, grads, lr, self.delta, n)
-        uploads, valid = sanitize(self.uploads, n)
+        clients, uploads = clients.to(theta.device), uploads.to(theta.device)
+        grads = client_gradients(clients)
+        new_clients = rsa_client_step(clients, theta, grads, lr, self.delta, n)
+        uploads, valid = sanitize(uploads, n)
         # Malformed uploads carry no vote (their sign term is dropped), never a crash.
-        uploads = torch.where(valid[:, None], uploads, sim.theta[None, :])
-        sim.theta = rsa_server_step(sim.theta, uploads, lr, self.delta, sim.cfg.optim.weight_decay)
-        self.clients = new_clients
-        sent = new_clients.clone()
-        byz_d = byz.to(sent.device)
-        if bool(byz.any()):
-            sent[byz_d] = sim.attack(sent[~byz_d], sent[byz_d], ctx).to(sent.dtype)
-        self.uploads = sent
-        accepted = valid.cpu()
-        return RoundRecord(round=r, lr=lr, byzantine=byz.cpu(), accepted=accepted)
+        uploads = torch.where(valid[:, None], uploads, theta[None, :])
+        theta = rsa_server_step(theta, uploads, lr, self.delta, weight_decay)
+        sent = attack(new_clients.clone())
+        return ProtocolRound(theta, {"clients": new_clients, "uploads": sent}, valid.cpu())
 
-    def state_dict(self) -> dict[str, Any]:
-        """Client copies and last uploads (None before the first round), on the CPU."""
-        cpu = lambda t: None if t is None else t.detach().cpu()  # noqa: E731
-        return {"clients": cpu(self.clients), "uploads": cpu(self.uploads)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
-        self.clients, self.uploads = state["clients"], state["uploads"]
+    @staticmethod
+    def initial_state(theta: Tensor, n: int) -> ProtocolState:
+        """Every client starts from the server's model and has uploaded it."""
+        clients = theta[None, :].repeat(n, 1)
+        return {"clients": clients, "uploads": clients.clone()}
