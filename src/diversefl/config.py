@@ -33,15 +33,36 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Which dataset and how it is split across clients."""
 
-    dataset: Literal["digits", "mnist", "fashion-mnist", "cifar10", "cifar100"] = "mnist"
-    partition: Literal["sorted", "iid", "dirichlet", "two-class"] = "sorted"  # paper: sorted
+    dataset: str = "mnist"  # a name in diversefl.data.DATASETS
+    partition: str = "sorted"  # a name in diversefl.data.PARTITIONS (paper: sorted)
     alpha: float = Field(0.5, gt=0)  # Dirichlet concentration (partition = "dirichlet")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        from diversefl.data.datasets import DATASETS
+
+        return DATASETS.check_name(v, "data.dataset")
+
+    @field_validator("partition")
+    @classmethod
+    def _known_partition(cls, v: str) -> str:
+        from diversefl.data.partition import PARTITIONS
+
+        return PARTITIONS.check_name(v, "data.partition")
 
 
 class ModelConfig(_Section):
     """Which network to train."""
 
-    name: Literal["softmax", "mlp", "cifar_cnn", "vgg11_gn"] = "softmax"
+    name: str = "softmax"  # a name in diversefl.models.MODELS
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        from diversefl.models import MODELS
+
+        return MODELS.check_name(v, "model.name")
 
 
 class ClientsConfig(_Section):
@@ -68,12 +89,19 @@ class OptimConfig(_Section):
     """Server step ``theta <- theta - lr_r (aggregate + weight_decay * theta)``."""
 
     lr: float = Field(0.001, gt=0)
-    schedule: Literal["constant", "inv_sqrt", "step", "warmup_step"] = "inv_sqrt"
+    schedule: str = "inv_sqrt"  # a name in diversefl.engine.schedules.SCHEDULES
     weight_decay: float = Field(0.0067, ge=0)  # lambda in eq. 2
     milestones: list[int] = []  # rounds after which lr is multiplied by gamma
     gamma: float = Field(0.1, gt=0)
     warmup_rounds: int = Field(0, ge=0)
     warmup_start_lr: float = Field(0.0, ge=0)
+
+    @field_validator("schedule")
+    @classmethod
+    def _known_schedule(cls, v: str) -> str:
+        from diversefl.engine.schedules import SCHEDULES
+
+        return SCHEDULES.check_name(v, "optim.schedule")
 
     @field_validator("milestones")
     @classmethod
@@ -192,10 +220,11 @@ class Config(_Section):
     @model_validator(mode="after")
     def _check_components(self) -> Config:
         # Imported here: the registries import torch-heavy modules; config stays light.
-        from diversefl import aggregators, attacks
+        from diversefl.attacks import REGISTRY as ATTACKS
+        from diversefl.methods import METHODS
 
-        agg = aggregators.get_method(self.aggregator.name, **self.aggregator.params())
-        atk = attacks.get(self.attack.name, **self.attack.params())
+        agg = METHODS.build(self.aggregator.name, self.aggregator.params())
+        atk = ATTACKS.build(self.attack.name, self.attack.params())
         f = self.byzantine_count(atk)
         if f >= self.clients.n and self.attack.name != "none":
             raise ValueError(f"attack.f: f={f} must be smaller than clients.n={self.clients.n}")

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from diversefl.registry import UnknownNameError
+from diversefl.registry import Registry
 
 __all__ = ["MODELS", "VGG11_CONFIG", "build_model"]
 
@@ -165,19 +165,15 @@ def vgg11_gn(
     return model
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "softmax": softmax_regression,
-    "mlp": mlp,
-    "cifar_cnn": cifar_cnn,
-    "vgg11_gn": vgg11_gn,
-}
+#: name -> factory ``(input_shape, num_classes, **settings) -> nn.Module``
+MODELS: Registry[Callable[..., nn.Module]] = Registry(
+    "model",
+    {"softmax": softmax_regression, "mlp": mlp, "cifar_cnn": cifar_cnn, "vgg11_gn": vgg11_gn},
+)
 
 
 def build_model(
     name: str, input_shape: tuple[int, ...], num_classes: int, **kwargs: object
 ) -> nn.Module:
     """Build a registered model by name, so configs can select architectures by string."""
-    if name not in MODELS:
-        allowed = ", ".join(sorted(MODELS))
-        raise UnknownNameError(f"unknown model {name!r}; allowed: {allowed}")
-    return MODELS[name](tuple(input_shape), num_classes, **kwargs)
+    return MODELS.lookup(name)(tuple(input_shape), num_classes, **kwargs)

@@ -1,23 +1,88 @@
-"""Name -> class lookup with validated settings, shared by aggregators and attacks."""
+"""One registry kind for every named choice (aggregators, protocols, attacks, models, datasets,
+partitions, schedules): a name -> entry mapping that builds entries with validated settings and
+answers the config's questions ("which names are allowed?", "is this choice valid for n, f?")."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
 
 import pydantic
 
+T = TypeVar("T")
+
 
 class UnknownNameError(ValueError):
-    """A config names an aggregator, attack or model that does not exist."""
+    """A config names an aggregator, attack, model, dataset, ... that does not exist."""
 
 
-def build(registry: dict[str, type], kind: str, name: str, params: dict[str, Any]) -> Any:
-    """Instantiate ``registry[name](**params)``, validating types and rejecting unknown keys."""
-    if name not in registry:
-        allowed = ", ".join(sorted(registry))
-        raise UnknownNameError(f"{kind}.name: unknown {kind} {name!r}; allowed: {allowed}")
-    cls = registry[name]
+class Registry(Mapping[str, T], Generic[T]):
+    """Names of one kind mapped to their entries (a class or a factory function).
+
+    ``registry[name]`` is a plain mapping lookup (KeyError); :meth:`lookup` and :meth:`build`
+    raise :class:`UnknownNameError` listing the allowed names, which is what configs show.
+    """
+
+    def __init__(self, kind: str, entries: Mapping[str, T] | None = None) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+        for name, entry in (entries or {}).items():
+            self.register(name, entry)
+
+    def register(self, name: str, entry: T) -> T:
+        """Add ``entry`` under ``name`` (a second entry for one name is a programming error)."""
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is already registered")
+        self._entries[name] = entry
+        return entry
+
+    def __getitem__(self, name: str) -> T:
+        return self._entries[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def names(self) -> tuple[str, ...]:
+        """The registered names, sorted (what error messages and docs list)."""
+        return tuple(sorted(self._entries))
+
+    def lookup(self, name: str, key: str | None = None) -> T:
+        """The entry for ``name``; an unknown name names the config ``key`` and the choices."""
+        if name not in self._entries:
+            where = key or f"{self.kind}.name"
+            raise UnknownNameError(
+                f"{where}: unknown {self.kind} {name!r}; allowed: {', '.join(self.names())}"
+            )
+        return self._entries[name]
+
+    def check_name(self, name: str, key: str | None = None) -> str:
+        """``name`` itself when registered (a pydantic field validator's job), else the error."""
+        self.lookup(name, key)
+        return name
+
+    def build(self, name: str, params: Mapping[str, Any] | None = None) -> Any:
+        """The entry ``name`` built with its settings (unknown keys and bad types are errors)."""
+        return build_validated(self.lookup(name), self.kind, name, dict(params or {}))
+
+    def validate(
+        self, name: str, params: Mapping[str, Any] | None = None, n: int | None = None,
+        f: int | None = None,
+    ) -> Any:  # fmt: skip
+        """Build ``name`` and, when it has a client-count limit, check it for ``n`` clients of
+        which ``f`` are Byzantine; returns the built entry."""
+        obj = self.build(name, params)
+        check = getattr(obj, "check", None)
+        if n is not None and f is not None and callable(check):
+            check(n, f)
+        return obj
+
+
+def build_validated(cls: Callable[..., Any], kind: str, name: str, params: dict[str, Any]) -> Any:
+    """Instantiate the dataclass ``cls(**params)``, validating types and rejecting unknown keys."""
     fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
     unknown = sorted(set(params) - set(fields))
     if unknown:
@@ -34,3 +99,12 @@ def build(registry: dict[str, type], kind: str, name: str, params: dict[str, Any
         if key:
             raise ValueError(f"{kind}.{key}: {msg} (got {first.get('input')!r})") from None
         raise ValueError(f"{kind} {name!r}: {msg}") from None
+
+
+def build(registry: Mapping[str, type], kind: str, name: str, params: dict[str, Any]) -> Any:
+    """Instantiate ``registry[name](**params)`` with validated settings (kept for callers of
+    the function form; :meth:`Registry.build` is the same)."""
+    if name not in registry:
+        allowed = ", ".join(sorted(registry))
+        raise UnknownNameError(f"{kind}.name: unknown {kind} {name!r}; allowed: {allowed}")
+    return build_validated(registry[name], kind, name, params)

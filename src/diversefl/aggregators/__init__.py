@@ -1,7 +1,7 @@
 """Aggregation rules, one file each, looked up by name.
 
 >>> from diversefl import aggregators
->>> agg = aggregators.get("mean")
+>>> agg = aggregators.get("mean")  # or aggregators.REGISTRY.build("mean", {})
 >>> result = agg(updates, aggregators.RoundContext(round=1, n=updates.shape[0], f=0,
 ...              generator=torch.Generator()))
 """
@@ -29,9 +29,11 @@ from diversefl.aggregators.median import Median
 from diversefl.aggregators.noisy_median import NoisyMedian
 from diversefl.aggregators.oracle import Oracle
 from diversefl.aggregators.trimmed_mean import TrimmedMean, TrimmedMeanGuerraoui, TrimmedMeanXie
-from diversefl.registry import build
+from diversefl.registry import Registry
 
-REGISTRY: dict[str, type[Aggregator]] = {
+REGISTRY: Registry[type[Aggregator]] = Registry(
+    "aggregator",
+    {
     "mean": Mean,
     "oracle": Oracle,
     "krum": Krum,
@@ -46,19 +48,13 @@ REGISTRY: dict[str, type[Aggregator]] = {
     "fltrust": FLTrust,
     "geomed": GeoMed,
     "centered_clipping": CenteredClipping,
-}
+    },
+)
 
 
 def get(name: str, **params: Any) -> Aggregator:
     """Build the aggregator called ``name`` with its settings (unknown keys are an error)."""
-    return build(REGISTRY, "aggregator", name, params)
-
-
-def get_method(name: str, **params: Any) -> Any:
-    """Build what ``[aggregator] name`` selects: an aggregator or a protocol such as RSA."""
-    from diversefl.protocols import PROTOCOLS
-
-    return build({**REGISTRY, **PROTOCOLS}, "aggregator", name, params)
+    return REGISTRY.build(name, params)
 
 
 __all__ = [
@@ -68,7 +64,6 @@ __all__ = [
     "AggregatorError",
     "RoundContext",
     "get",
-    "get_method",
     "sanitize",
     "settings",
 ]

@@ -16,9 +16,11 @@ from diversefl.attacks.min_sum import MinSum
 from diversefl.attacks.none import NoAttack
 from diversefl.attacks.same_value import SameValue
 from diversefl.attacks.sign_flip import SignFlip
-from diversefl.registry import build
+from diversefl.registry import Registry
 
-REGISTRY: dict[str, type[Attack]] = {
+REGISTRY: Registry[type[Attack]] = Registry(
+    "attack",
+    {
     "none": NoAttack,
     "gaussian": Gaussian,
     "sign_flip": SignFlip,
@@ -30,12 +32,13 @@ REGISTRY: dict[str, type[Attack]] = {
     "min_max": MinMax,
     "min_sum": MinSum,
     "adaptive": AdaptiveDiverseFL,
-}
+    },
+)
 
 
 def get(name: str, **params: Any) -> Attack:
     """Build the attack called ``name`` with its settings (unknown keys are an error)."""
-    return build(REGISTRY, "attack", name, params)
+    return REGISTRY.build(name, params)
 
 
 __all__ = ["REGISTRY", "Attack", "get"]

@@ -24,12 +24,15 @@ import shutil
 import tarfile
 import tempfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
+
+from diversefl.registry import Registry
 
 __all__ = [
     "CHECKSUMS",
@@ -46,8 +49,6 @@ __all__ = [
 ]
 
 DATA_ENV_VAR = "DIVERSEFL_DATA"
-
-DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100")
 
 #: The four IDX files of MNIST and Fashion-MNIST, without the ``.gz`` suffix.
 IDX_FILES: tuple[str, ...] = (
@@ -294,11 +295,31 @@ def _load_idx_dataset(root: Path, name: str, verify: bool) -> tuple[np.ndarray, 
     return x_train, y_train, x_test, y_test
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """An unpickler that builds only plain containers and numpy arrays: CIFAR's python files
+    are pickles, and a general unpickler would run whatever code a planted file names."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str) -> type:
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (not array data)")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
     """Load one CIFAR python pickle (byte keys), turning failures into DataError."""
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="bytes")
+            obj = _ArrayUnpickler(f, encoding="bytes").load()
     except FileNotFoundError as exc:
         raise DataError(f"missing CIFAR file {path}") from exc
     except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as exc:
@@ -440,25 +461,22 @@ def _normalise_cifar(x: np.ndarray, mean: tuple[float, ...], std: tuple[float, .
     return (x.astype(np.float32) / np.float32(255.0) - m) / s
 
 
-@functools.lru_cache(maxsize=8)
-def _load_cached(name: str, root: str | None, verify: bool) -> Dataset:
-    """Load and normalise one dataset; cached per (name, resolved dir, verify)."""
-    if name == "digits":
-        return _load_digits()
-    assert root is not None
-    path = Path(root)
-    if name in ("mnist", "fashion-mnist"):
-        x_train, y_train, x_test, y_test = _load_idx_dataset(path, name, verify)
-        scale = np.float32(255.0)
-        tensors = _to_tensors(
-            (x_train.astype(np.float32) / scale)[:, None],
-            y_train,
-            (x_test.astype(np.float32) / scale)[:, None],
-            y_test,
-        )
-        names = MNIST_CLASSES if name == "mnist" else FASHION_CLASSES
-        return Dataset(name, *tensors, num_classes=10, class_names=names)
-    which: Literal["cifar10", "cifar100"] = "cifar10" if name == "cifar10" else "cifar100"
+def _load_idx(name: str, path: Path, verify: bool) -> Dataset:
+    """MNIST or Fashion-MNIST from their four IDX files, scaled to [0, 1]."""
+    x_train, y_train, x_test, y_test = _load_idx_dataset(path, name, verify)
+    scale = np.float32(255.0)
+    tensors = _to_tensors(
+        (x_train.astype(np.float32) / scale)[:, None],
+        y_train,
+        (x_test.astype(np.float32) / scale)[:, None],
+        y_test,
+    )
+    names = MNIST_CLASSES if name == "mnist" else FASHION_CLASSES
+    return Dataset(name, *tensors, num_classes=10, class_names=names)
+
+
+def _load_cifar_dataset(which: Literal["cifar10", "cifar100"], path: Path, verify: bool) -> Dataset:
+    """CIFAR-10 or CIFAR-100 from the python pickles, standardised per channel."""
     x_train, y_train, x_test, y_test = load_cifar(path, which, verify=verify)
     mean, std = (CIFAR10_MEAN, CIFAR10_STD) if which == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
     num_classes = 10 if which == "cifar10" else 100
@@ -474,13 +492,45 @@ def _load_cached(name: str, root: str | None, verify: bool) -> Dataset:
     return Dataset(which, *tensors, num_classes=num_classes, class_names=names)
 
 
+@dataclass(frozen=True)
+class DatasetSource:
+    """How to load one named dataset: ``load(root, verify)``; ``root`` is the resolved data
+    directory, or None for a dataset that needs none (bundled)."""
+
+    load: Callable[[Path | None, bool], Dataset]
+    needs_dir: bool = True
+
+
+#: name -> source. A new dataset is a loader function plus one line here.
+DATASETS: Registry[DatasetSource] = Registry(
+    "dataset",
+    {
+        "digits": DatasetSource(lambda root, verify: _load_digits(), needs_dir=False),
+        "mnist": DatasetSource(lambda root, verify: _load_idx("mnist", root, verify)),
+        "fashion-mnist": DatasetSource(
+            lambda root, verify: _load_idx("fashion-mnist", root, verify)
+        ),
+        "cifar10": DatasetSource(lambda root, verify: _load_cifar_dataset("cifar10", root, verify)),
+        "cifar100": DatasetSource(
+            lambda root, verify: _load_cifar_dataset("cifar100", root, verify)
+        ),
+    },
+)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(name: str, root: str | None, verify: bool) -> Dataset:
+    """Load and normalise one dataset; cached per (name, resolved dir, verify)."""
+    return DATASETS[name].load(None if root is None else Path(root), verify)
+
+
 def load_dataset(
     name: str, data_dir: str | os.PathLike | None = None, verify: bool = True
 ) -> Dataset:
     """Load a benchmark dataset as normalised tensors (cached in-process: never mutate them)."""
     if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
-    if name == "digits":
+        raise DataError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS.names())}")
+    if not DATASETS[name].needs_dir:
         return _load_cached(name, None, verify)
     root = resolve_data_dir(data_dir)
     return _load_cached(name, str(root), verify)

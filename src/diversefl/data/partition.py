@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
-__all__ = ["PARTITIONS", "owners_of_class", "partition"]
+from diversefl.registry import Registry
 
-PARTITIONS: tuple[str, ...] = ("sorted", "iid", "dirichlet", "two-class")
+__all__ = ["PARTITIONS", "owners_of_class", "partition"]
 
 
 def _as_labels(labels: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -78,7 +80,9 @@ def partition(
     """Assign every training index to exactly one of ``n_clients`` clients by ``scheme``."""
     y = _as_labels(labels)
     if scheme not in PARTITIONS:
-        raise ValueError(f"unknown partition scheme {scheme!r}; allowed: {', '.join(PARTITIONS)}")
+        raise ValueError(
+            f"unknown partition scheme {scheme!r}; allowed: {', '.join(PARTITIONS.names())}"
+        )
     if isinstance(n_clients, bool) or not isinstance(n_clients, int | np.integer):
         raise ValueError(f"n_clients must be an integer, got {n_clients!r}")
     n = int(n_clients)
@@ -94,16 +98,34 @@ def partition(
     if k <= int(y.max()):
         raise ValueError(f"num_classes={num_classes} but labels go up to {int(y.max())}")
 
-    if scheme == "sorted":
-        parts = np.array_split(_sorted_order(y), n)
-    elif scheme == "iid":
-        perm = np.random.default_rng(seed).permutation(y.size).astype(np.int64)
-        parts = [np.sort(p) for p in np.array_split(perm, n)]
-    elif scheme == "dirichlet":
-        parts = _dirichlet(y, n, np.random.default_rng(seed), float(alpha), k)
-    else:
-        parts = _two_class(y, n)
+    parts = PARTITIONS[scheme](y, n, seed, float(alpha), k)
     return [np.asarray(p, dtype=np.int64) for p in parts]
+
+
+def _sorted(y: np.ndarray, n: int, seed: int, alpha: float, k: int) -> list[np.ndarray]:
+    """The paper's shards: indices sorted by label, cut into n consecutive chunks."""
+    return np.array_split(_sorted_order(y), n)
+
+
+def _iid(y: np.ndarray, n: int, seed: int, alpha: float, k: int) -> list[np.ndarray]:
+    """A seeded uniform shuffle cut into n chunks (each chunk's indices ascending)."""
+    perm = np.random.default_rng(seed).permutation(y.size).astype(np.int64)
+    return [np.sort(p) for p in np.array_split(perm, n)]
+
+
+#: name -> ``(labels, n, seed, alpha, num_classes) -> list of index arrays``. A new scheme is
+#: one function plus one line here.
+PARTITIONS: Registry[Callable[[np.ndarray, int, int, float, int], list[np.ndarray]]] = Registry(
+    "partition",
+    {
+        "sorted": _sorted,
+        "iid": _iid,
+        "dirichlet": lambda y, n, seed, alpha, k: _dirichlet(
+            y, n, np.random.default_rng(seed), alpha, k
+        ),
+        "two-class": lambda y, n, seed, alpha, k: _two_class(y, n),
+    },
+)
 
 
 def owners_of_class(

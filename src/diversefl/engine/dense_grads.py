@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from itertools import accumulate
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from diversefl.engine.params import FlatModel
+if TYPE_CHECKING:
+    from diversefl.engine.params import FlatModel
 
 _DENSE_TYPES = (nn.Flatten, nn.Linear, nn.ReLU)
 

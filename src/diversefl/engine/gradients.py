@@ -111,9 +111,8 @@ def batched_grads(
     ``theta`` is ``[d]`` (one global model, as in FedSGD) or ``[n, d]`` (one model per client,
     as in RSA); ``x`` is ``[n, m, ...]``, ``y`` ``[n, m]``, ``w`` ``[n, m]`` (1 = real example,
     0 = padding for clients with smaller batches), ``scale`` ``[n]`` multiplies each client's
-    loss (default 1). The client axis is processed in chunks of
-    ``clients_per_chunk`` to bound memory for large models. When the padding is more than
-    :data:`PADDING_TOLERANCE` of the real examples (clients with very different batch sizes)
+    loss (default 1). ``clients_per_chunk`` bounds memory for large models. When the padding is
+    more than :data:`PADDING_TOLERANCE` of the real examples (very different batch sizes)
     and large in absolute terms (:data:`MIN_WASTED_WORK`), a dense model on the "dense" path
     without ``clients_per_chunk`` is computed on the concatenated real examples, unpadded
     (:func:`~diversefl.engine.dense_grads.dense_grads_ragged`); otherwise clients are grouped
@@ -169,22 +168,40 @@ def batched_grads(
         lengths = keep.sum(dim=1).tolist()
         return dense_grads_ragged(fm, theta, x[keep], y[keep], coef, lengths)
     if groups is not None:
-        grads = torch.empty(n, fm.dim, dtype=theta.dtype, device=theta.device)
-        for idx, width in groups:
-            if width == 0:  # clients without a single example: a zero gradient
-                grads[idx] = 0.0
-                continue
-            t = theta[idx] if per_client_theta else theta
-            xs, ys, ws = x[idx, :width], y[idx, :width], w[idx, :width]
-            grads[idx] = padded_grads(
-                fm, t, xs, ys, ws, clients_per_chunk, scale[idx], method, dense_ok
-            )
-        return grads
+        return _grads_by_group(fm, theta, x, y, w, groups, clients_per_chunk, scale, method)
     if compute is None:
         return padded_grads(fm, theta, x, y, w, clients_per_chunk, scale, method, dense_ok)
     grads = torch.zeros(n, fm.dim, dtype=theta.dtype, device=theta.device)
     for a, b in client_runs(compute):  # contiguous runs of wanted clients: views, no copies
         padded_grads(fm, theta, x[a:b], y[a:b], w[a:b], None, scale[a:b], method, True, grads[a:b])
+    return grads
+
+
+def _grads_by_group(
+    fm: FlatModel,
+    theta: Tensor,
+    x: Tensor,
+    y: Tensor,
+    w: Tensor,
+    groups: list[tuple[Tensor, int]],
+    clients_per_chunk: int | None,
+    scale: Tensor,
+    method: str,
+) -> Tensor:
+    """Gradients ``[n, d]`` computed one batch-size group at a time, each group padded only to
+    its own width (clients without a single example get a zero gradient)."""
+    per_client_theta = theta.dim() == 2
+    dense_ok = not per_client_theta and fm.dense
+    grads = torch.empty(x.shape[0], fm.dim, dtype=theta.dtype, device=theta.device)
+    for idx, width in groups:
+        if width == 0:
+            grads[idx] = 0.0
+            continue
+        t = theta[idx] if per_client_theta else theta
+        xs, ys, ws = x[idx, :width], y[idx, :width], w[idx, :width]
+        grads[idx] = padded_grads(
+            fm, t, xs, ys, ws, clients_per_chunk, scale[idx], method, dense_ok
+        )
     return grads
 
 

@@ -8,6 +8,8 @@ from functools import cached_property
 import torch
 from torch import Tensor, nn
 
+from diversefl.engine.dense_grads import is_dense
+
 
 def layer_sizes(names: list[str], numels: list[int]) -> tuple[int, ...]:
     """Sizes of the consecutive blocks of ``theta`` that belong to one layer (parameters whose
@@ -40,8 +42,6 @@ class FlatModel:
     @cached_property
     def dense(self) -> bool:
         """Whether the hand-written dense backward applies to this model (checked once)."""
-        from diversefl.engine.dense_grads import is_dense  # dense_grads imports this module
-
         return is_dense(self.module)
 
     def flatten(self) -> Tensor:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
-from diversefl import aggregators, attacks
+from diversefl import attacks
 from diversefl.attacks.base import Attack
 from diversefl.config import Config
 from diversefl.data.datasets import Dataset, load_dataset
@@ -22,6 +22,7 @@ from diversefl.engine.params import FlatModel
 from diversefl.engine.schedules import make_schedule
 from diversefl.engine.seeding import generator, seed_dropout, seed_for
 from diversefl.engine.server_step import server_step
+from diversefl.methods import build_method
 from diversefl.models import build_model
 from diversefl.protocols.base import Protocol, ProtocolState
 from diversefl.round import RoundContext, RoundRecord
@@ -149,7 +150,7 @@ class Simulation:
         self.fm = FlatModel(module.to(self.device))
         self.theta = self.fm.flatten()
 
-        self.aggregator = aggregators.get_method(cfg.aggregator.name, **cfg.aggregator.params())
+        self.aggregator = build_method(cfg.aggregator.name, cfg.aggregator.params())
         self.protocol_state: ProtocolState = {}  # a protocol's client-side state (RSA)
         self.attack = attacks.get(cfg.attack.name, **cfg.attack.params())
         chosen = self.attack.choose_byzantine(self.data.y_train.numpy(), parts)

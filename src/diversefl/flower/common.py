@@ -25,7 +25,7 @@ import tomli_w
 import torch
 from torch import Tensor
 
-from diversefl import aggregators, attacks
+from diversefl import attacks
 from diversefl.aggregators.base import Aggregator, RoundContext
 from diversefl.attacks.base import Attack
 from diversefl.config import Config, apply_overrides, load_config, make_config, to_toml_dict
@@ -33,6 +33,7 @@ from diversefl.engine.gradients import batched_grads
 from diversefl.engine.params import FlatModel
 from diversefl.engine.seeding import generator, seed_dropout, seed_for
 from diversefl.engine.simulator import _count, draw_without_replacement
+from diversefl.methods import build_method
 from diversefl.models import build_model
 
 #: Message type of the one-time "share your sample" query (``@app.query("sample")``).
@@ -377,7 +378,7 @@ def client_update(cfg: Config, shard: ClientShard, theta: Tensor, r: int, role: 
     scale = k.float()[None] if cfg.clients.loss == "sum" else torch.ones(1)
     seed_dropout(seed_for(cfg.seed, "dropout", r, j))
     grad = batched_grads(fm, theta.float(), x, y, w[None], None, scale, method=cfg.engine.grads)[0]
-    agg = aggregators.get_method(cfg.aggregator.name, **cfg.aggregator.params())
+    agg = build_method(cfg.aggregator.name, cfg.aggregator.params())
     if isinstance(agg, Aggregator) and _overrides(agg, Aggregator, "prepare"):
         full = torch.zeros(n, grad.numel(), dtype=grad.dtype)
         full[j] = grad

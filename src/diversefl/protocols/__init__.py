@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from diversefl.protocols.base import Protocol, ProtocolRound, ProtocolState
 from diversefl.protocols.rsa import RSA
+from diversefl.registry import Registry
 
-PROTOCOLS: dict[str, type[Protocol]] = {"rsa": RSA}
+PROTOCOLS: Registry[type[Protocol]] = Registry("protocol", {"rsa": RSA})
 
 __all__ = ["PROTOCOLS", "RSA", "Protocol", "ProtocolRound", "ProtocolState"]
