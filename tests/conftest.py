@@ -14,7 +14,7 @@ def real_data_dir() -> Path:
     """$DIVERSEFL_DATA, else the checkout's sibling shared/data (tests only); skip if absent."""
     env = os.environ.get("DIVERSEFL_DATA")
     if env:
-        return Path(env)  # set explicitly (CI): a wrong path must fail, not skip
+        return Path(env).resolve()  # set explicitly (CI): a wrong path must fail, not skip
     fallback = REPO.parent / "shared" / "data"
     if not (fallback / "mnist").is_dir():
         pytest.skip(f"real data not found: set DIVERSEFL_DATA (no {fallback}/mnist either)")

@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 import diversefl
+from diversefl import aggregators, attacks
+from diversefl.models import MODELS
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -45,6 +47,8 @@ def test_readme_python_example_runs(
         return result
 
     monkeypatch.setattr(diversefl, "run", short_run)
+    for registry in (MODELS, aggregators.REGISTRY, attacks.REGISTRY):  # examples may register
+        monkeypatch.setattr(registry, "_entries", dict(registry._entries))
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # configs/ paths are repo-relative
     exec(compile(code, f"README.md python block {index}", "exec"), {"__name__": "readme"})
     printed = capsys.readouterr().out
