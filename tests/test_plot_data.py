@@ -450,6 +450,35 @@ def test_c1c2_counts_and_thresholds(c1c2_dir: Path, tmp_path: Path, drawn) -> No
     ]
 
 
+def test_c1c2_panel_data_reads_both_spellings_and_skips_non_finite() -> None:
+    """The C1 x C2 panel's points and counts from decisions rows written as 0/1 or
+    False/True, by hand: a non-finite C1 x C2 is counted but not drawn."""
+    from diversefl.plots.c1c2 import _panel_data, _panel_title
+
+    def row(rnd: int, client: int, byz: str, acc: str, c1: str, c2: str) -> dict[str, str]:
+        return {"round": str(rnd), "client": str(client), "byzantine": byz, "accepted": acc,
+                "c1": c1, "c2": c2}  # fmt: skip
+
+    rows = [
+        row(1, 0, "0", "1", "1", "0.5"),  # honest, accepted, drawn: (1, 0.5)
+        row(1, 2, "False", "0", "-1", "3"),  # honest, rejected: (1, -3) when client 2 is drawn
+        row(1, 5, "1", "1", "-1", "40"),  # Byzantine, accepted: (1, -40)
+        row(2, 5, "True", "False", "1", "nan"),  # Byzantine, rejected, not drawn (NaN)
+        row(2, 0, "0", "True", "1", ""),  # honest, accepted, not drawn (blank c2)
+    ]
+    everyone = _panel_data(rows, None)
+    assert everyone.points == {False: ([1.0, 1.0], [0.5, -3.0]), True: ([1.0], [-40.0])}
+    first = _panel_data(rows, 1)  # honest ids 0, 2 -> only client 0 drawn
+    assert first.points == {False: ([1.0], [0.5]), True: ([1.0], [-40.0])}
+    assert _panel_data(rows, 0).points[False] == ([], [])
+    counts = (first.byz_accepted, first.byz_all, first.honest_rejected, first.honest_all)
+    assert counts == (1, 2, 1, 3)
+    assert _panel_title(1, "sign_flip", first) == (
+        "(b) Sign Flip Attack\nByzantine accepted in 1 of 2 client-rounds\n"
+        "honest rejected in 1 of 3"
+    )
+
+
 def test_two_experiments_under_one_folder_are_refused(tmp_path: Path) -> None:
     """Two grids' runs of the same cell (e.g. results/leaderboard/<grid>/mean__none__seed0)
     are not averaged as if they were seeds: the error names both directories."""

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import csv
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from diversefl.plots.figure import _output_path, _panel_grid, _pyplot
 from diversefl.plots.runs import _find_runs, _read_rows, _Run, as_number
 from diversefl.plots.style import aggregator_name, aggregator_sort_key, attack_name, attack_sort_key
+
+_HONEST = "#2ca02c"
+_BYZANTINE = "#d62728"
+_THRESHOLD = "#555555"
 
 
 def _eps(run: _Run) -> tuple[float, float]:
@@ -45,12 +50,11 @@ def _symlog_ticks(ax: Any, lo: float, hi: float) -> None:
     ax.yaxis.set_minor_locator(NullLocator())
 
 
-def plot_c1c2(path: str | Path, out: str | Path | None = None, clients: int | None = None) -> Path:
-    """Paper's Fig. 2: C1 x C2 per client and iteration, one panel per attack."""
-    if clients is not None and clients < 0:
-        raise ValueError(f"clients must be >= 0, got {clients}")
-    runs = _find_runs(path)
+def _runs_with_scores(path: str | Path) -> dict[str, tuple[_Run, list[dict[str, str]]]]:
+    """Per attack, the decisions.csv rows of the first run (lowest seed, then aggregator
+    order) whose decisions.csv has c1 and c2 columns; an error when no run has one."""
     chosen: dict[str, tuple[_Run, list[dict[str, str]]]] = {}
+    runs = _find_runs(path)
     for run in sorted(runs, key=lambda r: (r.seed, aggregator_sort_key(r.aggregator), str(r.dir))):
         f = run.dir / "decisions.csv"
         if run.attack in chosen or not f.is_file():
@@ -64,63 +68,89 @@ def plot_c1c2(path: str | Path, out: str | Path | None = None, clients: int | No
             f"no decisions.csv with c1/c2 columns under {path}; run DiverseFL with "
             "eval.decisions = true"
         )
-    target = _output_path(path, out, "c1c2.png")
+    return chosen
 
+
+@dataclass
+class _PanelData:
+    """One panel's scatter points, ``{byzantine: (rounds, C1 x C2)}``, and the client-round
+    counts of its title."""
+
+    points: dict[bool, tuple[list[float], list[float]]] = field(
+        default_factory=lambda: {False: ([], []), True: ([], [])}
+    )
+    byz_accepted: int = 0
+    byz_all: int = 0
+    honest_rejected: int = 0
+    honest_all: int = 0
+
+
+def _panel_data(rows: list[dict[str, str]], clients: int | None) -> _PanelData:
+    """Count accepted Byzantine and rejected honest client-rounds over all ``rows``; keep the
+    finite C1 x C2 of every Byzantine row and of the first ``clients`` honest clients' rows
+    (by id; all with None)."""
+    honest_ids = sorted({int(r["client"]) for r in rows if r["byzantine"] in ("0", "False")})
+    drawn = set(honest_ids if clients is None else honest_ids[:clients])
+    data = _PanelData()
+    for r in rows:
+        byz = r["byzantine"] not in ("0", "False", "")
+        acc = r["accepted"] not in ("0", "False", "")
+        if byz:
+            data.byz_all += 1
+            data.byz_accepted += acc
+        else:
+            data.honest_all += 1
+            data.honest_rejected += not acc
+        if not byz and int(r["client"]) not in drawn:
+            continue
+        y = as_number(r["c1"]) * as_number(r["c2"])
+        if math.isfinite(y):
+            data.points[byz][0].append(float(r["round"]))
+            data.points[byz][1].append(y)
+    return data
+
+
+def _panel_title(index: int, attack: str, data: _PanelData) -> str:
+    """'(a) Sign flip' over the panel's detection counts."""
+    stats = (
+        f"Byzantine accepted in {data.byz_accepted} of {data.byz_all} client-rounds"
+        if data.byz_all
+        else "no Byzantine clients"
+    )
+    stats += f"\nhonest rejected in {data.honest_rejected} of {data.honest_all}"
+    return f"({chr(ord('a') + index)}) {attack_name(attack)}\n{stats}"
+
+
+def _draw_panel(
+    ax: Any, index: int, attack: str, eps: tuple[float, float], data: _PanelData
+) -> None:
+    """One attack's panel: the accepted band between the thresholds, the honest and Byzantine
+    points, a symlog y axis and the title with the detection counts."""
     import numpy as np
 
-    plt = _pyplot()
-    attacks = sorted(chosen, key=attack_sort_key)
-    fig, axes = _panel_grid(plt, len(attacks), sharey=False, min_width=6.5)
-    eps_seen = set()
-    for i, (ax, attack) in enumerate(zip(axes, attacks, strict=True)):
-        run, rows = chosen[attack]
-        eps1, eps2 = _eps(run)
-        eps_seen.add((eps1, eps2))
-        honest_ids = sorted({int(r["client"]) for r in rows if r["byzantine"] in ("0", "False")})
-        drawn = set(honest_ids if clients is None else honest_ids[:clients])
-        byz_acc = byz_all = hon_rej = hon_all = 0
-        pts: dict[bool, tuple[list[float], list[float]]] = {False: ([], []), True: ([], [])}
-        for r in rows:
-            byz = r["byzantine"] not in ("0", "False", "")
-            acc = r["accepted"] not in ("0", "False", "")
-            if byz:
-                byz_all += 1
-                byz_acc += acc
-            else:
-                hon_all += 1
-                hon_rej += not acc
-            if not byz and int(r["client"]) not in drawn:
-                continue
-            y = as_number(r["c1"]) * as_number(r["c2"])
-            if math.isfinite(y):
-                pts[byz][0].append(float(r["round"]))
-                pts[byz][1].append(y)
-        ax.axhspan(eps1, eps2, color="#2ca02c", alpha=0.12, linewidth=0, zorder=0)
-        ax.axhline(eps1, color="#555555", linestyle="--", linewidth=0.9, zorder=1)
-        ax.axhline(eps2, color="#555555", linestyle="-.", linewidth=0.9, zorder=1)
-        ax.axhline(0, color="#999999", linewidth=0.6, zorder=1)
-        for byz, colour, size, alpha in ((False, "#2ca02c", 3, 0.45), (True, "#d62728", 5, 0.8)):
-            xs, ys = pts[byz]
-            ax.scatter(
-                xs, ys, s=size, c=colour, alpha=alpha, linewidths=0, rasterized=True, zorder=2 + byz
-            )
-        ax.set_yscale("symlog", linthresh=1.0)
-        ax.set_xlabel("Iteration")
-        ax.grid(True, alpha=0.3, which="major")
-        ax.tick_params(labelsize=8)
-        if ax.get_subplotspec().is_first_col():
-            ax.set_ylabel(r"$C_1 \times C_2$ (symlog)")
-        stats = (
-            f"Byzantine accepted in {byz_acc} of {byz_all} client-rounds"
-            if byz_all
-            else "no Byzantine clients"
+    eps1, eps2 = eps
+    ax.axhspan(eps1, eps2, color=_HONEST, alpha=0.12, linewidth=0, zorder=0)
+    ax.axhline(eps1, color=_THRESHOLD, linestyle="--", linewidth=0.9, zorder=1)
+    ax.axhline(eps2, color=_THRESHOLD, linestyle="-.", linewidth=0.9, zorder=1)
+    ax.axhline(0, color="#999999", linewidth=0.6, zorder=1)
+    for byz, colour, size, alpha in ((False, _HONEST, 3, 0.45), (True, _BYZANTINE, 5, 0.8)):
+        xs, ys = data.points[byz]
+        ax.scatter(
+            xs, ys, s=size, c=colour, alpha=alpha, linewidths=0, rasterized=True, zorder=2 + byz
         )
-        stats += f"\nhonest rejected in {hon_rej} of {hon_all}"
-        ax.set_title(
-            f"({chr(ord('a') + i)}) {attack_name(attack)}\n{stats}", fontsize=9, linespacing=1.3
-        )
-        ys_all = np.array(pts[False][1] + pts[True][1] + [eps2, -1.0])
-        _symlog_ticks(ax, float(np.nanmin(ys_all)), float(np.nanmax(ys_all)))
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_xlabel("Iteration")
+    ax.grid(True, alpha=0.3, which="major")
+    ax.tick_params(labelsize=8)
+    if ax.get_subplotspec().is_first_col():
+        ax.set_ylabel(r"$C_1 \times C_2$ (symlog)")
+    ax.set_title(_panel_title(index, attack, data), fontsize=9, linespacing=1.3)
+    ys_all = np.array(data.points[False][1] + data.points[True][1] + [eps2, -1.0])
+    _symlog_ticks(ax, float(np.nanmin(ys_all)), float(np.nanmax(ys_all)))
+
+
+def _legend_handles(eps_seen: set[tuple[float, float]]) -> list[Any]:
+    """The figure legend's entries; the thresholds' values where every panel has the same."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -133,27 +163,48 @@ def plot_c1c2(path: str | Path, out: str | Path | None = None, clients: int | No
         else (r"$\epsilon_1$", r"$\epsilon_2$")
     )
     dot = {"marker": "o", "linestyle": "", "markersize": 5}
-    handles = [
-        Line2D([], [], color="#2ca02c", label="honest client", **dot),
-        Line2D([], [], color="#d62728", label="Byzantine client", **dot),
-        Line2D([], [], color="#555555", linestyle="--", label=eps_txt[0]),
-        Line2D([], [], color="#555555", linestyle="-.", label=eps_txt[1]),
-        Patch(color="#2ca02c", alpha=0.12, label="accepted band (if $C_1 > 0$)"),
+    return [
+        Line2D([], [], color=_HONEST, label="honest client", **dot),
+        Line2D([], [], color=_BYZANTINE, label="Byzantine client", **dot),
+        Line2D([], [], color=_THRESHOLD, linestyle="--", label=eps_txt[0]),
+        Line2D([], [], color=_THRESHOLD, linestyle="-.", label=eps_txt[1]),
+        Patch(color=_HONEST, alpha=0.12, label="accepted band (if $C_1 > 0$)"),
     ]
+
+
+def _suptitle(aggregators: set[str], clients: int | None) -> str:
+    """'DiverseFL: C1 x C2 per client-round (10 honest clients drawn)'."""
+    labels = sorted(aggregators, key=aggregator_sort_key)
+    n_honest = f"{clients} honest" if clients is not None else "all honest"
+    return (
+        f"{', '.join(aggregator_name(g) for g in labels)}: "
+        rf"$C_1 \times C_2$ per client-round ({n_honest} clients drawn)"
+    )
+
+
+def plot_c1c2(path: str | Path, out: str | Path | None = None, clients: int | None = None) -> Path:
+    """Paper's Fig. 2: C1 x C2 per client and iteration, one panel per attack."""
+    if clients is not None and clients < 0:
+        raise ValueError(f"clients must be >= 0, got {clients}")
+    chosen = _runs_with_scores(path)
+    target = _output_path(path, out, "c1c2.png")
+    plt = _pyplot()
+    attacks = sorted(chosen, key=attack_sort_key)
+    fig, axes = _panel_grid(plt, len(attacks), sharey=False, min_width=6.5)
+    eps_seen = set()
+    for i, (ax, attack) in enumerate(zip(axes, attacks, strict=True)):
+        run, rows = chosen[attack]
+        eps = _eps(run)
+        eps_seen.add(eps)
+        _draw_panel(ax, i, attack, eps, _panel_data(rows, clients))
     fig.legend(
-        handles=handles,
+        handles=_legend_handles(eps_seen),
         loc="outside lower center",
         ncol=5 if len(attacks) > 1 else 3,
         fontsize=9,
         frameon=False,
     )
-    labels = sorted({chosen[a][0].aggregator for a in attacks}, key=aggregator_sort_key)
-    n_honest = f"{clients} honest" if clients is not None else "all honest"
-    fig.suptitle(
-        f"{', '.join(aggregator_name(g) for g in labels)}: "
-        rf"$C_1 \times C_2$ per client-round ({n_honest} clients drawn)",
-        fontsize=10,
-    )
+    fig.suptitle(_suptitle({chosen[a][0].aggregator for a in attacks}, clients), fontsize=10)
     fig.savefig(target, dpi=110)
     plt.close(fig)
     return target

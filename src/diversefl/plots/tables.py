@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -158,16 +159,38 @@ def fill_invariant(
     return fills
 
 
-def accuracy_table(
-    path: str | Path, metric: str = "final_test_accuracy", seeds: list[int] | None = None
-) -> str:
-    """Markdown tables: ``metric`` per aggregator x attack (mean ± std), then mean TPR/FPR.
+@dataclass(frozen=True)
+class _Grid:
+    """The cells of a table: per (aggregator, attack), the runs' values of ``metric``,
+    ``mean_tpr`` and ``mean_fpr``; the rows and columns in display order; the cells an
+    attack-invariant aggregator shares (cell -> attack of the run shown) and the number of
+    seeds of the fullest cell."""
 
-    With ``seeds``, only those seeds' runs count. A cell with fewer seeds than the table's
-    fullest cell says so (``(n=1)``), and a ranking taken over cells with different numbers
-    of seeds is starred: while a multi-seed grid is still running, its rows are not yet
-    comparable, and ``seeds`` restricts the table to the seeds every cell has."""
-    p = Path(path)
+    metric: str
+    cells: dict[tuple[str, str], dict[str, list[float]]]
+    aggs: list[str]
+    attacks: list[str]
+    fills: dict[tuple[str, str], str]
+    n_seeds: int
+
+    @property
+    def attacked(self) -> list[str]:
+        """The columns of an attack (all but "none")."""
+        return [t for t in self.attacks if t != "none"]
+
+    @property
+    def columns(self) -> list[str]:
+        """The attack columns' headers."""
+        return [ATTACK_SHORT.get(t, t.replace("_", " ")) for t in self.attacks]
+
+    def short(self, values: list[float]) -> bool:
+        """Whether a cell has fewer seeds than the fullest cell (but some)."""
+        return 0 < len(values) < self.n_seeds
+
+
+def _table_rows(p: Path, metric: str, seeds: list[int] | None) -> list[dict[str, Any]]:
+    """The result rows under ``p`` (of ``seeds``); an error when ``p`` does not exist or no
+    row has a finite ``metric`` (naming the numeric columns there are)."""
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file or directory")
     rows = table_rows(p, seeds)
@@ -180,10 +203,16 @@ def accuracy_table(
             f"metric {metric!r} not found in the results under {p}; available: "
             + ", ".join(numeric)
         )
+    return rows
+
+
+def _grid(rows: list[dict[str, Any]], metric: str) -> _Grid:
+    """Group the rows with a finite ``metric`` into cells (a run without it is no cell, as on
+    the heat-map) and fill the attack-invariant aggregators' missing cells."""
     cells: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if not math.isfinite(as_number(r.get(metric))):
-            continue  # a run without the metric is no cell (as on the heat-map)
+            continue
         c = cells[(str(r["aggregator"]), str(r["attack"]))]
         for k in (metric, "mean_tpr", "mean_fpr"):
             v = as_number(r.get(k))
@@ -191,39 +220,57 @@ def accuracy_table(
                 c[k].append(v)
     aggs = sorted({a for a, _ in cells}, key=aggregator_sort_key)
     attacks = sorted({t for _, t in cells}, key=attack_sort_key)
-    cols = [ATTACK_SHORT.get(t, t.replace("_", " ")) for t in attacks]
     fills = fill_invariant(cells, aggs, attacks, invariant_labels(rows))
     n_seeds = max(len(c[metric]) for c in cells.values())
-    uneven = any(0 < len(c[metric]) < n_seeds for c in cells.values())
+    return _Grid(metric, cells, aggs, attacks, fills, n_seeds)
 
-    def cell_text(values: list[float]) -> str:
-        short = 0 < len(values) < n_seeds
-        return format_mean_std(values) + (f" (n={len(values)})" if short else "")
 
-    def shown(a: str, t: str) -> str:
-        if (a, t) not in cells:
-            return ""
-        return cell_text(cells[(a, t)][metric]) + (" (=)" if (a, t) in fills else "")
+def _metric_cell(grid: _Grid, a: str, t: str) -> str:
+    """'0.884 ± 0.004 (n=2) (=)': a cell's mean ± std, its seed count when short, and the
+    mark of a shared run; blank without a run."""
+    if (a, t) not in grid.cells:
+        return ""
+    values = grid.cells[(a, t)][grid.metric]
+    text = format_mean_std(values) + (f" (n={len(values)})" if grid.short(values) else "")
+    return text + (" (=)" if (a, t) in grid.fills else "")
 
-    body = [[aggregator_name(a)] + [shown(a, t) for t in attacks] for a in aggs]
-    header = ["Aggregator", *cols]
-    attacked = [t for t in attacks if t != "none"]
+
+def _metric_body(grid: _Grid) -> tuple[list[str], list[list[str]], bool]:
+    """The header and rows of the metric table, with the worst-attack and mean-under-attack
+    columns when there are two attacks or more (starred where a row's cells have different
+    numbers of seeds); and whether any row is starred."""
+    body = [[aggregator_name(a)] + [_metric_cell(grid, a, t) for t in grid.attacks]
+            for a in grid.aggs]  # fmt: skip
+    header = ["Aggregator", *grid.columns]
     mixed = False
-    if len(attacked) >= 2:
+    if len(grid.attacked) >= 2:
         header += ["Worst attack", "Mean under attack"]
-        for a, row in zip(aggs, body, strict=True):
-            per_attack = {t: cells[(a, t)][metric] for t in attacked if (a, t) in cells}
-            ranks = attack_summary(per_attack, attacked, lower_is_better(metric))
+        for a, row in zip(grid.aggs, body, strict=True):
+            per_attack = {
+                t: grid.cells[(a, t)][grid.metric] for t in grid.attacked if (a, t) in grid.cells
+            }
+            ranks = attack_summary(per_attack, grid.attacked, lower_is_better(grid.metric))
             if ranks[0] and len({len(v) for v in per_attack.values()}) > 1:
                 ranks = [f"{r} *" for r in ranks]
                 mixed = True
             row += ranks
-    note = f"{metric} (mean ± std over seeds)" if n_seeds > 1 else metric
-    if lower_is_better(metric) and len(attacked) >= 2:
+    return header, body, mixed
+
+
+def _metric_title(grid: _Grid) -> str:
+    """The bold line over the metric table."""
+    note = f"{grid.metric} (mean ± std over seeds)" if grid.n_seeds > 1 else grid.metric
+    if lower_is_better(grid.metric) and len(grid.attacked) >= 2:
         note += "; lower is better, so the worst attack is the highest value"
-    text = f"**{note}**\n\n" + markdown_table(header, body)
-    if fills:
-        sources = sorted({(a, src) for (a, _), src in fills.items()})
+    return f"**{note}**\n\n"
+
+
+def _footnotes(grid: _Grid, mixed: bool) -> str:
+    """The paragraphs under the metric table explaining its (=), blank, (n=k) and * cells,
+    each only where the table has such a cell."""
+    text = ""
+    if grid.fills:
+        sources = sorted({(a, src) for (a, _), src in grid.fills.items()})
         text += (
             "\n\n(=): "
             + "; ".join(
@@ -233,38 +280,63 @@ def accuracy_table(
             )
             + "."
         )
-    if any((a, t) not in cells for a in aggs for t in attacks):
+    if any((a, t) not in grid.cells for a in grid.aggs for t in grid.attacks):
         text += (
             "\n\nBlank: no run of that pair (a sweep entry limited to some attacks, such as "
             "OracleSGD's in the leaderboards, or a grid still running)."
         )
-    if uneven:
+    if any(grid.short(c[grid.metric]) for c in grid.cells.values()):
         text += (
-            f"\n\n(n=k): mean over k seeds, where the fullest cells have {n_seeds}."
+            f"\n\n(n=k): mean over k seeds, where the fullest cells have {grid.n_seeds}."
             + (" \\*: worst and mean over cells with different numbers of seeds." if mixed else "")
             + " `--seeds` limits the table to the seeds every cell has."
         )
+    return text
+
+
+def _detection_table(grid: _Grid) -> str:
+    """The mean TPR / FPR table of the aggregators that rejected any client in any run;
+    empty when none did."""
 
     def rejects(a: str) -> bool:
-        vals = [v for (g, _), c in cells.items() if g == a for k in ("mean_tpr", "mean_fpr")
+        vals = [v for (g, _), c in grid.cells.items() if g == a for k in ("mean_tpr", "mean_fpr")
                 for v in c[k]]  # fmt: skip
         return any(v > 0 for v in vals)
 
-    rejecting = [a for a in aggs if rejects(a)]
-    if rejecting:
-        det = []
-        for a in rejecting:
-            row = [aggregator_name(a)]
-            for t in attacks:
-                c = cells.get((a, t))
-                if c is None:
-                    row.append("")
-                    continue
-                tpr = f"{statistics.fmean(c['mean_tpr']):.3f}" if c["mean_tpr"] else "–"
-                fpr = f"{statistics.fmean(c['mean_fpr']):.3f}" if c["mean_fpr"] else "–"
-                row.append(f"{tpr} / {fpr}" + (" (=)" if (a, t) in fills else ""))
-            det.append(row)
-        text += "\n\n**mean TPR / FPR (Byzantine rejected / honest rejected)**\n\n"
-        text += markdown_table(["Aggregator", *cols], det)
+    rejecting = [a for a in grid.aggs if rejects(a)]
+    if not rejecting:
+        return ""
+    det = []
+    for a in rejecting:
+        row = [aggregator_name(a)]
+        for t in grid.attacks:
+            c = grid.cells.get((a, t))
+            if c is None:
+                row.append("")
+                continue
+            tpr = f"{statistics.fmean(c['mean_tpr']):.3f}" if c["mean_tpr"] else "–"
+            fpr = f"{statistics.fmean(c['mean_fpr']):.3f}" if c["mean_fpr"] else "–"
+            row.append(f"{tpr} / {fpr}" + (" (=)" if (a, t) in grid.fills else ""))
+        det.append(row)
+    return "\n\n**mean TPR / FPR (Byzantine rejected / honest rejected)**\n\n" + markdown_table(
+        ["Aggregator", *grid.columns], det
+    )
+
+
+def accuracy_table(
+    path: str | Path, metric: str = "final_test_accuracy", seeds: list[int] | None = None
+) -> str:
+    """Markdown tables: ``metric`` per aggregator x attack (mean ± std), then mean TPR/FPR.
+
+    With ``seeds``, only those seeds' runs count. A cell with fewer seeds than the table's
+    fullest cell says so (``(n=1)``), and a ranking taken over cells with different numbers
+    of seeds is starred: while a multi-seed grid is still running, its rows are not yet
+    comparable, and ``seeds`` restricts the table to the seeds every cell has."""
+    rows = _table_rows(Path(path), metric, seeds)
+    grid = _grid(rows, metric)
+    header, body, mixed = _metric_body(grid)
+    text = _metric_title(grid) + markdown_table(header, body)
+    text += _footnotes(grid, mixed)
+    text += _detection_table(grid)
     machines = machine_note(rows)
     return text + (f"\n\n{machines}" if machines else "") + "\n"
