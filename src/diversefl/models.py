@@ -8,8 +8,9 @@ dropout (``vgg11_gn``) need ``vmap(..., randomness="different")`` (or ``"same"``
 
 from __future__ import annotations
 
+import importlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -70,16 +71,21 @@ def softmax_regression(
     return model
 
 
-def mlp(input_shape: tuple[int, ...], num_classes: int, *, hidden: int = 200) -> nn.Module:
-    """MNIST net of Sec. 4.2: two fully connected ReLU layers of ``hidden`` units; default init."""
-    return nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(_flat_features(input_shape), hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, num_classes),
-    )
+def mlp(
+    input_shape: tuple[int, ...], num_classes: int, *, hidden: int | Sequence[int] = 200
+) -> nn.Module:
+    """Fully connected ReLU network; ``hidden`` is the width of each hidden layer (a list), or
+    one width for the MNIST net of Sec. 4.2 (two layers of ``hidden`` units); default init."""
+    widths = [hidden, hidden] if isinstance(hidden, int) else [int(h) for h in hidden]
+    if any(w < 1 for w in widths):
+        raise ValueError(f"model.hidden: layer widths must be >= 1, got {widths}")
+    layers: list[nn.Module] = [nn.Flatten()]
+    previous = _flat_features(input_shape)
+    for width in widths:
+        layers += [nn.Linear(previous, width), nn.ReLU()]
+        previous = width
+    layers.append(nn.Linear(previous, num_classes))
+    return nn.Sequential(*layers)
 
 
 def cifar_cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
@@ -177,3 +183,47 @@ def build_model(
 ) -> nn.Module:
     """Build a registered model by name, so configs can select architectures by string."""
     return MODELS.lookup(name)(tuple(input_shape), num_classes, **kwargs)
+
+
+ModelFactory = Callable[[tuple[int, ...], int], nn.Module]
+
+
+def load_factory(spec: str) -> ModelFactory:
+    """The function named by ``"package.module:function"`` (``model.factory``). Importing the
+    module runs its code: name only code you trust, as you would in ``import``."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"model.factory: expected 'package.module:function', got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"model.factory: cannot import {module_name!r} ({err})") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ValueError(f"model.factory: {module_name!r} has no function {attr!r}")
+    return factory
+
+
+def per_batch_state(module: nn.Module) -> list[str]:
+    """Names of the layers whose output depends on the other examples of the batch (batch
+    norm): the batched engine takes every client's gradient in one call over all clients'
+    examples, so such a layer would mix clients and give every client wrong gradients."""
+    batch_norms = (nn.modules.batchnorm._BatchNorm, nn.SyncBatchNorm)
+    return [
+        name or type(m).__name__ for name, m in module.named_modules() if isinstance(m, batch_norms)
+    ]
+
+
+def check_user_model(module: nn.Module, name: str) -> nn.Module:
+    """Refuse what the engine cannot take per-client gradients of (:func:`per_batch_state`)."""
+    if not isinstance(module, nn.Module):
+        raise ValueError(
+            f"{name}: the model factory must return a torch.nn.Module, got {type(module).__name__}"
+        )
+    bad = per_batch_state(module)
+    if bad:
+        raise ValueError(
+            f"{name}: layers {bad} normalise over the batch (BatchNorm), which would mix "
+            "clients' examples in the batched per-client gradients; use GroupNorm or LayerNorm"
+        )
+    return module
