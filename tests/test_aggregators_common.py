@@ -130,3 +130,63 @@ def test_f_zero_gives_the_mean_where_the_method_says_so():
     torch.testing.assert_close(
         aggregators.get("trimmed_mean", beta=0.0)(updates, ctx).update, updates.mean(0)
     )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float16_rows_are_aggregated_in_float32(name):
+    """float16 entries of 1e4..6e4 are finite, but their squares and sums overflow float16
+    (oracle, multi_krum, the median-centred trimmed means and FLTrust returned inf / NaN):
+    every rule aggregates them in float32 and returns the float32 computation's update."""
+    n, f, d = 11, 2, 6
+    gen = torch.Generator().manual_seed(5)
+    sign = torch.where(torch.rand(n, d, generator=gen) < 0.3, -1.0, 1.0)
+    updates = ((torch.rand(n, d, generator=gen) * 5e4 + 1e4) * sign).half()
+    assert torch.isfinite(updates).all() and torch.isinf((updates * updates).sum(1)).all()
+    byz = torch.zeros(n, dtype=torch.bool)
+    byz[[0, 5]] = True
+    wide = updates.float()
+    kwargs = {"sigma": 0.0} if name == "noisy_median" else {}
+    got = aggregators.get(name, **kwargs)(updates, _ctx(n, f, wide * 1.1, byz))
+    want = aggregators.get(name, **kwargs)(wide, _ctx(n, f, wide * 1.1, byz))
+    assert got.update.dtype == torch.float32 and torch.isfinite(got.update).all()
+    assert torch.equal(got.update, want.update)
+    assert torch.equal(got.accepted, want.accepted)
+
+
+def test_a_wrong_oracle_mask_is_a_clear_error():
+    """A Byzantine mask that does not fit n (or is not a bool mask) is named, not a raw
+    broadcast error from deep inside the rule."""
+    updates = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    short = torch.zeros(5, dtype=torch.bool)
+    with pytest.raises(
+        aggregators.AggregatorError,
+        match=r"ctx.byzantine must be a bool mask of the n=6 clients, got torch.bool of shape "
+        r"\(5,\)",
+    ):
+        aggregators.get("oracle")(updates, _ctx(6, 1, updates, short))
+    with pytest.raises(aggregators.AggregatorError, match=r"got torch.int64 of shape \(6,\)"):
+        aggregators.get("oracle")(updates, _ctx(6, 1, updates, torch.zeros(6, dtype=torch.long)))
+
+
+@pytest.mark.parametrize("ids", [[0, -1, 2], [-4, 0, 1]])
+@pytest.mark.parametrize("name", ["diversefl", "mean"])
+def test_negative_client_ids_are_a_clear_error(name, ids):
+    """A negative id would count against another client in DiverseFL's quarantine (-1 wraps
+    to the last) or raise an IndexError; every rule refuses it, naming the id."""
+    updates = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
+    ctx = RoundContext(
+        round=1,
+        n=3,
+        f=0,
+        generator=torch.Generator(),
+        client_ids=torch.tensor(ids),
+        guiding_fn=lambda: updates,
+    )
+    rule = aggregators.get(name, **({"quarantine": 0.3} if name == "diversefl" else {}))
+    with pytest.raises(
+        aggregators.AggregatorError, match=f"client_ids must be >= 0, got {min(ids)}"
+    ):
+        rule(updates, ctx)
+    with pytest.raises(aggregators.AggregatorError, match=r"n=3 integer ids, got torch.int64 of"):
+        rule(updates, RoundContext(round=1, n=3, f=0, generator=torch.Generator(),
+                                   client_ids=torch.arange(4)))  # fmt: skip

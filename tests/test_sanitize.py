@@ -70,3 +70,36 @@ def test_list_of_rows_of_any_kind() -> None:
     assert only_garbage.shape == (2, 0) and not none_valid.any()
     with pytest.raises(AggregatorError, match="updates must be real, got torch.complex64"):
         sanitize(torch.ones(2, 3, dtype=torch.complex64))
+
+
+def test_list_row_length_comes_from_d_not_from_the_majority() -> None:
+    """Five attackers sending 2-entry rows cannot redefine d against three honest 4-entry rows:
+    with ``d`` the honest rows are the valid ones wherever they stand; without it the first
+    float row sets d (an ``int`` row does not)."""
+    honest = [torch.full((4,), float(k)) for k in range(3)]
+    wrong = [torch.full((2,), 9.0) for _ in range(5)]
+    rows = [wrong[0], *honest, *wrong[1:]]
+    updates, valid = sanitize(rows, 8, d=4)
+    assert valid.tolist() == [False, True, True, True, False, False, False, False]
+    assert updates.shape == (8, 4) and updates[1:4].tolist() == [[0.0] * 4, [1.0] * 4, [2.0] * 4]
+    _, first_sets_it = sanitize([torch.ones(4, dtype=torch.long), *honest, *wrong], 9)
+    assert first_sets_it.tolist() == [False, True, True, True] + [False] * 5
+    junk, none_fit = sanitize([torch.ones(3), "x"], 2, d=5)  # no row fits: zeros [n, d]
+    assert junk.shape == (2, 5) and not none_fit.any()
+    objects = np.array(["a", "b"])  # a numpy array that is no number: a rejected row
+    assert sanitize([objects, torch.ones(2)], 2)[1].tolist() == [False, True]
+
+
+def test_rules_take_d_from_the_model_layout() -> None:
+    """Through the public API: the round context's layer sizes give d, so the attackers'
+    majority of wrong-length rows is rejected and the honest rows are averaged."""
+    from diversefl import aggregators
+
+    honest = [torch.full((4,), float(k)) for k in range(3)]
+    rows = [torch.full((2,), 9.0), *honest, *[torch.full((2,), 9.0)] * 4]
+    ctx = aggregators.RoundContext(
+        round=1, n=8, f=0, generator=torch.Generator(), layer_sizes=(3, 1)
+    )
+    out = aggregators.get("mean")(rows, ctx)
+    assert out.accepted.tolist() == [False, True, True, True, False, False, False, False]
+    assert out.update.tolist() == [1.0] * 4

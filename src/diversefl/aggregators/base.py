@@ -57,9 +57,15 @@ class Aggregator:
 
         The rule's requirement on n and f (:meth:`check`, as at config time) applies to the
         whole federation, also when the rule is called directly; dropped malformed rows then
-        lower n and f together, which every rule tolerates."""
+        lower n and f together, which every rule tolerates. The context's per-client tensors
+        must fit n (:func:`check_context`). float16 / bfloat16 rows are aggregated in float32
+        and the update is returned in float32 (their squares and sums overflow the narrow
+        dtype, and so could the aggregate itself); other dtypes keep their own arithmetic.
+        A list of rows is checked against the model's length when ``ctx.layer_sizes`` gives it
+        (:func:`sanitize`)."""
         self.check(ctx.n, ctx.f)
-        updates, valid = sanitize(updates, ctx.n)
+        check_context(ctx)
+        updates, valid = sanitize(widened(updates), ctx.n, d=row_length(ctx))
         if bool(valid.all()):
             return self.aggregate(updates, ctx)
         return self._aggregate_valid_subset(updates, valid, ctx)
@@ -91,25 +97,52 @@ def subcontext(ctx: RoundContext, idx: Tensor) -> RoundContext:
     return ctx.restricted(idx)
 
 
-def sanitize(updates: Tensor, n: int | None = None) -> tuple[Tensor, Tensor]:
+def row_length(ctx: RoundContext) -> int | None:
+    """The model's parameter count when the context knows the layout (``ctx.layer_sizes``)."""
+    return None if ctx.layer_sizes is None else sum(ctx.layer_sizes)
+
+
+def widened(updates: Any) -> Any:
+    """float16 / bfloat16 stacked updates as float32 (anything else unchanged, no copy)."""
+    if isinstance(updates, Tensor) and updates.dtype in (torch.float16, torch.bfloat16):
+        return updates.float()
+    return updates
+
+
+def check_context(ctx: RoundContext) -> None:
+    """Raise :class:`AggregatorError` when the context's per-client tensors do not fit its n
+    clients: ``byzantine`` must be a bool mask ``[n]``, ``client_ids`` ``[n]`` ids >= 0."""
+    n, byz, ids = ctx.n, ctx.byzantine, ctx.client_ids
+    if byz is not None and (byz.dtype != torch.bool or tuple(byz.shape) != (n,)):
+        raise AggregatorError(
+            f"ctx.byzantine must be a bool mask of the n={n} clients, got {byz.dtype} "
+            f"of shape {tuple(byz.shape)}"
+        )
+    integer = not (ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool)
+    if tuple(ids.shape) != (n,) or not integer:
+        raise AggregatorError(
+            f"ctx.client_ids must be n={n} integer ids, got {ids.dtype} of shape {tuple(ids.shape)}"
+        )
+    if n and int(ids.min()) < 0:
+        raise AggregatorError(f"ctx.client_ids must be >= 0, got {int(ids.min())}")
+
+
+def sanitize(
+    updates: Tensor | list[Any] | tuple[Any, ...], n: int | None = None, d: int | None = None
+) -> tuple[Tensor, Tensor]:
     """Return float updates ``[n, d]`` and a mask of well-formed rows (others zeroed).
 
     Accepts a stacked tensor or a list of rows (tensors or numpy arrays); a row of the wrong
     length, a non-float dtype or something else entirely is marked invalid instead of
-    raising, so one malformed client cannot crash a round.
+    raising, so one malformed client cannot crash a round. A list's row length is ``d`` when
+    given (the model's parameter count: :meth:`Aggregator.__call__` passes it when the round
+    context knows the model's layout); without it, the first row that is a real float tensor
+    or array sets it, so that no number of wrong-length rows can outvote the others (but a
+    wrong-length FIRST row then wins: pass ``d`` whenever the model is known). A stacked
+    tensor's width is its own row length (its rows cannot disagree), ``d`` is not applied.
     """
     if isinstance(updates, list | tuple):
-        updates = [torch.from_numpy(u) if isinstance(u, np.ndarray) else u for u in updates]
-        lengths = [int(u.numel()) if isinstance(u, Tensor) else -1 for u in updates]
-        usable = [k for k in lengths if k >= 0]
-        d = max(set(usable), key=usable.count) if usable else 0
-        rows, valid = [], []
-        for u, length in zip(updates, lengths, strict=True):
-            ok = length == d and u.dtype.is_floating_point
-            rows.append(u.reshape(-1).float() if ok else torch.zeros(d))
-            valid.append(ok)
-        updates = torch.stack(rows) if rows else torch.zeros(0, d)
-        valid_t = torch.tensor(valid, dtype=torch.bool)
+        updates, valid_t = stack_rows(list(updates), d)
     else:
         if updates.dim() != 2:
             raise AggregatorError(
@@ -128,6 +161,37 @@ def sanitize(updates: Tensor, n: int | None = None) -> tuple[Tensor, Tensor]:
     if not bool(finite.all()):
         updates = torch.where(finite[:, None], updates, torch.zeros((), dtype=updates.dtype))
     return updates, finite
+
+
+def _as_float_row(row: Any) -> Tensor | None:
+    """A row as a real float tensor, or None when it is anything else (numpy arrays of a
+    numeric dtype are rows; object or string arrays are not)."""
+    if isinstance(row, np.ndarray):
+        try:
+            row = torch.from_numpy(row)
+        except TypeError:
+            return None
+    if isinstance(row, Tensor) and row.dtype.is_floating_point:
+        return row
+    return None
+
+
+def stack_rows(rows: list[Any], d: int | None = None) -> tuple[Tensor, Tensor]:
+    """Stack a list of rows into float32 ``[n, d]`` and a mask of the rows that are real float
+    tensors of length ``d`` (the others zeroed); ``d`` defaults to the first such row's length.
+    """
+    floats = [_as_float_row(u) for u in rows]
+    first = next((u for u in floats if u is not None), None)
+    if d is None:
+        d = 0 if first is None else int(first.numel())
+    device = torch.device("cpu") if first is None else first.device
+    out, valid = [], []
+    for u in floats:
+        ok = u is not None and int(u.numel()) == d
+        out.append(u.reshape(-1).float().to(device) if ok else torch.zeros(d, device=device))
+        valid.append(ok)
+    stacked = torch.stack(out) if out else torch.zeros(0, d)
+    return stacked, torch.tensor(valid, dtype=torch.bool, device=device)
 
 
 def rows_within_bound(updates: Tensor) -> Tensor:

@@ -6,66 +6,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor
 
 from diversefl.aggregators.base import Aggregate, Aggregator, AggregatorError, RoundContext
+from diversefl.aggregators.diversefl_rule import (
+    DiverseFLTest,
+    clip_to_guide,
+    cosine,
+    direction_pass,
+    diversefl_accept,
+    diversefl_scores,
+    diversefl_test,
+    layer_direction_pass,
+)
 from diversefl.aggregators.mean import mean_of
+from diversefl.aggregators.quarantine import FailureLedger, quarantine_trusted
 
-
-def _dots_and_norms(guiding: Tensor, updates: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-client ``guiding . update``, ``|guiding|`` and ``|update|``: one pass each."""
-    return (guiding * updates).sum(dim=1), guiding.norm(dim=1), updates.norm(dim=1)
-
-
-def diversefl_scores(guiding: Tensor, updates: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-client C1 = sign(guiding . update) (eq. 7) and C2 = |update| / |guiding| (eq. 8).
-
-    A zero guiding gradient gives C2 = inf (or NaN for a zero update too), which fails eq. 10.
-    """
-    dots, g_norm, z_norm = _dots_and_norms(guiding, updates)
-    return torch.sign(dots), z_norm / g_norm
-
-
-def diversefl_accept(c1: Tensor, c2: Tensor, eps1: float, eps2: float) -> Tensor:
-    """Algorithm 1, line 10: accept iff C1 > 0 and eps1 < C2 < eps2 (NaN fails)."""
-    return (c1 > 0) & (c2 > eps1) & (c2 < eps2)
-
-
-def _cosine(dots: Tensor, g_norm: Tensor, z_norm: Tensor) -> Tensor:
-    """Cosine from precomputed dot products and norms (0 where either vector is zero)."""
-    norms = g_norm * z_norm
-    return torch.where(norms > 0, dots / norms.clamp_min(torch.finfo(dots.dtype).tiny), 0.0)
-
-
-def cosine(guiding: Tensor, updates: Tensor) -> Tensor:
-    """Per-client cosine similarity of guiding gradient and update (0 where either is zero)."""
-    return _cosine(*_dots_and_norms(guiding, updates))
-
-
-def _direction_ok(dots: Tensor, g_norm: Tensor, z_norm: Tensor, min_cosine: float) -> Tensor:
-    """DiverseFL's direction test: ``cos > min_cosine``, or the paper's sign test ``dot > 0``
-    when ``min_cosine = 0``."""
-    if min_cosine > 0:
-        return _cosine(dots, g_norm, z_norm) > min_cosine
-    return dots > 0
-
-
-def layer_direction_pass(
-    guiding: Tensor, updates: Tensor, sizes: tuple[int, ...], min_cosine: float
-) -> Tensor:
-    """Per client: does every layer block of the update point along the guiding gradient's
-    block (``cos > min_cosine``; ``min_cosine = 0`` is the sign test ``dot > 0``)? Blocks where
-    the guiding gradient is zero carry no direction and are skipped."""
-    if sum(sizes) != updates.shape[1]:
-        raise AggregatorError(
-            f"diversefl: layer sizes sum to {sum(sizes)}, updates have {updates.shape[1]} entries"
-        )
-    ok = torch.ones(updates.shape[0], dtype=torch.bool, device=updates.device)
-    for g, z in zip(guiding.split(sizes, dim=1), updates.split(sizes, dim=1), strict=True):
-        dots, g_norm, z_norm = _dots_and_norms(g, z)
-        ok &= _direction_ok(dots, g_norm, z_norm, min_cosine) | (g_norm == 0)
-    return ok
+# The plain rule's helpers keep their import path here (the adaptive attack and the Flower
+# tests import them from this module).
+__all__ = [
+    "DiverseFL",
+    "DiverseFLTest",
+    "cosine",
+    "diversefl_accept",
+    "diversefl_scores",
+    "diversefl_test",
+    "layer_direction_pass",
+]
 
 
 @dataclass
@@ -99,6 +66,13 @@ class DiverseFL(Aggregator):
       often leaves the eps band (heavy-tailed per-example gradients, tiny samples) then keep
       their standing, while a client whose updates keep pointing away from its own data loses
       it. Norm failures are still rejected in their round.
+
+    Composition: the paper's rule is the pure :func:`diversefl_test`; ``min_cosine``
+    (:func:`direction_pass`) and ``per_layer`` (:func:`layer_direction_pass`) replace and
+    tighten its direction condition, the ratio band is kept; ``quarantine`` then removes the
+    clients :func:`quarantine_trusted` distrusts given the counts in ``self.ledger`` (a
+    :class:`FailureLedger`); ``clip_to_guide`` (:func:`clip_to_guide`) rescales the rows before
+    the accepted ones are averaged.
     """
 
     name: ClassVar[str] = "diversefl"
@@ -129,10 +103,7 @@ class DiverseFL(Aggregator):
             raise AggregatorError(
                 f"diversefl: quarantine_after must be >= 1, got {self.quarantine_after}"
             )
-        self.tested = torch.zeros(0, dtype=torch.float64)  # per client id: rounds tested
-        self.failed = torch.zeros(0, dtype=torch.float64)  # per client id: rounds failed
-        self.round: int | None = None
-        self._before: tuple[Tensor, Tensor] | None = None  # counts before `self.round`
+        self.ledger = FailureLedger()  # quarantine's per-client counts (its state)
 
     def check(self, n: int, f: int) -> None:
         """DiverseFL's test is per client, so any n >= 1 works (no bound on f)."""
@@ -140,64 +111,50 @@ class DiverseFL(Aggregator):
             raise AggregatorError(f"diversefl: needs at least one client, got n={n}")
 
     def aggregate(self, updates: Tensor, ctx: RoundContext) -> Aggregate:
+        """The paper's test (:func:`diversefl_test`), the hardenings composed around it, and
+        the mean of the accepted (optionally clipped) updates."""
+        guiding = self._guiding(updates, ctx)
+        test = diversefl_test(guiding, updates, self.eps1, self.eps2)
+        # cos is logged for every setting: the honest clients' cosines are what `min_cosine` is
+        # chosen from (`diversefl detection --cosines`), so a run of the paper's rule needs them
+        scores = test.scores()
+        direction = direction_pass(test, self.min_cosine)
+        if self.per_layer:
+            layers_ok = layer_direction_pass(guiding, updates, self._sizes(ctx), self.min_cosine)
+            scores["layers_ok"] = layers_ok.to(updates.dtype)
+            direction = direction & layers_ok
+        passed = direction & test.in_band  # the paper's test.accepted when nothing hardens it
+        accepted = passed
+        if self.quarantine > 0:
+            self.ledger.begin_round(ctx.round)
+            counted = direction if self.quarantine_on == "direction" else passed
+            rate, seen = self.ledger.record(ctx.client_ids, counted)
+            scores["fail_rate"] = rate.to(updates.dtype)
+            trusted = quarantine_trusted(rate, seen, self.quarantine, self.quarantine_after)
+            accepted = passed & trusted
+        if self.clip_to_guide:
+            updates = clip_to_guide(updates, test.g_norm, test.z_norm)
+        return Aggregate(update=mean_of(updates, accepted), accepted=accepted, scores=scores)
+
+    @staticmethod
+    def _guiding(updates: Tensor, ctx: RoundContext) -> Tensor:
+        """The round's guiding gradients in the updates' dtype, checked against their shape."""
         guiding = ctx.guiding.to(updates.dtype)
         if guiding.shape != updates.shape:
             raise AggregatorError(
                 f"guiding gradients {tuple(guiding.shape)} do not match updates "
                 f"{tuple(updates.shape)}"
             )
-        dots, g_norm, z_norm = _dots_and_norms(guiding, updates)  # once per round
-        c1, c2 = torch.sign(dots), z_norm / g_norm
-        scores = {"c1": c1, "c2": c2}
-        direction = _direction_ok(dots, g_norm, z_norm, self.min_cosine)
-        # Logged for every setting: the honest clients' cosines are what `min_cosine` is
-        # chosen from (`diversefl detection --cosines`), so a run of the paper's rule needs them.
-        scores["cos"] = _cosine(dots, g_norm, z_norm)
-        if self.per_layer:
-            if ctx.layer_sizes is None:
-                raise AggregatorError(
-                    "diversefl: per_layer needs the model's layer sizes (ctx.layer_sizes)"
-                )
-            layers_ok = layer_direction_pass(guiding, updates, ctx.layer_sizes, self.min_cosine)
-            scores["layers_ok"] = layers_ok.to(updates.dtype)
-            direction = direction & layers_ok
-        passed = direction & (c2 > self.eps1) & (c2 < self.eps2)  # NaN fails
-        accepted = passed
-        if self.quarantine > 0:
-            rate, seen = self._record(
-                direction if self.quarantine_on == "direction" else passed, ctx
+        return guiding
+
+    @staticmethod
+    def _sizes(ctx: RoundContext) -> tuple[int, ...]:
+        """The model's layer sizes, which ``per_layer`` needs."""
+        if ctx.layer_sizes is None:
+            raise AggregatorError(
+                "diversefl: per_layer needs the model's layer sizes (ctx.layer_sizes)"
             )
-            scores["fail_rate"] = rate.to(updates.dtype)
-            trusted = (seen < self.quarantine_after) | (rate <= self.quarantine)
-            accepted = passed & trusted
-        if self.clip_to_guide:
-            factor = torch.clamp(g_norm / z_norm.clamp_min(torch.finfo(z_norm.dtype).tiny), max=1.0)
-            updates = updates * factor.nan_to_num(0.0)[:, None]
-        return Aggregate(update=mean_of(updates, accepted), accepted=accepted, scores=scores)
-
-    def _record(self, passed: Tensor, ctx: RoundContext) -> tuple[Tensor, Tensor]:
-        """Add this round's test results to the per-client counts; each client's failure rate
-        so far and its number of tests. A second call in the same round replaces that round's
-        results."""
-        if ctx.round == self.round and self._before is not None:
-            self.tested, self.failed = (t.clone() for t in self._before)
-        else:
-            self._before = (self.tested.clone(), self.failed.clone())
-            self.round = ctx.round
-        ids = ctx.client_ids.cpu().long()
-        self._count(ids, (~passed).cpu().double())
-        seen = self.tested[ids]
-        return (self.failed[ids] / seen).to(passed.device), seen.to(passed.device)
-
-    def _count(self, ids: Tensor, failed: Tensor) -> None:
-        """One more test for clients ``ids``, ``failed`` (0/1 per client) of them failed."""
-        size = int(ids.max()) + 1 if ids.numel() else 0
-        if size > self.tested.numel():
-            grow = size - self.tested.numel()
-            self.tested = torch.cat([self.tested, torch.zeros(grow, dtype=torch.float64)])
-            self.failed = torch.cat([self.failed, torch.zeros(grow, dtype=torch.float64)])
-        self.tested[ids] += 1
-        self.failed[ids] += failed
+        return ctx.layer_sizes
 
     def _aggregate_valid_subset(
         self, updates: Tensor, valid: Tensor, ctx: RoundContext
@@ -205,23 +162,19 @@ class DiverseFL(Aggregator):
         """As every rule, on the well-formed rows; with quarantine, a malformed update (NaN,
         infinity, wrong shape) also counts as a failed test, so that a client cannot keep its
         standing by sending garbage in the rounds it would fail."""
+        if self.quarantine > 0:
+            self.ledger.begin_round(ctx.round)  # also when no row is valid (none is recorded)
         out = super()._aggregate_valid_subset(updates, valid, ctx)
         if self.quarantine > 0:
-            if ctx.round != self.round or self._before is None:  # no valid row was recorded
-                self._before = (self.tested.clone(), self.failed.clone())
-                self.round = ctx.round
-            bad = ctx.client_ids[(~valid).nonzero().flatten().to(ctx.client_ids.device)]
-            self._count(bad.cpu().long(), torch.ones(bad.numel(), dtype=torch.float64))
+            bad = (~valid).nonzero().flatten().to(ctx.client_ids.device)
+            self.ledger.charge(ctx.client_ids[bad])
         return out
 
     def state_dict(self) -> dict[str, Any]:
         """The per-client test counts of the quarantine rule."""
-        return {"tested": self.tested.clone(), "failed": self.failed.clone(), "round": self.round}
+        return self.ledger.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the counts saved by :meth:`state_dict`."""
         if state:
-            self.tested = state["tested"].clone()
-            self.failed = state["failed"].clone()
-            self.round = state["round"]
-            self._before = None
+            self.ledger.load_state_dict(state)
