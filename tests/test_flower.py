@@ -126,34 +126,46 @@ def test_client_sample_is_the_simulators():
         assert torch.equal(x, sim.x_train[idx]) and torch.equal(y, sim.y_train[idx])
 
 
+@needs_flwr
+@pytest.mark.parametrize("verify", [False, True])
 @pytest.mark.parametrize("loss", ["mean", "sum"])
-def test_server_root_gradient_is_the_simulators(loss):
+def test_server_root_gradient_is_the_simulators(loss, verify):
     """FLTrust's root gradient on the Flower server (from uploaded samples only) equals the
-    simulator's on the same training examples, on the clients' scale for either loss."""
+    simulator's on the same training examples, on the clients' scale for either loss. The
+    pooled examples are named by their training-set indices when the server verified them
+    (exactly the simulator's ctx.shared_samples), else by their positions in the pool."""
+    from diversefl.flower.reference import ReferenceData
     from diversefl.flower.replies import SharedSample
+    from diversefl.flower.samples import Roster
     from diversefl.flower.strategy import FlowerFederation
 
     cfg = make_config(tiny_config(clients={"n": 5, "sample": 0.2, "loss": loss}))
     sim = Simulation(cfg)
-    fed = FlowerFederation(cfg)
-    samples = {}
+    fed = FlowerFederation(cfg, reference=ReferenceData(cfg) if verify else None)
+    roster = Roster(5)
     for j in range(5):
         shard = load_shard(cfg, j, 5)
         idx, x, y = shared_sample(cfg, shard)
-        samples[100 + j] = SharedSample(
+        roster.claim(SharedSample(
             node_id=100 + j, partition_id=j, indices=idx, x=x, y=y, attack="none",
             shard_len=int(sim.shard_len[j]), batch_size=int(sim.batch_k[j]),
-        )  # fmt: skip
-    fed.set_samples(samples)
-    root = sim.sample_idx[sim.sample_w > 0][::3]  # some of the uploaded examples
+        ))  # fmt: skip
+    fed.install(roster)
+    pooled = sim.sample_idx[sim.sample_w > 0]  # the simulator's, partition by partition
+    keys = fed.context(1, torch.zeros(5, dtype=torch.bool)).shared_samples
+    assert torch.equal(keys, pooled if verify else torch.arange(len(pooled)))
+    picks = torch.arange(0, len(pooled), 3)  # some of the uploaded examples
     theta = torch.randn_like(sim.theta) * 0.1
-    want = sim.server_gradient(theta, root)
-    torch.testing.assert_close(fed.server_gradient(theta, root), want)
+    want = sim.server_gradient(theta, pooled[picks])
+    torch.testing.assert_close(fed.server_gradient(theta, keys[picks]), want)
     if loss == "sum":  # m times the mean-loss gradient (m = the clients' mean batch)
         assert float(sim.loss_scale.mean()) > 1
-    missing = torch.tensor(sorted(set(range(sim.x_train.shape[0])) - set(root.tolist())))[:1]
+        torch.testing.assert_close(fed.loss_scale, sim.loss_scale)
+    missing = len(pooled) + 1
+    if verify:  # a training example nobody uploaded
+        missing = sorted(set(range(sim.x_train.shape[0])) - set(pooled.tolist()))[0]
     with pytest.raises(ValueError, match="only holds the uploaded samples"):
-        fed.server_gradient(theta, torch.cat([root[:2], missing]))
+        fed.server_gradient(theta, torch.cat([keys[:2], torch.tensor([missing])]))
 
 
 def test_partition_count_must_match_the_config():
@@ -252,10 +264,13 @@ def test_one_time_sample_upload_holds_s_examples_from_each_partition():
         assert torch.equal(s.x, sim.x_train[s.indices]) and torch.equal(s.y, sim.y_train[s.indices])
     # the server's guiding inputs are exactly these samples, ordered by partition
     fed = strategy.federation
-    assert fed.node_ids == [
-        n for n, _ in sorted(samples.items(), key=lambda kv: kv[1].partition_id)
-    ]
-    assert [int(w.sum()) for w in fed.sample_w] == [len(samples[n].y) for n in fed.node_ids]
+    node_ids = fed.roster.node_ids()
+    assert node_ids == [n for n, _ in sorted(samples.items(), key=lambda kv: kv[1].partition_id)]
+    assert fed.pool.sizes == [len(samples[n].y) for n in node_ids]
+    for j, node in enumerate(node_ids):
+        s = len(samples[node].y)
+        assert torch.equal(fed.pool.x[j, :s], samples[node].x)
+        assert torch.equal(fed.pool.y[j, :s], samples[node].y)
 
 
 @needs_flwr
@@ -477,14 +492,14 @@ def test_failed_run_is_reported_and_stops_everything(tmp_path):
 
     raw = {
         **DEPLOY_CONFIG,
-        "aggregator": {"name": "rsa"},  # the ServerApp refuses protocols: the run fails
+        "aggregator": {"name": "rsa"},  # a protocol: refused before any process starts
         "attack": {"name": "none"},
         "clients": {"n": 2, "batch": 0.5, "sample": 0.1},
         "rounds": 1,
     }
     config = _write_config(tmp_path / "bad.toml", raw)
     work = tmp_path / "work"
-    with pytest.raises(DeployError, match="failed|did not"):
+    with pytest.raises(DeployError, match="is a protocol"):
         deploy_local(config, 2, tmp_path / "out", byzantine=[], workdir=work, timeout=400)
     assert _leftovers(work) == []
 

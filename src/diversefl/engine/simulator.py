@@ -96,6 +96,74 @@ def server_loss_scale(grad: Tensor, loss_scale: Tensor, loss: str) -> Tensor:
     return grad
 
 
+def fixed_byzantine_mask(
+    cfg: Config, n: int, f: int, chosen: list[int] | None = None
+) -> Tensor | None:
+    """The run's fixed Byzantine mask ``[n]`` (f clients: ``chosen`` by the attack, the
+    config's list plus seeded extras, or a seeded draw), or None when ``attack.byzantine =
+    "per_round"`` redraws it every round. Shared by the simulator and the Flower server."""
+    spec = cfg.attack.byzantine
+    mask = torch.zeros(n, dtype=torch.bool)
+    if f == 0:
+        return mask
+    if chosen is not None:  # the attack decides (backdoor: the source-class owners)
+        mask[chosen] = True
+        return mask
+    if spec == "per_round":
+        return None
+    seed = cfg.attack.byzantine_seed
+    perm = torch.randperm(n, generator=generator(cfg.seed if seed is None else seed, "byzantine"))
+    if isinstance(spec, list):
+        mask[spec] = True
+        extra = [i for i in perm.tolist() if not mask[i]][: cfg.attack.also_seeded]
+        mask[extra] = True
+        return mask
+    mask[perm[:f]] = True
+    return mask
+
+
+def round_byzantine_mask(cfg: Config, n: int, f: int, fixed: Tensor | None, r: int) -> Tensor:
+    """Which of the n clients are Byzantine in round r: the ``fixed`` mask, or f clients drawn
+    from ``(seed, "byzantine", r)`` when it is redrawn every round."""
+    if fixed is not None:
+        return fixed
+    perm = torch.randperm(n, generator=generator(cfg.seed, "byzantine", r))
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[perm[:f]] = True
+    return mask
+
+
+def eval_pass(
+    fm: FlatModel, theta: Tensor, x_test: Tensor, y_test: Tensor, batch: int
+) -> tuple[Tensor, float]:
+    """One pass over a test set in batches of ``batch`` (eval mode: no dropout): predicted
+    classes ``[N]`` and the mean cross-entropy. Shared by the simulator and the Flower server."""
+    module = fm.module
+    module.eval()
+    params = fm.unflatten(theta)
+    preds, total = [], 0.0
+    for start in range(0, x_test.shape[0], batch):
+        xb, yb = x_test[start : start + batch], y_test[start : start + batch]
+        logits = functional_call(module, (params, fm.buffers), (xb,))
+        total += float(F.cross_entropy(logits, yb, reduction="sum"))
+        preds.append(logits.argmax(1))
+    module.train()
+    return torch.cat(preds), total / x_test.shape[0]
+
+
+def metric_summary(
+    names: list[str] | tuple[str, ...], rows: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """``final_<name>`` and ``max_<name>`` over the metric rows for each extra metric."""
+    out: dict[str, Any] = {}
+    for name in names:
+        values = [float(r[name]) for r in rows if r.get(name) not in (None, "")]
+        if values:
+            out[f"final_{name}"] = values[-1]
+            out[f"max_{name}"] = max(values)
+    return out
+
+
 class Simulation:
     """The simulated federation for one config: build once, then call :meth:`step` per round."""
 
@@ -179,35 +247,11 @@ class Simulation:
     # -- setup ---------------------------------------------------------------------------
     def _initial_byzantine(self, chosen: list[int] | None = None) -> Tensor | None:
         """The fixed Byzantine mask, or None when it is redrawn every round."""
-        spec = self.cfg.attack.byzantine
-        mask = torch.zeros(self.n, dtype=torch.bool)
-        if self.f == 0:
-            return mask
-        if chosen is not None:  # the attack decides (backdoor: the source-class owners)
-            mask[chosen] = True
-            return mask
-        if spec == "per_round":
-            return None
-        seed = self.cfg.attack.byzantine_seed
-        perm = torch.randperm(
-            self.n, generator=generator(self.cfg.seed if seed is None else seed, "byzantine")
-        )
-        if isinstance(spec, list):
-            mask[spec] = True
-            extra = [i for i in perm.tolist() if not mask[i]][: self.cfg.attack.also_seeded]
-            mask[extra] = True
-            return mask
-        mask[perm[: self.f]] = True
-        return mask
+        return fixed_byzantine_mask(self.cfg, self.n, self.f, chosen)
 
     def byzantine_mask(self, r: int) -> Tensor:
         """Which clients are Byzantine in round r."""
-        if self.fixed_byzantine is not None:
-            return self.fixed_byzantine
-        perm = torch.randperm(self.n, generator=generator(self.cfg.seed, "byzantine", r))
-        mask = torch.zeros(self.n, dtype=torch.bool)
-        mask[perm[: self.f]] = True
-        return mask
+        return round_byzantine_mask(self.cfg, self.n, self.f, self.fixed_byzantine, r)
 
     def _shared_samples(self) -> tuple[Tensor, Tensor]:
         """Each client's one-time uniform sample (indices ``[n, S]``, weights ``[n, S]``).
@@ -403,13 +447,7 @@ class Simulation:
 
     def extra_summary(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         """``final_<metric>`` and ``best_<metric>`` for the attack's extra metrics."""
-        out: dict[str, Any] = {}
-        for name in self.attack.metric_names:
-            values = [float(r[name]) for r in rows if r.get(name) not in (None, "")]
-            if values:
-                out[f"final_{name}"] = values[-1]
-                out[f"max_{name}"] = max(values)
-        return out
+        return metric_summary(self.attack.metric_names, rows)
 
     @torch.no_grad()
     def evaluate(self, theta: Tensor | None = None) -> dict[str, float]:
@@ -427,18 +465,7 @@ class Simulation:
 
     def _test_pass(self, theta: Tensor) -> tuple[Tensor, float]:
         """One pass over the test set: predicted classes and the mean cross-entropy."""
-        module = self.fm.module
-        module.eval()
-        params = self.fm.unflatten(theta)
-        preds, total = [], 0.0
-        bs = self.cfg.eval.batch
-        for start in range(0, self.x_test.shape[0], bs):
-            xb, yb = self.x_test[start : start + bs], self.y_test[start : start + bs]
-            logits = functional_call(module, (params, self.fm.buffers), (xb,))
-            total += float(F.cross_entropy(logits, yb, reduction="sum"))
-            preds.append(logits.argmax(1))
-        module.train()
-        return torch.cat(preds), total / self.x_test.shape[0]
+        return eval_pass(self.fm, theta, self.x_test, self.y_test, self.cfg.eval.batch)
 
     # -- checkpointing -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -14,7 +14,9 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 import os
+import secrets
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +37,8 @@ from diversefl.engine.seeding import generator, seed_dropout, seed_for
 from diversefl.engine.simulator import _count, draw_without_replacement
 from diversefl.methods import build_method
 from diversefl.models import build_model
+
+_log = logging.getLogger(__name__)
 
 #: Message type of the one-time "share your sample" query (``@app.query("sample")``).
 MSG_SAMPLE = "query.sample"
@@ -66,6 +70,11 @@ class RunSettings:
     node_partitions: str = ""  # "NODE_ID:J,NODE_ID:J": the operator's node -> partition binding
     round_grace: float = 0.0  # seconds a round still waits once min-nodes replied (0: off)
     resume: bool = False  # continue the run in `out` from its last checkpoint
+    # check each uploaded sample against a server-side copy of the public dataset (benchmark
+    # federations only: the server then loads and partitions the training set)
+    verify_samples: bool = False
+    test_set: str = ""  # "": the dataset's test split from data-dir; a .npz path; "none"
+    node_auth: bool = False  # nodes are authenticated: node-partitions must bind them
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> RunSettings:
@@ -87,6 +96,9 @@ class RunSettings:
             node_partitions=str(get("node-partitions", "")),
             round_grace=float(get("round-grace", 0.0)),
             resume=bool(get("resume", False)),
+            verify_samples=_flag(get("verify-samples", False), "verify-samples"),
+            test_set=str(get("test-set", "")),
+            node_auth=_flag(get("node-auth", False), "node-auth"),
         )
 
     def partition_map(self) -> dict[int, int] | None:
@@ -117,6 +129,13 @@ class RunSettings:
     def load_config(self) -> Config:
         """The validated diversefl config this run trains."""
         return load_run_config(self.config_path, self.override_list())
+
+
+def _flag(value: Any, key: str) -> bool:
+    """A run-config switch: only true or false (a string such as "false" is not a switch)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"run config {key}={value!r}: expected true or false")
+    return value
 
 
 def resolve_path(path: str | os.PathLike[str]) -> Path:
@@ -200,11 +219,64 @@ def _shard_path(cfg: Config, partition_id: int, cache_dir: str | os.PathLike[str
     return Path(cache_dir) / f"shard-{_shard_key(cfg, partition_id)}.pt"
 
 
+def _private_dir(path: Path) -> None:
+    """Create ``path`` (mode 0700) when it does not exist; an existing directory is kept as
+    it is (the shard files in it are 0600 whatever its mode)."""
+    if not path.is_dir():
+        path.mkdir(parents=True, mode=0o700, exist_ok=True)
+        os.chmod(path, 0o700)
+
+
 def _save_shard(shard: ClientShard, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(shard.__dict__, tmp)
-    os.replace(tmp, path)
+    """Write ``shard`` to ``path`` as plain tensors and numbers, readable by its owner only
+    (0600): a fresh temporary file, never opened through a link, renamed over the path."""
+    _private_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o600)
+            torch.save({**shard.__dict__, "input_shape": list(shard.input_shape)}, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _shard_from_state(state: Any, partition_id: int, num_partitions: int) -> ClientShard:
+    """The shard a cache file's contents describe, or ValueError when they are not exactly
+    partition ``partition_id``'s shard (wrong keys, types or sizes)."""
+    fields = [f.name for f in dataclasses.fields(ClientShard)]
+    if not isinstance(state, dict) or sorted(state) != sorted(fields):
+        raise ValueError("not a shard file")
+    shard = ClientShard(**{**state, "input_shape": tuple(state["input_shape"])})
+    tensors = (shard.indices, shard.x, shard.y, shard.shard_lens)
+    if not all(isinstance(t, Tensor) for t in tensors):
+        raise ValueError("a shard field is not a tensor")
+    L = shard.indices.numel()
+    if (shard.partition_id, shard.num_partitions) != (partition_id, num_partitions) or not (
+        shard.x.shape[0] == shard.y.numel() == L
+        and tuple(shard.x.shape[1:]) == shard.input_shape
+        and shard.shard_lens.numel() == num_partitions
+        and int(shard.shard_lens[partition_id]) == L
+    ):
+        raise ValueError(f"not partition {partition_id}'s shard of {num_partitions}")
+    return shard
+
+
+def _read_shard(path: Path, partition_id: int, num_partitions: int) -> ClientShard | None:
+    """The cached shard at ``path``, or None (the file is deleted, to be rebuilt) when it is
+    unreadable, a symbolic link, holds anything but plain tensors and numbers (nothing in it
+    is executed: ``weights_only=True``), or is not this partition's shard."""
+    try:
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as fh:  # not a link
+            state = torch.load(fh, map_location="cpu", weights_only=True)
+        return _shard_from_state(state, partition_id, num_partitions)
+    except Exception as err:  # noqa: BLE001 - whatever is wrong with it, the shard is rebuilt
+        why = " ".join(f"{type(err).__name__}: {err}".split())[:200]
+        _log.warning("shard cache %s is not a valid shard (%s); rebuilding it", path, why)
+        path.unlink(missing_ok=True)
+        return None
 
 
 @functools.lru_cache(maxsize=64)
@@ -213,11 +285,10 @@ def _cached_shard(
 ) -> ClientShard:
     cfg = config_from_text(cfg_text)
     path = _shard_path(cfg, partition_id, cache_dir) if cache_dir else None
-    if path is not None and path.exists():
-        try:
-            return ClientShard(**torch.load(path, weights_only=False))
-        except Exception:  # noqa: BLE001 - a corrupt cache file is simply rebuilt
-            path.unlink(missing_ok=True)
+    if path is not None and (path.exists() or path.is_symlink()):
+        cached = _read_shard(path, partition_id, cfg.clients.n)
+        if cached is not None:
+            return cached
     for shard in _all_shards(cfg, data_dir):
         if shard.partition_id == partition_id:
             if path is not None:
@@ -273,14 +344,19 @@ def batch_counts(cfg: Config, shard_lens: Tensor) -> Tensor:
     return torch.tensor([_count(cfg.clients.batch, int(L)) for L in shard_lens])
 
 
+def sample_positions(cfg: Config, partition_id: int, shard_len: int) -> Tensor:
+    """Positions ``[s]`` in partition ``partition_id``'s shard of its one-time sample: the
+    first s of a permutation drawn from ``(seed, "sample", j)``, as the simulator draws it."""
+    perm = torch.randperm(shard_len, generator=generator(cfg.seed, "sample", partition_id))
+    return perm[: sample_count(cfg, shard_len)]
+
+
 def shared_sample(cfg: Config, shard: ClientShard) -> tuple[Tensor, Tensor, Tensor]:
     """The one-time sample: training-set indices ``[s]``, examples ``[s, ...]``, labels ``[s]``.
 
     The same draw as the simulator's ``Simulation.sample_idx`` row for this client.
     """
-    L = int(shard.indices.numel())
-    perm = torch.randperm(L, generator=generator(cfg.seed, "sample", shard.partition_id))
-    pos = perm[: sample_count(cfg, L)]
+    pos = sample_positions(cfg, shard.partition_id, int(shard.indices.numel()))
     return shard.indices[pos], shard.x[pos], shard.y[pos]
 
 

@@ -39,7 +39,9 @@ class SharedSample:
 
     node_id: int
     partition_id: int
-    indices: Tensor  # [s] training-set indices (for checks; the server never reads x_train)
+    # [s] the training-set indices the node reports: plausible ids (distinct, in range); held
+    # to the server's copy of the data only with verify-samples
+    indices: Tensor
     x: Tensor  # [s, ...] the examples
     y: Tensor  # [s] their labels
     shard_len: int  # how many examples the node holds
@@ -49,16 +51,17 @@ class SharedSample:
 
 @dataclass(frozen=True)
 class SampleSpec:
-    """What a valid sample looks like for this run (from the config and the server's data)."""
+    """What a valid sample looks like for this run (from the config and the dataset's public
+    facts; the shard lengths only when the server holds a copy of the data)."""
 
     num_partitions: int
     input_shape: tuple[int, ...]
     num_classes: int
-    train_size: int  # training-set indices lie in 0..train_size-1
+    train_size: int  # training-set indices and shard lengths lie in 0..train_size-1 / 1..
     sample_count: Callable[[int], int]  # shard length -> the sample size s the config asks for
     batch_count: Callable[[int], int]  # shard length -> the mini-batch size
-    # each partition's shard length where the server knows its partition (it does whenever it
-    # partitions the data itself, as here): a node's claim must match it
+    # each partition's shard length where the server knows its partition (verify-samples: it
+    # partitions its copy of the data): a node's claim must match it
     shard_lens: tuple[int, ...] | None = None
 
 

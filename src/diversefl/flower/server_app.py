@@ -28,7 +28,8 @@ Run config (``[tool.flwr.app.config]`` in pyproject.toml, or ``flwr run --run-co
 ``node-partitions``
     ``"NODE_ID:J,NODE_ID:J,..."``: which registered node holds which partition (the ids that
     ``flwr supernode register`` prints). Set, a node outside it or claiming another
-    partition is excluded; empty (the default): a node's claim is taken.
+    partition is excluded; empty (the default): a node's claim is taken, and a second claim
+    on a partition (whenever it arrives) excludes every claimant.
 ``round-grace``
     Seconds a training round still waits once ``min-nodes`` replies are in (0, the default:
     until every node answered or ``timeout``): a node that stays connected but never
@@ -37,6 +38,19 @@ Run config (``[tool.flwr.app.config]`` in pyproject.toml, or ``flwr run --run-co
     Continue the run in ``out`` from its last checkpoint (after a stopped or crashed server):
     the nodes upload their samples again; the model and the rule's state come from the
     checkpoint.
+``test-set``
+    The server's test set: empty (the default), the dataset's test split from ``data-dir``
+    (MNIST / Fashion-MNIST: only the ``t10k`` files; none there: no evaluation, said in a
+    WARNING); a path to an ``.npz`` file with ``x`` and ``y``; ``"none"``: no evaluation.
+    The server reads no training data either way.
+``verify-samples``
+    ``true``: hold every uploaded sample to a server-side copy of the public dataset (its
+    partition's seeded draw, exactly), for benchmark federations; the server then loads and
+    partitions the training set. ``false`` (the default): samples are checked for
+    plausibility only (shapes, dtypes, classes, sizes consistent with the config).
+``node-auth``
+    ``true``: the SuperNodes are authenticated, and ``node-partitions`` must bind every
+    node id to its partition (the run refuses to start without it).
 """
 
 from __future__ import annotations
@@ -58,13 +72,11 @@ def default_out(name: str) -> Path:
     return Path("runs") / f"flower-{name or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-@app.main()
-def main(grid: Grid, context: Context) -> None:
-    """Load the config named by the run config and run it with :class:`DiverseFLStrategy`."""
-    settings = RunSettings.from_run_config(dict(context.run_config))
+def strategy_from_settings(settings: RunSettings) -> DiverseFLStrategy:
+    """The strategy the run config describes (config, run directory, server settings)."""
     cfg = settings.load_config()
     out = Path(settings.out).expanduser() if settings.out else default_out(cfg.name)
-    strategy = DiverseFLStrategy(
+    return DiverseFLStrategy(
         cfg,
         data_dir=settings.data_dir or None,
         out=out.resolve(),
@@ -76,5 +88,13 @@ def main(grid: Grid, context: Context) -> None:
         node_partitions=settings.partition_map(),
         round_grace=settings.round_grace,
         resume=settings.resume,
+        verify_samples=settings.verify_samples,
+        test_set=settings.test_set,
+        node_auth=settings.node_auth,
     )
-    strategy.start(grid)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Load the config named by the run config and run it with :class:`DiverseFLStrategy`."""
+    strategy_from_settings(RunSettings.from_run_config(dict(context.run_config))).start(grid)

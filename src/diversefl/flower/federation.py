@@ -1,0 +1,292 @@
+"""The Flower server's federation: what :func:`diversefl.engine.runner.train` drives.
+
+:class:`FlowerFederation` satisfies :class:`diversefl.engine.federation.Federation` by
+composition: it holds the model (a :class:`~diversefl.engine.params.FlatModel` and the flat
+``theta``), the rule, the learning-rate schedule, the Byzantine roles, the uploaded one-time
+samples (:class:`~diversefl.flower.samples.SamplePool`) and, if there is one, the test set. It
+holds no training set: the one-time samples are the only training examples the server sees
+(and, with ``verify-samples``, a :class:`~diversefl.flower.reference.ReferenceData` copy of a
+public dataset to check them against).
+
+One round goes one way::
+
+    runner.train --step(r)--> FlowerFederation --exchange(r, theta, roles)--> RoundExchange
+        (messages out, replies in, checked)  --Received--> FlowerFederation.apply:
+        server_step(theta, rule, updates, ctx, lr, wd) --RoundRecord--> runner
+
+The exchange never calls back into the federation; the federation never talks to the network.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from logging import INFO
+from typing import Any
+
+import torch
+from flwr.supercore import log
+from torch import Tensor
+
+from diversefl import attacks
+from diversefl.attacks.base import Attack
+from diversefl.config import Config
+from diversefl.engine.devices import usable_device
+from diversefl.engine.gradients import batched_grads
+from diversefl.engine.params import FlatModel
+from diversefl.engine.schedules import make_schedule
+from diversefl.engine.seeding import generator, seed_for
+from diversefl.engine.server_step import server_step
+from diversefl.engine.simulator import (
+    eval_pass,
+    fixed_byzantine_mask,
+    metric_summary,
+    round_byzantine_mask,
+    server_batch_gradient,
+)
+from diversefl.flower.common import check_deployable_attack
+from diversefl.flower.errors import FederationError
+from diversefl.flower.exchange import Received
+from diversefl.flower.reference import ReferenceData
+from diversefl.flower.samples import Roster, SamplePool
+from diversefl.flower.task import task_facts
+from diversefl.flower.testset import TestSet
+from diversefl.methods import build_method
+from diversefl.models import build_model
+from diversefl.protocols.base import Protocol
+from diversefl.round import RoundContext, RoundRecord
+
+#: The round function: ``(round, theta, assigned Byzantine mask or None) -> Received``.
+Exchange = Callable[[int, Tensor, Tensor | None], Received]
+
+
+class FlowerFederation:
+    """The server's half of a federation whose clients are SuperNodes (see the module doc)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        test_set: TestSet | None = None,
+        reference: ReferenceData | None = None,
+        adversary: str = "config",
+    ) -> None:
+        self.cfg, self.n, self.adversary = cfg, cfg.clients.n, adversary
+        self.reference = reference
+        self.facts = reference.facts if reference is not None else task_facts(cfg.data.dataset)
+        self.device = usable_device(cfg.engine.device)
+        if self.device.type == "cuda":  # cuDNN's fastest convolution kernels are not repeatable
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+        self.rule = build_method(cfg.aggregator.name, cfg.aggregator.params())
+        if isinstance(self.rule, Protocol):
+            raise ValueError(
+                f"aggregator {cfg.aggregator.name!r} is a protocol with client-side model "
+                "copies; it is not available over Flower (use a gradient aggregation rule)"
+            )
+        check_deployable_attack(cfg.attack.name)
+        self.attack = attacks.get(cfg.attack.name, **cfg.attack.params())
+        self._init_roles()
+        self.rule.check(self.n, self.f_assumed)
+        self.schedule = make_schedule(
+            cfg.optim.schedule, cfg.optim.lr, cfg.optim.milestones, cfg.optim.gamma,
+            cfg.optim.warmup_rounds, cfg.optim.warmup_start_lr,
+        )  # fmt: skip
+        torch.manual_seed(seed_for(cfg.seed, "init"))
+        module = build_model(cfg.model.name, self.facts.input_shape, self.facts.num_classes)
+        self.fm = FlatModel(module.to(self.device))
+        self.theta = self.fm.flatten()
+        self.test = None if test_set is None else TestSet(
+            test_set.x.to(self.device), test_set.y.to(self.device), test_set.source
+        )  # fmt: skip
+        self.exchange: Exchange | None = None  # set by the strategy once the samples are in
+        self.roster = Roster(self.n)
+        self.pool: SamplePool | None = None
+        self.loss_scale = torch.ones(self.n, device=self.device)
+        self.reported: set[int] = set()  # partitions that reported (or declared) attacking
+        self.faults: list[dict[str, Any]] = []  # rounds with a dropped or rejected update
+        self.round_seconds: list[float] = []
+        self.round_metrics: dict[int, dict[str, Any]] = {}
+
+    def _init_roles(self) -> None:
+        """f, the f the rule assumes, and the fixed Byzantine mask of ``adversary="config"``.
+
+        An attack that picks its clients from the data (the backdoor: the source-class
+        owners) needs the server's copy of it to be assigned by the server."""
+        picks = type(self.attack).choose_byzantine is not Attack.choose_byzantine
+        chosen = None
+        if picks and self.reference is not None:
+            chosen = self.reference.chosen_byzantine(self.attack)
+        elif picks and self.adversary == "config":
+            raise ValueError(
+                f"attack {self.cfg.attack.name!r} picks its Byzantine clients from the training "
+                'data; over Flower use adversary="nodes" (each node declares its attack) or '
+                "verify-samples = true (the server holds a copy of the public dataset)"
+            )
+        self.f = self.cfg.byzantine_count() if chosen is None else len(chosen)
+        self.f_assumed = self.cfg.assumed_f(real=self.f)
+        self.fixed_byzantine = fixed_byzantine_mask(self.cfg, self.n, self.f, chosen)
+
+    # -- the uploaded samples ---------------------------------------------------------------
+    def install(self, roster: Roster) -> None:
+        """Take the partitions' samples from ``roster`` (what the sample stage collected); a
+        partition without one is excluded (no guide, a NaN row every round)."""
+        if not roster.held:
+            raise FederationError("no node sent a usable sample")
+        self.roster = roster
+        self.reported = {j for j, s in roster.held.items() if s.attack != "none"}
+        self._build_pool()
+
+    def _build_pool(self) -> None:
+        held = self.roster.held
+        keyed = self.reference is not None  # verified: training-set indices name the examples
+        self.pool = SamplePool.build(held, self.n, self.facts.input_shape, self.device, keyed)
+        if self.cfg.clients.loss == "sum":  # the scale follows the batch sizes nodes report
+            sizes = {j: float(s.batch_size) for j, s in held.items()}
+            if self.reference is not None:  # the server's copy knows every partition's batch
+                other = self.reference.batch_sizes(self.cfg)
+            else:  # an excluded partition's batch is unknown: the reported mean stands in
+                other = [sum(sizes.values()) / len(sizes)] * self.n
+            scale = [sizes.get(j, other[j]) for j in range(self.n)]
+            self.loss_scale = torch.tensor(scale, device=self.device)
+
+    def guiding(self, theta: Tensor) -> Tensor:
+        """Guiding gradients ``[n, d]`` on the uploaded samples (eq. 6)."""
+        pool = self._samples()
+        return batched_grads(
+            self.fm, theta, pool.x, pool.y, pool.w, self.cfg.engine.clients_per_chunk or None,
+            self.loss_scale, method=self.cfg.engine.grads,
+        )  # fmt: skip
+
+    def server_gradient(self, theta: Tensor, keys: Tensor) -> Tensor:
+        """Gradient ``[d]`` on pooled uploaded examples (named by ``keys``, see
+        :class:`SamplePool`) on the clients' scale, for rules with server data (FLTrust)."""
+        x, y = self._samples().examples(keys)
+        return server_batch_gradient(
+            self.fm, theta, x, y, self.loss_scale, self.cfg.clients.loss, self.cfg.engine.grads
+        )
+
+    def _samples(self) -> SamplePool:
+        if self.pool is None:
+            raise RuntimeError("FlowerFederation: no samples installed yet")
+        return self.pool
+
+    # -- rounds -----------------------------------------------------------------------------
+    def assigned(self, r: int) -> Tensor | None:
+        """The Byzantine mask the server assigns in round r (``adversary="config"``), else
+        None (the nodes' own node configs decide)."""
+        if self.adversary != "config":
+            return None
+        return round_byzantine_mask(self.cfg, self.n, self.f, self.fixed_byzantine, r)
+
+    def step(self, r: int) -> RoundRecord:
+        """Run round r over the network (the runner's loop calls this)."""
+        if self.exchange is None:
+            raise RuntimeError("FlowerFederation.step needs an exchange (set by the strategy)")
+        t0 = time.perf_counter()
+        rec = self.apply(r, self.exchange(r, self.theta, self.assigned(r)))
+        self.round_seconds.append(time.perf_counter() - t0)
+        return rec
+
+    def apply(self, r: int, got: Received) -> RoundRecord:
+        """Step the model with round r's received updates (eq. 11) and record the round."""
+        if got.newly_excluded:  # a late second claim: that partition's sample goes too
+            self._build_pool()
+        assigned = self.assigned(r)
+        if assigned is None:
+            assigned = torch.tensor([j in self.reported for j in range(self.n)])
+        byz = assigned.clone() | got.reported
+        self.reported |= set(got.reported.nonzero().flatten().tolist())
+        if got.dropped or got.rejected:
+            rejected = {str(j): why for j, why in sorted(got.rejected.items())}
+            self.faults.append({"round": r, "dropped": got.dropped, "rejected": rejected})
+        ctx = self.context(r, byz)
+        self.theta, rec = server_step(
+            self.theta, self.rule, got.updates.to(self.device), ctx, self.schedule(r),
+            self.cfg.optim.weight_decay,
+        )  # fmt: skip
+        self.round_metrics[r] = {"n-accepted": int(rec.accepted.sum()), **got.counts}
+        self.round_metrics[r]["lr"] = float(rec.lr)
+        log(INFO, "[ROUND %d/%d] %s", r, self.cfg.rounds, self.round_metrics[r])
+        return rec
+
+    def context(self, r: int, byz: Tensor) -> RoundContext:
+        """The round context handed to the rule."""
+        theta, pool = self.theta, self._samples()
+        return RoundContext(
+            round=r,
+            n=self.n,
+            f=self.f_assumed,
+            generator=generator(self.cfg.seed, "round", r),
+            byzantine=byz.to(self.device),
+            guiding_fn=lambda: self.guiding(theta),
+            server_grad_fn=lambda keys: self.server_gradient(theta, keys),
+            shared_samples=pool.keys,
+            layer_sizes=self.fm.layer_sizes,
+            num_classes=self.facts.num_classes,
+        )
+
+    # -- what the runner reads ----------------------------------------------------------------
+    @property
+    def n_params(self) -> int:
+        """Entries of the flat model."""
+        return self.fm.dim
+
+    @property
+    def extra_metric_names(self) -> list[str]:
+        """The attack's extra metric columns (e.g. backdoor accuracy)."""
+        return list(self.attack.metric_names)
+
+    @torch.no_grad()
+    def evaluate(self, theta: Tensor | None = None) -> dict[str, float]:
+        """Test accuracy and mean cross-entropy of the current (or given) model on the test
+        set; NaN for every metric when the server has none."""
+        if self.test is None:
+            return {k: math.nan for k in ["test_accuracy", "test_loss", *self.extra_metric_names]}
+        theta = self.theta if theta is None else theta
+        preds, loss = eval_pass(self.fm, theta, self.test.x, self.test.y, self.cfg.eval.batch)
+        out = {"test_accuracy": float((preds == self.test.y).float().mean()), "test_loss": loss}
+        out.update(self.attack.metrics(preds, self.test.y))
+        return out
+
+    def byzantine_ids(self) -> list[int] | str:
+        """Byzantine partitions: the config's (``adversary="config"``), or as the nodes
+        declared and reported them."""
+        if self.adversary == "nodes":
+            return sorted(self.reported)
+        if self.fixed_byzantine is None:
+            return "per_round"
+        return self.fixed_byzantine.nonzero().flatten().tolist()
+
+    def extra_summary(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """The attack's extra metrics plus the run's ``flower`` block (nodes, timings, faults)."""
+        import flwr
+
+        secs, roster = self.round_seconds, self.roster
+        flower = {
+            "flwr": flwr.__version__,
+            "adversary": self.adversary,
+            "verify_samples": self.reference is not None,
+            "test_set": None if self.test is None else self.test.source,
+            "node_ids": ["" if k is None else str(k) for k in roster.node_ids()],
+            "sample_sizes": self.pool.sizes if self.pool is not None else [0] * self.n,
+            "round_seconds": [round(s, 4) for s in secs],
+            "mean_round_seconds": round(sum(secs) / len(secs), 4) if secs else None,
+            "excluded": {str(j): why for j, why in sorted(roster.excluded().items())},
+            "sample_rejects": {str(k): why for k, why in sorted(roster.rejects.items())},
+            "claim_conflicts": {str(j): v for j, v in sorted(roster.conflicts.items())},
+            "faults": self.faults,
+            "dropped_total": sum(len(f["dropped"]) for f in self.faults),
+            "rejected_total": sum(len(f["rejected"]) for f in self.faults),
+        }
+        return {**metric_summary(self.attack.metric_names, rows), "flower": flower}
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The model and the rule's state (all randomness is keyed by round)."""
+        return {"theta": self.theta.cpu(), "aggregator": self.rule.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.theta = state["theta"].to(self.device)
+        self.rule.load_state_dict(state["aggregator"])
