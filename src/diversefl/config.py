@@ -3,8 +3,12 @@ with an error naming the key and what is allowed."""
 
 from __future__ import annotations
 
+import copy
+import datetime
+import re
 import tomllib
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -16,8 +20,31 @@ class ConfigError(ValueError):
     """A config file or override is malformed; the message names the key."""
 
 
+SUPPORTED_DEVICE_TYPES = ("cpu", "cuda")  # what the engine is built and tested for
+
+
+def parse_device(device: str) -> Any:
+    """``torch.device(device)`` for a supported type (cpu, cuda, cuda:N); a ValueError naming
+    the value for a typo or for a type torch knows but diversefl does not run on (mps, meta)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"{device!r} is not a torch device (cpu, cuda, cuda:1)") from None
+    if dev.type not in SUPPORTED_DEVICE_TYPES:
+        raise ValueError(
+            f"{device!r} is not supported: diversefl runs on cpu or cuda (cuda, cuda:1, ...)"
+        )
+    return dev
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    # strict: a string is not a number or a boolean ("3", "yes"), 1 is not true, 3.0 is not an
+    # int; an int is still a valid float (lr = 1)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, allow_inf_nan=False, strict=True
+    )
 
     @field_validator("*", mode="before")
     @classmethod
@@ -193,19 +220,16 @@ class EngineConfig(_Section):
     @field_validator("device")
     @classmethod
     def _known_device(cls, v: str) -> str:
-        import torch
-
-        try:
-            torch.device(v)
-        except (RuntimeError, ValueError):
-            raise ValueError(f"{v!r} is not a torch device (cpu, cuda, cuda:1)") from None
-        return v  # whether this machine has one is checked when the simulation is built
+        """A device type diversefl runs on (cpu, cuda, cuda:N); whether this machine has it
+        is checked when the simulation is built (engine.devices.usable_device)."""
+        parse_device(v)
+        return v
 
 
 class Config(_Section):
     """A full run: what `diversefl run` reads from TOML and writes back as config.toml."""
 
-    name: str = ""  # run name; the run directory defaults to runs/<name>
+    name: str = ""  # run name, one safe path component; the run directory: runs/<name>-<time>
     seed: int = Field(0, ge=0, lt=2**63)  # every random stream is keyed by it
     rounds: int = Field(1000, ge=1)
     data: DataConfig = DataConfig()
@@ -216,6 +240,13 @@ class Config(_Section):
     aggregator: AggregatorConfig = AggregatorConfig()
     eval: EvalConfig = EvalConfig()
     engine: EngineConfig = EngineConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        """The name becomes a directory name (runs/<name>-<time>, a Flower run's output): it
+        may not reach outside runs/ (see :func:`check_run_name`)."""
+        return check_run_name(v)
 
     @model_validator(mode="after")
     def _check_components(self) -> Config:
@@ -302,29 +333,64 @@ def first_difference(saved: Any, other: Any, other_name: str = "now", prefix: st
 
 
 def _format_error(err: pydantic.ValidationError) -> str:
-    lines = []
+    """One line per bad key, ``key: what is wrong (got value)``; the alternatives of a union
+    (``int | float``) are one line, not one per alternative."""
+    groups: dict[str, list[Any]] = {}
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif e["type"] == "literal_error":
-            msg = f"{msg} (got {e.get('input')!r})"
-        elif "input" in e and e["type"] != "value_error":
-            msg = f"{msg} (got {e['input']!r})"
-        lines.append(f"{key}: {msg}" if key else msg)
+        groups.setdefault(_error_key(e["loc"]), []).append(e)
+    lines = [_error_line(key, errors) for key, errors in groups.items()]
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
+def _error_key(loc: tuple[int | str, ...]) -> str:
+    """The config key an error location names (``optim.milestones[0]``), without pydantic's
+    tags for union members and validators (``int``, ``list[int]``, ``function-after[...]``)."""
+    section: Any = Config
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, int):
+            if parts:
+                parts[-1] += f"[{part}]"
+            continue
+        if not (isinstance(section, type) and issubclass(section, BaseModel)):
+            continue  # below a setting: a tag, not a key
+        field = section.model_fields.get(part)
+        parts.append(part)
+        section = field.annotation if field is not None else None  # None: an unknown key
+    return ".".join(parts)
+
+
+def _error_line(key: str, errors: list[Any]) -> str:
+    """``key: message (got value)`` for the errors of one key."""
+    messages: list[str] = []
+    for e in errors:
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        msg = msg.removeprefix("Value error, ")
+        if msg not in messages:
+            messages.append(msg)
+    text = messages[0] + "".join(", or " + m.removeprefix("Input should be ") for m in messages[1:])
+    shown = [e for e in errors if e["type"] not in ("value_error", "extra_forbidden")]
+    if shown and "input" in shown[0]:
+        text = f"{text} (got {shown[0]['input']!r})"
+    if not key or text.startswith(f"{key}:"):  # a registry's message names the key itself
+        return text
+    return f"{key}: {text}"
+
+
 def _allowed_keys_hint(err: pydantic.ValidationError) -> str:
+    """For an unknown key, the keys its section allows."""
     hints = []
     for e in err.errors():
         if e["type"] != "extra_forbidden":
             continue
         section: Any = Config
         for part in e["loc"][:-1]:
-            section = Config.model_fields[str(part)].annotation
-        hints.append(f"allowed keys here: {', '.join(section.model_fields)}")
+            field = section.model_fields.get(str(part))
+            section = field.annotation if field is not None else None
+            if not (isinstance(section, type) and issubclass(section, BaseModel)):
+                break
+        else:
+            hints.append(f"allowed keys here: {', '.join(section.model_fields)}")
     return ("\n  " + "\n  ".join(hints)) if hints else ""
 
 
@@ -338,32 +404,117 @@ def make_config(raw: dict[str, Any]) -> Config:
         raise ConfigError(f"invalid config:\n  {err}") from None
 
 
-def parse_value(text: str) -> Any:
-    """Parse an override value as TOML (numbers, booleans, lists, quoted strings), else str."""
+_RUN_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]*")
+RUN_NAME_MAX = 128
+
+
+def check_run_name(name: str) -> str:
+    """``name`` when it is a safe run name, else a ValueError: empty, or one path component of
+    ASCII letters, digits, ``- _ + .``, not starting with ``.`` and without ``..``, at most
+    :data:`RUN_NAME_MAX` characters (it names a directory under runs/)."""
+    if name == "" or (len(name) <= RUN_NAME_MAX and _RUN_NAME.fullmatch(name) and ".." not in name):
+        return name
+    raise ValueError(
+        f"{name!r} is not a safe run name: it names the run directory, so it is one path "
+        "component of letters, digits, '-', '_', '+' and '.', not starting with '.', without "
+        f"'..', at most {RUN_NAME_MAX} characters"
+    )
+
+
+# krum, fashion-mnist, cuda:1: a string; whitespace, '#', quotes, ',' and '=' would start a
+# second value, a comment or a key, so a word holding one is refused, never cut short
+_BARE_WORD = re.compile(r"[^\s#\"',=]+")
+_KEY_PART = re.compile(r"[A-Za-z0-9_-]+")  # a TOML bare key
+
+
+def parse_value(text: str, item: str | None = None) -> Any:
+    """One override value: exactly one TOML value (a number, true/false, a quoted string, a
+    [list], an {inline = table}), or a bare word such as ``krum`` or ``cuda:1`` taken as a
+    string. Anything more (a newline, a comment, a second value) is a ConfigError naming the
+    override ``item`` (default: the text), so nothing after the value is silently dropped."""
+    where = f"--set {item if item is not None else text!r}"
+    if "\n" in text or "\r" in text:
+        raise ConfigError(f"{where}: the value runs over several lines; give one value")
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        value = tomllib.loads(f"v = {text}")
     except tomllib.TOMLDecodeError:
-        return text
+        if _BARE_WORD.fullmatch(text):
+            return text
+        raise ConfigError(
+            f"{where}: {text!r} is not one value (a number, true/false, a [list], an "
+            '{inline = table}, or a string: a bare word, or quoted as key="a b")'
+        ) from None
+    try:  # a comment swallows the closing bracket: "v = [3 # x]" is not TOML, "v = [3]" is
+        tomllib.loads(f"v = [{text}]")
+    except tomllib.TOMLDecodeError:
+        raise ConfigError(
+            f"{where}: text after the value (a comment?); give exactly one value (a string "
+            'that holds "#" is quoted: key="a#b")'
+        ) from None
+    if isinstance(value["v"], datetime.date | datetime.time):  # datetime is a date too
+        return text  # no setting is a date: 2024-05-01 is a name
+    return value["v"]
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` overrides to a raw config dict (returns a new dict)."""
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+Override = str | tuple[str, Any]  # "section.key=value" text, or (dotted key, parsed value)
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[Override]) -> dict[str, Any]:
+    """Apply overrides to a raw config dict and return the new dict (``raw`` is unchanged).
+
+    An override is ``"section.key=value"`` text (one value, see :func:`parse_value`) or a
+    ``(dotted key, value)`` pair of an already parsed value (a sweep entry's ``set`` table).
+    A table value merges into the table it names: ``clients={n = 3}`` sets ``clients.n`` and
+    keeps the section's other settings, as ``clients.n=3`` does.
+    """
+    out = copy.deepcopy(dict(raw))
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected section.key=value")
-        key, value = item.split("=", 1)
-        parts = key.strip().split(".")
+        parts, value, where = _split_override(item)
         node = out
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {key}: {part} is not a section")
-        node[parts[-1]] = parse_value(value.strip())
+                raise ConfigError(f"{where}: {'.'.join(parts[: i + 1])} is not a section")
+        last = parts[-1]
+        if isinstance(value, dict) and isinstance(node.get(last), dict):
+            _merge_into(node[last], value)
+        else:
+            node[last] = copy.deepcopy(value)
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+def _split_override(item: Override) -> tuple[list[str], Any, str]:
+    """(key parts, parsed value, how errors name the override) of one override."""
+    if isinstance(item, tuple):
+        key, value = item
+        where = f"set {key!r}"
+    else:
+        key, sep, text = item.partition("=")
+        where = f"--set {item!r}"
+        if not sep:
+            raise ConfigError(f"{where}: expected section.key=value")
+        value = parse_value(text.strip(), item)
+    parts = [p.strip() for p in str(key).split(".")]
+    if not all(_KEY_PART.fullmatch(p) for p in parts):
+        raise ConfigError(
+            f"{where}: {str(key).strip()!r} is not a key (section.key: letters, digits, '_' "
+            "and '-', parts joined by '.')"
+        )
+    return parts, value, where
+
+
+def _merge_into(table: dict[str, Any], update: Mapping[str, Any]) -> None:
+    """Set ``update``'s keys in ``table``, merging nested tables the same way."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(table.get(key), dict):
+            _merge_into(table[key], value)
+        else:
+            table[key] = copy.deepcopy(value)
+
+
+def load_config(
+    path: str | Path | None = None, overrides: Sequence[Override] | None = None
+) -> Config:
     """Read a TOML file (or start from defaults), apply overrides, validate."""
     raw: dict[str, Any] = {}
     if path is not None:

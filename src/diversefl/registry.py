@@ -5,6 +5,8 @@ answers the config's questions ("which names are allowed?", "is this choice vali
 from __future__ import annotations
 
 import dataclasses
+import functools
+import typing
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -90,6 +92,8 @@ def build_validated(cls: Callable[..., Any], kind: str, name: str, params: dict[
         raise ValueError(
             f"{kind}.{unknown[0]}: unknown setting for {kind} {name!r}; allowed: {allowed}"
         )
+    if params:
+        _check_strict(cls, kind, params)
     try:
         return pydantic.TypeAdapter(cls).validate_python(params)
     except pydantic.ValidationError as err:
@@ -99,6 +103,25 @@ def build_validated(cls: Callable[..., Any], kind: str, name: str, params: dict[
         if key:
             raise ValueError(f"{kind}.{key}: {msg} (got {first.get('input')!r})") from None
         raise ValueError(f"{kind} {name!r}: {msg}") from None
+
+
+def _check_strict(cls: Any, kind: str, params: dict[str, Any]) -> None:
+    """Each setting checked in pydantic's strict mode before the (lax) dataclass build, as the
+    config's own sections are: "0.5" is not a number, "yes" not a boolean, 2.0 not an int (an
+    int is still a valid float)."""
+    hints = typing.get_type_hints(cls)
+    for key, value in params.items():
+        try:
+            _adapter(hints[key]).validate_python(value, strict=True)
+        except pydantic.ValidationError as err:
+            msg = err.errors()[0]["msg"].removeprefix("Value error, ")
+            raise ValueError(f"{kind}.{key}: {msg} (got {value!r})") from None
+
+
+@functools.cache
+def _adapter(annotation: Any) -> pydantic.TypeAdapter[Any]:
+    """A validator for one setting's type (cached: configs are validated often)."""
+    return pydantic.TypeAdapter(annotation)
 
 
 def build(registry: Mapping[str, type], kind: str, name: str, params: dict[str, Any]) -> Any:
