@@ -220,7 +220,20 @@ SAMPLE_FAULTS: dict[str, tuple[Callable[[Any], Any], str]] = {
         lambda r: _meta(r, **{"shard-len": 1000}),
         "shard-len 1000, but partition 2 holds",
     ),
+    "claims a larger shard, keeps its batch size": (
+        lambda r: _meta(r, **{"shard-len": 1000}),
+        "batch-size 144, but the config gives 500 for a shard of 1000",
+    ),
+    "shard larger than the training set": (
+        lambda r: _meta(r, **{"shard-len": 10**6}),
+        "shard-len 1000000 outside 1..1437",
+    ),
 }
+#: Faults only a server holding a copy of the public dataset can see (verify-samples): the
+#: sample is well-formed and consistent with the config, but not its partition's seeded draw.
+VERIFIED_FAULTS = {
+    "poisoned images", "shifted labels", "not its seeded sample", "claims a larger shard",
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("fault", sorted(SAMPLE_FAULTS))
@@ -234,7 +247,10 @@ def test_bad_sample_excludes_its_node_with_one_warning(fault, tmp_path, caplog):
         pushed.append((node, msg.metadata.message_type))
         return inner(node, msg, reply)
 
-    strategy = DiverseFLStrategy(cfg, out=tmp_path / "run", timeout=0.5, min_nodes=4)
+    strategy = DiverseFLStrategy(
+        cfg, out=tmp_path / "run", timeout=0.5, min_nodes=4,
+        verify_samples=fault in VERIFIED_FAULTS,
+    )  # fmt: skip
     caplog.set_level(logging.INFO, logger="flwr")
     strategy.start(_grid(5, tamper))
     # one WARNING names the node and the problem
@@ -290,10 +306,12 @@ def test_two_nodes_claiming_one_partition_are_both_excluded(caplog):
 
 
 def test_a_claim_without_the_partitions_sample_leaves_the_owner_in(caplog):
-    """Node 2 claims partition 1 but uploads its own examples: refused as an invalid sample,
-    so partition 1's owner keeps its place (only the impostor is excluded)."""
+    """With verify-samples, node 2 claiming partition 1 but uploading its own examples is
+    refused as an invalid sample, so partition 1's owner keeps its place (only the impostor is
+    excluded). Without it, the claim is a second claim: both are excluded
+    (test_flower_partitions.py)."""
     cfg = make_config(tiny_config(clients={"n": 5}, rounds=1, eval={"every": 1}))
-    strategy = DiverseFLStrategy(cfg, timeout=0.5, min_nodes=3)
+    strategy = DiverseFLStrategy(cfg, timeout=0.5, min_nodes=3, verify_samples=True)
     caplog.set_level(logging.INFO, logger="flwr")
     sim = Simulation(cfg)
     claim = {
@@ -337,11 +355,11 @@ def test_node_that_never_connects_is_excluded_after_the_timeout(caplog):
     strategy = DiverseFLStrategy(cfg, timeout=0.5)
     caplog.set_level(logging.INFO, logger="flwr")
     strategy.start(three)
-    assert _warnings(caplog, "only 3 of 4 SuperNodes connected")
+    assert _warnings(caplog, "only 3 of 4 partitions claimed within 0.5 s (3 nodes connected)")
     fl = strategy.result.summary["flower"]
     assert fl["excluded"] == {"3": "no node sent a sample for it"}
     one = _loopback_grid([{"partition-id": 0, "num-partitions": 4}])
-    with pytest.raises(FederationError, match="only 1 of 4 SuperNodes connected"):
+    with pytest.raises(FederationError, match="only 1 of 4 nodes sent a usable sample"):
         DiverseFLStrategy(cfg, timeout=0.3).start(one)
 
 
@@ -372,7 +390,7 @@ def test_deploy_refuses_an_out_that_holds_a_run(tmp_path, capsys):
         deploy_local("", 4, out, workdir=tmp_path / "w")
     assert not (tmp_path / "w").exists()  # refused before anything started
     assert (out / "summary.json").read_text() == "{}"  # the old run is untouched
-    assert deploy_main(["", "--nodes", "4", "--out", str(out), "--workdir", str(tmp_path)]) == 1
+    assert deploy_main(["", "--nodes", "4", "--out", str(out), "--workdir", str(tmp_path)]) == 2
     assert "--overwrite" in capsys.readouterr().err
 
 

@@ -1,0 +1,359 @@
+"""Everything ``deploy-local`` checks before it starts a process, and the plan it then runs.
+
+:func:`plan_deployment` refuses (:class:`DeployInputError`, the command's exit status 2) a
+number that is not positive and finite, a run directory that already holds a run, an app
+without the run-config keys it needs, a config that does not load (or a dataset that is not
+there), a rule a deployment cannot run (a protocol such as RSA, whose clients keep model
+copies), an attack a node cannot carry out alone, and a bad ``--byzantine`` choice, so that
+a mistake costs no SuperLink start and leaves no process or file behind.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from diversefl.config import Config
+from diversefl.flower.deploy_errors import DeployInputError
+from diversefl.flower.processes import config_args
+from diversefl.flower.workdir import check_workdir
+
+#: The repository whose ``pyproject.toml`` declares the Flower app (the default ``app_dir``).
+REPO_ROOT = Path(__file__).resolve().parents[3]
+RUNTIMES = ("deployment", "simulation")
+ADVERSARIES = ("config", "nodes")
+
+
+@dataclass(frozen=True)
+class DeployPlan:
+    """A checked deployment: what to run, where, and each node's attack settings."""
+
+    cfg: Config
+    config_path: str  # absolute; "" for the built-in demo
+    overrides: tuple[str, ...]  # the user's overrides plus clients.n = nodes
+    data_dir: str  # absolute; "" for $DIVERSEFL_DATA
+    out: Path
+    app: Path
+    workdir: Path | None  # None: a new temporary directory
+    runtime: str
+    nodes: int
+    run_config: dict[str, Any] = field(default_factory=dict)
+    node_extra: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def node_configs(self, cache: Path) -> list[dict[str, Any]]:
+        """Each SuperNode's node config: its partition, the shard cache, the data directory
+        and, for an attacking node, its attack settings; checked to pass Flower's parser."""
+        configs = []
+        for j in range(self.nodes):
+            node: dict[str, Any] = {"partition-id": j, "num-partitions": self.nodes}
+            node["cache-dir"] = str(cache)
+            if self.data_dir:
+                node["data-dir"] = self.data_dir
+            node.update(self.node_extra.get(j, {}))
+            config_args(node)
+            configs.append(node)
+        return configs
+
+
+def one_line(err: BaseException) -> str:
+    """An error's text on one line (a config error lists its problems on indented lines)."""
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+
+
+def check_positive(name: str, value: object, *, integer: bool = False, zero: bool = False) -> None:
+    """Refuse ``value`` unless it is a finite number > 0 (>= 0 with ``zero``; an int with
+    ``integer``), naming the option."""
+    kind = "an integer" if integer else "a finite number"
+    allowed = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, allowed):
+        raise DeployInputError(f"{name}={value!r}: must be {kind}")
+    number = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(number):
+        raise DeployInputError(f"{name}={value!r}: must be {kind}")
+    if number < 0 or (number == 0 and not zero):
+        raise DeployInputError(f"{name}={value!r}: must be {'>= 0' if zero else '> 0'}")
+
+
+def check_settings(
+    *,
+    nodes: int,
+    timeout: float,
+    round_timeout: float,
+    threads: int,
+    max_inflight: int | None,
+    min_nodes: int | None,
+    runtime: str,
+    adversary: str | None,
+    node_auth: bool = False,
+    tls: object | None = None,
+) -> None:
+    """The launcher's own numbers and choices (before any file is read)."""
+    check_positive("nodes", nodes, integer=True)
+    check_positive("timeout", timeout)
+    check_positive("round_timeout", round_timeout)
+    check_positive("threads", threads, integer=True)
+    if max_inflight is not None:
+        check_positive("max_inflight", max_inflight, integer=True, zero=True)
+    if min_nodes is not None:
+        check_positive("min_nodes", min_nodes, integer=True)
+        if min_nodes > nodes:
+            raise DeployInputError(f"min_nodes={min_nodes}: must lie in 1..nodes={nodes}")
+    if runtime not in RUNTIMES:
+        raise DeployInputError(f"runtime={runtime!r}: allowed: {', '.join(RUNTIMES)}")
+    if adversary is not None and adversary not in ADVERSARIES:
+        raise DeployInputError(f"adversary={adversary!r}: allowed: {', '.join(ADVERSARIES)}")
+    if node_auth and tls is None and runtime == "deployment":
+        raise DeployInputError("node_auth needs tls: Flower authenticates SuperNodes only over TLS")
+
+
+def check_out(out: str | os.PathLike[str], overwrite: bool) -> Path:
+    """The run directory, refused when it already holds a run and ``overwrite`` is off."""
+    from diversefl.results import RUN_FILES
+
+    out_dir = Path(out).expanduser().resolve()
+    held = [f for f in RUN_FILES if (out_dir / f).exists()]
+    if held and not overwrite:
+        raise DeployInputError(
+            f"{out_dir} already holds a run ({', '.join(held)}); pass --overwrite to replace it "
+            "or choose another --out"
+        )
+    return out_dir
+
+
+def check_app(app_dir: str | os.PathLike[str] | None, min_nodes: int | None) -> Path:
+    """The Flower app's directory (``pyproject.toml`` with ``[tool.flwr.app]``); with
+    ``min_nodes`` its run config must declare ``min-nodes`` (flwr refuses unknown keys)."""
+    app = Path(app_dir).resolve() if app_dir else REPO_ROOT
+    if not (app / "pyproject.toml").exists():
+        raise DeployInputError(f"no pyproject.toml with [tool.flwr.app] in {app}")
+    if min_nodes is not None and "min-nodes" not in _app_config_keys(app):
+        raise DeployInputError(
+            f"min_nodes needs a `min-nodes = 0` entry in [tool.flwr.app.config] of "
+            f"{app / 'pyproject.toml'} (flwr refuses run-config keys the app does not list)"
+        )
+    return app
+
+
+def _app_config_keys(app: Path) -> set[str]:
+    """The run-config keys the app at ``app`` declares (``[tool.flwr.app.config]``)."""
+    data = tomllib.loads((app / "pyproject.toml").read_text())
+    return set(data.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {}))
+
+
+def load_deployable_config(
+    config_path: str, overrides: Sequence[str], data_dir: str | None
+) -> Config:
+    """Load the config (``""``: the built-in demo) and check that a deployment can run it: its
+    rule is a gradient aggregation rule, its attack one a node carries out alone, and its
+    dataset is there. Every refusal is a one-line :class:`DeployInputError`."""
+    from diversefl.aggregators import AggregatorError
+    from diversefl.config import ConfigError
+    from diversefl.data.datasets import DataError, load_dataset
+    from diversefl.flower.common import check_deployable_attack, load_run_config
+    from diversefl.methods import build_method
+    from diversefl.protocols import Protocol
+
+    try:
+        cfg = load_run_config(config_path, list(overrides))
+        method = build_method(cfg.aggregator.name, cfg.aggregator.params())
+        check_deployable_attack(cfg.attack.name)
+        load_dataset(cfg.data.dataset, data_dir)
+    except (ConfigError, DataError, AggregatorError, ValueError, FileNotFoundError) as err:
+        raise DeployInputError(one_line(err)) from None
+    if isinstance(method, Protocol):
+        raise DeployInputError(
+            f"aggregator.name={cfg.aggregator.name!r} is a protocol whose clients keep model "
+            "copies; it runs in the simulator only (diversefl run), not over Flower: deploy "
+            "a gradient aggregation rule"
+        )
+    return cfg
+
+
+def byzantine_nodes(
+    config_path: str | os.PathLike[str],
+    overrides: Sequence[str],
+    data_dir: str | None,
+) -> dict[int, dict[str, Any]]:
+    """Node-config attack settings for the config's fixed Byzantine clients (partition id ->
+    ``{"attack": ..., "byzantine-rank": ..., "byzantine-f": ...}``, plus its settings)."""
+    from diversefl.flower.common import load_run_config
+
+    return config_byzantine_nodes(load_run_config(config_path, list(overrides)), data_dir)
+
+
+def config_byzantine_nodes(cfg: Config, data_dir: str | None) -> dict[int, dict[str, Any]]:
+    """:func:`byzantine_nodes` for a loaded config: its seeded or listed Byzantine clients,
+    drawn as the simulator draws them."""
+    from diversefl.engine.simulator import Simulation
+    from diversefl.flower.common import check_deployable_attack
+
+    if cfg.attack.name == "none":
+        return {}
+    try:
+        check_deployable_attack(cfg.attack.name)
+    except ValueError as err:
+        raise DeployInputError(one_line(err)) from None
+    if cfg.attack.byzantine == "per_round":
+        raise DeployInputError(
+            'attack.byzantine = "per_round" cannot be set per node; use adversary="config"'
+        )
+    sim = Simulation(cfg, data_dir=data_dir)
+    ids = sim.byzantine_ids()
+    assert isinstance(ids, list)
+    nodes: dict[int, dict[str, Any]] = {}
+    for rank, j in enumerate(ids):
+        nodes[j] = {"attack": cfg.attack.name, "byzantine-rank": rank, "byzantine-f": len(ids)}
+        nodes[j].update(_attack_settings(cfg))
+    return nodes
+
+
+def _attack_settings(cfg: Config) -> dict[str, Any]:
+    """The config's attack settings as node-config entries (``attack-<key>``)."""
+    return {f"attack-{k.replace('_', '-')}": v for k, v in cfg.attack.params().items()}
+
+
+def chosen_byzantine_nodes(
+    cfg: Config, byzantine: Mapping[int, str] | Sequence[int], nodes: int
+) -> dict[int, dict[str, Any]]:
+    """Node-config attack settings for ``--byzantine``: a mapping partition id -> attack name
+    (``""``: the config's attack), or a list of ids using the config's attack."""
+    from diversefl import attacks
+    from diversefl.flower.common import check_deployable_attack
+
+    items = (
+        byzantine.items()
+        if isinstance(byzantine, Mapping)
+        else [(j, cfg.attack.name) for j in byzantine]
+    )
+    out: dict[int, dict[str, Any]] = {}
+    for rank, (j, name) in enumerate(sorted(items)):
+        name = name or cfg.attack.name
+        if not 0 <= int(j) < nodes:
+            raise DeployInputError(f"byzantine node {j}: partition ids are 0..{nodes - 1}")
+        if name == "none":
+            raise DeployInputError(
+                f"byzantine node {j}: no attack to run (the config's attack is 'none'); "
+                f"name one, e.g. {j}=sign_flip"
+            )
+        if name not in attacks.REGISTRY:
+            raise DeployInputError(
+                f"byzantine node {j}: unknown attack {name!r}; allowed: "
+                f"{', '.join(sorted(attacks.REGISTRY))}"
+            )
+        try:
+            check_deployable_attack(name)
+        except ValueError as err:
+            raise DeployInputError(f"byzantine node {j}: {err}") from None
+        out[int(j)] = {"attack": name, "byzantine-rank": rank}
+        if name == cfg.attack.name:
+            out[int(j)].update(_attack_settings(cfg))
+    return out
+
+
+def _run_config(
+    plan: DeployPlan,
+    adversary: str,
+    round_timeout: float,
+    max_inflight: int | None,
+    min_nodes: int | None,
+) -> dict[str, Any]:
+    """The ServerApp's run config (``flwr run --run-config``), checked to pass Flower's
+    parser (a value with both kinds of quote cannot)."""
+    if max_inflight is None:  # a deployment: three messages per CPU at most; simulation: all
+        max_inflight = max(2, 3 * (os.cpu_count() or 1)) if plan.runtime == "deployment" else 0
+    run_config = {
+        "config-path": plan.config_path,
+        "overrides": ";".join(plan.overrides),
+        "data-dir": plan.data_dir,
+        "out": str(plan.out),
+        "adversary": adversary,
+        "timeout": float(round_timeout),
+        "overwrite": True,
+        "max-inflight": int(max_inflight),
+    }
+    if min_nodes is not None:
+        run_config["min-nodes"] = int(min_nodes)
+    config_args(run_config)
+    return run_config
+
+
+def plan_deployment(
+    config_path: str | os.PathLike[str],
+    nodes: int,
+    out: str | os.PathLike[str],
+    *,
+    byzantine: Mapping[int, str] | Sequence[int] | None,
+    data_dir: str | os.PathLike[str] | None,
+    overrides: Sequence[str],
+    runtime: str,
+    adversary: str | None,
+    workdir: str | os.PathLike[str] | None,
+    app_dir: str | os.PathLike[str] | None,
+    timeout: float,
+    round_timeout: float,
+    threads: int,
+    max_inflight: int | None,
+    min_nodes: int | None,
+    overwrite: bool,
+    node_auth: bool = False,
+    tls: object | None = None,
+) -> DeployPlan:
+    """Check every input of :func:`~diversefl.flower.launch.deploy_local` (see the module
+    docstring) and return the plan; nothing is started or written."""
+    check_settings(
+        nodes=nodes,
+        timeout=timeout,
+        round_timeout=round_timeout,
+        threads=threads,
+        max_inflight=max_inflight,
+        min_nodes=min_nodes,
+        runtime=runtime,
+        adversary=adversary,
+        node_auth=node_auth,
+        tls=tls,
+    )
+    out_dir = check_out(out, overwrite)
+    app = check_app(app_dir, min_nodes)
+    config_abs = str(Path(config_path).expanduser().resolve()) if str(config_path) else ""
+    data = str(Path(data_dir).expanduser().resolve()) if data_dir else ""
+    all_overrides = (*overrides, f"clients.n={int(nodes)}")
+    cfg = load_deployable_config(config_abs, all_overrides, data or None)
+    adversary = adversary or ("config" if runtime == "simulation" else "nodes")
+    node_extra: dict[int, dict[str, Any]] = {}
+    if runtime == "deployment" and adversary == "nodes":
+        if byzantine is not None:
+            node_extra = chosen_byzantine_nodes(cfg, byzantine, nodes)
+        else:
+            node_extra = config_byzantine_nodes(cfg, data or None)
+    plan = DeployPlan(
+        cfg=cfg,
+        config_path=config_abs,
+        overrides=all_overrides,
+        data_dir=data,
+        out=out_dir,
+        app=app,
+        workdir=check_workdir(workdir) if workdir else None,
+        runtime=runtime,
+        nodes=int(nodes),
+        node_extra=node_extra,
+    )
+    run_config = _run_config(plan, adversary, round_timeout, max_inflight, min_nodes)
+    plan.node_configs((plan.workdir or Path(tempfile.gettempdir())) / "cache")  # Flower parses
+    return replace(plan, run_config=run_config)
+
+
+__all__ = [
+    "REPO_ROOT",
+    "DeployPlan",
+    "byzantine_nodes",
+    "check_positive",
+    "chosen_byzantine_nodes",
+    "config_byzantine_nodes",
+    "plan_deployment",
+]
