@@ -10,7 +10,8 @@ process, which keeps torch, the model and the node's shard in memory::
 and give the SuperNode ``--node-config '... worker="/run/dfl/node3.sock"'``. One worker may
 serve several SuperNodes on the same machine (requests carry the node config; they are answered
 one at a time). The socket's key (``<socket>.key``, created here with mode 0600 when missing)
-authenticates the ClientApp. Without a ``worker`` entry the ClientApp computes in its own
+authenticates the ClientApp; messages are JSON plus raw array bytes (:mod:`diversefl.flower.wire`),
+never pickles. Without a ``worker`` entry the ClientApp computes in its own
 process; the results are equal.
 """
 
@@ -27,6 +28,10 @@ from multiprocessing.connection import Client, Listener
 from pathlib import Path
 from typing import Any
 
+from diversefl.flower.wire import decode, encode
+
+MAX_MESSAGE = 1 << 31  # bytes: a request larger than this is refused unread
+
 
 def key_path(socket_path: str | os.PathLike[str]) -> Path:
     """Where the worker's authentication key lives (next to its socket)."""
@@ -36,12 +41,18 @@ def key_path(socket_path: str | os.PathLike[str]) -> Path:
 def ensure_key(socket_path: str | os.PathLike[str]) -> bytes:
     """The worker's key, created (mode 0600) when it does not exist yet."""
     path = key_path(socket_path)
+    if path.is_symlink():
+        raise ValueError(f"{path} is a symbolic link: refusing to use it as the worker's key")
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(secrets.token_bytes(32))
-    return path.read_bytes()
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as fh:
+        if os.fstat(fh.fileno()).st_mode & 0o077:
+            os.fchmod(fh.fileno(), 0o600)  # a key others could read authenticates them too
+        return fh.read()
 
 
 def call(socket_path: str, request: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
@@ -56,8 +67,8 @@ def call(socket_path: str, request: dict[str, Any], timeout: float = 600.0) -> d
                 raise
             time.sleep(0.1)  # the worker is still starting
     with conn:
-        conn.send(request)
-        answer = conn.recv()
+        conn.send_bytes(encode(request))
+        answer = decode(conn.recv_bytes())
     if "error" in answer:
         raise RuntimeError(f"worker {socket_path}: {answer['error']}")
     return answer
@@ -112,12 +123,12 @@ def serve(socket_path: str, parent_pid: int | None = None, threads: int = 1) -> 
                 continue
             with conn:
                 try:
-                    request = conn.recv()
+                    request = decode(conn.recv_bytes(MAX_MESSAGE))
                     answer = handle(request)
                 except Exception as err:  # noqa: BLE001 - report to the ClientApp instead
                     answer = {"error": f"{type(err).__name__}: {err}\n{traceback.format_exc()}"}
                 try:
-                    conn.send(answer)
+                    conn.send_bytes(encode(answer))
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
