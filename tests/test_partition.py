@@ -9,6 +9,9 @@ from conftest import real_data_dir
 
 from diversefl.data import PARTITIONS, owners_of_class, partition, read_idx
 
+# the schemes that split a pool ("natural" keeps per-client data as it came)
+SPLITTING = [s for s in PARTITIONS if s != "natural"]
+
 
 def mnist_train_labels() -> np.ndarray:
     return read_idx(real_data_dir() / "mnist" / "train-labels-idx1-ubyte.gz").astype(np.int64)
@@ -27,7 +30,7 @@ def _assert_exact_cover(parts: list[np.ndarray], n_examples: int, n_clients: int
     assert np.array_equal(np.sort(allidx), np.arange(n_examples))
 
 
-@pytest.mark.parametrize("scheme", PARTITIONS)
+@pytest.mark.parametrize("scheme", SPLITTING)
 @pytest.mark.parametrize("n_clients", [1, 7, 23, 100])
 def test_every_index_exactly_once(scheme: str, n_clients: int) -> None:
     labels = _synthetic()
@@ -38,7 +41,7 @@ def test_every_index_exactly_once(scheme: str, n_clients: int) -> None:
 
 def test_every_index_once_on_mnist() -> None:
     labels = mnist_train_labels()
-    for scheme in PARTITIONS:
+    for scheme in SPLITTING:
         _assert_exact_cover(partition(labels, 23, scheme), labels.size, 23)
 
 
@@ -125,7 +128,7 @@ def test_two_class_impossible_raises() -> None:
     [
         ({"n_clients": 0, "scheme": "iid"}, "clients.n = 0 is invalid"),
         ({"n_clients": 101, "scheme": "iid"}, "clients.n = 101 is invalid"),
-        ({"n_clients": 5, "scheme": "shards"}, "allowed: dirichlet, iid, sorted, two-class"),
+        ({"n_clients": 5, "scheme": "shards"}, "allowed: dirichlet, iid, natural, sorted, two-class"),
         ({"n_clients": 5, "scheme": "dirichlet", "alpha": 0.0}, "alpha=0.0"),
         ({"n_clients": 5, "scheme": "dirichlet", "alpha": -1.0}, "alpha=-1.0"),
         ({"n_clients": 5, "scheme": "iid", "num_classes": 3}, "num_classes=3"),
@@ -134,3 +137,8 @@ def test_two_class_impossible_raises() -> None:
 def test_bad_input(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         partition(_synthetic(100), **kwargs)
+
+
+def test_natural_needs_per_client_data():
+    with pytest.raises(ValueError, match="keeps each client's own data"):
+        partition(np.arange(10) % 2, 2, "natural")

@@ -63,6 +63,25 @@ class DataConfig(_Section):
     dataset: str = "mnist"  # a name in diversefl.data.DATASETS
     partition: str = "sorted"  # a name in diversefl.data.PARTITIONS (paper: sorted)
     alpha: float = Field(0.5, gt=0)  # Dirichlet concentration (partition = "dirichlet")
+    # dataset = "files": your own data (diversefl.data.files.load_files). Unset keys are left
+    # out of config.toml and take the defaults in the comments.
+    path: str | None = None  # a .npz / .csv / .parquet file, an image folder, or a folder of them
+    format: Literal["auto", "npz", "csv", "parquet", "images"] | None = None  # "auto"
+    layout: Literal["auto", "pool", "per-client"] | None = None  # "auto"
+    label: str | None = None  # the label column of a table ("label")
+    test_path: str | None = None  # a separate test set in the same format
+    test_fraction: float | None = Field(None, gt=0, lt=1)  # held out per file (0.2)
+    standardize: bool | None = None  # standardise table features with training stats (true)
+
+    @model_validator(mode="after")
+    def _files_need_a_path(self) -> DataConfig:
+        keys = ("path", "format", "layout", "label", "test_path", "test_fraction", "standardize")
+        given = [k for k in keys if getattr(self, k) is not None]
+        if self.dataset == "files" and not self.path:
+            raise ValueError("data.path: dataset = 'files' reads your files: set data.path")
+        if self.dataset != "files" and given:
+            raise ValueError(f"data.{given[0]}: only for dataset = 'files' (got {self.dataset!r})")
+        return self
 
     @field_validator("dataset")
     @classmethod
@@ -83,6 +102,18 @@ class ModelConfig(_Section):
     """Which network to train."""
 
     name: str = "softmax"  # a name in diversefl.models.MODELS
+    hidden: list[int] | None = None  # name = "mlp": widths of the hidden layers ([200, 200])
+    # "package.module:function" returning an nn.Module for (input_shape, num_classes); it
+    # replaces `name`. Importing it runs that module's code: name only code you trust.
+    factory: str | None = None
+
+    @model_validator(mode="after")
+    def _settings_fit_the_model(self) -> ModelConfig:
+        if self.hidden is not None and (self.name != "mlp" or self.factory):
+            raise ValueError(f"model.hidden: only for name = 'mlp' (got {self.name!r})")
+        if self.hidden is not None and (not self.hidden or min(self.hidden) < 1):
+            raise ValueError(f"model.hidden: layer widths must be >= 1, got {self.hidden}")
+        return self
 
     @field_validator("name")
     @classmethod

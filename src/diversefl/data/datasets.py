@@ -492,6 +492,12 @@ def _load_cifar_dataset(which: Literal["cifar10", "cifar100"], path: Path, verif
     return Dataset(which, *tensors, num_classes=num_classes, class_names=names)
 
 
+def _files_by_path(root: Path | None, verify: bool) -> Dataset:
+    raise DataError(
+        "dataset 'files' is read from data.path (diversefl.data.files.load_files), not by name"
+    )
+
+
 @dataclass(frozen=True)
 class DatasetSource:
     """How to load one named dataset: ``load(root, verify)``; ``root`` is the resolved data
@@ -514,6 +520,8 @@ DATASETS: Registry[DatasetSource] = Registry(
         "cifar100": DatasetSource(
             lambda root, verify: _load_cifar_dataset("cifar100", root, verify)
         ),
+        # your own files: read by diversefl.data.files.load_files from data.path
+        "files": DatasetSource(_files_by_path, needs_dir=False),
     },
 )
 

@@ -113,6 +113,14 @@ def _iid(y: np.ndarray, n: int, seed: int, alpha: float, k: int) -> list[np.ndar
     return [np.sort(p) for p in np.array_split(perm, n)]
 
 
+def _natural(y: np.ndarray, n: int, seed: int, alpha: float, k: int) -> list[np.ndarray]:
+    """The clients' own data, as it came (one file or array per client): nothing to split."""
+    raise ValueError(
+        "data.partition = 'natural' keeps each client's own data: it needs per-client data "
+        "(data.layout = 'per-client', or diversefl.run(data=Clients(...)))"
+    )
+
+
 #: name -> ``(labels, n, seed, alpha, num_classes) -> list of index arrays``. A new scheme is
 #: one function plus one line here.
 PARTITIONS: Registry[Callable[[np.ndarray, int, int, float, int], list[np.ndarray]]] = Registry(
@@ -124,6 +132,7 @@ PARTITIONS: Registry[Callable[[np.ndarray, int, int, float, int], list[np.ndarra
             y, n, np.random.default_rng(seed), alpha, k
         ),
         "two-class": lambda y, n, seed, alpha, k: _two_class(y, n),
+        "natural": _natural,
     },
 )
 

@@ -14,16 +14,16 @@ from torch.func import functional_call
 from diversefl import attacks
 from diversefl.attacks.base import Attack
 from diversefl.config import Config
-from diversefl.data.datasets import Dataset, load_dataset
-from diversefl.data.partition import partition
+from diversefl.data.arrays import UserData
+from diversefl.data.datasets import Dataset
 from diversefl.engine.devices import usable_device
 from diversefl.engine.gradients import batched_grads
+from diversefl.engine.inputs import ModelFactory, build_module, client_parts, load_data
 from diversefl.engine.params import FlatModel
 from diversefl.engine.schedules import make_schedule
 from diversefl.engine.seeding import generator, seed_dropout, seed_for
 from diversefl.engine.server_step import server_step
 from diversefl.methods import build_method
-from diversefl.models import build_model
 from diversefl.protocols.base import Protocol, ProtocolState
 from diversefl.round import RoundContext, RoundRecord
 
@@ -164,44 +164,52 @@ def metric_summary(
     return out
 
 
+def warn_capped(cfg: Config, shard_len: Tensor) -> None:
+    """Warn when an int ``clients.batch`` / ``clients.sample`` exceeds some clients' shards
+    (they are capped at the shard size: those clients use their whole shard)."""
+    for key, spec in (
+        ("clients.batch", cfg.clients.batch),
+        ("clients.sample", cfg.clients.sample),
+    ):
+        capped = (shard_len < spec).nonzero().flatten().tolist() if isinstance(spec, int) else []
+        if capped:
+            warnings.warn(
+                f"{key}={spec} is larger than the shards of clients {capped[:10]}"
+                f"{' ...' if len(capped) > 10 else ''} (smallest "
+                f"{int(shard_len[capped].min())} examples): capped at the shard size, "
+                "so those clients use their whole shard",
+                stacklevel=3,
+            )
+
+
 class Simulation:
     """The simulated federation for one config: build once, then call :meth:`step` per round."""
 
-    def __init__(self, cfg: Config, data_dir: str | None = None, dataset: Dataset | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        data_dir: str | None = None,
+        dataset: Dataset | UserData | None = None,
+        model: ModelFactory | None = None,
+    ):
         self.cfg = cfg
         self.device = usable_device(cfg.engine.device)
         if self.device.type == "cuda":  # cuDNN's fastest convolution kernels are not repeatable
             torch.backends.cudnn.deterministic = True
             torch.backends.cudnn.benchmark = False
-        self.data = dataset or load_dataset(cfg.data.dataset, data_dir)
+        given = UserData(dataset) if isinstance(dataset, Dataset) else dataset
+        given = given or load_data(cfg, data_dir)
+        self.data = given.dataset
         n = cfg.clients.n
         self.n = n
-        parts = partition(
-            self.data.y_train, n, cfg.data.partition, seed=cfg.seed, alpha=cfg.data.alpha
-        )
+        parts = client_parts(cfg, self.data, given.client_parts)
         empty = [j for j, p in enumerate(parts) if len(p) == 0]
         if empty:
             raise ValueError(f"clients {empty} received no training data; use fewer clients")
         self.shards, self.shard_len = pad_rows([torch.as_tensor(p) for p in parts])
         self.batch_k = torch.tensor([_count(cfg.clients.batch, int(L)) for L in self.shard_len])
         self.sample_k = torch.tensor([_count(cfg.clients.sample, int(L)) for L in self.shard_len])
-        for key, spec in (
-            ("clients.batch", cfg.clients.batch),
-            ("clients.sample", cfg.clients.sample),
-        ):
-            capped = (
-                (self.shard_len < spec).nonzero().flatten().tolist()
-                if isinstance(spec, int)
-                else []
-            )
-            if capped:
-                warnings.warn(
-                    f"{key}={spec} is larger than the shards of clients {capped[:10]}"
-                    f"{' ...' if len(capped) > 10 else ''} (smallest "
-                    f"{int(self.shard_len[capped].min())} examples): capped at the shard size, "
-                    "so those clients use their whole shard",
-                    stacklevel=2,
-                )
+        warn_capped(cfg, self.shard_len)
         # Loss scale per client: 1 (mean loss) or the client's batch size (summed loss). The
         # guiding gradient uses the same scale, so it estimates what an honest client sends.
         self.loss_scale = (self.batch_k.float() if cfg.clients.loss == "sum" else torch.ones(n)).to(
@@ -214,7 +222,7 @@ class Simulation:
         self.y_test = self.data.y_test.to(self.device)
 
         torch.manual_seed(seed_for(cfg.seed, "init"))
-        module = build_model(cfg.model.name, tuple(self.data.input_shape), self.data.num_classes)
+        module = build_module(cfg, self.data, model)
         self.fm = FlatModel(module.to(self.device))
         self.theta = self.fm.flatten()
 
