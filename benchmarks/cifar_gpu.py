@@ -25,7 +25,7 @@ from diversefl.config import load_config
 from diversefl.data.datasets import DataError, Dataset, load_dataset
 from diversefl.engine.runner import train
 from diversefl.engine.simulator import Simulation
-from diversefl.reproduce import PRESETS
+from diversefl.experiments.reproduce import PRESETS
 
 CELLS = [
     ("oracle", "none"),

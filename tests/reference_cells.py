@@ -65,7 +65,7 @@ CELLS = [
 def cell_config(ref: RefCell):
     """The cell's config from its grid, shortened by :data:`COMMON` and ``ref.extra``."""
     from diversefl.config import apply_overrides, make_config, to_toml_dict
-    from diversefl.sweep import load_sweep
+    from diversefl.experiments.sweep import load_sweep
 
     cells = {c.dirname: c for c in load_sweep(CONFIGS / ref.grid)}
     raw = to_toml_dict(cells[ref.cell].config)

@@ -12,7 +12,7 @@ from pathlib import Path
 from conftest import hold_lock, tiny_config
 
 from diversefl.cell_lock import LOCK_NAME, CellLock, holder
-from diversefl.sweep import _run_cell, expand, run_sweep
+from diversefl.experiments.sweep import _run_cell, expand, run_sweep
 
 
 def test_lock_is_exclusive_between_processes_and_dies_with_its_holder(tmp_path: Path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from diversefl.cli import main
-from diversefl.detection import detection_table, per_client_table, read_sweep
+from diversefl.experiments.detection import detection_table, per_client_table, read_sweep
 
 
 def _run(root: Path, name: str, acc: float, tpr, fpr, decisions: list[tuple] | None) -> None:
@@ -76,7 +76,7 @@ def _cos_run(root: Path, name: str, cosines: list[float]) -> Path:
 
 
 def test_honest_cosine_table_by_hand(tmp_path: Path, capsys):
-    from diversefl.detection import cosine_table, percentile
+    from diversefl.experiments.detection import cosine_table, percentile
 
     # honest cosines 0.2 0.4 0.6 0.8 1.0: median 0.6; p1 = 0.2 + 0.04 * (0.4 - 0.2) = 0.208;
     # p5 = 0.2 + 0.2 * 0.2 = 0.24; below 0.3 / 0.5 / 0.7: 1, 2, 3 of 5.

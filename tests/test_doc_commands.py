@@ -86,7 +86,7 @@ def test_doc_run_and_sweep_configs_validate(where: str, argv: list[str]) -> None
     from diversefl.api import resolve_config
     from diversefl.cli import _run_overrides
     from diversefl.demo import demo_config
-    from diversefl.sweep import load_sweep
+    from diversefl.experiments.sweep import load_sweep
 
     args = build_parser().parse_args(argv)
     if args.config is not None and not (REPO / args.config).is_file():

@@ -12,7 +12,7 @@ from conftest import hold_lock
 from diversefl.cli import main
 from diversefl.config import ConfigError
 from diversefl.data import DataError
-from diversefl.reproduce import FIGURES, figure_cells, reproduce
+from diversefl.experiments.reproduce import FIGURES, figure_cells, reproduce
 
 
 def test_every_figure_expands_to_valid_cells():

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from diversefl.cli import main
-from diversefl.seed_spread import seed_spread_table
+from diversefl.experiments.seed_spread import seed_spread_table
 
 # (aggregator, attack) -> final accuracy for seeds 0, 1, 2
 GRID = {

@@ -11,7 +11,7 @@ import pytest
 
 import diversefl
 from diversefl.config import load_config
-from diversefl.sweep import load_sweep
+from diversefl.experiments.sweep import load_sweep
 
 CONFIGS = sorted((Path(diversefl.__file__).parent / "configs").rglob("*.toml"))
 

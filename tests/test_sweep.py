@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny_config
 
 from diversefl.config import ConfigError
-from diversefl.sweep import expand, format_duration, pace_text, run_sweep
+from diversefl.experiments.sweep import expand, format_duration, pace_text, run_sweep
 
 
 def _grid(**sweep) -> dict:
@@ -79,7 +79,7 @@ def test_without_a_list_the_base_table_is_the_one_entry():
 def test_set_of_a_method_setting_that_no_cell_would_see_is_an_error(tmp_path: Path):
     import tomli_w
 
-    from diversefl.sweep import load_sweep
+    from diversefl.experiments.sweep import load_sweep
 
     path = tmp_path / "grid.toml"
     path.write_text(tomli_w.dumps(_grid(aggregators=["mean", "diversefl"], attacks=["none"])))

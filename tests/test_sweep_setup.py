@@ -12,12 +12,12 @@ import tomli_w
 import torch
 from conftest import tiny_config
 
-from diversefl import sweep
 from diversefl.cli import main
 from diversefl.config import ConfigError
 from diversefl.data import DataError, clear_cache
 from diversefl.data.datasets import _load_cached
-from diversefl.sweep import expand, run_sweep
+from diversefl.experiments import sweep
+from diversefl.experiments.sweep import expand, run_sweep
 
 
 def _sweep_file(tmp_path: Path, **sections) -> Path:

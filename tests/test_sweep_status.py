@@ -11,8 +11,8 @@ from conftest import hold_lock, tiny_config
 
 from diversefl.cli import main
 from diversefl.config import ConfigError
-from diversefl.sweep import expand, run_sweep
-from diversefl.sweep_status import done_matrix, summary_lines, sweep_progress, time_left
+from diversefl.experiments.sweep import expand, run_sweep
+from diversefl.experiments.sweep_status import done_matrix, summary_lines, sweep_progress, time_left
 
 
 def _cells(seeds=(0,)):
@@ -146,7 +146,7 @@ def test_a_locked_cell_is_running_and_named(tmp_path: Path):
 
 def test_time_left_at_the_runs_in_progress(tmp_path: Path):
     """Two cells held by other sweep processes: the estimate is also given for 2 at once."""
-    from diversefl.sweep_status import CellProgress
+    from diversefl.experiments.sweep_status import CellProgress
 
     cells, _ = _cells()
     done = CellProgress(cells[0], "done", 10, 600.0)
@@ -163,7 +163,7 @@ def test_time_left_at_the_runs_in_progress(tmp_path: Path):
 def test_time_left_at_each_defenses_own_pace():
     """Unfinished cells are timed by their own defense's finished runs; a defense without
     any by the mean of all finished runs."""
-    from diversefl.sweep_status import CellProgress
+    from diversefl.experiments.sweep_status import CellProgress
 
     cells, _ = _cells(seeds=(0, 1, 2))
     by = {c.dirname: c for c in cells}

@@ -75,7 +75,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from diversefl.config import ConfigError
     from diversefl.demo import DEMO_AGGREGATORS, demo_config, demo_description
 
-    chosen = [k for k in (args.set or []) if k.split("=", 1)[0].strip().startswith("aggregator.")]
+    chosen = [k for k in (args.set or []) if k.split("=")[0].split(".")[0].strip() == "aggregator"]
     if chosen:
         both = " and ".join(DEMO_AGGREGATORS)
         raise ConfigError(
@@ -121,7 +121,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """``diversefl sweep CONFIG``: the aggregators x attacks x seeds grid of a sweep file."""
-    from diversefl.sweep import load_sweep, run_sweep, select
+    from diversefl.experiments.sweep import load_sweep, run_sweep, select
 
     cells = load_sweep(args.config, _run_overrides(args))
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
@@ -163,7 +163,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def _sweep_status(cells: list, out: Path, jobs: int, name: str) -> int:
     """``diversefl sweep CONFIG --status``: finished runs per defense and seed, time left."""
-    from diversefl.sweep_status import done_matrix, summary_lines, sweep_progress
+    from diversefl.experiments.sweep_status import done_matrix, summary_lines, sweep_progress
 
     progress = sweep_progress(cells, out)
     aggs, seeds, counts = done_matrix(progress)
@@ -197,7 +197,12 @@ def _sweep_status(cells: list, out: Path, jobs: int, name: str) -> int:
 
 def cmd_detection(args: argparse.Namespace) -> int:
     """``diversefl detection SWEEP``: accuracy vs OracleSGD, TPR/FPR and C1/C2 pass rates."""
-    from diversefl.detection import cosine_table, detection_table, per_client_table, read_sweep
+    from diversefl.experiments.detection import (
+        cosine_table,
+        detection_table,
+        per_client_table,
+        read_sweep,
+    )
 
     runs = read_sweep(args.path)
     text = detection_table(runs)
@@ -241,7 +246,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     seeds = _seed_list(args.seeds)
     if args.seed_spread is not None:
-        from diversefl.seed_spread import seed_spread_table
+        from diversefl.experiments.seed_spread import seed_spread_table
 
         if seeds is not None:
             raise ValueError(
@@ -286,13 +291,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """``diversefl reproduce FIGURE``: the sweep behind one paper figure, then the figure."""
-    from diversefl.reproduce import FIGURES, reproduce
+    from diversefl.experiments.reproduce import FIGURES, reproduce
 
     if args.list or not args.figure:
         table = Table(title="paper figures (diversefl reproduce FIGURE)")
         for col in ("figure", "what", "needs", "runs", "time here (2-core CPU)"):
             table.add_column(col)
-        from diversefl.reproduce import figure_cells
+        from diversefl.experiments.reproduce import figure_cells
 
         for f in FIGURES.values():
             table.add_row(f.name, f.description, f.needs, str(len(figure_cells(f))), f.estimate)
@@ -361,17 +366,8 @@ class VersionAction(argparse.Action):
         parser.exit()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser for every subcommand."""
-    p = argparse.ArgumentParser(
-        prog="diversefl",
-        description="Byzantine-robust federated learning on non-IID data (DiverseFL).",
-    )
-    p.add_argument(
-        "--version", action=VersionAction, help="print the diversefl, torch and python versions"
-    )
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _add_run_parser(sub: argparse._SubParsersAction) -> None:
+    """``diversefl run [CONFIG]``: one experiment, or the demo."""
     r = sub.add_parser("run", help="run one experiment (no CONFIG: the built-in demo)")
     r.add_argument("config", nargs="?", help="TOML config file (omit for the demo)")
     r.add_argument("--data-dir", help="dataset directory (default: $DIVERSEFL_DATA)")
@@ -397,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     r.set_defaults(func=cmd_run)
 
+
+def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
+    """``diversefl sweep CONFIG``: a grid of runs, or its ``--status``."""
     sw = sub.add_parser("sweep", help="run a grid of aggregators x attacks x seeds")
     sw.add_argument("config", help="TOML file with a base config and a [sweep] table")
     sw.add_argument("--data-dir", help="dataset directory (default: $DIVERSEFL_DATA)")
@@ -433,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sw.set_defaults(func=cmd_sweep)
 
+
+def _add_detection_parser(sub: argparse._SubParsersAction) -> None:
+    """``diversefl detection SWEEP``: the detection report of saved runs."""
     de = sub.add_parser(
         "detection",
         help="who was caught: accuracy vs OracleSGD, TPR/FPR, C1/C2 pass rates of a sweep",
@@ -453,6 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     de.set_defaults(func=cmd_detection)
 
+
+def _add_plot_parser(sub: argparse._SubParsersAction) -> None:
+    """``diversefl plot DIR``: figures and tables from saved runs."""
     pl = sub.add_parser("plot", help="figures and tables from saved run or sweep directories")
     pl.add_argument(
         "path", help="a run directory or one sweep's directory (not a folder of several)"
@@ -471,6 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the paper's Fig. 2: DiverseFL's C1 x C2 per client and round",
     )
     pl.add_argument("--clients", type=int, help="--c1c2: honest clients to draw (default all)")
+    _add_plot_table_options(pl)
+    pl.set_defaults(func=cmd_plot)
+
+
+def _add_plot_table_options(pl: argparse.ArgumentParser) -> None:
+    """The options of ``plot`` that read a sweep's ``sweep.csv`` (tables, heat-map, bars)."""
     pl.add_argument(
         "--table",
         action="store_true",
@@ -503,8 +514,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="bars per aggregator of these sweep.csv metrics (mean +/- std over runs), e.g. "
         "final_main_accuracy,final_backdoor_accuracy",
     )
-    pl.set_defaults(func=cmd_plot)
 
+
+def _add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
+    """``diversefl reproduce FIGURE``: one paper figure's sweep and drawing."""
     rp = sub.add_parser("reproduce", help="run and draw one of the paper's figures")
     rp.add_argument("figure", nargs="?", help="fig2, fig3, fig4, fig7, fig9, fig10, ...")
     rp.add_argument("--list", action="store_true", help="what each figure needs and costs")
@@ -518,6 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.set_defaults(func=cmd_reproduce)
 
+
+def _add_deploy_local_parser(sub: argparse._SubParsersAction) -> None:
+    """``diversefl deploy-local ...``: every argument goes to the deploy command's own parser."""
     dl = sub.add_parser(
         "deploy-local",
         help="the same experiment as a real Flower federation on 127.0.0.1 (SuperLink + N "
@@ -527,6 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("args", nargs=argparse.REMAINDER)
     dl.set_defaults(func=cmd_deploy_local)
 
+
+def _add_data_parser(sub: argparse._SubParsersAction) -> None:
+    """``diversefl data fetch NAME --to DIR``: dataset utilities."""
     d = sub.add_parser("data", help="dataset utilities")
     dsub = d.add_subparsers(dest="data_command", required=True)
     f = dsub.add_parser("fetch", help="download a dataset and verify its checksums")
@@ -537,6 +556,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument("--quiet", action="store_true", help="no download progress")
     f.set_defaults(func=cmd_data_fetch)
+
+
+SUBCOMMANDS = (
+    _add_run_parser,
+    _add_sweep_parser,
+    _add_detection_parser,
+    _add_plot_parser,
+    _add_reproduce_parser,
+    _add_deploy_local_parser,
+    _add_data_parser,
+)  # in the order ``diversefl --help`` lists them
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    p = argparse.ArgumentParser(
+        prog="diversefl",
+        description="Byzantine-robust federated learning on non-IID data (DiverseFL).",
+    )
+    p.add_argument(
+        "--version", action=VersionAction, help="print the diversefl, torch and python versions"
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)
     return p
 
 

@@ -1,0 +1,544 @@
+"""Grids of runs (aggregators x attacks x seeds) in one process, one run directory per cell
+and a ``sweep.csv`` summarising them. Finished cells are skipped, unfinished ones resumed, so
+an interrupted sweep continues where it stopped."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import fnmatch
+import io
+import os
+import threading
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from diversefl.cell_lock import CellLock, holder
+from diversefl.config import (
+    Config,
+    ConfigError,
+    Override,
+    apply_overrides,
+    first_difference,
+    make_config,
+    to_toml_dict,
+)
+from diversefl.results import atomic_write_bytes, read_summary
+
+SWEEP_COLUMNS = [
+    "aggregator",
+    "attack",
+    "seed",
+    "final_test_accuracy",
+    "best_test_accuracy",
+    "mean_tpr",
+    "mean_fpr",
+    "wall_seconds",
+    "run_dir",
+]
+SWEEP_KEYS = {"aggregators", "attacks", "seeds"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of a sweep: its labels and its fully validated config."""
+
+    aggregator: str
+    attack: str
+    seed: int
+    config: Config
+
+    @property
+    def dirname(self) -> str:
+        return f"{self.aggregator}__{self.attack}__seed{self.seed}"
+
+
+def _checked_label(label: Any, kind: str) -> str:
+    """A grid label, which names run directories (``<defense>__<attack>__seed<k>``): a
+    non-empty string without ``__`` (the separator) or a path separator."""
+    if not isinstance(label, str) or not label or "__" in label or "/" in label or "\\" in label:
+        raise ConfigError(
+            f"sweep.{kind}: label {label!r} must be a non-empty string without '__' or '/' "
+            "(it names the run directories, <defense>__<attack>__seed<k>)"
+        )
+    return label
+
+
+def _entry(
+    item: Any, kind: str
+) -> tuple[str, str, dict[str, Any], list[Override], list[str] | None]:
+    """(label, name, params, overrides, attack labels or None for all) from a string or a
+    table entry of the grid. Only an aggregator entry may name the attacks it runs against
+    (``attacks = ["none"]``: OracleSGD ignores Byzantine clients, so one run per seed)."""
+    if isinstance(item, str):
+        return _checked_label(item, kind), item, {}, [], None
+    if not isinstance(item, dict) or "name" not in item:
+        raise ConfigError(
+            f"sweep.{kind}: each entry is a name or a table with 'name', got {item!r}"
+        )
+    item = dict(item)
+    name = item.pop("name")
+    label = _checked_label(item.pop("label", name), kind)
+    sets = item.pop("set", {})
+    if not isinstance(sets, dict):
+        raise ConfigError(f"sweep.{kind}: 'set' must be a table of dotted keys, got {sets!r}")
+    overrides: list[Override] = list(sets.items())  # parsed values: merged, not re-parsed
+    only = None
+    if kind == "aggregators" and "attacks" in item:
+        only = item.pop("attacks")
+        if not (isinstance(only, list) and only and all(isinstance(t, str) for t in only)):
+            raise ConfigError(
+                f"sweep.aggregators: {label}'s 'attacks' must be a non-empty list of attack "
+                f"labels, got {only!r}"
+            )
+        if len(set(only)) != len(only):
+            raise ConfigError(f"sweep.aggregators: {label}'s 'attacks' repeats a label: {only}")
+    return label, name, item, overrides, only
+
+
+def expand(raw: dict[str, Any]) -> list[Cell]:
+    """Every cell of the grid, validated up front (a bad cell fails before any training)."""
+    raw = copy.deepcopy(raw)
+    grid = raw.pop("sweep", None)
+    if not isinstance(grid, dict):
+        raise ConfigError("a sweep config needs a [sweep] table with aggregators/attacks/seeds")
+    unknown = sorted(set(grid) - SWEEP_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"sweep.{unknown[0]}: unknown key; allowed: {', '.join(sorted(SWEEP_KEYS))}"
+        )
+    # without a list, the base table (its method and settings) is the grid's one entry
+    for kind in ("aggregators", "attacks"):
+        if kind in grid and not (isinstance(grid[kind], list) and grid[kind]):
+            raise ConfigError(
+                f"sweep.{kind}: a non-empty list of entries, got {grid[kind]!r} (leave the key "
+                "out to run the base config's)"
+            )
+    aggs = [
+        _entry(a, "aggregators") for a in grid.get("aggregators", [_base_entry(raw, "aggregator")])
+    ]
+    atks = [_entry(a, "attacks") for a in grid.get("attacks", [_base_entry(raw, "attack")])]
+    seeds = grid.get("seeds", [raw.get("seed", 0)])
+    if not (
+        isinstance(seeds, list)
+        and seeds
+        and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
+        raise ConfigError(f"sweep.seeds: a non-empty list of integers, got {seeds!r}")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1}, key=str)
+    if repeated:
+        raise ConfigError(
+            f"sweep.seeds: {repeated[0]!r} is listed twice ({seeds}); each seed is one run "
+            "directory per cell"
+        )
+    labels = [a[0] for a in aggs]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"sweep.aggregators: duplicate labels {labels}; give each a 'label'")
+    attack_labels = [k[0] for k in atks]
+    if len(set(attack_labels)) != len(attack_labels):
+        raise ConfigError(f"sweep.attacks: duplicate labels {attack_labels}; give each a 'label'")
+    for a_label, *_, only in aggs:
+        unknown_atk = [t for t in only or [] if t not in attack_labels]
+        if unknown_atk:
+            raise ConfigError(
+                f"sweep.aggregators: {a_label}'s attacks name {unknown_atk[0]!r}, which is not "
+                f"an attack of the grid ({', '.join(attack_labels)})"
+            )
+    cells = []
+    for a_label, a_name, a_params, a_sets, only in aggs:
+        for k_label, k_name, k_params, k_sets, _ in atks:
+            if only is not None and k_label not in only:
+                continue
+            for seed in seeds:
+                cfg = copy.deepcopy(raw)
+                cfg["aggregator"] = {**_shared(raw, "aggregator"), "name": a_name, **a_params}
+                cfg["attack"] = {**_shared(raw, "attack"), "name": k_name, **k_params}
+                cfg["seed"] = seed
+                cfg["name"] = f"{a_label}__{k_label}__seed{seed}"
+                cfg = apply_overrides(cfg, a_sets + k_sets)
+                try:
+                    config = make_config(cfg)
+                except ConfigError as err:
+                    raise ConfigError(f"sweep cell {cfg['name']}: {err}") from None
+                cells.append(Cell(a_label, k_label, seed, config))
+    return cells
+
+
+# Keys of the base config's [attack] and [aggregator] that are about the federation, not about
+# one method, so they apply to every cell (the rest of those tables comes from the entries).
+SHARED_KEYS = {
+    "attack": ("f", "byzantine", "byzantine_seed", "also_seeded"),
+    "aggregator": ("assumed_f",),
+}
+
+
+def _shared(raw: dict[str, Any], section: str) -> dict[str, Any]:
+    """The base config's :data:`SHARED_KEYS` of ``section``."""
+    return {k: v for k, v in raw.get(section, {}).items() if k in SHARED_KEYS[section]}
+
+
+BASE_NAMES = {"aggregator": "mean", "attack": "none"}  # the config's defaults
+
+
+def _base_entry(raw: dict[str, Any], section: str) -> dict[str, Any]:
+    """The base config's ``section`` as a grid entry: its method name and own settings."""
+    table = {k: v for k, v in raw.get(section, {}).items() if k not in SHARED_KEYS[section]}
+    return {"name": BASE_NAMES[section], **table}
+
+
+def _check_overrides(raw: dict[str, Any], overrides: list[str]) -> None:
+    """A ``--set`` of a method setting in a section the grid lists entries for would reach no
+    cell (each cell's table comes from its entry): an error that says where it belongs."""
+    grid = raw.get("sweep") if isinstance(raw.get("sweep"), dict) else {}
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        section, _, name = key.partition(".")
+        listed = {"aggregator": "aggregators", "attack": "attacks"}.get(section)
+        if listed in grid and name not in SHARED_KEYS[section]:
+            raise ConfigError(
+                f"--set {key}: this sweep lists its {listed} in [sweep], and each cell's "
+                f"[{section}] comes from its entry; set {name!r} in the entries (or an entry's "
+                f"`set`). Of [{section}], --set reaches every cell only for: "
+                + ", ".join(f"{section}.{k}" for k in SHARED_KEYS[section])
+            )
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> list[Cell]:
+    """Read a sweep TOML file, apply ``--set`` overrides to the base config, expand it."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"sweep file not found: {p}")
+    try:
+        raw = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{p}: not valid TOML: {err}") from None
+    _check_overrides(raw, overrides or [])
+    return expand(apply_overrides(raw, overrides or []))
+
+
+def _summary_row(cell: Cell, summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    row = {
+        "aggregator": cell.aggregator,
+        "attack": cell.attack,
+        "seed": cell.seed,
+        "run_dir": run_dir.name,
+    }
+    for key in SWEEP_COLUMNS[3:-1]:
+        row[key] = summary.get(key)
+    for key in ("final_main_accuracy", "final_backdoor_accuracy"):
+        if key in summary:
+            row[key] = summary[key]
+    if isinstance(summary.get("machine"), dict):  # which CPU: tables say what they mix
+        row["cpu"] = summary["machine"].get("cpu", "")
+    return row
+
+
+def select(cells: list[Cell], patterns: list[str] | None) -> list[Cell]:
+    """The cells whose directory name matches any of the shell-style ``patterns``
+    (e.g. ``"diversefl*__label_flip__*"``); all cells when no pattern is given."""
+    if not patterns:
+        return cells
+    chosen = [c for c in cells if any(fnmatch.fnmatchcase(c.dirname, p) for p in patterns)]
+    if not chosen:
+        names = ", ".join(c.dirname for c in cells[:5])
+        raise ConfigError(
+            f"--only {' '.join(patterns)}: matches no cell of the sweep "
+            f"(cells look like {names}, ...)"
+        )
+    return chosen
+
+
+def finished_summary(cell: Cell, run_dir: Path) -> dict[str, Any] | None:
+    """The saved summary of a finished run of ``cell``, or None when it still has to run."""
+    summary_path = run_dir / "summary.json"
+    if not summary_path.exists() or (run_dir / ".running").exists():
+        return None
+    differs = config_difference(cell, run_dir)
+    if differs:
+        raise ConfigError(
+            f"{run_dir} holds a finished run with a different config ({differs}); use another --out"
+        )
+    return read_summary(summary_path)
+
+
+def config_difference(cell: Cell, run_dir: Path) -> str:
+    """'' when ``run_dir/config.toml`` is ``cell``'s config, else the first key that differs
+    ('aggregator.beta: saved 0.1, grid 0.2'). Compared as validated configs, so settings
+    added later with defaults still match."""
+    saved = to_toml_dict(make_config(tomllib.loads((run_dir / "config.toml").read_text())))
+    return first_difference(saved, to_toml_dict(cell.config), "grid")
+
+
+def _check_device(device: str) -> None:
+    """Raise ConfigError when this machine lacks ``device`` (the run's own check, early)."""
+    from diversefl.engine.devices import usable_device
+
+    usable_device(device)
+
+
+def _check_dataset(name: str, data_dir: str | None, keep: bool) -> None:
+    """Run the loader's own checks of dataset ``name`` in ``data_dir`` (its DataError)."""
+    from diversefl.data import clear_cache, load_cifar, load_dataset, resolve_data_dir
+
+    # keep: load it as a run does, so runs in this process take it from the loader's cache
+    # (no second load). Else (--jobs workers load their own) CIFAR is checked as raw arrays,
+    # 0.2-0.5 s, not kept, instead of holding ~0.7 GB of normalised images here (2-3 s).
+    if keep:
+        load_dataset(name, data_dir)
+    elif name in ("cifar10", "cifar100"):
+        load_cifar(resolve_data_dir(data_dir), "cifar10" if name == "cifar10" else "cifar100")
+    else:
+        load_dataset(name, data_dir)
+        clear_cache()  # checked; the --jobs workers load their own copies
+
+
+def check_setup(cells: list[Cell], data_dir: str | None = None, keep_data: bool = True) -> None:
+    """Check once per device and dataset of ``cells`` that they exist here, before any run."""
+    for device in dict.fromkeys(c.config.engine.device for c in cells):
+        _check_device(device)
+    for name in dict.fromkeys(c.config.data.dataset for c in cells):
+        _check_dataset(name, data_dir, keep_data)
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """What became of one cell in this process: run here (``elsewhere`` empty), found
+    finished by another sweep process, or skipped because another process runs it
+    (``summary`` None); ``elsewhere`` says which."""
+
+    summary: dict[str, Any] | None
+    elsewhere: str = ""
+
+
+def _run_cell(
+    cell: Cell, run_dir: Path, data_dir: str | None, progress: bool, threads: int = 0
+) -> CellResult:
+    """Run (or resume) one cell into ``run_dir`` under its lock, so that a second sweep
+    process on the same directory never runs it at the same time; a cell another process
+    finished meanwhile is not run again. Also the worker function of ``--jobs``:
+    ``threads`` > 0 caps torch's intra-op threads in that process."""
+    import torch
+
+    from diversefl.api import run
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    # before the lock creates the run directory: a --jobs worker checks (and loads) the data
+    # itself, and in the sweep's own process this finds what run_sweep checked in the cache
+    check_setup([cell], data_dir)
+    lock = CellLock(run_dir)
+    if not lock.acquire():
+        return CellResult(None, f"running in {holder(run_dir) or 'another process'}")
+    try:
+        done = finished_summary(cell, run_dir)
+        if done is not None:
+            return CellResult(done, "finished by another process")
+        resume = (run_dir / "checkpoint.pt").exists()
+        run_dir.mkdir(parents=True, exist_ok=True)  # made by the lock, except without fcntl
+        (run_dir / ".running").touch()
+        (run_dir / "summary.json").unlink(missing_ok=True)
+        result = run(
+            cell.config,
+            data_dir=data_dir,
+            out=run_dir,
+            resume=resume,
+            overwrite=not resume,
+            progress=progress,
+        )
+        (run_dir / ".running").unlink()
+        return CellResult(result.summary)
+    finally:
+        lock.release()
+
+
+def _rate(value: float | None) -> str:
+    """A detection rate for a progress line: '-' where there is none (no attacker)."""
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _done_line(i: int, total: int, cell: Cell, summary: dict[str, Any]) -> str:
+    return (
+        f"[{i}/{total}] {cell.dirname}: acc {summary['final_test_accuracy']:.4f}, "
+        f"tpr {_rate(summary['mean_tpr'])}, fpr {_rate(summary['mean_fpr'])} "
+        f"({summary['wall_seconds']:.1f} s)"
+    )
+
+
+def format_duration(seconds: float) -> str:
+    """``95 s``, ``12 min`` or ``3.4 h``: the unit a person reads a sweep's time in."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def pace_text(done: int, total: int, elapsed: float) -> str:
+    """Where a sweep stands after ``done`` of its ``total`` runs and ``elapsed`` wall seconds:
+    the count and, at the pace so far (wall time per finished run, parallel jobs included),
+    the time left; or the total time once all are done."""
+    if done >= total:
+        return f"{done}/{total} this sweep, all done in {format_duration(elapsed)}"
+    left = elapsed / max(done, 1) * (total - done)
+    return f"{done}/{total} this sweep, ~{format_duration(left)} left"
+
+
+def _exit_with_parent(parent_pid: int, poll_seconds: float = 0.5) -> None:
+    """Pool-worker initializer: end this worker when the sweep process is gone.
+
+    A worker whose parent was killed would otherwise finish its cell as an orphan, and a
+    restarted sweep could then write into the same run directory at the same time. The
+    interrupted cell resumes from its last checkpoint on the next run.
+    """
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_seconds)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _plan(
+    cells: list[Cell], out: Path, chosen: set[str], echo: Any
+) -> tuple[dict[int, dict[str, Any]], list[int]]:
+    """The summaries of the cells already finished in ``out`` (by grid index) and the indices
+    of the chosen cells still to run; an interrupted run whose config differs from its cell's
+    is refused here, before any cell runs, not when the sweep gets there."""
+    summaries: dict[int, dict[str, Any]] = {}
+    todo = []
+    for i, cell in enumerate(cells):
+        done = finished_summary(cell, out / cell.dirname)
+        if done is None:
+            if cell.dirname in chosen:
+                todo.append(i)
+                if (out / cell.dirname / "config.toml").exists():  # an interrupted run
+                    differs = config_difference(cell, out / cell.dirname)
+                    if differs:  # found before any cell runs, not when the sweep gets there
+                        raise ConfigError(
+                            f"{out / cell.dirname} holds an unfinished run with a different "
+                            f"config ({differs}); delete it to run the cell afresh, or use "
+                            "another --out"
+                        )
+        else:
+            summaries[i] = done
+            if cell.dirname not in chosen:
+                continue  # finished cells outside --only count for sweep.csv, not the log
+            echo(
+                f"[{i + 1}/{len(cells)}] {cell.dirname}: done already "
+                f"(acc {done['final_test_accuracy']:.4f})"
+            )
+    return summaries, todo
+
+
+def _run_in_pool(
+    cells: list[Cell],
+    todo: list[int],
+    out: Path,
+    data_dir: str | None,
+    jobs: int,
+    record: Callable[[int, CellResult], None],
+) -> None:
+    """Run the cells ``todo`` in ``jobs`` spawned worker processes, each with an equal share
+    of torch's threads, and ``record`` each result as it finishes."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    import torch
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=ctx,
+        initializer=_exit_with_parent,
+        initargs=(os.getpid(),),
+    ) as pool:
+        futures = {
+            pool.submit(_run_cell, cells[i], out / cells[i].dirname, data_dir, False, threads): i
+            for i in todo
+        }
+        for fut in as_completed(futures):
+            record(futures[fut], fut.result())
+
+
+def run_sweep(
+    cells: list[Cell],
+    out: str | Path,
+    data_dir: str | None = None,
+    progress: bool = True,
+    echo: Any = print,
+    csv_name: str | None = "sweep.csv",
+    jobs: int = 1,
+    only: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every cell into ``out/<aggregator>__<attack>__seed<k>`` and write ``sweep.csv``
+    (``csv_name=None``: no csv, e.g. when only part of a grid is run).
+
+    ``jobs`` > 1 runs that many cells at once in worker processes, each with an equal share
+    of the CPU threads; every run is still seeded on its own, so the numbers do not depend
+    on ``jobs``. ``only`` (shell-style patterns on cell names) runs just the matching cells;
+    ``sweep.csv`` still lists every finished cell of the grid, in grid order."""
+    out = Path(out)
+    summaries, todo = _plan(cells, out, {c.dirname for c in select(cells, only)}, echo)
+    # a missing dataset or device fails here, before any directory is made, rather than in
+    # the first cell (which would be left looking interrupted); finished cells need neither
+    check_setup([cells[i] for i in todo], data_dir, keep_data=jobs <= 1 or len(todo) <= 1)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    elsewhere: set[int] = set()  # cells another process was running when this one got there
+
+    def current_rows() -> list[dict[str, Any]]:
+        """sweep.csv rows of every finished cell, including those another sweep process on
+        ``out`` has finished since this one started."""
+        for k, c in enumerate(cells):
+            if k not in summaries and (out / c.dirname / "summary.json").exists():
+                done = finished_summary(c, out / c.dirname)
+                if done is not None:
+                    summaries[k] = done
+        return [
+            _summary_row(cells[k], summaries[k], out / cells[k].dirname) for k in sorted(summaries)
+        ]
+
+    def record(i: int, result: CellResult) -> None:
+        if result.elsewhere:
+            elsewhere.add(i)
+            if result.summary is not None:
+                summaries[i] = result.summary
+            echo(f"[{i + 1}/{len(cells)}] {cells[i].dirname}: {result.elsewhere}, skipped")
+            return
+        summaries[i] = result.summary
+        finished = sum(1 for k in todo if k in summaries and k not in elsewhere)
+        pace = pace_text(finished, len(todo) - len(elsewhere), time.monotonic() - started)
+        echo(f"{_done_line(i + 1, len(cells), cells[i], result.summary)} | {pace}")
+        if csv_name:
+            write_sweep_csv(out / csv_name, current_rows())
+
+    if jobs <= 1 or len(todo) <= 1:
+        for i in todo:
+            record(i, _run_cell(cells[i], out / cells[i].dirname, data_dir, progress))
+    else:
+        _run_in_pool(cells, todo, out, data_dir, jobs, record)
+    rows = current_rows()
+    if csv_name:
+        write_sweep_csv(out / csv_name, rows)
+    return rows
+
+
+def write_sweep_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """One row per run: labels, final/best accuracy, detection rates, wall time. Written to
+    a temporary file and renamed, so a reader (or a second sweep process) never sees half."""
+    columns = list(SWEEP_COLUMNS)
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=columns)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    atomic_write_bytes(path, buf.getvalue().encode())
