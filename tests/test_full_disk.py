@@ -165,7 +165,7 @@ def test_a_full_disk_at_fsync_and_in_sweep_csv_names_the_file(
     """On a real disk a small write often fails only at flush or fsync; and a sweep's
     sweep.csv is written the same way as the run files (named, no temp file left)."""
     from diversefl import results
-    from diversefl.sweep import write_sweep_csv
+    from diversefl.experiments.sweep import write_sweep_csv
 
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

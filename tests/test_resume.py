@@ -129,49 +129,61 @@ def test_resume_between_metric_rows_keeps_the_detection_window(tmp_path: Path, m
     assert _metrics(tmp_path / "killed" / "metrics.csv") == whole
 
 
-def _interrupted_run(tmp_path: Path) -> tuple[dict, Path, Path]:
-    """A reference run and a copy of it cut back to its round-20 checkpoint, with the rows
-    written after it still in the CSVs (as a kill after a flush but before the next
-    checkpoint leaves them)."""
-    import shutil
+def _interrupted_run(tmp_path: Path, monkeypatch) -> tuple[dict, Path, Path]:
+    """A reference run and the same run killed while it saved its last checkpoint (round 30):
+    its CSVs already hold the rows written after the round-20 checkpoint it goes on from, as a
+    kill after a flush but before the next checkpoint leaves them."""
+    from diversefl import results
 
     cfg = tiny_config(rounds=30, eval={"every": 5, "checkpoint_every": 10})
     ref = tmp_path / "ref"
     diversefl.run(cfg, out=ref)
     mid = tmp_path / "mid"
-    diversefl.run({**cfg, "rounds": 20}, out=tmp_path / "twenty")
-    shutil.copytree(ref, mid)
-    shutil.copy(tmp_path / "twenty" / "checkpoint.pt", mid / "checkpoint.pt")
-    (mid / "summary.json").unlink()
+    real, saves = os.replace, []
+
+    def replace(src, dst, *a, **k):
+        if Path(dst).name == "checkpoint.pt":
+            saves.append(dst)
+            if len(saves) == 3:
+                raise KeyboardInterrupt  # killed in the middle of the round-30 checkpoint
+        return real(src, dst, *a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", replace)
+        with pytest.raises(KeyboardInterrupt):
+            diversefl.run(cfg, out=mid)
+    assert results.load_checkpoint(mid / "checkpoint.pt")["round"] == 20
+    assert [r["round"] for r in _metrics(mid / "metrics.csv")][-1] == "30"
     return cfg, ref, mid
 
 
-def test_a_kill_during_the_resume_rewrite_loses_no_row(tmp_path: Path, monkeypatch):
-    """Resume cuts the CSVs back to the checkpoint through a temp file and a rename: killed
-    at the rename, the old file is still whole, and the next resume gives the reference."""
-    from diversefl import results
+def _killed(*a, **k):
+    raise KeyboardInterrupt
 
-    cfg, ref, mid = _interrupted_run(tmp_path)
-    before = (mid / "decisions.csv").read_bytes()
 
-    def killed(*a, **k):
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as m:
-        m.setattr(results.os, "replace", killed)
-        with pytest.raises(KeyboardInterrupt):
-            diversefl.run(cfg, out=mid, resume=True)
-    assert (mid / "decisions.csv").read_bytes() == before
-    assert not [p for p in mid.iterdir() if p.name.endswith(".tmp")]
+def test_a_kill_during_the_resume_loses_no_row(tmp_path: Path, monkeypatch):
+    """Resume cuts each CSV back to the checkpoint in one ``ftruncate`` and changes nothing
+    else before its next checkpoint: killed at the cut, or at that checkpoint's rename, the
+    files are still a run that the next --resume completes to the reference."""
+    cfg, ref, mid = _interrupted_run(tmp_path, monkeypatch)
+    before = {name: (mid / name).read_bytes() for name in ("decisions.csv", "config.toml")}
+    for call in ("ftruncate", "replace"):
+        with monkeypatch.context() as m:
+            m.setattr(os, call, _killed)
+            with pytest.raises(KeyboardInterrupt):
+                diversefl.run(cfg, out=mid, resume=True)
+        # the rows after the checkpoint are cut and written again, the same
+        assert {name: (mid / name).read_bytes() for name in before} == before
+        assert not [p for p in mid.iterdir() if p.name.endswith(".tmp")]
     diversefl.run(cfg, out=mid, resume=True)
     assert _metrics(mid / "metrics.csv") == _metrics(ref / "metrics.csv")
     assert (mid / "decisions.csv").read_text() == (ref / "decisions.csv").read_text()
 
 
-def test_a_row_cut_short_by_a_kill_is_dropped_on_resume(tmp_path: Path):
+def test_a_row_cut_short_by_a_kill_is_dropped_on_resume(tmp_path: Path, monkeypatch):
     """A kill in the middle of an append can leave '42' of a round-425 row: it parses as an
-    early round, but it has no other fields and no newline, so resume drops it."""
-    cfg, ref, mid = _interrupted_run(tmp_path)
+    early round, but it lies after what the checkpoint recorded, so resume drops it."""
+    cfg, ref, mid = _interrupted_run(tmp_path, monkeypatch)
     for name in ("metrics.csv", "decisions.csv"):
         with (mid / name).open("a") as fh:
             fh.write("1")  # the first digit of a later round's row

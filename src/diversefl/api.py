@@ -15,8 +15,11 @@ from diversefl.config import (
     to_toml_dict,
 )
 from diversefl.engine.allocator import retain_freed_memory
-from diversefl.engine.runner import RunResult, train
-from diversefl.results import RunDirError, prepare_run_dir
+from diversefl.engine.federation import Federation
+from diversefl.engine.preflight import build_federation
+from diversefl.engine.resume import read_resume_point
+from diversefl.engine.runner import RunResult, finished_without_checkpoint, train
+from diversefl.results import RunDirError, check_out_path, check_run_dir, prepare_run_dir
 
 
 def resolve_config(
@@ -58,7 +61,7 @@ def run(
     created: Path | None = None
     lock: CellLock | None = None
     if out is not None:
-        out_dir = Path(out)
+        out_dir = check_out_path(Path(out))
         created = first_missing(out_dir)
         lock = _lock_run_dir(out_dir)
     try:
@@ -97,29 +100,42 @@ def _run_locked(
     overwrite: bool,
     progress: bool,
 ) -> RunResult:
-    """:func:`run` once the run directory is locked."""
+    """:func:`run` once the run directory is locked. Everything that can be checked is checked
+    before the directory is touched: its state, the saved config, the checkpoint and logs a
+    resume goes on from, the dataset, and that the model fits it."""
+    data = None if data_dir is None else str(data_dir)
+    sim: Federation | None = None
     if out_dir is not None:
-        resuming = prepare_run_dir(out_dir, resume=resume, overwrite=overwrite)
-        if resuming and (out_dir / "config.toml").exists():
-            saved = load_config(out_dir / "config.toml")
-            if config is not None and to_toml_dict(saved) != to_toml_dict(cfg):
-                if not _extends(saved, cfg, out_dir):
-                    raise ValueError(
-                        f"--resume: the config differs from {out_dir / 'config.toml'} ("
-                        f"{first_difference(to_toml_dict(saved), to_toml_dict(cfg))}); a run "
-                        "continues with the settings it started with (only `rounds` may grow, "
-                        "to extend a run that has its checkpoint.pt)"
-                    )
-                saved = cfg  # more rounds (train() drops summary.json once it goes on)
-            cfg = saved
+        resuming = check_run_dir(out_dir, resume=resume, overwrite=overwrite)
+        if resuming:
+            cfg = _resumed_config(cfg, config, out_dir)
+        if not (resuming and finished_without_checkpoint(out_dir)):
+            if resuming:
+                read_resume_point(cfg, out_dir)  # before the dataset loads; again with the model
+            sim = build_federation(cfg, data)
+        prepare_run_dir(out_dir, resume=resume, overwrite=overwrite)
         resume = resuming
-    return train(
-        cfg,
-        out_dir,
-        data_dir=None if data_dir is None else str(data_dir),
-        resume=resume,
-        progress=progress,
-    )
+    return train(cfg, out_dir, data_dir=data, resume=resume, progress=progress, sim=sim)
+
+
+def _resumed_config(
+    cfg: Config, config: Config | dict[str, Any] | str | Path | None, out_dir: Path
+) -> Config:
+    """The config a resume goes on with: the saved one, or ``cfg`` when it only has more
+    rounds; any other difference is an error naming the key."""
+    if not (out_dir / "config.toml").exists():
+        return cfg
+    saved = load_config(out_dir / "config.toml")
+    if config is None or to_toml_dict(saved) == to_toml_dict(cfg):
+        return saved
+    if not _extends(saved, cfg, out_dir):
+        raise ValueError(
+            f"--resume: the config differs from {out_dir / 'config.toml'} ("
+            f"{first_difference(to_toml_dict(saved), to_toml_dict(cfg))}); a run "
+            "continues with the settings it started with (only `rounds` may grow, "
+            "to extend a run that has its checkpoint.pt)"
+        )
+    return cfg  # more rounds (the run drops summary.json once it goes on)
 
 
 def _extends(saved: Config, cfg: Config, out_dir: Path) -> bool:
