@@ -181,7 +181,8 @@ def test_data_dir_errors_name_the_option_and_the_argument(
 
 
 def test_unknown_name() -> None:
-    with pytest.raises(DataError, match="allowed: cifar10, cifar100, digits, fashion-mnist, files, mnist"):
+    allowed = "allowed: cifar10, cifar100, digits, fashion-mnist, files, mnist"
+    with pytest.raises(DataError, match=allowed):
         load_dataset("imagenet", "/")
 
 

@@ -128,7 +128,7 @@ def test_two_class_impossible_raises() -> None:
     [
         ({"n_clients": 0, "scheme": "iid"}, "clients.n = 0 is invalid"),
         ({"n_clients": 101, "scheme": "iid"}, "clients.n = 101 is invalid"),
-        ({"n_clients": 5, "scheme": "shards"}, "allowed: dirichlet, iid, natural, sorted, two-class"),
+        ({"n_clients": 5, "scheme": "shards"}, "allowed: dirichlet, iid, natural, sorted, two-cl"),
         ({"n_clients": 5, "scheme": "dirichlet", "alpha": 0.0}, "alpha=0.0"),
         ({"n_clients": 5, "scheme": "dirichlet", "alpha": -1.0}, "alpha=-1.0"),
         ({"n_clients": 5, "scheme": "iid", "num_classes": 3}, "num_classes=3"),

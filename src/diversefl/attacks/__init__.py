@@ -21,17 +21,17 @@ from diversefl.registry import Registry
 REGISTRY: Registry[type[Attack]] = Registry(
     "attack",
     {
-    "none": NoAttack,
-    "gaussian": Gaussian,
-    "sign_flip": SignFlip,
-    "same_value": SameValue,
-    "label_flip": LabelFlip,
-    "backdoor": Backdoor,
-    "alie": ALIE,
-    "ipm": IPM,
-    "min_max": MinMax,
-    "min_sum": MinSum,
-    "adaptive": AdaptiveDiverseFL,
+        "none": NoAttack,
+        "gaussian": Gaussian,
+        "sign_flip": SignFlip,
+        "same_value": SameValue,
+        "label_flip": LabelFlip,
+        "backdoor": Backdoor,
+        "alie": ALIE,
+        "ipm": IPM,
+        "min_max": MinMax,
+        "min_sum": MinSum,
+        "adaptive": AdaptiveDiverseFL,
     },
 )
 
