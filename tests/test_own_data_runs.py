@@ -107,3 +107,45 @@ def test_model_factory_from_the_config(tmp_path, monkeypatch):
     bn = make_config(tiny_config(model={"factory": "user_nets:with_batch_norm"}))
     with pytest.raises(ValueError, match="normalise over the batch"):
         Simulation(bn)
+
+
+def _mlp_factory(input_shape, num_classes):
+    from torch import nn
+
+    return nn.Sequential(nn.Linear(input_shape[0], 16), nn.ReLU(), nn.Linear(16, num_classes))
+
+
+def _api_config(**sections):
+    return tiny_config(
+        rounds=40,
+        clients={"n": 3, "batch": 0.5, "sample": 0.2},
+        optim={"lr": 0.3, "schedule": "constant", "weight_decay": 0.0},
+        **sections,
+    )
+
+
+def test_python_api_takes_arrays_and_a_model_factory(tmp_path):
+    import diversefl
+
+    rng = np.random.default_rng(2)
+    x, y = _blobs(rng, 400, [0, 1, 2, 3])
+    data = (x[:300], y[:300], x[300:], y[300:])
+    cfg = _api_config(data={"partition": "iid"}, aggregator={"name": "diversefl"})
+    result = diversefl.run(cfg, data=data, model=_mlp_factory, out=tmp_path / "run")
+    assert result.summary["n_params"] == 4 * 16 + 16 + 16 * 4 + 4
+    assert result.final_accuracy > 0.85
+    assert (tmp_path / "run" / "metrics.csv").is_file()
+
+
+def test_python_api_takes_per_client_data_as_a_natural_partition():
+    import diversefl
+
+    rng = np.random.default_rng(3)
+    clients = [_blobs(rng, size, classes) for size, classes in ((90, [0, 1]), (50, [2, 3]))]
+    test = _blobs(rng, 80, [0, 1, 2, 3])
+    cfg = _api_config(attack={"name": "sign_flip", "byzantine": [1]})
+    result = diversefl.run(cfg, data={"clients": [*clients, clients[0]], "test": test})
+    assert result.summary["n"] == 3  # clients.n follows the data
+    assert result.summary["byzantine_ids"] == [1]
+    with pytest.raises(TypeError, match="data: expected"):
+        diversefl.run(cfg, data=[1, 2])

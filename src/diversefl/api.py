@@ -14,8 +14,11 @@ from diversefl.config import (
     make_config,
     to_toml_dict,
 )
+from diversefl.data.arrays import UserData, from_arrays, from_clients
+from diversefl.data.datasets import Dataset
 from diversefl.engine.allocator import retain_freed_memory
 from diversefl.engine.federation import Federation
+from diversefl.engine.inputs import ModelFactory
 from diversefl.engine.preflight import build_federation
 from diversefl.engine.resume import read_resume_point
 from diversefl.engine.runner import RunResult, finished_without_checkpoint, train
@@ -44,8 +47,17 @@ def run(
     overwrite: bool = False,
     progress: bool = False,
     overrides: list[str] | None = None,
+    data: Any = None,
+    model: ModelFactory | None = None,
 ) -> RunResult:
     """Run one experiment and return its metrics and summary.
+
+    ``data`` replaces the config's dataset with your own, held in memory (numpy arrays or
+    torch tensors): ``(x_train, y_train, x_test, y_test)``, one pool the configured partition
+    splits; or ``{"clients": [(x, y), ...], "test": (x_test, y_test)}``, one entry per client
+    (unequal sizes allowed), which sets ``data.partition = "natural"`` and ``clients.n`` to the
+    number of clients. ``model`` is a factory ``(input_shape, num_classes) -> nn.Module`` that
+    replaces ``[model]`` (batch-norm models are refused: see :mod:`diversefl.models`).
 
     ``config`` may be a :class:`Config`, a dict shaped like the TOML file, a path to a TOML
     file, or None for the defaults. With ``out``, the run directory is written there, locked
@@ -56,6 +68,10 @@ def run(
     :mod:`diversefl.engine.allocator`; ``DIVERSEFL_RETAIN_MEMORY=0`` turns that off).
     """
     retain_freed_memory()
+    given = user_data(data)
+    if given is not None and given.client_parts is not None:
+        natural = ["data.partition=natural", f"clients.n={len(given.client_parts)}"]
+        overrides = [*(overrides or []), *natural]
     cfg = resolve_config(config, overrides)
     out_dir = None
     created: Path | None = None
@@ -65,7 +81,8 @@ def run(
         created = first_missing(out_dir)
         lock = _lock_run_dir(out_dir)
     try:
-        return _run_locked(cfg, config, out_dir, data_dir, resume, overwrite, progress)
+        inputs = (given, model)
+        return _run_locked(cfg, config, out_dir, data_dir, resume, overwrite, progress, inputs)
     finally:
         if lock is not None:
             lock.release_and_remove()
@@ -99,6 +116,7 @@ def _run_locked(
     resume: bool,
     overwrite: bool,
     progress: bool,
+    inputs: tuple[UserData | None, ModelFactory | None] = (None, None),
 ) -> RunResult:
     """:func:`run` once the run directory is locked. Everything that can be checked is checked
     before the directory is touched: its state, the saved config, the checkpoint and logs a
@@ -112,10 +130,29 @@ def _run_locked(
         if not (resuming and finished_without_checkpoint(out_dir)):
             if resuming:
                 read_resume_point(cfg, out_dir)  # before the dataset loads; again with the model
-            sim = build_federation(cfg, data)
+            sim = build_federation(cfg, data, *inputs)
         prepare_run_dir(out_dir, resume=resume, overwrite=overwrite)
         resume = resuming
+    elif inputs != (None, None):
+        sim = build_federation(cfg, data, *inputs)
     return train(cfg, out_dir, data_dir=data, resume=resume, progress=progress, sim=sim)
+
+
+def user_data(data: Any) -> UserData | None:
+    """``run(data=...)`` as a :class:`UserData`: a 4-tuple of arrays, a dict with ``clients``
+    and ``test``, a :class:`Dataset` or a :class:`UserData` (None: the config's dataset)."""
+    if data is None or isinstance(data, UserData):
+        return data
+    if isinstance(data, Dataset):
+        return UserData(data)
+    if isinstance(data, dict) and set(data) == {"clients", "test"}:
+        return from_clients(data["clients"], tuple(data["test"]))
+    if isinstance(data, tuple | list) and len(data) == 4:
+        return from_arrays(*data)
+    raise TypeError(
+        "data: expected (x_train, y_train, x_test, y_test) or {'clients': [(x, y), ...], "
+        f"'test': (x, y)}}, got {type(data).__name__}"
+    )
 
 
 def _resumed_config(

@@ -47,7 +47,9 @@ class CellLock:
             return True
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
-            fh = open(self.path, "a+")  # noqa: SIM115 - kept open while the lock is held
+            # never through a link planted at .lock: a sweep empties the file on release
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+            fh = os.fdopen(fd, "a+")  # kept open while the lock is held
             try:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
