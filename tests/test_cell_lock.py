@@ -131,3 +131,20 @@ def test_a_lock_file_removed_under_a_waiter_does_not_make_two_holders(tmp_path, 
     c.release()
     assert b.acquire()  # and once C lets go, B takes that file
     b.release()
+
+
+def test_a_lock_planted_as_a_link_is_not_followed(tmp_path):
+    """A sweep empties its lock file on release: a link planted at .lock must not make it cut
+    the file the link points to."""
+    import pytest
+
+    from diversefl.cell_lock import LOCK_NAME, CellLock
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK_NAME).symlink_to(victim)
+    with pytest.raises(OSError):
+        CellLock(run).acquire()
+    assert victim.read_text() == "keep me\n"

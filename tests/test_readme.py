@@ -54,10 +54,10 @@ def test_readme_python_example_runs(
     printed = capsys.readouterr().out
     assert printed.strip(), "every README example prints its result"
     if "diversefl.run(" in code:
-        assert len(calls) == 1
-        result = calls[0]
-        assert result.summary["rounds"] == 3
-        assert result.metrics[-1]["round"] in (3, "3")
-        assert str(result.summary["final_test_accuracy"])[:6] in printed
+        assert calls
+        for result in calls:  # every run the example makes ran, and printed its accuracy
+            assert result.summary["rounds"] == 3
+            assert result.metrics[-1]["round"] in (3, "3")
+            assert str(result.summary["final_test_accuracy"])[:6] in printed
     if "aggregators.get(" in code:
         assert "torch.Size([1000])" in printed
