@@ -285,9 +285,9 @@ class Config(_Section):
         from diversefl.attacks import REGISTRY as ATTACKS
         from diversefl.methods import METHODS
 
-        agg = METHODS.build(self.aggregator.name, self.aggregator.params())
-        atk = ATTACKS.build(self.attack.name, self.attack.params())
-        f = self.byzantine_count(atk)
+        rule = METHODS.validate(self.aggregator.name, self.aggregator.params())  # settings only
+        ATTACKS.validate(self.attack.name, self.attack.params())
+        f = self.byzantine_count()
         if f >= self.clients.n and self.attack.name != "none":
             raise ValueError(f"attack.f: f={f} must be smaller than clients.n={self.clients.n}")
         if isinstance(self.attack.byzantine, list):
@@ -304,8 +304,8 @@ class Config(_Section):
                 f"(got byzantine = {self.attack.byzantine!r}; use attack.f instead)"
             )
         assumed = self.assumed_f()
-        try:
-            agg.check(self.clients.n, assumed)
+        try:  # the rule's client-count limit for n clients, `assumed` of them Byzantine
+            rule.check(self.clients.n, assumed)
         except ValueError as err:
             if self.aggregator.assumed_f is not None:
                 raise ValueError(f"aggregator.assumed_f = {assumed}: {err}") from None
