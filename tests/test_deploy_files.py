@@ -156,3 +156,17 @@ def test_shards_are_written_private_before_any_process_starts(tmp_path, monkeypa
     cache = work / "cache"
     assert _mode(work) == 0o700 and _mode(cache) == 0o700
     assert len(list(cache.glob("shard-*.pt"))) == 4
+
+
+def test_node_auth_binds_each_registered_node_to_its_partition():
+    """deploy-local --node-auth passes node-partitions built from the ids the SuperLink gave
+    each key, so a node cannot claim another's partition (the server enforces the binding)."""
+    from types import SimpleNamespace
+
+    from diversefl.flower.launch import _bound
+
+    configs = [{"partition-id": j, "num-partitions": 3} for j in range(3)]
+    fed = SimpleNamespace(node_auth=True, registered_ids=[901, 77, 4242])
+    bound = _bound({"timeout": 5.0}, fed, configs)
+    assert bound == {"timeout": 5.0, "node-auth": True, "node-partitions": "901:0,77:1,4242:2"}
+    assert _bound({"timeout": 5.0}, SimpleNamespace(node_auth=False), configs) == {"timeout": 5.0}

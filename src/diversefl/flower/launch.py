@@ -120,7 +120,7 @@ def _run(
                 fed.start_supernodes(configs, worker=worker, keys=keys)
             federation = None if plan.runtime == "deployment" else {"num-supernodes": plan.nodes}
             (plan.out / "summary.json").unlink(missing_ok=True)
-            run_id = fed.submit(plan.app, plan.run_config, federation)
+            run_id = fed.submit(plan.app, _bound(plan.run_config, fed, configs), federation)
             if on_started is not None:
                 on_started(fed, run_id)
             status = fed.wait(run_id, timeout, done=plan.out / "summary.json")
@@ -133,6 +133,18 @@ def _run(
     if left:
         raise DeployError(f"processes {left} survived shutdown")
     return run_id, status
+
+
+def _bound(
+    run_config: Mapping[str, Any], fed: LocalFederation, configs: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """With node authentication, the run config binds each registered node id to its
+    partition (``node-partitions``), so no node can claim another's partition."""
+    ids = getattr(fed, "registered_ids", None) if fed.node_auth else None
+    if not ids:
+        return dict(run_config)
+    pairs = ",".join(f"{nid}:{c['partition-id']}" for nid, c in zip(ids, configs, strict=True))
+    return {**run_config, "node-auth": True, "node-partitions": pairs}
 
 
 def deploy_local(

@@ -301,9 +301,10 @@ class LocalFederation:
         return the private keys."""
         folder = private_dir(self.workdir / "keys")
         keys = []
+        self.registered_ids = []  # node id of key i, as the SuperLink registered it
         for i in range(count):
             private, public = make_node_key(folder / f"node{i}")
-            self.register_supernode(public)
+            self.registered_ids.append(self.register_supernode(public))
             keys.append(private)
         return keys
 
