@@ -128,7 +128,7 @@ def _verify_digest(path: Path, state: dict[str, Any], again: str) -> None:
 
 def _unreadable(err: BaseException) -> str:
     """Why torch's weights-only reader refused a file, in one line (its message is paragraphs
-    of advice, including the unsafe one to load it with ``weights_only=False``)."""
+    of advice, including the unsafe one to turn the weights-only reader off)."""
     text = str(err)
     forbidden = re.search(r"Unsupported global: GLOBAL (\S+)", text)
     if forbidden:
