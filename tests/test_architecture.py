@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("diversefl.attacks", "diversefl.protocols"),
     ("diversefl.methods",),
     ("diversefl.config",),
-    ("diversefl.engine", "diversefl.results", "diversefl.cell_lock"),
+    ("diversefl.engine", "diversefl.results", "diversefl.cell_lock", "diversefl.review"),
     ("diversefl.api", "diversefl.demo"),
     (
         "diversefl.flower",

@@ -225,7 +225,15 @@ def _loopback_grid(node_configs: list[dict[str, Any]], tamper: Any = None) -> An
                     state=RecordDict(),
                     run_config={},
                 )
-                reply = app(msg, ctx)
+                try:
+                    reply = app(msg, ctx)
+                except Exception as err:  # as Flower does: the node's exception, as an error
+                    from flwr.app import Error
+                    from flwr.common.constant import ErrorCode
+
+                    reason = f"{type(err).__name__}: {err}"
+                    error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason)
+                    reply = Message(error=error, reply_to=msg)
                 if tamper is not None:
                     reply = tamper((node - 7000) // 13, msg, reply)
                 if reply is not None:

@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from diversefl.review.cli import add_samples_parser
+
 console = Console(stderr=False)
 notes = Console(stderr=True)  # status lines next to output meant for a pipe (tables)
 
@@ -566,6 +568,7 @@ SUBCOMMANDS = (
     _add_reproduce_parser,
     _add_deploy_local_parser,
     _add_data_parser,
+    add_samples_parser,
 )  # in the order ``diversefl --help`` lists them
 
 

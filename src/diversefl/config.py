@@ -71,16 +71,26 @@ class DataConfig(_Section):
     label: str | None = None  # the label column of a table ("label")
     test_path: str | None = None  # a separate test set in the same format
     test_fraction: float | None = Field(None, gt=0, lt=1)  # held out per file (0.2)
-    standardize: bool | None = None  # standardise table features with training stats (true)
+    # standardise table features: true (the training pool's mean/std), "client" (each
+    # client's own training rows' mean/std: what a deployed node can do alone), false
+    # (true; a deployed federation of tables must choose "client" or false)
+    standardize: bool | Literal["client"] | None = None
+    # the classes: a count, or names in index order (default: the labels seen in the data).
+    # A deployed federation must declare them: each node sees only its own labels.
+    classes: int | list[str] | None = None
 
     @model_validator(mode="after")
     def _files_need_a_path(self) -> DataConfig:
-        keys = ("path", "format", "layout", "label", "test_path", "test_fraction", "standardize")
+        keys = ("path", "format", "layout", "label", "test_path", "test_fraction", "standardize",
+                "classes")  # fmt: skip
         given = [k for k in keys if getattr(self, k) is not None]
         if self.dataset == "files" and not self.path:
             raise ValueError("data.path: dataset = 'files' reads your files: set data.path")
         if self.dataset != "files" and given:
             raise ValueError(f"data.{given[0]}: only for dataset = 'files' (got {self.dataset!r})")
+        c = self.classes
+        if isinstance(c, int) and c < 1 or isinstance(c, list) and len(set(c)) != len(c) or c == []:
+            raise ValueError(f"data.classes: a count >= 1 or distinct names, got {c!r}")
         return self
 
     @field_validator("dataset")

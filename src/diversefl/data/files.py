@@ -236,6 +236,26 @@ def _statistics(
     return mean, std
 
 
+def _check_client_standardization(
+    trains: list[FileData], tests: list[FileData], per_source: bool, stats: object, path: object
+) -> None:
+    """Per-client standardisation needs one held-out part per file and no given statistics."""
+    if stats is not None:
+        raise DataError("standardize='client' computes each file's statistics; give no stats")
+    if not per_source or len(tests) != len(trains):
+        raise DataError(
+            f"{Path(str(path))}: standardize='client' standardises each client's test rows with "
+            "its own statistics, so each file needs its own test rows (a held-out fraction or "
+            "x_test/y_test), not one separate test path"
+        )
+
+
+def _own_standardization(train: FileData, test: FileData) -> tuple[np.ndarray, np.ndarray]:
+    """``train`` and ``test`` features standardised with ``train``'s mean/std."""
+    mean, std = feature_stats(train.x)
+    return apply_standardization(train.x, mean, std), apply_standardization(test.x, mean, std)
+
+
 def load_files(
     path: str | Path,
     fmt: str = "auto",
@@ -243,7 +263,7 @@ def load_files(
     label: str = "label",
     test_path: str | Path | None = None,
     test_fraction: float = 0.2,
-    standardize: bool = True,
+    standardize: bool | str | None = None,
     seed: int = 0,
     classes: Classes = None,
     stats: tuple[np.ndarray, np.ndarray] | None = None,
@@ -252,13 +272,19 @@ def load_files(
     test set: the npz's ``x_test``/``y_test``, else ``test_path``, else a seeded
     ``test_fraction`` held out of each file. Tables are standardised with the training
     pool's per-feature mean/std, or the given ``stats`` (in a deployment every node must use
-    the same, agreed statistics: pass them here). ``classes`` (a count, or names in index
+    the same, agreed statistics: pass them here); ``standardize="client"`` standardises each
+    file's training and held-out rows with that file's own training statistics (what a
+    deployed node does alone; None means true). ``classes`` (a count, or names in index
     order) declares classes the files may lack."""
+    if standardize not in (None, True, False, "client"):
+        raise DataError(f"standardize must be true, false or 'client', got {standardize!r}")
     if not 0.0 < test_fraction < 1.0:
         raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
     if seed < 0:
         raise DataError(f"seed must be >= 0, got {seed}")
     sources = find_sources(path, fmt, layout)
+    if standardize is None:
+        standardize = True
     parts = _read_all(sources, label)
     test = None if test_path is None else _read_test(test_path, fmt, sources, label)
     trains, tests, per_source = _split(parts, test, test_fraction, seed)
@@ -273,10 +299,17 @@ def load_files(
             f"{test_fraction:g} of them); pass a test path or more data"
         )
     names, y_train, y_test = _labelled(trains, tests, classes)
-    x_train = np.concatenate([p.x for p in trains])
-    x_test = np.concatenate([p.x for p in tests])
     mean = std = None
-    if standardize and sources.fmt in ("csv", "parquet"):
+    tables = sources.fmt in ("csv", "parquet")
+    if standardize == "client" and tables:
+        _check_client_standardization(trains, tests, per_source, stats, path)
+        pairs = [_own_standardization(a, b) for a, b in zip(trains, tests, strict=True)]
+        x_train = np.concatenate([a for a, _ in pairs])
+        x_test = np.concatenate([b for _, b in pairs])
+    else:
+        x_train = np.concatenate([p.x for p in trains])
+        x_test = np.concatenate([p.x for p in tests])
+    if standardize is True and tables:
         mean, std = _statistics(x_train, stats)
         x_train = apply_standardization(x_train, mean, std)
         x_test = apply_standardization(x_test, mean, std)

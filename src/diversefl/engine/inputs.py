@@ -34,8 +34,9 @@ def load_data(cfg: Config, data_dir: str | None = None) -> UserData:
         label=d.label or "label",
         test_path=d.test_path or None,
         test_fraction=0.2 if d.test_fraction is None else d.test_fraction,
-        standardize=True if d.standardize is None else d.standardize,
+        standardize=d.standardize,
         seed=cfg.seed,
+        classes=d.classes,
     )
     return UserData(loaded.dataset, loaded.client_parts)
 
@@ -60,9 +61,20 @@ def client_parts(cfg: Config, data: Dataset, own: list[np.ndarray] | None) -> li
 
 
 def build_module(cfg: Config, data: Dataset, factory: ModelFactory | None = None) -> nn.Module:
+    """The network for ``data`` (see :func:`build_network`)."""
+    return build_network(cfg, tuple(data.input_shape), data.num_classes, factory)
+
+
+def build_network(
+    cfg: Config,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    factory: ModelFactory | None = None,
+) -> nn.Module:
     """The network: ``factory`` (from the Python API), else ``model.factory``, else the
-    registered ``model.name`` (``mlp`` with ``model.hidden`` widths when set)."""
-    shape, classes = tuple(data.input_shape), data.num_classes
+    registered ``model.name`` (``mlp`` with ``model.hidden`` widths when set). The Flower
+    server and nodes build theirs from the agreed input shape and classes alone."""
+    shape, classes = tuple(input_shape), int(num_classes)
     if factory is None and cfg.model.factory:
         factory = load_factory(cfg.model.factory)
     if factory is not None:

@@ -9,6 +9,9 @@ Node config (``flower-supernode --node-config '...'``):
 ``cache-dir``
     Optional: keep this node's shard there, so each message's fresh process skips loading the
     dataset.
+``data-path`` (and ``test-path``)
+    With ``data.dataset = "files"``: this node's own file or image folder (and, optionally,
+    its separate test file); no other node's data is needed anywhere.
 ``worker``
     Optional: the socket of this node's :mod:`diversefl.flower.worker`, which keeps torch and
     the data loaded between messages (the ClientApp then only forwards payloads).
@@ -17,7 +20,8 @@ Node config (``flower-supernode --node-config '...'``):
     ``attack="gaussian" attack-sigma=10.0``. Without it the node is honest unless the server
     runs with ``adversary="config"`` and assigns it a role.
 
-Messages: ``query.sample`` (once) -> the node's sample; ``train`` -> its update for the model.
+Messages: ``query.sample`` (once) -> the node's sample; ``train`` -> its update for the model;
+``evaluate`` (federated evaluation, own files only) -> its held-out counts for the model.
 This module imports neither torch nor diversefl's engine until a message needs them, so that a
 node with a worker starts each message's process quickly.
 """
@@ -50,6 +54,8 @@ def _answer(op: str, context: Context, **payload: Any) -> dict[str, Any]:
 
     if op == "sample":
         return common.handle_sample(payload["config"], node_config, data_dir)
+    if op == "evaluate":
+        return common.handle_evaluate(payload["config"], node_config, payload["theta"], data_dir)
     return common.handle_train(
         payload["config"], node_config, payload["message_config"], payload["theta"], data_dir
     )
@@ -80,3 +86,12 @@ def train(message: Message, context: Context) -> Message:
     arrays = ArrayRecord({"theta": Array(np.ascontiguousarray(answer["update"]))})
     metrics = MetricRecord(answer["metrics"])
     return Message(RecordDict({ARRAYS: arrays, METRICS: metrics}), reply_to=message)
+
+
+@app.evaluate()
+def evaluate(message: Message, context: Context) -> Message:
+    """Answer an evaluate message (federated evaluation) with this node's held-out counts."""
+    config = message.content[CONFIG]
+    theta = np.asarray(message.content[ARRAYS]["theta"].numpy(), dtype=np.float32)
+    answer = _answer("evaluate", context, config=str(config["config"]), theta=theta)
+    return Message(RecordDict({METRICS: MetricRecord(answer["metrics"])}), reply_to=message)

@@ -27,6 +27,7 @@ from diversefl.flower.common import CONFIG, MSG_SAMPLE
 from diversefl.flower.reference import ReferenceData
 from diversefl.flower.replies import ReplyError, SampleSpec, SharedSample, parse_sample
 from diversefl.flower.samples import Roster
+from diversefl.flower.schema import Schema, agree, read_schema
 from diversefl.flower.transport import Transport
 
 #: Seconds between two looks at the connected nodes while the sample stage waits.
@@ -43,9 +44,13 @@ class SampleCollector:
         cfg_text: str,
         binding: Mapping[int, int] | None = None,
         reference: ReferenceData | None = None,
+        classes: tuple[str, ...] | None = None,
     ) -> None:
         self.transport = transport
-        self.spec = spec
+        self.spec = spec  # input_shape None: agreed from the nodes' schemas (own files)
+        self.classes = classes
+        self.schema: Schema | None = None
+        self.pending: list[tuple[int, Message]] = []  # replies held until the schema is agreed
         self.cfg_text = cfg_text
         self.binding = None if binding is None else dict(binding)
         self.reference = reference
@@ -84,13 +89,15 @@ class SampleCollector:
             got = self.transport.poll()
             for msg in got:
                 self.take(msg)
-            done = self.roster.settled(self.expected) and not self.transport.busy
+            done = self._settled() and not self.transport.busy
             if done or time.monotonic() >= deadline:
                 break
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = self.transport.poll_interval if got else min(0.5, delay * 1.5)
         for node in self.transport.abandon():
             self.refuse(node, f"no sample within {timeout:g} s")
+        if self.spec.input_shape is None:
+            self._agree()
         claimed = len(self.roster.held) + len(self.roster.conflicts)
         if claimed < len(self.expected):
             log(
@@ -125,6 +132,44 @@ class SampleCollector:
             log(WARNING, "ignoring a second sample reply from node %s", node)
             return
         self.answered.add(node)
+        if self.spec.input_shape is None:  # judged once the schema is agreed
+            self.pending.append((node, msg))
+            return
+        self._admit(node, msg)
+
+    def _settled(self) -> bool:
+        """Every expected partition is claimed (while the schema is open: by a held reply)."""
+        if self.spec.input_shape is None:
+            return self.expected <= {_claimed_partition(m) for _, m in self.pending}
+        return self.roster.settled(self.expected)
+
+    def _agree(self) -> None:
+        """Agree the schema from the held replies (see :mod:`diversefl.flower.schema`), then
+        judge each of them: a node whose schema disagrees is refused, naming the field."""
+        reports, unreadable = {}, {}
+        for node, msg in self.pending:
+            try:
+                reports[node] = read_schema(msg)
+            except ReplyError as err:
+                unreadable[node] = f"invalid sample: {err}"
+        schema, reasons = agree(reports, self.classes or ())
+        self.schema = schema
+        if schema is not None:
+            self.spec = dataclasses.replace(
+                self.spec, input_shape=schema.input_shape, num_classes=len(schema.classes)
+            )
+        for node, msg in self.pending:
+            why = unreadable.get(node) or reasons.get(node)
+            if schema is None and why is None:
+                why = "no node's schema has the run's classes and float32 features"
+            if why is not None:
+                self.refuse(node, why, _claimed_partition(msg))
+            else:
+                self._admit(node, msg)
+        self.pending = []
+
+    def _admit(self, node: int, msg: Message) -> None:
+        """Check one reply against the (agreed) spec and record its claim or refusal."""
         sample, why = self._checked(msg, node)
         if sample is None:
             self.refuse(node, why, _claimed_partition(msg))

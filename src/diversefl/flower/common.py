@@ -32,11 +32,13 @@ from diversefl.aggregators.base import Aggregator, RoundContext
 from diversefl.attacks.base import Attack
 from diversefl.config import Config, apply_overrides, load_config, make_config, to_toml_dict
 from diversefl.engine.gradients import batched_grads
+from diversefl.engine.inputs import build_network
 from diversefl.engine.params import FlatModel
 from diversefl.engine.seeding import generator, seed_dropout, seed_for
-from diversefl.engine.simulator import _count, draw_without_replacement
+from diversefl.engine.simulator import _count, draw_without_replacement, eval_pass
+from diversefl.flower.node_data import NodeData, load_node_data, with_shard_lens
+from diversefl.flower.shard import ClientShard
 from diversefl.methods import build_method
-from diversefl.models import build_model
 
 _log = logging.getLogger(__name__)
 
@@ -75,6 +77,7 @@ class RunSettings:
     verify_samples: bool = False
     test_set: str = ""  # "": the dataset's test split from data-dir; a .npz path; "none"
     node_auth: bool = False  # nodes are authenticated: node-partitions must bind them
+    require_approval: bool = False  # wait for the sample review's approval before training
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> RunSettings:
@@ -99,6 +102,7 @@ class RunSettings:
             verify_samples=_flag(get("verify-samples", False), "verify-samples"),
             test_set=str(get("test-set", "")),
             node_auth=_flag(get("node-auth", False), "node-auth"),
+            require_approval=_flag(get("require-approval", False), "require-approval"),
         )
 
     def partition_map(self) -> dict[int, int] | None:
@@ -168,20 +172,6 @@ def config_from_text(text: str) -> Config:
 
 
 # -- one client's data ---------------------------------------------------------------------
-@dataclass(frozen=True)
-class ClientShard:
-    """One client's training data plus the public facts it needs to replay the simulator."""
-
-    partition_id: int
-    num_partitions: int
-    indices: Tensor  # [L] positions of this client's examples in the training set
-    x: Tensor  # [L, ...] its examples
-    y: Tensor  # [L] its labels
-    shard_lens: Tensor  # [n] every client's shard length (public: the batch draw needs it)
-    num_classes: int
-    input_shape: tuple[int, ...]
-
-
 def _shard_key(cfg: Config, partition_id: int) -> str:
     raw = json.dumps(
         [cfg.data.dataset, cfg.data.partition, cfg.data.alpha, cfg.seed, cfg.clients.n],
@@ -386,8 +376,9 @@ class Role:
 
 
 @functools.lru_cache(maxsize=8)
-def _model(name: str, input_shape: tuple[int, ...], num_classes: int) -> FlatModel:
-    return FlatModel(build_model(name, input_shape, num_classes))
+def _model(cfg_text: str, input_shape: tuple[int, ...], num_classes: int) -> FlatModel:
+    """The node's copy of the network (built once per config: its weights come with theta)."""
+    return FlatModel(build_network(config_from_text(cfg_text), input_shape, num_classes))
 
 
 @functools.lru_cache(maxsize=16)
@@ -437,7 +428,7 @@ def client_update(cfg: Config, shard: ClientShard, theta: Tensor, r: int, role: 
     one that reads guiding gradients (adaptive) gets the node's own, computed on its sample.
     """
     n, j = shard.num_partitions, shard.partition_id
-    fm = _model(cfg.model.name, shard.input_shape, shard.num_classes)
+    fm = _model(config_to_text(cfg), shard.input_shape, shard.num_classes)
     ctx = RoundContext(
         round=r,
         n=n,
@@ -496,6 +487,8 @@ def node_role(cfg: Config, node_config: dict[str, Any], message_config: dict[str
 
 
 def _node_shard(cfg: Config, node_config: dict[str, Any], data_dir: str) -> ClientShard:
+    if cfg.data.dataset == "files":
+        return _own_data(cfg, node_config).shard
     return load_shard(
         cfg,
         int(node_config["partition-id"]),
@@ -503,6 +496,32 @@ def _node_shard(cfg: Config, node_config: dict[str, Any], data_dir: str) -> Clie
         data_dir=str(node_config.get("data-dir", "") or data_dir or "") or None,
         cache_dir=str(node_config.get("cache-dir", "") or "") or None,
     )
+
+
+def _own_data(cfg: Config, node_config: dict[str, Any]) -> NodeData:
+    """The node's own files (``data.dataset = "files"``: its node config's ``data-path``)."""
+    return load_node_data(
+        cfg,
+        config_to_text(cfg),
+        int(node_config["partition-id"]),
+        int(node_config["num-partitions"]),
+        node_config,
+    )
+
+
+def _schema(cfg: Config, node_config: dict[str, Any], shard: ClientShard) -> dict[str, Any]:
+    """What the node reports of its data for the server's schema agreement."""
+    if cfg.data.dataset != "files":
+        return {"input-shape": list(shard.input_shape), "num-classes": shard.num_classes}
+    own = _own_data(cfg, node_config)
+    return {
+        "input-shape": list(shard.input_shape),
+        "num-classes": shard.num_classes,
+        "classes": list(own.classes),
+        "features": list(own.features),
+        "dtype": str(shard.x.dtype).removeprefix("torch."),
+        "test-len": len(own.y_test),
+    }
 
 
 def handle_sample(cfg_text: str, node_config: dict[str, Any], data_dir: str = "") -> dict[str, Any]:
@@ -532,6 +551,7 @@ def handle_sample(cfg_text: str, node_config: dict[str, Any], data_dir: str = ""
             "shard-len": int(shard.indices.numel()),
             "batch-size": int(batch_counts(cfg, shard.shard_lens)[j]),
             "attack": node_role(cfg, node_config, {}).attack,
+            **_schema(cfg, node_config, shard),
         },
     }
 
@@ -549,6 +569,8 @@ def handle_train(
     t0 = time.perf_counter()
     cfg = config_from_text(cfg_text)
     shard = _node_shard(cfg, node_config, data_dir)
+    if "shard-lens" in message_config:  # own files: the server sends every client's length
+        shard = with_shard_lens(shard, str(message_config["shard-lens"]))
     role = node_role(cfg, node_config, message_config)
     r = int(message_config["server-round"])
     update = client_update(cfg, shard, torch.as_tensor(theta, dtype=torch.float32), r, role)
@@ -560,4 +582,30 @@ def handle_train(
             "num-examples": int(batch_counts(cfg, shard.shard_lens)[shard.partition_id]),
             "seconds": time.perf_counter() - t0,
         },
+    }
+
+
+def handle_evaluate(
+    cfg_text: str, node_config: dict[str, Any], theta: Any, data_dir: str = ""
+) -> dict[str, Any]:
+    """The answer to an evaluate message (federated evaluation): the node's own held-out rows'
+    example count, correct predictions and summed cross-entropy for the model ``theta``."""
+    cfg = config_from_text(cfg_text)
+    if cfg.data.dataset != "files":
+        raise ValueError(
+            "federated evaluation needs each node's own files (data.dataset = 'files'); "
+            "a built-in dataset is evaluated on the server's test-set"
+        )
+    own = _own_data(cfg, node_config)
+    fm = _model(cfg_text, own.shard.input_shape, own.shard.num_classes)
+    theta_t = torch.as_tensor(theta, dtype=torch.float32)
+    preds, loss = eval_pass(fm, theta_t, own.x_test, own.y_test, cfg.eval.batch)
+    count = len(own.y_test)
+    return {
+        "metrics": {
+            "partition-id": own.shard.partition_id,
+            "num-examples": count,
+            "correct": int((preds == own.y_test).sum()),
+            "loss-sum": float(loss) * count,
+        }
     }

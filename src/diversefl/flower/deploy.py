@@ -97,7 +97,20 @@ def _parse_byzantine(items: list[str] | None) -> dict[int, str] | list[int] | No
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     """What to run and where its files go."""
     p.add_argument("config", help="diversefl TOML config ('' for the built-in demo)")
-    p.add_argument("--nodes", type=int, required=True, help="number of SuperNodes (clients)")
+    p.add_argument(
+        "--nodes",
+        type=int,
+        default=None,
+        help="number of SuperNodes (clients); with data.dataset = 'files': one per data path",
+    )
+    p.add_argument(
+        "--node-data",
+        action="append",
+        default=None,
+        metavar="PATH",
+        help="data.dataset = 'files': node j's own file or image folder (repeat, one per node), "
+        "or one folder with one per node (default: the config's data.path)",
+    )
     p.add_argument("--out", default=None, help="run directory (default runs/flower-<stem>)")
     p.add_argument(
         "--overwrite", action="store_true", help="replace a run already in --out (else refused)"
@@ -215,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tls=tls,
             node_auth=args.node_auth,
             overwrite=args.overwrite,
+            node_data=args.node_data,
         )
     except DeployError as err:
         print(f"error: {err}", file=sys.stderr)

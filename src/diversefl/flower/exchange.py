@@ -26,7 +26,12 @@ from diversefl.config import Config
 from diversefl.flower.collect import SampleCollector
 from diversefl.flower.common import ARRAYS, CONFIG
 from diversefl.flower.errors import FederationError
-from diversefl.flower.replies import NODE_UNAVAILABLE, ReplyError, parse_update
+from diversefl.flower.replies import (
+    NODE_UNAVAILABLE,
+    ReplyError,
+    parse_evaluation,
+    parse_update,
+)
 from diversefl.flower.transport import Transport
 
 
@@ -95,6 +100,7 @@ class RoundExchange:
         (``assigned`` given), the partition's role this round (honest, or Byzantine with the
         config's attack)."""
         ranks = (torch.cumsum(assigned.long(), 0) - 1).tolist() if assigned is not None else None
+        lens = self.shard_lens() if self.cfg.data.dataset == "files" else None
         messages = []
         for j, node in enumerate(self.collector.roster.node_ids()):
             if node is None:  # excluded: no usable sample
@@ -102,6 +108,8 @@ class RoundExchange:
             cfg_rec = ConfigRecord(dict(config or {}))
             cfg_rec["config"] = self.cfg_text
             cfg_rec["server-round"] = r
+            if lens is not None:  # nodes with their own files learn the others' lengths here
+                cfg_rec["shard-lens"] = lens
             if assigned is not None and bool(assigned[j]):
                 cfg_rec["attack"] = self.cfg.attack.name
                 cfg_rec["attack-params"] = json.dumps(self.cfg.attack.params())
@@ -117,6 +125,41 @@ class RoundExchange:
                 )  # fmt: skip
             )
         return messages
+
+    def shard_lens(self) -> str:
+        """Every partition's shard length as the nodes reported it (1 where excluded), which
+        each node needs to draw its mini-batch as the simulator does."""
+        held = self.collector.roster.held
+        n = self.collector.roster.n
+        return ",".join(str(held[j].shard_len if j in held else 1) for j in range(n))
+
+    def evaluate(self, theta: Tensor) -> dict[str, float]:
+        """Federated evaluation: each held partition's node evaluates ``theta`` on its own
+        held-out rows; the example-weighted accuracy and mean loss over the valid replies
+        (NaN when none is valid). Invalid or missing replies are logged and left out."""
+        record = theta_record(theta)
+        messages = []
+        for node in self.collector.roster.node_ids():
+            if node is None:
+                continue
+            cfg_rec = ConfigRecord({"config": self.cfg_text})
+            content = RecordDict({ARRAYS: record, CONFIG: cfg_rec})
+            messages.append(
+                Message(content=content, dst_node_id=node, message_type=MessageType.EVALUATE)
+            )
+        total = correct = 0
+        loss = 0.0
+        for msg in self.transport.exchange(messages):
+            node = self.transport.reply_node(msg)
+            try:
+                count, right, loss_sum = parse_evaluation(msg)
+            except Exception as err:  # noqa: BLE001 - a bad report must never stop the server
+                log(WARNING, "evaluation: ignoring the report of node %s: %s", node, err)
+                continue
+            total, correct, loss = total + count, correct + right, loss + loss_sum
+        if total == 0:
+            return {"test_accuracy": float("nan"), "test_loss": float("nan")}
+        return {"test_accuracy": correct / total, "test_loss": loss / total}
 
     def collect(self, r: int, replies: list[Message]) -> Received:
         """Check and stack round r's replies by partition; raise :class:`FederationError`

@@ -34,6 +34,7 @@ from diversefl.attacks.base import Attack
 from diversefl.config import Config
 from diversefl.engine.devices import usable_device
 from diversefl.engine.gradients import batched_grads
+from diversefl.engine.inputs import build_network
 from diversefl.engine.params import FlatModel
 from diversefl.engine.schedules import make_schedule
 from diversefl.engine.seeding import generator, seed_for
@@ -50,10 +51,9 @@ from diversefl.flower.errors import FederationError
 from diversefl.flower.exchange import Received
 from diversefl.flower.reference import ReferenceData
 from diversefl.flower.samples import Roster, SamplePool
-from diversefl.flower.task import task_facts
+from diversefl.flower.task import TaskFacts, task_facts
 from diversefl.flower.testset import TestSet
 from diversefl.methods import build_method
-from diversefl.models import build_model
 from diversefl.protocols.base import Protocol
 from diversefl.round import RoundContext, RoundRecord
 
@@ -70,10 +70,12 @@ class FlowerFederation:
         test_set: TestSet | None = None,
         reference: ReferenceData | None = None,
         adversary: str = "config",
+        facts: TaskFacts | None = None,
     ) -> None:
         self.cfg, self.n, self.adversary = cfg, cfg.clients.n, adversary
         self.reference = reference
-        self.facts = reference.facts if reference is not None else task_facts(cfg.data.dataset)
+        if facts is None and cfg.data.dataset != "files":
+            facts = reference.facts if reference is not None else task_facts(cfg.data.dataset)
         self.device = usable_device(cfg.engine.device)
         if self.device.type == "cuda":  # cuDNN's fastest convolution kernels are not repeatable
             torch.backends.cudnn.deterministic = True
@@ -92,14 +94,14 @@ class FlowerFederation:
             cfg.optim.schedule, cfg.optim.lr, cfg.optim.milestones, cfg.optim.gamma,
             cfg.optim.warmup_rounds, cfg.optim.warmup_start_lr,
         )  # fmt: skip
-        torch.manual_seed(seed_for(cfg.seed, "init"))
-        module = build_model(cfg.model.name, self.facts.input_shape, self.facts.num_classes)
-        self.fm = FlatModel(module.to(self.device))
-        self.theta = self.fm.flatten()
-        self.test = None if test_set is None else TestSet(
-            test_set.x.to(self.device), test_set.y.to(self.device), test_set.source
-        )  # fmt: skip
+        self.test_source = test_set
+        self.test: TestSet | None = None
+        self.facts: TaskFacts | None = None
+        if facts is not None:  # own files: the nodes' agreed schema gives them (install)
+            self._build(facts)
         self.exchange: Exchange | None = None  # set by the strategy once the samples are in
+        # federated evaluation (own files, no server test set): the nodes' held-out rows
+        self.remote_eval: Callable[[Tensor], dict[str, float]] | None = None
         self.roster = Roster(self.n)
         self.pool: SamplePool | None = None
         self.loss_scale = torch.ones(self.n, device=self.device)
@@ -107,6 +109,20 @@ class FlowerFederation:
         self.faults: list[dict[str, Any]] = []  # rounds with a dropped or rejected update
         self.round_seconds: list[float] = []
         self.round_metrics: dict[int, dict[str, Any]] = {}
+        self.sample_review: dict[str, Any] | None = None  # the stored samples' digests
+
+    def _build(self, facts: TaskFacts) -> None:
+        """The seeded initial model for the task's shape and classes, and the test set checked
+        against them."""
+        self.facts = facts
+        torch.manual_seed(seed_for(self.cfg.seed, "init"))
+        module = build_network(self.cfg, facts.input_shape, facts.num_classes)
+        self.fm = FlatModel(module.to(self.device))
+        self.theta = self.fm.flatten()
+        test = self.test_source
+        if test is not None:
+            test = test.check(facts)
+            self.test = TestSet(test.x.to(self.device), test.y.to(self.device), test.source)
 
     def _init_roles(self) -> None:
         """f, the f the rule assumes, and the fixed Byzantine mask of ``adversary="config"``.
@@ -128,19 +144,34 @@ class FlowerFederation:
         self.fixed_byzantine = fixed_byzantine_mask(self.cfg, self.n, self.f, chosen)
 
     # -- the uploaded samples ---------------------------------------------------------------
-    def install(self, roster: Roster) -> None:
+    def install(self, roster: Roster, facts: TaskFacts | None = None) -> None:
         """Take the partitions' samples from ``roster`` (what the sample stage collected); a
-        partition without one is excluded (no guide, a NaN row every round)."""
+        partition without one is excluded (no guide, a NaN row every round). ``facts``: the
+        task agreed from the nodes' schemas, when the server did not know it before."""
         if not roster.held:
             raise FederationError("no node sent a usable sample")
+        if self.facts is None:
+            if facts is None:
+                raise RuntimeError("FlowerFederation.install: the task's shape is not known")
+            self._build(facts)
         self.roster = roster
         self.reported = {j for j, s in roster.held.items() if s.attack != "none"}
         self._build_pool()
 
+    def exclude(self, partitions: list[int] | tuple[int, ...], why: str) -> None:
+        """Exclude ``partitions`` from every round (e.g. rejected in the sample review)."""
+        for j in partitions:
+            sample = self.roster.held.pop(j, None)
+            if sample is not None:
+                self.roster.reasons[j] = f"node {sample.node_id}: {why}"
+        if partitions:
+            self._build_pool()
+
     def _build_pool(self) -> None:
         held = self.roster.held
         keyed = self.reference is not None  # verified: training-set indices name the examples
-        self.pool = SamplePool.build(held, self.n, self.facts.input_shape, self.device, keyed)
+        shape = self._facts().input_shape
+        self.pool = SamplePool.build(held, self.n, shape, self.device, keyed)
         if self.cfg.clients.loss == "sum":  # the scale follows the batch sizes nodes report
             sizes = {j: float(s.batch_size) for j, s in held.items()}
             if self.reference is not None:  # the server's copy knows every partition's batch
@@ -165,6 +196,11 @@ class FlowerFederation:
         return server_batch_gradient(
             self.fm, theta, x, y, self.loss_scale, self.cfg.clients.loss, self.cfg.engine.grads
         )
+
+    def _facts(self) -> TaskFacts:
+        if self.facts is None:
+            raise RuntimeError("FlowerFederation: the task's shape is not known yet")
+        return self.facts
 
     def _samples(self) -> SamplePool:
         if self.pool is None:
@@ -223,7 +259,7 @@ class FlowerFederation:
             server_grad_fn=lambda keys: self.server_gradient(theta, keys),
             shared_samples=pool.keys,
             layer_sizes=self.fm.layer_sizes,
-            num_classes=self.facts.num_classes,
+            num_classes=self._facts().num_classes,
         )
 
     # -- what the runner reads ----------------------------------------------------------------
@@ -241,9 +277,12 @@ class FlowerFederation:
     def evaluate(self, theta: Tensor | None = None) -> dict[str, float]:
         """Test accuracy and mean cross-entropy of the current (or given) model on the test
         set; NaN for every metric when the server has none."""
+        theta = self.theta if theta is None else theta
+        if self.test is None and self.remote_eval is not None:
+            out = {k: math.nan for k in self.extra_metric_names}
+            return {**self.remote_eval(theta), **out}
         if self.test is None:
             return {k: math.nan for k in ["test_accuracy", "test_loss", *self.extra_metric_names]}
-        theta = self.theta if theta is None else theta
         preds, loss = eval_pass(self.fm, theta, self.test.x, self.test.y, self.cfg.eval.batch)
         out = {"test_accuracy": float((preds == self.test.y).float().mean()), "test_loss": loss}
         out.update(self.attack.metrics(preds, self.test.y))
@@ -267,7 +306,7 @@ class FlowerFederation:
             "flwr": flwr.__version__,
             "adversary": self.adversary,
             "verify_samples": self.reference is not None,
-            "test_set": None if self.test is None else self.test.source,
+            "test_set": self._test_description(),
             "node_ids": ["" if k is None else str(k) for k in roster.node_ids()],
             "sample_sizes": self.pool.sizes if self.pool is not None else [0] * self.n,
             "round_seconds": [round(s, 4) for s in secs],
@@ -275,11 +314,17 @@ class FlowerFederation:
             "excluded": {str(j): why for j, why in sorted(roster.excluded().items())},
             "sample_rejects": {str(k): why for k, why in sorted(roster.rejects.items())},
             "claim_conflicts": {str(j): v for j, v in sorted(roster.conflicts.items())},
+            "samples": self.sample_review,
             "faults": self.faults,
             "dropped_total": sum(len(f["dropped"]) for f in self.faults),
             "rejected_total": sum(len(f["rejected"]) for f in self.faults),
         }
         return {**metric_summary(self.attack.metric_names, rows), "flower": flower}
+
+    def _test_description(self) -> str | None:
+        if self.test is not None:
+            return self.test.source
+        return "federated (the nodes' held-out rows)" if self.remote_eval is not None else None
 
     # -- checkpoints --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -149,7 +149,7 @@ def _bound(
 
 def deploy_local(
     config_path: str | os.PathLike[str],
-    nodes: int,
+    nodes: int | None,
     out: str | os.PathLike[str],
     byzantine: Mapping[int, str] | Sequence[int] | None = None,
     data_dir: str | os.PathLike[str] | None = None,
@@ -169,6 +169,7 @@ def deploy_local(
     min_nodes: int | None = None,
     on_started: Callable[[LocalFederation, int], None] | None = None,
     overwrite: bool = False,
+    node_data: Sequence[str] | None = None,
 ) -> DeployResult:
     """Run ``config_path`` on a SuperLink plus ``nodes`` SuperNodes on 127.0.0.1.
 
@@ -184,7 +185,10 @@ def deploy_local(
     replies. ``tls`` runs the SuperLink with those certificates; ``node_auth`` also gives
     every node a registered key pair. ``min_nodes`` is the run config's ``min-nodes`` (the
     app must declare it). ``on_started(federation, run_id)`` is called once the run is
-    submitted (e.g. to kill a node mid-run; it may block).
+    submitted (e.g. to kill a node mid-run; it may block). With ``data.dataset = "files"``
+    each node reads only its own data: ``node_data`` (one path per node, or one folder with
+    one file or image folder per node; default the config's ``data.path``), and ``nodes``
+    may be None (one node per path).
 
     Every input is checked before anything starts (:class:`DeployInputError`, see
     :mod:`diversefl.flower.preflight`), including an ``out`` that already holds a run
@@ -212,6 +216,7 @@ def deploy_local(
         overwrite=overwrite,
         node_auth=node_auth,
         tls=tls,
+        node_data=node_data,
     )
     fed = _prepare(plan, threads=threads, tls=tls, node_auth=node_auth)
     return _execute(fed, plan, workers=workers, timeout=timeout, on_started=on_started)
@@ -227,7 +232,7 @@ def _prepare(
     deployment = plan.runtime == "deployment"
     try:
         make_workdir(work)
-        if deployment:
+        if deployment and not plan.node_data:  # own files: each node reads its own
             _write_shards(plan, work / "cache")
     except BaseException:
         if temporary:  # nothing of use in it yet

@@ -45,6 +45,7 @@ class DeployPlan:
     nodes: int
     run_config: dict[str, Any] = field(default_factory=dict)
     node_extra: dict[int, dict[str, Any]] = field(default_factory=dict)
+    node_data: tuple[str, ...] = ()  # own files: node j's data-path (absolute)
 
     def node_configs(self, cache: Path) -> list[dict[str, Any]]:
         """Each SuperNode's node config: its partition, the shard cache, the data directory
@@ -52,8 +53,11 @@ class DeployPlan:
         configs = []
         for j in range(self.nodes):
             node: dict[str, Any] = {"partition-id": j, "num-partitions": self.nodes}
-            node["cache-dir"] = str(cache)
-            if self.data_dir:
+            if self.node_data:  # its own files, nothing else
+                node["data-path"] = self.node_data[j]
+            else:
+                node["cache-dir"] = str(cache)
+            if self.data_dir and not self.node_data:
                 node["data-dir"] = self.data_dir
             node.update(self.node_extra.get(j, {}))
             config_args(node)
@@ -163,7 +167,8 @@ def load_deployable_config(
         cfg = load_run_config(config_path, list(overrides))
         method = build_method(cfg.aggregator.name, cfg.aggregator.params())
         check_deployable_attack(cfg.attack.name)
-        load_dataset(cfg.data.dataset, data_dir)
+        if cfg.data.dataset != "files":  # own files: each node's are checked on their own
+            load_dataset(cfg.data.dataset, data_dir)
     except (ConfigError, DataError, AggregatorError, ValueError, FileNotFoundError) as err:
         raise DeployInputError(one_line(err)) from None
     if isinstance(method, Protocol):
@@ -173,6 +178,62 @@ def load_deployable_config(
             "a gradient aggregation rule"
         )
     return cfg
+
+
+def own_node_paths(cfg: Config, node_data: Sequence[str] | None) -> tuple[str, ...]:
+    """Each node's own data path for ``data.dataset = "files"``: the ``--node-data`` paths in
+    order, or one folder holding one file or image folder per node (sorted by name; by
+    default the config's ``data.path``, as the simulator reads it per client)."""
+    from diversefl.data.datasets import DataError
+    from diversefl.data.layout import find_sources
+
+    items = [str(p) for p in node_data or []] or [str(cfg.data.path)]
+    paths = [Path(p).expanduser().resolve() for p in items]
+    for p in paths:
+        if not p.exists():
+            raise DeployInputError(f"node data {p}: no such file or folder")
+    if len(paths) == 1 and paths[0].is_dir():
+        try:
+            paths = find_sources(paths[0], cfg.data.format or "auto", "per-client").paths
+        except DataError as err:
+            raise DeployInputError(
+                f"node data {paths[0]}: not one file or image folder per node ({one_line(err)}); "
+                "give one --node-data path per node"
+            ) from None
+    return tuple(str(p) for p in paths)
+
+
+def _node_count(nodes: int | None, own: tuple[str, ...] | None) -> int:
+    """``--nodes``, or with own files the number of node data paths (which it must match)."""
+    if own is None:
+        if nodes is None:
+            raise DeployInputError("--nodes: how many SuperNodes (required for a built-in dataset)")
+        return nodes
+    if nodes is not None and int(nodes) != len(own):
+        raise DeployInputError(
+            f"--nodes {nodes}, but there are {len(own)} nodes' data paths: drop --nodes or "
+            "give one path per node"
+        )
+    return len(own)
+
+
+def check_node_files(cfg: Config, paths: Sequence[str], runtime: str = "deployment") -> None:
+    """Read every node's files as that node will (before anything starts): a DataError
+    becomes a one-line :class:`DeployInputError` naming the node and the file."""
+    from diversefl.data.datasets import DataError
+    from diversefl.flower.node_data import read_own_files
+
+    if runtime != "deployment":
+        raise DeployInputError(
+            "--runtime simulation: Flower's simulation engine gives every node the same "
+            "node config, so nodes cannot read their own files; use the deployment runtime"
+        )
+
+    for j, path in enumerate(paths):
+        try:
+            read_own_files(cfg, path)
+        except (DataError, ValueError) as err:
+            raise DeployInputError(f"node {j} ({path}): {one_line(err)}") from None
 
 
 def byzantine_nodes(
@@ -303,9 +364,12 @@ def plan_deployment(
     overwrite: bool,
     node_auth: bool = False,
     tls: object | None = None,
+    node_data: Sequence[str] | None = None,
 ) -> DeployPlan:
     """Check every input of :func:`~diversefl.flower.launch.deploy_local` (see the module
     docstring) and return the plan; nothing is started or written."""
+    own = _own_files_nodes(config_path, overrides, node_data)
+    nodes = _node_count(nodes, own)
     check_settings(
         nodes=nodes,
         timeout=timeout,
@@ -324,6 +388,8 @@ def plan_deployment(
     data = str(Path(data_dir).expanduser().resolve()) if data_dir else ""
     all_overrides = (*overrides, f"clients.n={int(nodes)}")
     cfg = load_deployable_config(config_abs, all_overrides, data or None)
+    if own is not None:
+        check_node_files(cfg, own, runtime)
     adversary = adversary or ("config" if runtime == "simulation" else "nodes")
     node_extra: dict[int, dict[str, Any]] = {}
     if runtime == "deployment" and adversary == "nodes":
@@ -342,10 +408,34 @@ def plan_deployment(
         runtime=runtime,
         nodes=int(nodes),
         node_extra=node_extra,
+        node_data=own or (),
     )
     run_config = _run_config(plan, adversary, round_timeout, max_inflight, min_nodes)
     plan.node_configs((plan.workdir or Path(tempfile.gettempdir())) / "cache")  # Flower parses
     return replace(plan, run_config=run_config)
+
+
+def _own_files_nodes(
+    config_path: str | os.PathLike[str], overrides: Sequence[str], node_data: Sequence[str] | None
+) -> tuple[str, ...] | None:
+    """The nodes' own data paths when the config reads files (else None; ``--node-data`` is
+    then refused)."""
+    from diversefl.config import ConfigError
+    from diversefl.flower.common import load_run_config
+
+    path = str(Path(config_path).expanduser().resolve()) if str(config_path) else ""
+    try:
+        cfg = load_run_config(path, list(overrides))
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        raise DeployInputError(one_line(err)) from None
+    if cfg.data.dataset != "files":
+        if node_data:
+            raise DeployInputError(
+                f"--node-data: data.dataset = {cfg.data.dataset!r} is a built-in dataset the "
+                "nodes share; --node-data is for data.dataset = 'files'"
+            )
+        return None
+    return own_node_paths(cfg, node_data)
 
 
 __all__ = [

@@ -55,7 +55,7 @@ class SampleSpec:
     facts; the shard lengths only when the server holds a copy of the data)."""
 
     num_partitions: int
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...] | None  # None: agreed from the nodes' schemas (own files)
     num_classes: int
     train_size: int  # training-set indices and shard lengths lie in 0..train_size-1 / 1..
     sample_count: Callable[[int], int]  # shard length -> the sample size s the config asks for
@@ -84,7 +84,7 @@ def _value_bytes(value: Any) -> int:
     return 8
 
 
-def _describe_error(msg: Message, limit: int = 300) -> str:
+def describe_error(msg: Message, limit: int = 300) -> str:
     err = msg.error
     reason = " ".join(str(err.reason).split())
     if len(reason) > limit:
@@ -145,7 +145,7 @@ def _int(meta: ConfigRecord | MetricRecord, key: str) -> int:
 def parse_sample(msg: Message, spec: SampleSpec) -> SharedSample:
     """The sample in a ``query.sample`` reply, or :class:`ReplyError` saying what is wrong."""
     if msg.has_error():
-        raise ReplyError(_describe_error(msg))
+        raise ReplyError(describe_error(msg))
     if not msg.has_content():
         raise ReplyError("reply without content")
     content = msg.content
@@ -176,6 +176,8 @@ def parse_sample(msg: Message, spec: SampleSpec) -> SharedSample:
     if not isinstance(attack, str):
         raise ReplyError(f"attack is {attack!r}, expected a string")
     # sizes first (from the metadata), then decode
+    if spec.input_shape is None:
+        raise ReplyError("the run's input shape is not agreed yet")
     per_example = 4 * math.prod(spec.input_shape)
     idx = _array(arrays, "idx", "int64", 1, 8 * s + SLACK_BYTES)
     y = _array(arrays, "y", "int64", 1, 8 * s + SLACK_BYTES)
@@ -221,7 +223,7 @@ def parse_update(msg: Message, dim: int, partition_id: int | None = None) -> Upd
     """The update in a train reply, or :class:`ReplyError` (wrong size or dtype, non-finite
     entries, missing records, an oversized message, an error reply)."""
     if msg.has_error():
-        raise ReplyError(_describe_error(msg))
+        raise ReplyError(describe_error(msg))
     if not msg.has_content():
         raise ReplyError("reply without content")
     content = msg.content
@@ -247,3 +249,23 @@ def parse_update(msg: Message, dim: int, partition_id: int | None = None) -> Upd
         if claimed != partition_id:
             raise ReplyError(f"reply for partition {claimed}, but the node holds {partition_id}")
     return Update(update=torch.from_numpy(update.copy()), byzantine=bool(byz))
+
+
+def parse_evaluation(msg: Message) -> tuple[int, int, float]:
+    """A node's evaluation report: example count, correct predictions and summed loss, or
+    :class:`ReplyError` when it is not a consistent report (counts negative or out of order,
+    a loss that is not finite and non-negative)."""
+    if msg.has_error():
+        raise ReplyError(describe_error(msg))
+    if not msg.has_content():
+        raise ReplyError("reply without content")
+    metrics = _record(msg.content, METRICS, MetricRecord)
+    count, correct = _int(metrics, "num-examples"), _int(metrics, "correct")
+    loss = metrics.get("loss-sum")
+    if not 0 <= correct <= count:
+        raise ReplyError(f"correct={correct} and num-examples={count}: not 0 <= correct <= count")
+    if isinstance(loss, bool) or not isinstance(loss, int | float):
+        raise ReplyError(f"loss-sum is {loss!r}, expected a number")
+    if not math.isfinite(loss) or loss < 0:
+        raise ReplyError(f"loss-sum is {loss!r}, expected a finite number >= 0")
+    return count, correct, float(loss)

@@ -39,7 +39,9 @@ Run config (``[tool.flwr.app.config]`` in pyproject.toml, or ``flwr run --run-co
     the nodes upload their samples again; the model and the rule's state come from the
     checkpoint.
 ``test-set``
-    The server's test set: empty (the default), the dataset's test split from ``data-dir``
+    The server's test set: ``"federated"`` (the default when the nodes hold their own files:
+    each evaluates on its held-out rows), or empty (the default otherwise), the dataset's
+    test split from ``data-dir``
     (MNIST / Fashion-MNIST: only the ``t10k`` files; none there: no evaluation, said in a
     WARNING); a path to an ``.npz`` file with ``x`` and ``y``; ``"none"``: no evaluation.
     The server reads no training data either way.
@@ -48,6 +50,11 @@ Run config (``[tool.flwr.app.config]`` in pyproject.toml, or ``flwr run --run-co
     partition's seeded draw, exactly), for benchmark federations; the server then loads and
     partitions the training set. ``false`` (the default): samples are checked for
     plausibility only (shapes, dtypes, classes, sizes consistent with the config).
+``require-approval``
+    ``true``: after the sample stage the server writes the uploaded samples to
+    ``RUN_DIR/samples`` and waits until ``diversefl samples RUN_DIR --approve`` (optionally
+    ``--reject J``) approves exactly those samples; rejected partitions are excluded.
+    ``false`` (the default): it writes them and trains at once.
 ``node-auth``
     ``true``: the SuperNodes are authenticated, and ``node-partitions`` must bind every
     node id to its partition (the run refuses to start without it).
@@ -91,6 +98,7 @@ def strategy_from_settings(settings: RunSettings) -> DiverseFLStrategy:
         verify_samples=settings.verify_samples,
         test_set=settings.test_set,
         node_auth=settings.node_auth,
+        require_approval=settings.require_approval,
     )
 
 

@@ -46,12 +46,15 @@ from diversefl.flower.common import config_to_text
 from diversefl.flower.errors import FederationError
 from diversefl.flower.exchange import RoundExchange, theta_from_record, theta_record
 from diversefl.flower.federation import FlowerFederation
+from diversefl.flower.node_data import declared_classes
 from diversefl.flower.reference import ReferenceData
 from diversefl.flower.replies import SampleSpec, SharedSample
-from diversefl.flower.task import task_facts
-from diversefl.flower.testset import TestSet, load_test_set
+from diversefl.flower.review import sample_digests, store_samples
+from diversefl.flower.task import TaskFacts, task_facts
+from diversefl.flower.testset import TestSet, load_test_set, own_files_test_set
 from diversefl.flower.transport import Transport
 from diversefl.results import prepare_run_dir
+from diversefl.review.approval import wait_for_approval
 
 __all__ = [
     "DiverseFLStrategy",
@@ -62,6 +65,10 @@ __all__ = [
     "theta_from_record",
     "theta_record",
 ]
+
+
+#: The most rows a node holding its own files may report (bounds its claimed shard length).
+OWN_FILES_MAX_ROWS = 2**31 - 1
 
 
 def default_min_nodes(n: int) -> int:
@@ -137,6 +144,9 @@ class DiverseFLStrategy(Strategy):
     node_auth:
         The nodes are authenticated (``flower-superlink --enable-supernode-auth``): then
         ``node_partitions`` is required.
+    require_approval:
+        Wait, after the samples are written to ``out/samples``, for their approval by
+        ``diversefl samples OUT --approve``; the partitions it rejects are excluded.
     """
 
     def __init__(
@@ -157,8 +167,10 @@ class DiverseFLStrategy(Strategy):
         verify_samples: bool = False,
         test_set: TestSet | str | None = None,
         node_auth: bool = False,
+        require_approval: bool = False,
     ) -> None:
         n = cfg.clients.n
+        self.require_approval = bool(require_approval)
         if adversary not in ("config", "nodes"):
             raise ValueError(f"adversary={adversary!r}: allowed: config, nodes")
         self.min_nodes = int(min_nodes) if min_nodes else default_min_nodes(n)
@@ -174,10 +186,21 @@ class DiverseFLStrategy(Strategy):
         self.timeout, self.poll_interval = float(timeout), float(poll_interval)
         self.max_inflight, self.round_grace = int(max_inflight), float(round_grace)
         self.overwrite, self.resume = overwrite, bool(resume)
+        self.own_files = cfg.data.dataset == "files"
+        self.classes = declared_classes(cfg) if self.own_files else None
+        if self.own_files and verify_samples:
+            raise ValueError(
+                "verify-samples: the server holds no copy of the nodes' own files "
+                "(data.dataset = 'files'); leave it off"
+            )
         reference = ReferenceData(cfg, data_dir) if verify_samples else None
-        facts = reference.facts if reference is not None else task_facts(cfg.data.dataset)
-        if not isinstance(test_set, TestSet):
+        federated = False
+        if self.own_files and not isinstance(test_set, TestSet):
+            test_set, federated = own_files_test_set(test_set or "")
+        elif not isinstance(test_set, TestSet):
+            facts = reference.facts if reference is not None else task_facts(cfg.data.dataset)
             test_set = load_test_set(test_set or "", cfg.data.dataset, data_dir, facts)
+        self.federated_eval = federated
         self.reference = reference
         self.federation = FlowerFederation(cfg, test_set, reference, adversary)
         self.samples: dict[int, SharedSample] = {}
@@ -193,11 +216,15 @@ class DiverseFLStrategy(Strategy):
         """What a valid sample looks like here: the config's sizes and the dataset's public
         facts (the shard lengths only with the server's copy of the data)."""
         cfg, facts = self.cfg, self.federation.facts
+        if facts is None:  # own files: the shape is agreed from the nodes' schemas
+            shape, classes, rows = None, len(self.classes or ()), OWN_FILES_MAX_ROWS
+        else:
+            shape, classes, rows = facts.input_shape, facts.num_classes, facts.train_size
         return SampleSpec(
             num_partitions=cfg.clients.n,
-            input_shape=facts.input_shape,
-            num_classes=facts.num_classes,
-            train_size=facts.train_size,
+            input_shape=shape,
+            num_classes=classes,
+            train_size=rows,
             sample_count=lambda length: _count(cfg.clients.sample, length),
             batch_count=lambda length: _count(cfg.clients.batch, length),
             shard_lens=self.reference.shard_lens if self.reference is not None else None,
@@ -213,8 +240,11 @@ class DiverseFLStrategy(Strategy):
         log(INFO, "\t├──> attack %s (adversary from %s)", c.attack.name, self.adversary)
         log(INFO, "\t├──> reply timeout %.1f s, min-nodes %d", self.timeout, self.min_nodes)
         log(INFO, "\t├──> samples verified against the server's data: %s", bool(self.reference))
-        test = self.federation.test
-        log(INFO, "\t├──> test set %s", "none (no evaluation)" if test is None else test.source)
+        test = self.federation.test_source
+        where = "none (no evaluation)" if test is None else test.source
+        if self.federated_eval:
+            where = "federated (each node's held-out rows)"
+        log(INFO, "\t├──> test set %s", where)
         log(INFO, "\t└──> run directory %s", self.out)
 
     def configure_train(
@@ -256,11 +286,13 @@ class DiverseFLStrategy(Strategy):
         if self._exchange is None or self._exchange.transport.grid is not grid:
             transport = Transport(grid, self.timeout, self.poll_interval, self.max_inflight)
             collector = SampleCollector(
-                transport, self.sample_spec(), self.cfg_text, self.node_partitions, self.reference
-            )
+                transport, self.sample_spec(), self.cfg_text, self.node_partitions,
+                self.reference, self.classes,
+            )  # fmt: skip
             fed = self.federation
             self._exchange = RoundExchange(
-                transport, collector, self.cfg, self.cfg_text, fed.n_params, fed.f,
+                transport, collector, self.cfg, self.cfg_text,
+                fed.n_params if fed.facts is not None else 0, fed.f,
                 self.min_nodes, self.round_grace, self.out,
             )  # fmt: skip
         return self._exchange
@@ -278,13 +310,42 @@ class DiverseFLStrategy(Strategy):
                 f"only {usable} of {n} nodes sent a usable sample, fewer than "
                 f"min-nodes={self.min_nodes}" + (f" ({why})" if why else "")
             )
-        self.federation.install(roster)
+        schema = exchange.collector.schema
+        facts = None
+        if schema is not None:
+            facts = TaskFacts(schema.input_shape, len(schema.classes), OWN_FILES_MAX_ROWS)
+        self.federation.install(roster, facts)
+        exchange.dim = self.federation.n_params
         self.federation.exchange = exchange
+        if self.federated_eval:
+            self.federation.remote_eval = exchange.evaluate
         self.samples = {s.node_id: s for s in roster.held.values()}
         log(INFO, "collected samples from %d nodes (sizes %s)", usable, self.federation.pool.sizes)
         if roster.excluded():
             log(INFO, "partitions excluded from every round: %s", sorted(roster.excluded()))
         return self.samples
+
+    def _review_samples(self) -> None:
+        """Write the samples for review (``out/samples``) and record their digest; with
+        ``require_approval`` wait for the approval and exclude the partitions it rejects."""
+        if self.out is None:
+            if self.require_approval:
+                raise ValueError("require-approval: the samples are reviewed in the run directory")
+            return
+        fed = self.federation
+        schema = self._connected_exchange().collector.schema
+        digest = store_samples(self.out, fed.roster, fed.facts, schema)
+        review = {"manifest_sha256": digest, "approval": "not required", "rejected": []}
+        if self.require_approval:
+            approval = wait_for_approval(self.out, log=lambda text: log(INFO, "%s", text))
+            fed.exclude(approval.rejected, "rejected in the sample review")
+            review = {**review, "approval": approval.time, "rejected": list(approval.rejected)}
+        fed.sample_review = {**review, "sha256": sample_digests(self.out)}
+
+    def _connected_exchange(self) -> RoundExchange:
+        if self._exchange is None:
+            raise RuntimeError("the samples are not collected yet")
+        return self._exchange
 
     def _prepare_out(self) -> bool:
         """Prepare the run directory; True when the run resumes from its checkpoint."""
@@ -326,10 +387,11 @@ class DiverseFLStrategy(Strategy):
         log(INFO, "Starting %s strategy:", type(self).__name__)
         self.summary()
         fed = self.federation
+        self.collect_samples(grid)
         if initial_arrays is not None:
             fed.theta = theta_from_record(initial_arrays).to(fed.device)
-        self.collect_samples(grid)
         resuming = self._prepare_out()
+        self._review_samples()
         run = train(self.cfg, self.out, progress=False, sim=fed, resume=resuming)
         result = Result(arrays=theta_record(fed.theta))
         for row in run.metrics:

@@ -14,6 +14,10 @@ a path to an ``.npz`` file
     directory needed.
 ``"none"``
     No evaluation.
+``"federated"``
+    Each node evaluates the model on its own held-out rows and reports its counts; the
+    server logs the example-weighted mean (own files only: ``data.dataset = "files"``, where
+    it is the default). A Byzantine node can misreport its own counts.
 """
 
 from __future__ import annotations
@@ -121,11 +125,29 @@ def dataset_test_split(name: str, data_dir: str | None) -> TestSet:
     return TestSet(data.x_test, data.y_test, f"{name} test split")
 
 
+def own_files_test_set(spec: str) -> tuple[TestSet | None, bool]:
+    """For a federation of nodes with their own files: the server's test set (an ``.npz``,
+    checked once the task's shape is agreed) or None, and whether evaluation is federated
+    (``""`` or ``"federated"``: yes; ``"none"``: no evaluation)."""
+    word = spec.strip().lower()
+    if word in ("", "federated"):
+        return None, True
+    if word == "none":
+        _log.info("no test set (test-set = none): the run has no evaluation metrics")
+        return None, False
+    return read_test_set(spec), False
+
+
 def load_test_set(
     spec: str, dataset: str, data_dir: str | None, facts: TaskFacts
 ) -> TestSet | None:
     """The test set the run config's ``test-set`` names (None: no evaluation), checked
     against the task."""
+    if spec.strip().lower() == "federated":
+        raise ValueError(
+            "test-set = federated: the nodes evaluate on their own held-out rows only when "
+            f"they hold their own files (data.dataset = 'files'), not {dataset!r}"
+        )
     if spec.strip().lower() == "none":
         _log.info("no test set (test-set = none): the run has no evaluation metrics")
         return None

@@ -75,8 +75,9 @@ def call(socket_path: str, request: dict[str, Any], timeout: float = 600.0) -> d
 
 
 def handle(request: dict[str, Any]) -> dict[str, Any]:
-    """Answer one request (``op`` = ``sample`` or ``train``) with the shared handlers."""
-    from diversefl.flower.common import handle_sample, handle_train
+    """Answer one request (``op`` = ``sample``, ``train`` or ``evaluate``) with the shared
+    handlers."""
+    from diversefl.flower.common import handle_evaluate, handle_sample, handle_train
 
     op = request["op"]
     if op == "sample":
@@ -88,6 +89,10 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
             request["message_config"],
             request["theta"],
             request["data_dir"],
+        )
+    if op == "evaluate":
+        return handle_evaluate(
+            request["config"], request["node_config"], request["theta"], request["data_dir"]
         )
     if op == "ping":
         return {"pong": True}
