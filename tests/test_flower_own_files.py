@@ -12,11 +12,13 @@ from typing import Any
 import numpy as np
 import pytest
 import tomli_w
+import torch
 from conftest import tiny_config
 
 from diversefl.config import make_config
 from diversefl.data import files as files_module
 from diversefl.engine.runner import train
+from diversefl.engine.seeding import generator
 from diversefl.flower import FLOWER_AVAILABLE, common
 from diversefl.flower.node_data import with_shard_lens
 
@@ -117,6 +119,35 @@ def test_nodes_with_their_own_files_match_the_simulator(tmp_path, hospitals, mon
 
 
 @needs_flwr
+def test_sample_standardisation_matches_the_simulator(tmp_path, hospitals):
+    """standardize = "samples": the server standardises with the mean/std of the uploaded
+    (raw) samples and sends them to the nodes; the run equals the simulator's, whose
+    statistics are those of the pooled sample rows (checked against a plain computation)."""
+    from diversefl.engine.simulator import Simulation
+    from diversefl.flower.node_data import read_own_files
+
+    raw = raw_config(hospitals, standardize="samples")
+    cfg = make_config(raw)
+    sim = Simulation(cfg)
+    rows_by_client = []
+    for j, path in enumerate(sorted(hospitals.iterdir())):
+        x = read_own_files(cfg, str(path)).dataset.x_train.double()  # raw features
+        perm = torch.randperm(len(x), generator=generator(cfg.seed, "sample", j))
+        rows_by_client.append(x[perm[: int(sim.sample_k[j])]])
+    pooled = torch.cat(rows_by_client)
+    assert np.allclose(sim.feature_mean, pooled.mean(0).numpy(), atol=1e-12)
+    assert np.allclose(sim.feature_std, pooled.std(0, unbiased=False).numpy(), atol=1e-12)
+    train(cfg, tmp_path / "ref", progress=False)
+    strategy = run_flower(tmp_path, raw, sorted(hospitals.iterdir()))
+    assert np.array_equal(strategy.federation.feature_stats[0], sim.feature_mean)
+    got, want = rows(tmp_path / "flower" / "metrics.csv"), rows(tmp_path / "ref" / "metrics.csv")
+    assert [r["test_accuracy"] for r in got] == [r["test_accuracy"] for r in want]
+    assert rows(tmp_path / "flower" / "decisions.csv") == rows(tmp_path / "ref" / "decisions.csv")
+    stored = np.load(tmp_path / "flower" / "samples" / "partition-0.npz")["x"]
+    assert np.array_equal(stored, rows_by_client[0].float().numpy())  # reviewed raw
+
+
+@needs_flwr
 def test_federated_accuracy_is_the_weighted_mean_of_the_nodes(tmp_path, hospitals):
     """The logged accuracy equals the example-weighted mean of each node's accuracy on its
     own held-out rows, computed here with a plain loop over the nodes."""
@@ -207,7 +238,7 @@ def test_a_node_refuses_pool_standardisation(tmp_path, hospitals):
 
     raw = raw_config(hospitals)
     del raw["data"]["standardize"]
-    with pytest.raises(DataError, match="standardize = 'client'"):
+    with pytest.raises(DataError, match="standardize = 'samples'"):
         read_own_files(make_config(raw), str(sorted(hospitals.iterdir())[0]))
 
 

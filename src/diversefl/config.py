@@ -71,10 +71,11 @@ class DataConfig(_Section):
     label: str | None = None  # the label column of a table ("label")
     test_path: str | None = None  # a separate test set in the same format
     test_fraction: float | None = Field(None, gt=0, lt=1)  # held out per file (0.2)
-    # standardise table features: true (the training pool's mean/std), "client" (each
-    # client's own training rows' mean/std: what a deployed node can do alone), false
-    # (true; a deployed federation of tables must choose "client" or false)
-    standardize: bool | Literal["client"] | None = None
+    # standardise table features: true (the training pool's mean/std), "samples" (the mean/std
+    # of the clients' one-time samples, which the server holds anyway: what a deployed
+    # federation can agree on), "client" (each client's own rows'), false. Default true; a
+    # deployed federation of tables must choose "samples", "client" or false.
+    standardize: bool | Literal["client", "samples"] | None = None
     # the classes: a count, or names in index order (default: the labels seen in the data).
     # A deployed federation must declare them: each node sees only its own labels.
     classes: int | list[str] | None = None

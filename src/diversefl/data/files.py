@@ -274,10 +274,13 @@ def load_files(
     pool's per-feature mean/std, or the given ``stats`` (in a deployment every node must use
     the same, agreed statistics: pass them here); ``standardize="client"`` standardises each
     file's training and held-out rows with that file's own training statistics (what a
-    deployed node does alone; None means true). ``classes`` (a count, or names in index
-    order) declares classes the files may lack."""
-    if standardize not in (None, True, False, "client"):
-        raise DataError(f"standardize must be true, false or 'client', got {standardize!r}")
+    deployed node does alone; None means true; "samples" leaves the features as they are:
+    the engine standardises them with the one-time samples' statistics). ``classes`` (a
+    count, or names in index order) declares classes the files may lack."""
+    if standardize not in (None, True, False, "client", "samples"):
+        raise DataError(
+            f"standardize must be true, false, 'client' or 'samples', got {standardize!r}"
+        )
     if not 0.0 < test_fraction < 1.0:
         raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
     if seed < 0:

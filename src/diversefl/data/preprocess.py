@@ -4,8 +4,9 @@ standardisation with statistics of the training data."""
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-__all__ = ["apply_standardization", "feature_stats", "held_out_split"]
+__all__ = ["apply_standardization", "feature_stats", "held_out_split", "standardize_tensor"]
 
 
 def held_out_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -38,3 +39,21 @@ def apply_standardization(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> n
     """``(x - mean) / std`` per feature, computed in float64, returned as float32."""
     out = (np.asarray(x, dtype=np.float64) - mean) / std
     return out.astype(np.float32)
+
+
+def standardize_tensor(x: torch.Tensor, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
+    """A float32 tensor of rows standardised as :func:`apply_standardization` does (on its
+    device: the same numbers on the simulator, the server and each node)."""
+    out = apply_standardization(x.detach().cpu().numpy(), mean, std)
+    return torch.from_numpy(out).to(x.device)
+
+
+def sample_stats(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`feature_stats` of the pooled one-time sample rows ``x [P, F]`` (the statistics
+    of ``standardize = "samples"``), or ValueError when the rows are not a 2-D table."""
+    if x.ndim != 2:
+        raise ValueError(
+            f"data.standardize = 'samples' standardises table features; these examples have "
+            f"shape {tuple(x.shape[1:])}"
+        )
+    return feature_stats(x.detach().cpu().numpy())

@@ -16,6 +16,7 @@ from diversefl.attacks.base import Attack
 from diversefl.config import Config
 from diversefl.data.arrays import UserData
 from diversefl.data.datasets import Dataset
+from diversefl.data.preprocess import sample_stats, standardize_tensor
 from diversefl.engine.devices import usable_device
 from diversefl.engine.gradients import batched_grads
 from diversefl.engine.inputs import ModelFactory, build_module, client_parts, load_data
@@ -250,6 +251,8 @@ class Simulation:
             cfg.optim.warmup_start_lr,
         )
         self.sample_idx, self.sample_w = self._shared_samples()
+        if cfg.data.standardize == "samples":
+            self._standardize_by_samples()
         self._whole_shards = self._gather_whole_shards()
 
     # -- setup ---------------------------------------------------------------------------
@@ -273,6 +276,15 @@ class Simulation:
             rows.append(self.shards[j, perm[: int(self.sample_k[j])]])
         idx, lengths = pad_rows(rows)
         return idx, length_mask(lengths, idx.shape[1])
+
+    def _standardize_by_samples(self) -> None:
+        """``data.standardize = "samples"``: standardise the features with the mean/std of
+        the clients' pooled one-time samples (client by client, in sample order), the
+        statistics a deployed server computes from what the nodes upload."""
+        rows = self.sample_idx[self.sample_w > 0]
+        self.feature_mean, self.feature_std = sample_stats(self.x_train[rows])
+        self.x_train = standardize_tensor(self.x_train, self.feature_mean, self.feature_std)
+        self.x_test = standardize_tensor(self.x_test, self.feature_mean, self.feature_std)
 
     def _gather_whole_shards(self) -> tuple[Tensor, Tensor, Tensor] | None:
         """When every client's batch is its whole shard (``clients.batch`` = 1.0, or at least

@@ -55,7 +55,9 @@ def _answer(op: str, context: Context, **payload: Any) -> dict[str, Any]:
     if op == "sample":
         return common.handle_sample(payload["config"], node_config, data_dir)
     if op == "evaluate":
-        return common.handle_evaluate(payload["config"], node_config, payload["theta"], data_dir)
+        return common.handle_evaluate(
+            payload["config"], node_config, payload["theta"], data_dir, payload["message_config"]
+        )
     return common.handle_train(
         payload["config"], node_config, payload["message_config"], payload["theta"], data_dir
     )
@@ -92,6 +94,13 @@ def train(message: Message, context: Context) -> Message:
 def evaluate(message: Message, context: Context) -> Message:
     """Answer an evaluate message (federated evaluation) with this node's held-out counts."""
     config = message.content[CONFIG]
+    message_config = {k: v for k, v in config.items() if k != "config"}
     theta = np.asarray(message.content[ARRAYS]["theta"].numpy(), dtype=np.float32)
-    answer = _answer("evaluate", context, config=str(config["config"]), theta=theta)
+    answer = _answer(
+        "evaluate",
+        context,
+        config=str(config["config"]),
+        message_config=message_config,
+        theta=theta,
+    )
     return Message(RecordDict({METRICS: MetricRecord(answer["metrics"])}), reply_to=message)

@@ -36,7 +36,7 @@ from diversefl.engine.inputs import build_network
 from diversefl.engine.params import FlatModel
 from diversefl.engine.seeding import generator, seed_dropout, seed_for
 from diversefl.engine.simulator import _count, draw_without_replacement, eval_pass
-from diversefl.flower.node_data import NodeData, load_node_data, with_shard_lens
+from diversefl.flower.node_data import NodeData, load_node_data, standardized, with_shard_lens
 from diversefl.flower.shard import ClientShard
 from diversefl.methods import build_method
 
@@ -568,9 +568,11 @@ def handle_train(
 
     t0 = time.perf_counter()
     cfg = config_from_text(cfg_text)
-    shard = _node_shard(cfg, node_config, data_dir)
-    if "shard-lens" in message_config:  # own files: the server sends every client's length
-        shard = with_shard_lens(shard, str(message_config["shard-lens"]))
+    if cfg.data.dataset == "files":  # own files, standardised as the server says
+        shard = standardized(_own_data(cfg, node_config), message_config).shard
+        shard = with_shard_lens(shard, str(message_config.get("shard-lens", "")))
+    else:
+        shard = _node_shard(cfg, node_config, data_dir)
     role = node_role(cfg, node_config, message_config)
     r = int(message_config["server-round"])
     update = client_update(cfg, shard, torch.as_tensor(theta, dtype=torch.float32), r, role)
@@ -586,7 +588,11 @@ def handle_train(
 
 
 def handle_evaluate(
-    cfg_text: str, node_config: dict[str, Any], theta: Any, data_dir: str = ""
+    cfg_text: str,
+    node_config: dict[str, Any],
+    theta: Any,
+    data_dir: str = "",
+    message_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The answer to an evaluate message (federated evaluation): the node's own held-out rows'
     example count, correct predictions and summed cross-entropy for the model ``theta``."""
@@ -596,7 +602,7 @@ def handle_evaluate(
             "federated evaluation needs each node's own files (data.dataset = 'files'); "
             "a built-in dataset is evaluated on the server's test-set"
         )
-    own = _own_data(cfg, node_config)
+    own = standardized(_own_data(cfg, node_config), message_config or {})
     fm = _model(cfg_text, own.shard.input_shape, own.shard.num_classes)
     theta_t = torch.as_tensor(theta, dtype=torch.float32)
     preds, loss = eval_pass(fm, theta_t, own.x_test, own.y_test, cfg.eval.batch)

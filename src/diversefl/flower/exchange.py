@@ -79,6 +79,7 @@ class RoundExchange:
         self.min_nodes = min_nodes
         self.round_grace = round_grace
         self.out = out
+        self.feature_stats: tuple[np.ndarray, np.ndarray] | None = None  # set after install
 
     def __call__(self, r: int, theta: Tensor, assigned: Tensor | None) -> Received:
         """Round r: late samples, then the train messages and their replies."""
@@ -110,6 +111,7 @@ class RoundExchange:
             cfg_rec["server-round"] = r
             if lens is not None:  # nodes with their own files learn the others' lengths here
                 cfg_rec["shard-lens"] = lens
+            cfg_rec.update(self.stats_record())
             if assigned is not None and bool(assigned[j]):
                 cfg_rec["attack"] = self.cfg.attack.name
                 cfg_rec["attack-params"] = json.dumps(self.cfg.attack.params())
@@ -125,6 +127,13 @@ class RoundExchange:
                 )  # fmt: skip
             )
         return messages
+
+    def stats_record(self) -> dict[str, list[float]]:
+        """``standardize = "samples"``: the statistics every node standardises with."""
+        if self.feature_stats is None:
+            return {}
+        mean, std = self.feature_stats
+        return {"feature-mean": [float(v) for v in mean], "feature-std": [float(v) for v in std]}
 
     def shard_lens(self) -> str:
         """Every partition's shard length as the nodes reported it (1 where excluded), which
@@ -142,7 +151,7 @@ class RoundExchange:
         for node in self.collector.roster.node_ids():
             if node is None:
                 continue
-            cfg_rec = ConfigRecord({"config": self.cfg_text})
+            cfg_rec = ConfigRecord({"config": self.cfg_text, **self.stats_record()})
             content = RecordDict({ARRAYS: record, CONFIG: cfg_rec})
             messages.append(
                 Message(content=content, dst_node_id=node, message_type=MessageType.EVALUATE)

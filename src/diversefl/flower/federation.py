@@ -19,12 +19,14 @@ The exchange never calls back into the federation; the federation never talks to
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
 from logging import INFO
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.supercore import log
 from torch import Tensor
@@ -32,6 +34,7 @@ from torch import Tensor
 from diversefl import attacks
 from diversefl.attacks.base import Attack
 from diversefl.config import Config
+from diversefl.data.preprocess import sample_stats, standardize_tensor
 from diversefl.engine.devices import usable_device
 from diversefl.engine.gradients import batched_grads
 from diversefl.engine.inputs import build_network
@@ -110,6 +113,8 @@ class FlowerFederation:
         self.round_seconds: list[float] = []
         self.round_metrics: dict[int, dict[str, Any]] = {}
         self.sample_review: dict[str, Any] | None = None  # the stored samples' digests
+        # standardize = "samples": the pooled uploads' per-feature (mean, std), float64
+        self.feature_stats: tuple[np.ndarray, np.ndarray] | None = None
 
     def _build(self, facts: TaskFacts) -> None:
         """The seeded initial model for the task's shape and classes, and the test set checked
@@ -156,6 +161,9 @@ class FlowerFederation:
             self._build(facts)
         self.roster = roster
         self.reported = {j for j, s in roster.held.items() if s.attack != "none"}
+        if self.cfg.data.standardize == "samples":  # the pooled uploads' mean / std
+            rows = torch.cat([s.x for _, s in sorted(roster.held.items())])
+            self.feature_stats = sample_stats(rows)
         self._build_pool()
 
     def exclude(self, partitions: list[int] | tuple[int, ...], why: str) -> None:
@@ -171,7 +179,11 @@ class FlowerFederation:
         held = self.roster.held
         keyed = self.reference is not None  # verified: training-set indices name the examples
         shape = self._facts().input_shape
-        self.pool = SamplePool.build(held, self.n, shape, self.device, keyed)
+        pool = SamplePool.build(held, self.n, shape, self.device, keyed)
+        if self.feature_stats is not None:  # the nodes standardise their rows the same way
+            x = standardize_tensor(pool.x.reshape(-1, *shape), *self.feature_stats)
+            pool = dataclasses.replace(pool, x=x.reshape(pool.x.shape))
+        self.pool = pool
         if self.cfg.clients.loss == "sum":  # the scale follows the batch sizes nodes report
             sizes = {j: float(s.batch_size) for j, s in held.items()}
             if self.reference is not None:  # the server's copy knows every partition's batch

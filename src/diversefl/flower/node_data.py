@@ -10,22 +10,26 @@ before training (:func:`schema`) is what the server's schema agreement compares.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from diversefl.config import Config, make_config
 from diversefl.data.datasets import DataError
 from diversefl.data.files import LoadedFiles
+from diversefl.data.preprocess import standardize_tensor
 from diversefl.flower.shard import ClientShard
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class NodeData:
     """A node's training shard (its shard lengths known only for itself until the server sends
     everyone's), its held-out test rows, and the schema it reports."""
@@ -88,8 +92,9 @@ def read_own_files(cfg: Config, path: str, test_path: str | None = None) -> Load
     if d.standardize in (None, True) and (d.format in ("csv", "parquet") or _is_table(path)):
         raise DataError(
             f"{path}: data.standardize = true (the default for tables) uses the statistics of "
-            "every client's rows, which no node holds; set data.standardize = 'client' (each "
-            "node its own, as in the simulator with the same setting) or false"
+            "every client's rows, which no node holds; set data.standardize = 'samples' (the "
+            "statistics of the uploaded samples, sent by the server), 'client' (each node its "
+            "own) or false"
         )
     return load_files(
         Path(path).expanduser(),
@@ -156,3 +161,35 @@ def with_shard_lens(shard: ClientShard, text: str) -> ClientShard:
         num_classes=shard.num_classes,
         input_shape=shard.input_shape,
     )
+
+
+def parse_stats(message_config: dict[str, Any], width: int) -> tuple[tuple[float, ...], ...] | None:
+    """The ``feature-mean`` / ``feature-std`` a message carries (``standardize = "samples"``),
+    checked against the node's ``width`` features, or None when it carries none."""
+    if "feature-mean" not in message_config:
+        return None
+    mean, std = message_config["feature-mean"], message_config.get("feature-std")
+    ok = all(
+        isinstance(v, list) and len(v) == width and all(isinstance(a, float) for a in v)
+        for v in (mean, std)
+    )
+    if not ok or not all(math.isfinite(a) for a in mean) or not all(b > 0 for b in std):
+        raise ValueError(
+            f"message feature-mean / feature-std: not {width} finite means and positive stds"
+        )
+    return tuple(mean), tuple(std)
+
+
+@functools.lru_cache(maxsize=8)
+def _standardized(own: NodeData, stats: tuple[tuple[float, ...], ...]) -> NodeData:
+    mean, std = (np.asarray(v, dtype=np.float64) for v in stats)
+    shard = dataclasses.replace(own.shard, x=standardize_tensor(own.shard.x, mean, std))
+    return dataclasses.replace(own, shard=shard, x_test=standardize_tensor(own.x_test, mean, std))
+
+
+def standardized(own: NodeData, message_config: dict[str, Any]) -> NodeData:
+    """The node's data standardised with the statistics the server sent (unchanged when it
+    sent none)."""
+    width = own.shard.x.shape[1] if own.shard.x.ndim == 2 else -1
+    stats = parse_stats(message_config, width)
+    return own if stats is None else _standardized(own, stats)

@@ -316,6 +316,7 @@ class DiverseFLStrategy(Strategy):
             facts = TaskFacts(schema.input_shape, len(schema.classes), OWN_FILES_MAX_ROWS)
         self.federation.install(roster, facts)
         exchange.dim = self.federation.n_params
+        exchange.feature_stats = self.federation.feature_stats
         self.federation.exchange = exchange
         if self.federated_eval:
             self.federation.remote_eval = exchange.evaluate

@@ -92,7 +92,11 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
         )
     if op == "evaluate":
         return handle_evaluate(
-            request["config"], request["node_config"], request["theta"], request["data_dir"]
+            request["config"],
+            request["node_config"],
+            request["theta"],
+            request["data_dir"],
+            request.get("message_config"),
         )
     if op == "ping":
         return {"pong": True}
