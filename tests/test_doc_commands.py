@@ -54,7 +54,16 @@ COMMANDS = doc_commands()
 
 def test_docs_show_the_main_commands() -> None:
     subcommands = {argv[0] for _, argv in COMMANDS if argv}
-    assert {"run", "sweep", "plot", "reproduce", "detection", "deploy-local", "data"} <= subcommands
+    assert {
+        "run",
+        "sweep",
+        "plot",
+        "reproduce",
+        "detection",
+        "deploy-local",
+        "data",
+        "samples",
+    } <= subcommands
 
 
 @pytest.mark.parametrize(("where", "argv"), COMMANDS, ids=[w[:90] for w, _ in COMMANDS])
