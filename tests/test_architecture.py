@@ -32,9 +32,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("diversefl.aggregators",),
     ("diversefl.attacks", "diversefl.protocols"),
     ("diversefl.methods",),
-    ("diversefl.config",),
+    ("diversefl.config", "diversefl.config_diff"),
     ("diversefl.engine", "diversefl.results", "diversefl.cell_lock", "diversefl.review"),
-    ("diversefl.api", "diversefl.demo"),
+    ("diversefl.api", "diversefl.demo", "diversefl.presets"),
     (
         "diversefl.flower",
         "diversefl.experiments",
@@ -46,7 +46,7 @@ LAYERS: list[tuple[str, ...]] = [
         "diversefl.seed_spread",
         "diversefl.detection",
     ),
-    ("diversefl.cli", "diversefl.__main__"),
+    ("diversefl.cli", "diversefl.cli_hints", "diversefl.__main__"),
 ]
 MAX_FUNCTION_LINES = 80
 

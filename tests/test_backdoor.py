@@ -62,7 +62,8 @@ def test_backdoor_run_reports_f_and_metrics():
             data={"partition": "two-class"},
             attack={"name": "backdoor"},
             aggregator={"name": "diversefl"},
-        )
+        ),
+        out=False,
     )
     s = r.summary
     assert s["f"] == len(s["byzantine_ids"]) > 0

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import hold_lock, tiny_config
 
 from diversefl.cell_lock import LOCK_NAME, CellLock, holder
@@ -77,6 +78,7 @@ def test_a_cell_finished_elsewhere_is_not_run_again(tmp_path: Path):
     assert (run_dir / "metrics.csv").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_two_sweep_processes_on_one_grid_split_it(tmp_path: Path):
     """Two `diversefl sweep` processes started together on one directory: every cell is run
     by exactly one of them, and each run's numbers equal a serial run's."""

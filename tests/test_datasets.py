@@ -45,6 +45,7 @@ def test_mnist_real() -> None:
     assert load_dataset("mnist", real_data_dir()) is ds  # in-process cache
 
 
+@pytest.mark.slow
 def test_fashion_mnist_real() -> None:
     ds = load_dataset("fashion-mnist", real_data_dir())
     assert ds.x_train.shape == (60000, 1, 28, 28)

@@ -17,7 +17,7 @@ def test_a_single_client_runs(name):
     cfg = tiny_config(rounds=3, clients={"n": 1, "batch": 0.5, "sample": 0.5})
     cfg["aggregator"] = {"name": name}
     cfg["attack"] = {"name": "none", "f": 0}  # one client cannot assume an attacker
-    r = diversefl.run(cfg)
+    r = diversefl.run(cfg, out=False)
     assert torch.isfinite(r.theta).all() and r.summary["rounds"] == 3
 
 
@@ -48,7 +48,8 @@ def test_f_at_least_n_is_refused_and_half_is_allowed_for_diversefl():
     r = diversefl.run(
         tiny_config(
             rounds=6, attack={"name": "sign_flip", "f": 4}, aggregator={"name": "diversefl"}
-        )
+        ),
+        out=False,
     )
     assert r.summary["mean_tpr"] == 1.0
 

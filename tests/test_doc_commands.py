@@ -13,7 +13,7 @@ from diversefl.cli import build_parser
 from diversefl.flower.deploy import build_parser as deploy_parser
 
 REPO = Path(__file__).resolve().parents[1]
-DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 SHELL_LANGS = {"", "sh", "bash", "console", "shell"}
 COMMAND = re.compile(r"^(\$ )?([A-Z_]+=\S* )*diversefl\b")
 

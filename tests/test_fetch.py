@@ -42,6 +42,7 @@ def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
 
 
+@pytest.mark.slow
 def test_fetch_mnist_from_local_mirror(tmp_path: Path) -> None:
     with serve(real_data_dir() / "mnist") as url:
         paths = fetch("mnist", tmp_path, base_url=url + "/", progress=False)

@@ -237,6 +237,7 @@ VERIFIED_FAULTS = {
 
 
 @pytest.mark.parametrize("fault", sorted(SAMPLE_FAULTS))
+@pytest.mark.slow
 def test_bad_sample_excludes_its_node_with_one_warning(fault, tmp_path, caplog):
     make_reply, reason = SAMPLE_FAULTS[fault]
     cfg = make_config(tiny_config(clients={"n": 5}, rounds=2, eval={"every": 1}))
@@ -488,6 +489,7 @@ UPDATE_FAULTS: dict[str, tuple[Callable[[Any], Any], str]] = {
 
 
 @pytest.mark.parametrize("fault", sorted(UPDATE_FAULTS))
+@pytest.mark.slow
 def test_bad_update_is_rejected_logged_and_counted(fault, tmp_path, caplog):
     make_reply, reason = UPDATE_FAULTS[fault]
     cfg = make_config(tiny_config(clients={"n": 5}, rounds=3, eval={"every": 1}))
@@ -522,6 +524,7 @@ def test_rejected_update_leaves_the_mean_of_the_others(tmp_path):
 
 
 # -- A3: nodes that stop answering ------------------------------------------------------------
+@pytest.mark.slow
 def test_node_that_stops_answering_is_dropped_and_reported(tmp_path, caplog):
     cfg = make_config(tiny_config(clients={"n": 4}, rounds=4, eval={"every": 2}))
     strategy = DiverseFLStrategy(cfg, out=tmp_path / "run", timeout=0.3)
@@ -557,6 +560,7 @@ def test_offline_node_error_counts_as_dropped(caplog):
     assert len(_warnings(caplog, f"round 2: dropped node {_node(0)} (partition 0): offline")) == 1
 
 
+@pytest.mark.slow
 def test_too_few_valid_updates_stop_the_run_and_keep_the_checkpoint(tmp_path):
     raw = tiny_config(clients={"n": 4}, rounds=5, eval={"every": 1, "checkpoint_every": 1})
     cfg = make_config(raw)
@@ -741,6 +745,7 @@ def test_stop_signals_unwind_while_deploying_and_handlers_are_restored():
         signal.signal(signal.SIGHUP, old_hup)
 
 
+@pytest.mark.slow
 def test_wait_survives_a_failed_status_poll(tmp_path, monkeypatch):
     """One `flwr ls` that fails or hangs does not abort a healthy deployment: the launcher
     polls again, and reports the last failure only if the run never finishes."""
@@ -834,6 +839,7 @@ def test_node_partitions_setting_is_parsed_and_checked():
         DiverseFLStrategy(cfg, node_partitions={1: 0, 2: 0})
 
 
+@pytest.mark.slow
 def test_round_grace_ends_a_round_soon_after_the_quorum(tmp_path, caplog):
     """A node that stays connected but never answers: with round_grace, each round waits
     only that long after min_nodes replies instead of the whole timeout, and the silent node

@@ -89,6 +89,7 @@ def run_flower(tmp_path: Path, raw: dict[str, Any], node_paths: list[Path], **se
 
 
 @needs_flwr
+@pytest.mark.slow
 def test_nodes_with_their_own_files_match_the_simulator(tmp_path, hospitals, monkeypatch):
     """Every node reads only its own CSV (no one reads the folder, the server reads nothing);
     the federated run's metrics and decisions equal the simulator's per-client run, and
@@ -194,6 +195,7 @@ def test_a_node_whose_schema_disagrees_is_excluded_by_name(tmp_path, hospitals, 
 
 
 @needs_flwr
+@pytest.mark.slow
 def test_bad_node_data_is_named_and_that_node_excluded(tmp_path, hospitals):
     """A node with a label outside the declared classes, and one with no data-path: each is
     excluded with the node's own error (the file and row, or the missing key)."""
@@ -280,6 +282,7 @@ def test_a_dishonest_evaluation_report_is_refused():
 
 
 @needs_flwr
+@pytest.mark.slow
 def test_the_server_waits_for_the_sample_review_and_drops_what_it_rejects(tmp_path, hospitals):
     """With require-approval the server writes the uploaded samples, waits for
     `diversefl samples RUN_DIR --approve --reject 2`, then trains without partition 2; the

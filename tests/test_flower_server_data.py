@@ -221,6 +221,7 @@ def test_task_facts_match_the_loaders(mnist_dir):
 
 
 @needs_flwr
+@pytest.mark.slow
 def test_verified_fltrust_run_is_the_simulators(tmp_path):
     """verify-samples names the pooled examples by training-set index, as the simulator does,
     so FLTrust's root data and every decision are the simulator's; without it the pool is

@@ -144,8 +144,8 @@ def test_python_api_takes_per_client_data_as_a_natural_partition():
     clients = [_blobs(rng, size, classes) for size, classes in ((90, [0, 1]), (50, [2, 3]))]
     test = _blobs(rng, 80, [0, 1, 2, 3])
     cfg = _api_config(attack={"name": "sign_flip", "byzantine": [1]})
-    result = diversefl.run(cfg, data={"clients": [*clients, clients[0]], "test": test})
+    result = diversefl.run(cfg, data={"clients": [*clients, clients[0]], "test": test}, out=False)
     assert result.summary["n"] == 3  # clients.n follows the data
     assert result.summary["byzantine_ids"] == [1]
     with pytest.raises(TypeError, match="data: expected"):
-        diversefl.run(cfg, data=[1, 2])
+        diversefl.run(cfg, data=[1, 2], out=False)

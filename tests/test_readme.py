@@ -25,9 +25,8 @@ def python_blocks() -> list[str]:
 
 def test_readme_has_python_examples() -> None:
     blocks = python_blocks()
-    assert len(blocks) >= 2
+    assert len(blocks) >= 1
     assert any("diversefl.run(" in b for b in blocks)
-    assert any("aggregators.get(" in b for b in blocks)
 
 
 @pytest.mark.parametrize("index", range(len(python_blocks())))
@@ -42,6 +41,8 @@ def test_readme_python_example_runs(
     def short_run(config: Any = None, **kwargs: Any) -> Any:
         kwargs["data_dir"] = mnist_dir
         kwargs["overrides"] = [*(kwargs.get("overrides") or []), "rounds=3", "eval.every=1"]
+        # the default run folder is runs/<name>-<time> under the cwd (the checkout): not here
+        kwargs.setdefault("out", request.getfixturevalue("tmp_path") / f"run{len(calls)}")
         result = real_run(config, **kwargs)
         calls.append(result)
         return result

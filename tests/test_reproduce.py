@@ -22,6 +22,7 @@ def test_every_figure_expands_to_valid_cells():
         assert all(c.config.rounds == 5 for c in cells)
 
 
+@pytest.mark.slow
 def test_reproduce_fig7_runs_and_draws(mnist_dir: Path, tmp_path: Path, capsys):
     out = tmp_path / "rep"
     args = [
@@ -50,6 +51,7 @@ def test_reproduce_fig7_runs_and_draws(mnist_dir: Path, tmp_path: Path, capsys):
     assert csv_path.read_text().splitlines() == lines  # brought up to date again
 
 
+@pytest.mark.slow
 def test_reproduce_says_when_another_process_holds_a_run(mnist_dir: Path, tmp_path: Path, capsys):
     """A run another sweep process is running is skipped, and the figure says it lacks it."""
     out = tmp_path / "rep"

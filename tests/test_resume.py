@@ -27,6 +27,7 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "diversefl.cli", *args]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path):
     cfg = tiny_config(
         rounds=300,

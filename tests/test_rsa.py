@@ -55,7 +55,8 @@ def test_rsa_two_rounds_match_plain_loop():
 def test_rsa_resists_gaussian_where_mean_fails():
     attack = {"name": "gaussian", "f": 1, "sigma": 1e4}
     rsa = diversefl.run(
-        tiny_config(rounds=60, aggregator={"name": "rsa", "delta": 0.05}, attack=attack)
+        tiny_config(rounds=60, aggregator={"name": "rsa", "delta": 0.05}, attack=attack),
+        out=False,
     )
-    mean = diversefl.run(tiny_config(rounds=60, attack=attack))
+    mean = diversefl.run(tiny_config(rounds=60, attack=attack), out=False)
     assert rsa.summary["final_test_accuracy"] > mean.summary["final_test_accuracy"] + 0.2

@@ -169,6 +169,7 @@ def test_a_swapped_or_deleted_run_file(runs: Runs, state: str, name: str, op: st
     suppress_health_check=[HealthCheck.too_slow],
 )
 @given(where=st.floats(0.0, 1.0, exclude_max=True), mask=st.integers(1, 255))
+@pytest.mark.slow
 def test_a_truncated_or_corrupted_run_file(
     runs: Runs, state: str, name: str, op: str, where: float, mask: int
 ) -> None:

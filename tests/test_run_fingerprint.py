@@ -48,6 +48,7 @@ def test_the_fingerprint_ignores_rounds_and_nothing_else():
     ]
 
 
+@pytest.mark.slow
 def test_a_checkpoint_from_another_run_is_refused_naming_the_keys(tmp_path: Path, capsys):
     """A median run's checkpoint copied into a DiverseFL run: refused, nothing touched (it
     used to be loaded into the DiverseFL federation and the two runs mixed silently)."""
@@ -83,6 +84,7 @@ def test_a_config_toml_from_another_run_is_refused(tmp_path: Path, capsys):
     assert _snapshot(dfl) == before
 
 
+@pytest.mark.slow
 def test_more_rounds_resume_from_a_fingerprinted_checkpoint(tmp_path: Path):
     """`rounds` is the one key outside the fingerprint: an extension goes on, and its new
     checkpoints record the new total."""
@@ -104,6 +106,7 @@ def _legacy(path: Path) -> None:
     path.write_bytes(buf.getvalue())
 
 
+@pytest.mark.slow
 def test_an_older_checkpoint_resumes_with_a_warning(tmp_path: Path):
     """No fingerprint to compare: the resume trusts config.toml (which `run` compares with the
     given config), still checks the model's size and that the logs hold the rows up to the

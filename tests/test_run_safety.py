@@ -52,6 +52,7 @@ def _interrupted(tmp_path: Path, cfg: dict = CFG) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_model_touches_no_file(tmp_path: Path):
     """An MLP run's checkpoint in a softmax run (the shapes differ): refused before the logs
     are cut back (they used to be truncated first, then the load failed)."""

@@ -106,6 +106,7 @@ def test_dense_unequal_batches_unpadded(monkeypatch, threads, mask):
 
 
 @pytest.mark.parametrize("mask", MASKS[:2])
+@pytest.mark.slow
 def test_size_groups_and_small_calls_fall_back_to_the_full_call(monkeypatch, threads, mask):
     compute = torch.tensor(mask)
     # clients_per_chunk with unequal batches: size groups, computed whole then zeroed
@@ -193,6 +194,7 @@ def test_simulator_skips_exactly_for_attacks_that_ignore_own_gradients(monkeypat
 
 
 @pytest.mark.parametrize("attack", ["gaussian", "min_max", "adaptive"])
+@pytest.mark.slow
 def test_skipping_leaves_the_run_unchanged(monkeypatch, attack):
     agg = "diversefl" if attack == "adaptive" else "mean"
     cfg = tiny_config(
@@ -201,10 +203,10 @@ def test_skipping_leaves_the_run_unchanged(monkeypatch, attack):
         attack={"name": attack, "f": 2, "byzantine": [1, 4]},
         aggregator={"name": agg},
     )
-    skipped = run(cfg)
+    skipped = run(cfg, out=False)
     cls = type(attacks.get(attack))
     monkeypatch.setattr(cls, "uses_own_gradients", True)  # the reference: compute everyone
-    full = run(cfg)
+    full = run(cfg, out=False)
     keys = ("round", "test_accuracy", "test_loss", "n_accepted")
     assert [[row[k] for k in keys] for row in skipped.metrics] == [
         [row[k] for k in keys] for row in full.metrics

@@ -146,6 +146,7 @@ def test_grid_refuses_what_would_share_or_misname_a_run_directory():
     assert [c.dirname for c in cells] == ["a_b-c__none__seed0"]
 
 
+@pytest.mark.slow
 def test_oracle_runs_the_same_under_every_attack(tmp_path: Path):
     """Why the leaderboard runs OracleSGD under one attack only: it averages the honest
     clients and nothing a Byzantine client does (its data, its update, its randomness)
@@ -224,6 +225,7 @@ def test_only_runs_matching_cells_and_csv_keeps_grid_order(tmp_path: Path):
         run_sweep(cells, tmp_path, progress=False, echo=lambda m: None, only=["krum"])
 
 
+@pytest.mark.slow
 def test_parallel_jobs_give_the_same_numbers_as_serial(tmp_path: Path):
     cells = expand(_grid(aggregators=["mean", "diversefl"], attacks=["sign_flip"]))
     serial = run_sweep(cells, tmp_path / "serial", progress=False, echo=lambda m: None)
@@ -259,6 +261,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+@pytest.mark.slow
 def test_pool_workers_end_when_the_sweep_process_is_killed(tmp_path: Path):
     """A killed `diversefl sweep --jobs 2` must not leave workers finishing cells as orphans
     (a restarted sweep would then write into the same run directory at the same time)."""

@@ -62,6 +62,7 @@ def test_states_matrix_and_time_left(tmp_path: Path):
     assert lines[-1].startswith("4.5 runs' worth left: ~") and "--jobs 3" in lines[-1]
 
 
+@pytest.mark.slow
 def test_nothing_finished_and_all_finished(tmp_path: Path):
     cells, _ = _cells()
     progress = sweep_progress(cells, tmp_path / "absent")

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from diversefl.cell_lock import CellLock, held_here, holder
 from diversefl.config import (
     Config,
     apply_overrides,
-    first_difference,
     load_config,
     make_config,
     to_toml_dict,
 )
+from diversefl.config_diff import setting_differences
 from diversefl.data.arrays import UserData, from_arrays, from_clients
 from diversefl.data.datasets import Dataset
 from diversefl.engine.allocator import retain_freed_memory
@@ -31,7 +32,7 @@ def resolve_config(
 ) -> Config:
     """Turn a Config, a nested dict, a TOML path or None (defaults) into a validated Config."""
     if isinstance(config, Config):
-        raw = to_toml_dict(config)
+        raw = to_toml_dict(config, defaults=False)  # another rule named: not this one's settings
         return make_config(apply_overrides(raw, overrides or [])) if overrides else config
     if isinstance(config, dict):
         return make_config(apply_overrides(config, overrides or []))
@@ -42,10 +43,10 @@ def run(
     config: Config | dict[str, Any] | str | Path | None = None,
     *,
     data_dir: str | Path | None = None,
-    out: str | Path | None = None,
+    out: str | Path | Literal[False] | None = None,
     resume: bool = False,
     overwrite: bool = False,
-    progress: bool = False,
+    progress: bool = True,
     overrides: list[str] | None = None,
     data: Any = None,
     model: ModelFactory | None = None,
@@ -60,10 +61,14 @@ def run(
     replaces ``[model]`` (batch-norm models are refused: see :mod:`diversefl.models`).
 
     ``config`` may be a :class:`Config`, a dict shaped like the TOML file, a path to a TOML
-    file, or None for the defaults. With ``out``, the run directory is written there, locked
-    while it runs (a directory another process is writing is a RunDirError). With ``resume``,
-    a config that differs from the saved one only by more ``rounds`` extends the run from its
+    file, or None for the defaults. The run directory (config.toml, metrics.csv, summary.json,
+    checkpoint.pt; ``RunResult.out_dir``) is written to ``out``, by default (``out=None``) to a
+    new ``runs/<name>-<YYYYmmdd-HHMMSS>`` under the current directory, as ``diversefl run``
+    does; ``out=False`` writes no files. It is locked while the run writes it (a directory
+    another process is writing is a RunDirError). With ``resume`` (which needs ``out``), a
+    config that differs from the saved one only by more ``rounds`` extends the run from its
     checkpoint (not a sweep's cell); any other difference is an error naming the key.
+    ``progress`` shows the command line's progress bar (``progress=False``: silent).
     On Linux it also keeps freed tensor memory in the process for reuse (see
     :mod:`diversefl.engine.allocator`; ``DIVERSEFL_RETAIN_MEMORY=0`` turns that off).
     """
@@ -73,10 +78,15 @@ def run(
         natural = ["data.partition=natural", f"clients.n={len(given.client_parts)}"]
         overrides = [*(overrides or []), *natural]
     cfg = resolve_config(config, overrides)
+    if resume and (out is None or out is False):
+        raise ValueError("resume=True needs out=RUN_DIR, the run directory to continue")
+    if out is None:
+        stem = Path(config).stem if isinstance(config, str | Path) else "run"
+        out = default_run_dir(cfg.name or stem)
     out_dir = None
     created: Path | None = None
     lock: CellLock | None = None
-    if out is not None:
+    if out is not False:
         out_dir = check_out_path(Path(out))
         created = first_missing(out_dir)
         lock = _lock_run_dir(out_dir)
@@ -90,6 +100,18 @@ def run(
             # a run that failed before writing anything (e.g. a missing dataset) leaves no
             # empty directories behind; anything with files in it is kept for --resume
             remove_empty_dirs(out_dir, created)
+
+
+def default_run_dir(name: str, root: str | Path = "runs", now: float | None = None) -> Path:
+    """``root/<name>-<YYYYmmdd-HHMMSS>`` (local time ``now``, default the current time), with
+    ``-2``, ``-3``, ... appended while that path is taken (two runs started in one second)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    base = Path(root) / f"{name}-{stamp}"
+    path, k = base, 1
+    while path.exists():
+        k += 1
+        path = base.with_name(f"{base.name}-{k}")
+    return path
 
 
 def _lock_run_dir(out_dir: Path) -> CellLock | None:
@@ -168,11 +190,14 @@ def _resumed_config(
     if not _extends(saved, cfg, out_dir):
         raise ValueError(
             f"--resume: the config differs from {out_dir / 'config.toml'} ("
-            f"{first_difference(to_toml_dict(saved), to_toml_dict(cfg))}); a run "
+            f"{setting_differences(to_toml_dict(saved), to_toml_dict(cfg), NAMES)[0]}); a run "
             "continues with the settings it started with (only `rounds` may grow, "
             "to extend a run that has its checkpoint.pt)"
         )
     return cfg  # more rounds (the run drops summary.json once it goes on)
+
+
+NAMES = ("saved", "now")  # how a resume's error names the two configs
 
 
 def _extends(saved: Config, cfg: Config, out_dir: Path) -> bool:

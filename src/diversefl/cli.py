@@ -11,15 +11,28 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from diversefl.presets import add_presets_parser, resolve_config_arg
 from diversefl.review.cli import add_samples_parser
 
-console = Console(stderr=False)
-notes = Console(stderr=True)  # status lines next to output meant for a pipe (tables)
+
+def log_console(stderr: bool = False) -> Console:
+    """A rich console that never hard-wraps a line (a long path stays one line, to copy): soft
+    wrap, and where the output is not a terminal (a pipe, a log file: rich would assume 80
+    columns) as wide as the text, unless $COLUMNS sets a width."""
+    out = Console(stderr=stderr, soft_wrap=True)
+    if not (out.is_terminal or out.is_jupyter) and "COLUMNS" not in os.environ:
+        out.width = 1000  # tables keep their own (content) width; nothing is wrapped
+    return out
+
+
+console = log_console()
+notes = log_console(stderr=True)  # status lines next to output meant for a pipe (tables)
 
 
 def _default_out(name: str) -> Path:
@@ -40,15 +53,18 @@ def _run_overrides(args: argparse.Namespace) -> list[str]:
 def cmd_run(args: argparse.Namespace) -> int:
     """``diversefl run [CONFIG]``: one experiment, or the built-in demo without a config."""
     from diversefl.api import resolve_config, run
+    from diversefl.cli_hints import Interrupted, resume_advice, saved_config
     from diversefl.config import ConfigError
 
     if args.config is None and not args.resume:
         return _run_demo(args)
+    if args.config is not None:  # a file, else a preset name (paper/mnist-softmax)
+        args.config = resolve_config_arg(args.config)
     if args.resume and args.out is None:  # the default --out is new (timestamped) every time
         raise ConfigError("--resume needs --out RUN_DIR, the run directory to continue")
     config = args.config
     if config is None:  # --resume with only --out: the saved config is used
-        config = Path(args.out) / "config.toml"
+        config = saved_config(Path(args.out))
     cfg = resolve_config(config, _run_overrides(args))
     if args.config and "[sweep]" in Path(args.config).read_text():
         console.print(
@@ -56,14 +72,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             "(`diversefl sweep` runs the grid)"
         )
     out = Path(args.out) if args.out else _default_out(cfg.name or Path(str(config)).stem)
-    result = run(
-        cfg,
-        data_dir=args.data_dir,
-        out=out,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-    )
+    try:
+        result = run(
+            cfg,
+            data_dir=args.data_dir,
+            out=out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+    except KeyboardInterrupt:
+        raise Interrupted(resume_advice(out)) from None
     s = result.summary
     console.print(
         f"final test accuracy {s['final_test_accuracy']:.4f} (best {s['best_test_accuracy']:.4f})"
@@ -74,8 +93,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_demo(args: argparse.Namespace) -> int:
     from diversefl.api import resolve_config, run
+    from diversefl.cli_hints import Interrupted
     from diversefl.config import ConfigError
-    from diversefl.demo import DEMO_AGGREGATORS, demo_config, demo_description
+    from diversefl.demo import DEMO_AGGREGATORS, demo_config, demo_description, warm_up
 
     chosen = [k for k in (args.set or []) if k.split("=")[0].split(".")[0].strip() == "aggregator"]
     if chosen:
@@ -83,7 +103,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--set {chosen[0]}: the demo trains one federation with {both} and labels its "
             "rows so; to try another defense give a config (diversefl run CONFIG.toml --set "
-            "aggregator.name=..., presets in configs/)"
+            "aggregator.name=...; `diversefl presets` lists the presets)"
         )
     root = Path(args.out) if args.out else _default_out("demo")
     # validate the overrides for every run before anything starts or is written
@@ -93,16 +113,22 @@ def _run_demo(args: argparse.Namespace) -> int:
         f"Training the same federation with {' and '.join(DEMO_AGGREGATORS)}; run files in {root}"
     )
     rows = []
-    for agg, cfg in cfgs.items():
-        res = run(
-            cfg,
-            data_dir=args.data_dir,
-            out=root / agg,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-        )
-        rows.append((agg, res.summary))
+    try:
+        warm_up(cfgs.values(), args.data_dir)  # untimed: the seconds column compares the rules
+        for agg, cfg in cfgs.items():
+            res = run(
+                cfg,
+                data_dir=args.data_dir,
+                out=root / agg,
+                resume=args.resume,
+                overwrite=args.overwrite,
+                progress=not args.quiet,
+            )
+            rows.append((agg, res.summary))
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f": `diversefl run` starts the demo again (files so far: {root})"
+        ) from None
     first = cfgs[DEMO_AGGREGATORS[0]]
     table = Table(title=f"demo: {first.attack.name}, n = {first.clients.n}, f = {first.attack.f}")
     for col in (
@@ -125,9 +151,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     """``diversefl sweep CONFIG``: the aggregators x attacks x seeds grid of a sweep file."""
     from diversefl.experiments.sweep import load_sweep, run_sweep, select
 
-    cells = load_sweep(args.config, _run_overrides(args))
+    args.config = resolve_config_arg(args.config)  # a file, else a preset name
+    overrides = _run_overrides(args)
+    cells = load_sweep(args.config, overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     if args.status:
+        if not overrides:  # what the sweep in `out` ran with (--rounds 20, ...)
+            cells = _recorded_grid(args.config, out) or cells
         return _sweep_status(select(cells, args.only), out, args.jobs, Path(args.config).name)
     n_sel = len(select(cells, args.only))
     console.print(
@@ -142,6 +172,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         echo=lambda m: console.print(m, highlight=False, markup=False),
         jobs=args.jobs,
         only=args.only,
+        overrides=overrides,
     )
     table = Table(title=f"sweep {Path(args.config).name}: final test accuracy")
     for col in ("aggregator", "attack", "seed", "final acc", "best acc", "TPR", "FPR", "s"):
@@ -161,6 +192,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(f"wrote {out / 'sweep.csv'}")
     return 0
+
+
+def _recorded_grid(config: str, out: Path) -> list | None:
+    """The cells of ``config`` with the overrides the sweep in ``out`` recorded (None when it
+    recorded none), so that ``--status`` checks the runs against the grid they belong to."""
+    from diversefl.experiments.sweep import load_sweep
+    from diversefl.experiments.sweep_record import read_overrides
+
+    recorded = read_overrides(out)
+    if not recorded:
+        return None
+    shown = " ".join(f"--set {item}" for item in recorded)
+    console.print(f"as the sweep in {out} ran: {shown}", highlight=False, markup=False)
+    return load_sweep(config, recorded)
 
 
 def _sweep_status(cells: list, out: Path, jobs: int, name: str) -> int:
@@ -243,9 +288,13 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    """``diversefl plot DIR``: curves (or Fig. 2's C1 x C2 scatter, or a table) from saved runs."""
+    """``diversefl plot DIR``: curves (or Fig. 2's C1 x C2 scatter, or a table) from saved runs;
+    ``diversefl plot RUN1 RUN2 ...``: those runs' curves in one figure."""
     from diversefl import plots
 
+    if len(args.path) > 1:
+        return _plot_several(args)
+    args.path = args.path[0]
     seeds = _seed_list(args.seeds)
     if args.seed_spread is not None:
         from diversefl.experiments.seed_spread import seed_spread_table
@@ -287,6 +336,29 @@ def cmd_plot(args: argparse.Namespace) -> int:
         path = plots.plot_c1c2(args.path, out=args.out, clients=args.clients)
     else:
         path = plots.plot_curves(args.path, metric=args.metric, out=args.out, title=args.title)
+    console.print(f"wrote {path}")
+    return 0
+
+
+def _plot_several(args: argparse.Namespace) -> int:
+    """``diversefl plot RUN1 RUN2 ...``: one line per run directory (--metric, --out, --title)."""
+    from diversefl import plots
+
+    only_one = {
+        "--table": args.table,
+        "--heatmap": args.heatmap,
+        "--bars": args.bars,
+        "--c1c2": args.c1c2,
+        "--seed-spread": args.seed_spread,
+        "--seeds": args.seeds,
+    }
+    given = [flag for flag, value in only_one.items() if value not in (None, False)]
+    if given:
+        raise ValueError(
+            f"{given[0]} reads one sweep's or run's directory; several run directories are "
+            "compared as curves (--metric, --out, --title)"
+        )
+    path = plots.plot_runs(args.path, metric=args.metric, out=args.out, title=args.title)
     console.print(f"wrote {path}")
     return 0
 
@@ -360,7 +432,7 @@ class VersionAction(argparse.Action):
     """``--version``: the metadata lookups (~45 ms) happen only when the flag is given, not on
     every command's parser build."""
 
-    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
@@ -371,7 +443,7 @@ class VersionAction(argparse.Action):
 def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     """``diversefl run [CONFIG]``: one experiment, or the demo."""
     r = sub.add_parser("run", help="run one experiment (no CONFIG: the built-in demo)")
-    r.add_argument("config", nargs="?", help="TOML config file (omit for the demo)")
+    r.add_argument("config", nargs="?", help="TOML config file or preset name (omit for the demo)")
     r.add_argument("--data-dir", help="dataset directory (default: $DIVERSEFL_DATA)")
     r.add_argument("--out", help="run directory (default: runs/<name>-<time>)")
     r.add_argument(
@@ -399,7 +471,9 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
 def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
     """``diversefl sweep CONFIG``: a grid of runs, or its ``--status``."""
     sw = sub.add_parser("sweep", help="run a grid of aggregators x attacks x seeds")
-    sw.add_argument("config", help="TOML file with a base config and a [sweep] table")
+    sw.add_argument(
+        "config", help="TOML file (or preset name) with a base config and a [sweep] table"
+    )
     sw.add_argument("--data-dir", help="dataset directory (default: $DIVERSEFL_DATA)")
     sw.add_argument("--out", help="sweep directory (default: runs/<config name>)")
     sw.add_argument(
@@ -462,7 +536,10 @@ def _add_plot_parser(sub: argparse._SubParsersAction) -> None:
     """``diversefl plot DIR``: figures and tables from saved runs."""
     pl = sub.add_parser("plot", help="figures and tables from saved run or sweep directories")
     pl.add_argument(
-        "path", help="a run directory or one sweep's directory (not a folder of several)"
+        "path",
+        nargs="+",
+        help="a run directory or one sweep's directory (not a folder of several); several run "
+        "directories: their curves of --metric in one figure",
     )
     pl.add_argument(
         "--metric",
@@ -569,6 +646,7 @@ SUBCOMMANDS = (
     _add_deploy_local_parser,
     _add_data_parser,
     add_samples_parser,
+    add_presets_parser,
 )  # in the order ``diversefl --help`` lists them
 
 
@@ -607,12 +685,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         if traceback:
             raise
-        advice = {
-            "run": ": it continues from its last checkpoint with "
-            "`diversefl run --out RUN_DIR --resume`",
+        advice = getattr(err, "advice", None) or {
+            # cmd_run names the run folder once a run has started (cli_hints.resume_advice)
+            "run": ": nothing was written yet; run the same command again",
             "sweep": ": run the same command again to continue (finished cells are kept)",
             "reproduce": ": run the same command again to continue (finished runs are kept)",
             "deploy-local": ": a Flower run continues with the run-config key resume=true "
@@ -629,6 +707,11 @@ def main(argv: list[str] | None = None) -> int:
         FileNotFoundError,
     ) as err:
         if traceback:
+            raise
+        _error(str(err))
+        return 2
+    except ModuleNotFoundError as err:  # an optional dependency: the message says what to install
+        if traceback or "pip install" not in str(err):
             raise
         _error(str(err))
         return 2

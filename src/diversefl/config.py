@@ -66,8 +66,12 @@ class DataConfig(_Section):
     # dataset = "files": your own data (diversefl.data.files.load_files). Unset keys are left
     # out of config.toml and take the defaults in the comments.
     path: str | None = None  # a .npz / .csv / .parquet file, an image folder, or a folder of them
-    format: Literal["auto", "npz", "csv", "parquet", "images"] | None = None  # "auto"
-    layout: Literal["auto", "pool", "per-client"] | None = None  # "auto"
+    # how to read data.path: "npz", "csv", "parquet", "images" (a folder of class folders), or
+    # "auto" (the default when unset): from the file extension or the folder's contents
+    format: Literal["auto", "npz", "csv", "parquet", "images"] | None = None
+    # "pool": one dataset that data.partition splits; "per-client": a folder with one file or
+    # image folder per client (needs partition = "natural"); "auto" (default): from data.path
+    layout: Literal["auto", "pool", "per-client"] | None = None
     label: str | None = None  # the label column of a table ("label")
     test_path: str | None = None  # a separate test set in the same format
     test_fraction: float | None = Field(None, gt=0, lt=1)  # held out per file (0.2)
@@ -137,7 +141,7 @@ class ModelConfig(_Section):
 class ClientsConfig(_Section):
     """The federation: how many clients, their batch and the one-time shared sample."""
 
-    n: int = Field(23, ge=1)  # paper: 23 clients
+    n: int = Field(23, ge=1)  # number of clients (the paper: 23)
     batch: int | float = 300  # examples per round: an int, or a fraction of the shard (0.1)
     sample: int | float = 30  # one-time sample shared with the server: int or fraction
     # "mean": gradient of the mean batch loss (eq. 3); "sum": of the summed loss, i.e. m times
@@ -157,13 +161,13 @@ class ClientsConfig(_Section):
 class OptimConfig(_Section):
     """Server step ``theta <- theta - lr_r (aggregate + weight_decay * theta)``."""
 
-    lr: float = Field(0.001, gt=0)
+    lr: float = Field(0.001, gt=0)  # the server's learning rate (mu in eq. 4), before the schedule
     schedule: str = "inv_sqrt"  # a name in diversefl.engine.schedules.SCHEDULES
-    weight_decay: float = Field(0.0067, ge=0)  # lambda in eq. 2
+    weight_decay: float = Field(0.0067, ge=0)  # L2 penalty lambda (eq. 2), added in every step
     milestones: list[int] = []  # rounds after which lr is multiplied by gamma
-    gamma: float = Field(0.1, gt=0)
-    warmup_rounds: int = Field(0, ge=0)
-    warmup_start_lr: float = Field(0.0, ge=0)
+    gamma: float = Field(0.1, gt=0)  # step / warmup_step: the factor applied at each milestone
+    warmup_rounds: int = Field(0, ge=0)  # warmup_step: rounds of linear warmup to lr
+    warmup_start_lr: float = Field(0.0, ge=0)  # warmup_step: the learning rate of round 1
 
     @field_validator("schedule")
     @classmethod
@@ -195,8 +199,10 @@ class AttackConfig(_Section):
     """Who is Byzantine and what they send; extra keys are the attack's own settings."""
 
     model_config = ConfigDict(extra="allow", validate_assignment=True, allow_inf_nan=False)
-    name: str = "none"
+    name: str = "none"  # a name in diversefl.attacks.REGISTRY: what the Byzantine clients send
     f: int = Field(5, ge=0)  # Byzantine clients; with name = "none", what the defenses assume
+    # which clients attack: "seeded" (f ids drawn once from the seed), "per_round" (redrawn
+    # every round) or a list of client ids (f is then their count)
     byzantine: Literal["seeded", "per_round"] | list[int] = "seeded"
     # Seed of the "seeded" draw (default: the run's seed). Fixing it keeps one Byzantine
     # placement across run seeds, so seeds vary only the training randomness.
@@ -230,7 +236,7 @@ class AggregatorConfig(_Section):
     """The server's rule; extra keys are the rule's own settings (e.g. eps1, eps2)."""
 
     model_config = ConfigDict(extra="allow", validate_assignment=True, allow_inf_nan=False)
-    name: str = "mean"
+    name: str = "mean"  # a name in diversefl.methods.METHODS: the rule or protocol
     # Byzantine clients the rule assumes (RoundContext.f). Default: the real count under an
     # attack, attack.f without one. Set it to study a misjudged f, or in a deployment.
     assumed_f: int | None = Field(None, ge=0)
@@ -252,8 +258,8 @@ class EvalConfig(_Section):
 class EngineConfig(_Section):
     """Where and how the batched tensor work runs."""
 
-    device: str = "cpu"  # cpu | cuda | cuda:1
-    clients_per_chunk: int = Field(0, ge=0)  # 0 = all clients in one batched call
+    device: str = "cpu"  # where the run computes: cpu, cuda or cuda:N
+    clients_per_chunk: int = Field(0, ge=0)  # clients per batched call, to bound memory (0: all)
     # per-client gradients: "dense" = hand-written backward for Flatten/Linear/ReLU models,
     # "vmap" = torch.func for any model, "auto" = dense where it applies (same gradients up to
     # float rounding; "vmap" reproduces runs made before the dense path existed digit for digit)
@@ -273,7 +279,7 @@ class Config(_Section):
 
     name: str = ""  # run name, one safe path component; the run directory: runs/<name>-<time>
     seed: int = Field(0, ge=0, lt=2**63)  # every random stream is keyed by it
-    rounds: int = Field(1000, ge=1)
+    rounds: int = Field(1000, ge=1)  # training rounds (one server step each)
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     clients: ClientsConfig = ClientsConfig()
@@ -522,7 +528,9 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[Override]) -> di
             _merge_into(node[last], value)
         else:
             node[last] = copy.deepcopy(value)
-    return out
+    from diversefl.config_diff import drop_switched_defaults  # config.toml's written defaults
+
+    return drop_switched_defaults(raw, out)
 
 
 def _split_override(item: Override) -> tuple[list[str], Any, str]:
@@ -576,9 +584,39 @@ def load_config(
     return make_config(apply_overrides(raw, overrides or []))
 
 
-def to_toml_dict(cfg: Config) -> dict[str, Any]:
-    """The fully resolved config as a TOML-serialisable dict (what config.toml holds)."""
-    return _drop_none(cfg.model_dump(mode="json"))
+def to_toml_dict(cfg: Config, *, defaults: bool = True) -> dict[str, Any]:
+    """The fully resolved config as a TOML-serialisable dict (what config.toml holds): every
+    setting, the aggregator's and the attack's own ones at their defaults included, so one
+    config has one form however it was written. ``defaults=False`` keeps only the rule's and
+    the attack's settings that were given (the base that overrides such as
+    ``aggregator.name=median`` apply to, so another rule does not inherit this one's)."""
+    raw = _drop_none(cfg.model_dump(mode="json"))
+    if defaults:
+        from diversefl.attacks import REGISTRY as ATTACKS
+        from diversefl.methods import METHODS
+
+        raw["aggregator"] = _with_defaults(raw["aggregator"], METHODS[cfg.aggregator.name])
+        raw["attack"] = _with_defaults(raw["attack"], ATTACKS[cfg.attack.name])
+    return raw
+
+
+def _with_defaults(section: dict[str, Any], method: Any) -> dict[str, Any]:
+    """``section`` with every setting of the dataclass ``method``, those it leaves out at their
+    defaults, in the method's field order after the section's own keys (None: left out)."""
+    import dataclasses
+
+    from pydantic_core import to_jsonable_python
+
+    settings = [f for f in dataclasses.fields(method) if f.init]
+    out = {k: v for k, v in section.items() if k not in {f.name for f in settings}}
+    for f in settings:
+        if f.name in section:
+            out[f.name] = section[f.name]
+        elif f.default is not dataclasses.MISSING:
+            out[f.name] = to_jsonable_python(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = to_jsonable_python(f.default_factory())
+    return _drop_none(out)
 
 
 def _drop_none(obj: Any) -> Any:

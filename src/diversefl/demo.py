@@ -3,12 +3,15 @@ Sign-flipping clients wreck plain averaging; DiverseFL rejects them and keeps tr
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from diversefl.config import Config
 
 DEMO_AGGREGATORS = ("mean", "diversefl")
+WARM_UP_ROUNDS = 2  # rounds of each config run untimed before the timed runs
 
 DEMO_CONFIG: dict[str, Any] = {
     "name": "demo",
@@ -52,3 +55,14 @@ def demo_description(cfg: Config) -> str:
         return f"{cfg.clients.n} clients on {data} ({split}), none of them attacking"
     who = f"{cfg.attack.f} of them Byzantine and {attack}"
     return f"{cfg.clients.n} clients on {data} ({split}), {who}"
+
+
+def warm_up(cfgs: Iterable[Config], data_dir: str | Path | None = None) -> None:
+    """Run each config for :data:`WARM_UP_ROUNDS` rounds, untimed and writing nothing, so that
+    a process's one-off costs (torch's first calls, each rule's first pass, the data loaded
+    once) are not charged to the first timed run: the demo's seconds then compare the rules."""
+    from diversefl.api import run
+
+    for cfg in cfgs:
+        short = cfg.model_copy(update={"rounds": min(WARM_UP_ROUNDS, cfg.rounds)})
+        run(short, data_dir=data_dir, out=False, progress=False)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
 import pydantic
@@ -83,7 +83,7 @@ class Registry(Mapping[str, T], Generic[T]):
         return obj
 
 
-def build_validated(cls: Callable[..., Any], kind: str, name: str, params: dict[str, Any]) -> Any:
+def build_validated(cls: Any, kind: str, name: str, params: dict[str, Any]) -> Any:
     """Instantiate the dataclass ``cls(**params)``, validating types and rejecting unknown keys."""
     fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
     unknown = sorted(set(params) - set(fields))

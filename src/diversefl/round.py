@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -50,7 +51,7 @@ class RoundContext:
             raise RuntimeError("this round context has no guiding gradients (no shared samples)")
         return self.guiding_fn()
 
-    def sharing_guides(self, **changes: object) -> RoundContext:
+    def sharing_guides(self, **changes: Any) -> RoundContext:
         """A copy with ``changes`` whose guiding gradients are this context's (computed at most
         once for both: the attackers' context reads the guides the server tests)."""
         if self.guiding_fn is not None and "guiding_fn" not in changes:
@@ -62,6 +63,7 @@ class RoundContext:
         guiding_fn = None
         if self.guiding_fn is not None:
             guiding_fn = lambda: self.guiding[idx]  # noqa: E731
+        assert self.client_ids is not None  # set by __post_init__
         return replace(
             self,
             n=int(idx.numel()),

@@ -113,6 +113,7 @@ def check_context(ctx: RoundContext) -> None:
     """Raise :class:`AggregatorError` when the context's per-client tensors do not fit its n
     clients: ``byzantine`` must be a bool mask ``[n]``, ``client_ids`` ``[n]`` ids >= 0."""
     n, byz, ids = ctx.n, ctx.byzantine, ctx.client_ids
+    assert ids is not None  # RoundContext.__post_init__ fills it
     if byz is not None and (byz.dtype != torch.bool or tuple(byz.shape) != (n,)):
         raise AggregatorError(
             f"ctx.byzantine must be a bool mask of the n={n} clients, got {byz.dtype} "
@@ -187,9 +188,11 @@ def stack_rows(rows: list[Any], d: int | None = None) -> tuple[Tensor, Tensor]:
     device = torch.device("cpu") if first is None else first.device
     out, valid = [], []
     for u in floats:
-        ok = u is not None and int(u.numel()) == d
-        out.append(u.reshape(-1).float().to(device) if ok else torch.zeros(d, device=device))
-        valid.append(ok)
+        row = u if u is not None and int(u.numel()) == d else None
+        out.append(
+            torch.zeros(d, device=device) if row is None else row.reshape(-1).float().to(device)
+        )
+        valid.append(row is not None)
     stacked = torch.stack(out) if out else torch.zeros(0, d)
     return stacked, torch.tensor(valid, dtype=torch.bool, device=device)
 

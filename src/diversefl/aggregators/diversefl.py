@@ -128,6 +128,7 @@ class DiverseFL(Aggregator):
         if self.quarantine > 0:
             self.ledger.begin_round(ctx.round)
             counted = direction if self.quarantine_on == "direction" else passed
+            assert ctx.client_ids is not None  # RoundContext.__post_init__ fills it
             rate, seen = self.ledger.record(ctx.client_ids, counted)
             scores["fail_rate"] = rate.to(updates.dtype)
             trusted = quarantine_trusted(rate, seen, self.quarantine, self.quarantine_after)
@@ -166,6 +167,7 @@ class DiverseFL(Aggregator):
             self.ledger.begin_round(ctx.round)  # also when no row is valid (none is recorded)
         out = super()._aggregate_valid_subset(updates, valid, ctx)
         if self.quarantine > 0:
+            assert ctx.client_ids is not None  # RoundContext.__post_init__ fills it
             bad = (~valid).nonzero().flatten().to(ctx.client_ids.device)
             self.ledger.charge(ctx.client_ids[bad])
         return out

@@ -90,7 +90,10 @@ def from_clients(
     trains on exactly its own rows (``data.partition = "natural"``)."""
     if len(clients) == 0:
         raise DataError("no clients: pass one (x, y) per client")
-    xs, ys, parts, start = [], [], [], 0
+    xs: list[torch.Tensor] = []
+    ys: list[torch.Tensor] = []
+    parts: list[np.ndarray] = []
+    start = 0
     for j, (x, y) in enumerate(clients):
         xj = _features(x, f"client {j}")
         if xj.shape[0] == 0:

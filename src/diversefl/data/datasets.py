@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -429,7 +429,7 @@ def load_cifar(
 
 def _to_tensors(
     x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
-) -> tuple[torch.Tensor, ...]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Convert float32 images / integer labels to owned torch tensors."""
     return (
         torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32)),
@@ -507,18 +507,26 @@ class DatasetSource:
     needs_dir: bool = True
 
 
+def _dir(root: Path | None) -> Path:
+    """The data directory given to a source with ``needs_dir`` (never None there: the caller
+    resolves it first); for the type checker only."""
+    return cast(Path, root)
+
+
 #: name -> source. A new dataset is a loader function plus one line here.
 DATASETS: Registry[DatasetSource] = Registry(
     "dataset",
     {
         "digits": DatasetSource(lambda root, verify: _load_digits(), needs_dir=False),
-        "mnist": DatasetSource(lambda root, verify: _load_idx("mnist", root, verify)),
+        "mnist": DatasetSource(lambda root, verify: _load_idx("mnist", _dir(root), verify)),
         "fashion-mnist": DatasetSource(
-            lambda root, verify: _load_idx("fashion-mnist", root, verify)
+            lambda root, verify: _load_idx("fashion-mnist", _dir(root), verify)
         ),
-        "cifar10": DatasetSource(lambda root, verify: _load_cifar_dataset("cifar10", root, verify)),
+        "cifar10": DatasetSource(
+            lambda root, verify: _load_cifar_dataset("cifar10", _dir(root), verify)
+        ),
         "cifar100": DatasetSource(
-            lambda root, verify: _load_cifar_dataset("cifar100", root, verify)
+            lambda root, verify: _load_cifar_dataset("cifar100", _dir(root), verify)
         ),
         # your own files: read by diversefl.data.files.load_files from data.path
         "files": DatasetSource(_files_by_path, needs_dir=False),

@@ -256,6 +256,33 @@ def _own_standardization(train: FileData, test: FileData) -> tuple[np.ndarray, n
     return apply_standardization(train.x, mean, std), apply_standardization(test.x, mean, std)
 
 
+def _features(
+    trains: list[FileData],
+    tests: list[FileData],
+    standardize: bool | str,
+    stats: tuple[np.ndarray, np.ndarray] | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Training and test features (standardised as ``standardize`` says) and the pool's
+    statistics when they were used."""
+    if standardize == "client":
+        pairs = [_own_standardization(a, b) for a, b in zip(trains, tests, strict=True)]
+        return (
+            np.concatenate([a for a, _ in pairs]), np.concatenate([b for _, b in pairs]),
+            None, None,
+        )  # fmt: skip
+    x_train = np.concatenate([p.x for p in trains])
+    x_test = np.concatenate([p.x for p in tests])
+    if standardize is not True:
+        return x_train, x_test, None, None
+    mean, std = _statistics(x_train, stats)
+    return (
+        apply_standardization(x_train, mean, std),
+        apply_standardization(x_test, mean, std),
+        mean,
+        std,
+    )
+
+
 def load_files(
     path: str | Path,
     fmt: str = "auto",
@@ -302,20 +329,10 @@ def load_files(
             f"{test_fraction:g} of them); pass a test path or more data"
         )
     names, y_train, y_test = _labelled(trains, tests, classes)
-    mean = std = None
     tables = sources.fmt in ("csv", "parquet")
     if standardize == "client" and tables:
         _check_client_standardization(trains, tests, per_source, stats, path)
-        pairs = [_own_standardization(a, b) for a, b in zip(trains, tests, strict=True)]
-        x_train = np.concatenate([a for a, _ in pairs])
-        x_test = np.concatenate([b for _, b in pairs])
-    else:
-        x_train = np.concatenate([p.x for p in trains])
-        x_test = np.concatenate([p.x for p in tests])
-    if standardize is True and tables:
-        mean, std = _statistics(x_train, stats)
-        x_train = apply_standardization(x_train, mean, std)
-        x_test = apply_standardization(x_test, mean, std)
+    x_train, x_test, mean, std = _features(trains, tests, standardize if tables else False, stats)
     per_client = sources.layout == "per-client"
     dataset = Dataset(
         Path(path).stem if Path(path).is_file() else Path(path).name,

@@ -62,7 +62,13 @@ _Reference = tuple[Path, tuple[int, int], str]  # first image: path, (width, hei
 def _read_image(path: Path, reference: _Reference | None) -> tuple[np.ndarray, _Reference]:
     """One image as uint8 [C, H, W]; its size and mode must match ``reference`` (the first
     image: path, (width, height), mode). Returns the array and the reference to use next."""
-    from PIL import Image
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        raise DataError(
+            f"reading image folders needs pillow, which is not installed ({exc}): "
+            "pip install 'diversefl[files]'"
+        ) from exc
 
     try:
         with Image.open(path) as img:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from itertools import accumulate
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor, nn
@@ -128,7 +128,7 @@ def _backprop(
     relu_after: list[bool] = []  # whether a ReLU follows Linear i (its output is then h > 0)
     owned = False  # h is a tensor made here (not the caller's x), so a ReLU may overwrite it
     k = 0
-    for layer in fm.module:
+    for layer in cast(nn.Sequential, fm.module):  # is_dense(fm.module) holds here
         if isinstance(layer, nn.Linear):
             w, b = params[k], params[k + 1]
             k += 2

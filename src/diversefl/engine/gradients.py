@@ -3,6 +3,8 @@ plain per-client loop behind the same signature as the reference the tests compa
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -294,5 +296,6 @@ def loop_grads(
         if scale is not None:
             loss = loss * scale[j]
         loss.backward()
-        rows.append(torch.cat([p.grad.reshape(-1) for p in module.parameters()]))
+        # backward() just filled every parameter's .grad
+        rows.append(torch.cat([cast(Tensor, p.grad).reshape(-1) for p in module.parameters()]))
     return torch.stack(rows)

@@ -27,6 +27,7 @@ def load_data(cfg: Config, data_dir: str | None = None) -> UserData:
         return UserData(load_dataset(d.dataset, data_dir))
     from diversefl.data.files import load_files
 
+    assert d.path is not None  # DataConfig requires data.path for dataset = "files"
     loaded = load_files(
         d.path,
         fmt=d.format or "auto",

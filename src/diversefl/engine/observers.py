@@ -203,7 +203,7 @@ def run_observers(
         metrics = MetricsLog(
             out_dir / "metrics.csv", METRIC_COLUMNS + sim.extra_metric_names, point
         )
-        logs = [metrics]
+        logs: list[MetricsLog | DecisionsLog] = [metrics]
         if cfg.eval.decisions:
             logs.append(DecisionsLog(out_dir / "decisions.csv", point))
         files = RunFiles(out_dir, cfg, resumed=point is not None)

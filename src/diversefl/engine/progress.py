@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 
 class ProgressBar:
@@ -49,7 +50,7 @@ class ProgressBar:
             self.progress.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         if self.enabled and not self.plain:
             self.progress.__exit__(*exc)
 

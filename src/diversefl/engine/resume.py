@@ -17,7 +17,11 @@ from typing import Any
 
 import torch
 
-from diversefl.config import Config, to_toml_dict
+from diversefl.config import Config, make_config, to_toml_dict
+from diversefl.config_diff import (
+    config_differences,  # noqa: F401 - its old import path
+    setting_differences,
+)
 from diversefl.engine.federation import Federation
 from diversefl.engine.run_state import WINDOW_FIELDS
 from diversefl.results import (
@@ -45,17 +49,6 @@ def config_fingerprint(cfg: Config | dict[str, Any]) -> str:
 
 def _fixed(raw: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in raw.items() if k not in RESUMABLE_KEYS}
-
-
-def config_differences(saved: Any, now: Any, prefix: str = "") -> list[str]:
-    """Every key where two TOML-shaped dicts differ, as ``'seed: checkpoint 0, now 4'``."""
-    if not (isinstance(saved, dict) and isinstance(now, dict)):
-        return [] if saved == now else [f"{prefix}: checkpoint {saved!r}, now {now!r}"]
-    out: list[str] = []
-    for key in sorted(set(saved) | set(now)):
-        name = f"{prefix}.{key}" if prefix else key
-        out += config_differences(saved.get(key, "unset"), now.get(key, "unset"), name)
-    return out
 
 
 @dataclass(frozen=True)
@@ -116,7 +109,8 @@ def read_resume_point(cfg: Config, out_dir: Path, sim: Federation | None = None)
     rows = list(csv.DictReader(io.StringIO(metrics.head.decode(), newline="")))
     if legacy:
         rows = [r for r in rows if complete_row(r) and int(r["round"]) <= state["round"]]
-    saved = {k: state[k] for k in ("round", "best", "seconds", "total", "window") if k in state}
+    keys = ("round", "best", "seconds", "total", "window")
+    saved: dict[str, Any] = {k: state[k] for k in keys if k in state}
     return ResumePoint(saved=saved, rows=rows, logs=logs)
 
 
@@ -144,14 +138,28 @@ def _check_loop_state(path: Path, state: dict[str, Any], cfg: Config) -> None:
         raise RunDirError(f"{path}: not a diversefl checkpoint (no model){AGAIN}")
 
 
+def current_form(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config record as :func:`to_toml_dict` writes it today: a record written
+    before config.toml held the rule's and the attack's settings at their defaults lacks them,
+    and a config that only spells out a default is the same config. A record that no longer
+    validates is compared as it is (the difference is then named)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. attack.f next to a list of ids: said before
+            return to_toml_dict(make_config(saved))
+    except ValueError:  # ConfigError included
+        return saved
+
+
 def _check_fingerprint(path: Path, state: dict[str, Any], cfg: Config) -> None:
     """The checkpoint was written by this config (all but :data:`RESUMABLE_KEYS`)."""
     saved = state.get("config")
     if type(saved) is not dict or state.get("config_sha256") != config_fingerprint(saved):
         raise RunDirError(f"{path}: not a diversefl checkpoint (its config record){AGAIN}")
-    if state["config_sha256"] == config_fingerprint(cfg):
+    saved = current_form(saved)
+    if config_fingerprint(saved) == config_fingerprint(cfg):
         return
-    diffs = config_differences(_fixed(saved), _fixed(to_toml_dict(cfg)))
+    diffs = setting_differences(_fixed(saved), _fixed(to_toml_dict(cfg)))
     rest = [d.split(":", 1)[0] for d in diffs[6:]]
     shown = "; ".join(diffs[:6]) + (f"; also {', '.join(rest)}" if rest else "")
     raise RunDirError(

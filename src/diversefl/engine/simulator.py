@@ -4,7 +4,7 @@ A round is a few large tensor operations over all clients at once, never a loop 
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,9 @@ from diversefl.engine.server_step import server_step
 from diversefl.methods import build_method
 from diversefl.protocols.base import Protocol, ProtocolState
 from diversefl.round import RoundContext, RoundRecord
+
+if TYPE_CHECKING:
+    from diversefl.aggregators.base import Aggregator
 
 
 def _count(spec: int | float, length: int) -> int:
@@ -405,7 +408,7 @@ class Simulation:
         skip = not type(self.attack).uses_own_gradients and bool(byz.any()) and not bool(byz.all())
         grads = self.client_gradients(r, byz, ctx, compute=~byz if skip else None)
         byz_d = byz.to(self.device)
-        grads = self.aggregator.prepare(grads, ctx)
+        grads = cast("Aggregator", self.aggregator).prepare(grads, ctx)  # protocols: not here
         if bool(byz.any()):
             # the attackers know how many they are, whatever the defense assumes; their context
             # shares the round's guiding gradients (computed once, the ones the server tests)
@@ -434,10 +437,11 @@ class Simulation:
                 sent[byz_d] = self.attack(sent[~byz_d], sent[byz_d], ctx).to(sent.dtype)
             return sent
 
+        protocol = cast(Protocol, self.aggregator)  # step() sends only protocols here
         if not self.protocol_state:
-            self.protocol_state = self.aggregator.initial_state(self.theta, self.n)
+            self.protocol_state = protocol.initial_state(self.theta, self.n)
         lr = self.schedule(r)
-        out = self.aggregator.round(
+        out = protocol.round(
             self.protocol_state,
             self.theta,
             lr=lr,

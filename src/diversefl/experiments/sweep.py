@@ -12,7 +12,7 @@ import os
 import threading
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +23,10 @@ from diversefl.config import (
     ConfigError,
     Override,
     apply_overrides,
-    first_difference,
     make_config,
     to_toml_dict,
 )
+from diversefl.experiments.sweep_record import write_overrides
 from diversefl.results import atomic_write_bytes, read_summary
 
 SWEEP_COLUMNS = [
@@ -193,7 +193,8 @@ def _base_entry(raw: dict[str, Any], section: str) -> dict[str, Any]:
 def _check_overrides(raw: dict[str, Any], overrides: list[str]) -> None:
     """A ``--set`` of a method setting in a section the grid lists entries for would reach no
     cell (each cell's table comes from its entry): an error that says where it belongs."""
-    grid = raw.get("sweep") if isinstance(raw.get("sweep"), dict) else {}
+    sweep = raw.get("sweep")
+    grid: dict[str, Any] = sweep if isinstance(sweep, dict) else {}
     for item in overrides:
         key = item.split("=", 1)[0].strip()
         section, _, name = key.partition(".")
@@ -269,8 +270,11 @@ def config_difference(cell: Cell, run_dir: Path) -> str:
     """'' when ``run_dir/config.toml`` is ``cell``'s config, else the first key that differs
     ('aggregator.beta: saved 0.1, grid 0.2'). Compared as validated configs, so settings
     added later with defaults still match."""
+    from diversefl.config_diff import setting_differences
+
     saved = to_toml_dict(make_config(tomllib.loads((run_dir / "config.toml").read_text())))
-    return first_difference(saved, to_toml_dict(cell.config), "grid")
+    differs = setting_differences(saved, to_toml_dict(cell.config), ("saved", "grid"))
+    return differs[0] if differs else ""
 
 
 def _check_device(device: str) -> None:
@@ -377,14 +381,54 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def pace_text(done: int, total: int, elapsed: float) -> str:
+def pace_text(done: int, total: int, elapsed: float, left: float | None = None) -> str:
     """Where a sweep stands after ``done`` of its ``total`` runs and ``elapsed`` wall seconds:
-    the count and, at the pace so far (wall time per finished run, parallel jobs included),
-    the time left; or the total time once all are done."""
+    the count and the time ``left`` (see :func:`seconds_left`; None: the elapsed time per
+    finished run times the runs left), or the total time once all are done."""
     if done >= total:
         return f"{done}/{total} this sweep, all done in {format_duration(elapsed)}"
-    left = elapsed / max(done, 1) * (total - done)
+    if left is None:
+        left = elapsed / max(done, 1) * (total - done)
     return f"{done}/{total} this sweep, ~{format_duration(left)} left"
+
+
+def seconds_left(
+    finished: Sequence[tuple[float, int]], rounds_left: Sequence[int], jobs: int = 1
+) -> float | None:
+    """Wall seconds the unfinished runs still take, ``jobs`` at a time: every round they have
+    left (all of a run not started yet, those after the checkpoint of an interrupted one) at
+    the pace of the ``finished`` runs, given as (wall seconds, rounds): their wall time per
+    round. Each run's own wall time counts (with the CPU shared by parallel jobs, and a resumed
+    run's time before), not the time since the sweep started, so runs resumed near their end
+    or quick runs done first do not make the rest look short. None before any run finished."""
+    work = sum(rounds for _, rounds in finished)
+    if work <= 0:
+        return None
+    pending = [r for r in rounds_left if r > 0]
+    at_once = max(1, min(jobs, len(pending)))
+    return sum(wall for wall, _ in finished) / work * sum(pending) / at_once
+
+
+def last_metrics_round(metrics_csv: Path) -> int:
+    """The round of the last row of ``metrics.csv`` (0 when there is none)."""
+    if not metrics_csv.exists():
+        return 0
+    last = 0
+    with metrics_csv.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            try:
+                last = int(row["round"])
+            except (KeyError, TypeError, ValueError):
+                continue
+    return last
+
+
+def rounds_to_run(cell: Cell, run_dir: Path) -> int:
+    """Rounds ``cell`` has left in ``run_dir``: those after its checkpoint (its last metrics
+    row, near enough), or all of them without one."""
+    if not (run_dir / "checkpoint.pt").exists():
+        return cell.config.rounds
+    return max(0, cell.config.rounds - last_metrics_round(run_dir / "metrics.csv"))
 
 
 def _exit_with_parent(parent_pid: int, poll_seconds: float = 0.5) -> None:
@@ -476,6 +520,7 @@ def run_sweep(
     csv_name: str | None = "sweep.csv",
     jobs: int = 1,
     only: list[str] | None = None,
+    overrides: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every cell into ``out/<aggregator>__<attack>__seed<k>`` and write ``sweep.csv``
     (``csv_name=None``: no csv, e.g. when only part of a grid is run).
@@ -483,13 +528,18 @@ def run_sweep(
     ``jobs`` > 1 runs that many cells at once in worker processes, each with an equal share
     of the CPU threads; every run is still seeded on its own, so the numbers do not depend
     on ``jobs``. ``only`` (shell-style patterns on cell names) runs just the matching cells;
-    ``sweep.csv`` still lists every finished cell of the grid, in grid order."""
+    ``sweep.csv`` still lists every finished cell of the grid, in grid order. ``overrides``
+    (the command line's ``--set``, ``--rounds``, ...) are recorded in ``out`` for
+    ``sweep --status`` (:mod:`diversefl.experiments.sweep_record`)."""
     out = Path(out)
     summaries, todo = _plan(cells, out, {c.dirname for c in select(cells, only)}, echo)
     # a missing dataset or device fails here, before any directory is made, rather than in
     # the first cell (which would be left looking interrupted); finished cells need neither
     check_setup([cells[i] for i in todo], data_dir, keep_data=jobs <= 1 or len(todo) <= 1)
     out.mkdir(parents=True, exist_ok=True)
+    if overrides is not None:
+        write_overrides(out, overrides)
+    rounds_left = {k: rounds_to_run(cells[k], out / cells[k].dirname) for k in todo}
     started = time.monotonic()
     elsewhere: set[int] = set()  # cells another process was running when this one got there
 
@@ -512,9 +562,10 @@ def run_sweep(
                 summaries[i] = result.summary
             echo(f"[{i + 1}/{len(cells)}] {cells[i].dirname}: {result.elsewhere}, skipped")
             return
+        assert result.summary is not None  # run here: it has a summary
         summaries[i] = result.summary
-        finished = sum(1 for k in todo if k in summaries and k not in elsewhere)
-        pace = pace_text(finished, len(todo) - len(elsewhere), time.monotonic() - started)
+        mine = [k for k in todo if k not in elsewhere]
+        pace = _pace(cells, mine, summaries, rounds_left, time.monotonic() - started, jobs)
         echo(f"{_done_line(i + 1, len(cells), cells[i], result.summary)} | {pace}")
         if csv_name:
             write_sweep_csv(out / csv_name, current_rows())
@@ -528,6 +579,22 @@ def run_sweep(
     if csv_name:
         write_sweep_csv(out / csv_name, rows)
     return rows
+
+
+def _pace(
+    cells: list[Cell],
+    mine: list[int],
+    summaries: dict[int, dict[str, Any]],
+    left: dict[int, int],
+    elapsed: float,
+    jobs: int,
+) -> str:
+    """:func:`pace_text` of the cells ``mine`` (those this process runs): how many finished,
+    and the time the others take (:func:`seconds_left` of their rounds ``left``)."""
+    done = [k for k in mine if k in summaries]
+    finished = [(float(summaries[k]["wall_seconds"]), cells[k].config.rounds) for k in done]
+    pending = [left[k] for k in mine if k not in summaries]
+    return pace_text(len(done), len(mine), elapsed, seconds_left(finished, pending, jobs))
 
 
 def write_sweep_csv(path: Path, rows: list[dict[str, Any]]) -> None:

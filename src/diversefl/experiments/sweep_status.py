@@ -6,12 +6,16 @@ It only reads the run directories (``summary.json``, the lock file, the last row
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 from diversefl.cell_lock import holder
-from diversefl.experiments.sweep import Cell, finished_summary, format_duration
+from diversefl.experiments.sweep import (
+    Cell,
+    finished_summary,
+    format_duration,
+    last_metrics_round,
+)
 
 
 @dataclass(frozen=True)
@@ -38,20 +42,6 @@ class CellProgress:
         return max(0.0, 1.0 - self.rounds / self.cell.config.rounds)
 
 
-def _last_round(metrics_csv: Path) -> int:
-    """The round of the last row of ``metrics.csv`` (0 when there is none)."""
-    if not metrics_csv.exists():
-        return 0
-    last = 0
-    with metrics_csv.open(newline="") as fh:
-        for row in csv.DictReader(fh):
-            try:
-                last = int(row["round"])
-            except (KeyError, TypeError, ValueError):
-                continue
-    return last
-
-
 def cell_progress(cell: Cell, run_dir: Path) -> CellProgress:
     """The state of ``cell`` in ``run_dir``; a finished run with another config is an error,
     as it is for ``diversefl sweep``."""
@@ -61,7 +51,7 @@ def cell_progress(cell: Cell, run_dir: Path) -> CellProgress:
     if run_dir.is_dir():
         who = holder(run_dir)
         state = "interrupted" if who is None else "running"
-        rounds = _last_round(run_dir / "metrics.csv")
+        rounds = last_metrics_round(run_dir / "metrics.csv")
         return CellProgress(
             cell, state, rounds, 0.0, who, checkpointed=(run_dir / "checkpoint.pt").exists()
         )

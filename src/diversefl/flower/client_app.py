@@ -28,7 +28,7 @@ node with a worker starts each message's process quickly.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -72,12 +72,18 @@ def sample(message: Message, context: Context) -> Message:
     return Message(RecordDict({ARRAYS: arrays, CONFIG: meta}), reply_to=message)
 
 
+def _theta(message: Message) -> np.ndarray:
+    """The model a train or evaluate message carries (its ArrayRecord's ``theta``), float32."""
+    arrays = cast(ArrayRecord, message.content[ARRAYS])
+    return np.asarray(arrays["theta"].numpy(), dtype=np.float32)
+
+
 @app.train()
 def train(message: Message, context: Context) -> Message:
     """Answer a train message with this node's update for the received model."""
     config = message.content[CONFIG]
     message_config = {k: v for k, v in config.items() if k != "config"}
-    theta = np.asarray(message.content[ARRAYS]["theta"].numpy(), dtype=np.float32)
+    theta = _theta(message)
     answer = _answer(
         "train",
         context,
@@ -95,7 +101,7 @@ def evaluate(message: Message, context: Context) -> Message:
     """Answer an evaluate message (federated evaluation) with this node's held-out counts."""
     config = message.content[CONFIG]
     message_config = {k: v for k, v in config.items() if k != "config"}
-    theta = np.asarray(message.content[ARRAYS]["theta"].numpy(), dtype=np.float32)
+    theta = _theta(message)
     answer = _answer(
         "evaluate",
         context,

@@ -46,6 +46,7 @@ from diversefl.flower.processes import (
     free_port,
     toml_value,
 )
+from diversefl.presets import resolve_config_arg
 
 __all__ = [
     "REPO_ROOT",
@@ -96,7 +97,7 @@ def _parse_byzantine(items: list[str] | None) -> dict[int, str] | list[int] | No
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     """What to run and where its files go."""
-    p.add_argument("config", help="diversefl TOML config ('' for the built-in demo)")
+    p.add_argument("config", help="diversefl TOML config or preset name ('' for the demo)")
     p.add_argument(
         "--nodes",
         type=int,
@@ -211,6 +212,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         tls = TlsFiles.parse(args.certificates) if args.certificates else None
     except ValueError as err:
         p.error(str(err))
+    try:  # a file, else a preset name (paper/mnist-softmax)
+        args.config = resolve_config_arg(args.config)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     stem = Path(args.config).stem or "demo"
     try:
         res = deploy_local(

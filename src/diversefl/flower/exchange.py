@@ -113,6 +113,7 @@ class RoundExchange:
                 cfg_rec["shard-lens"] = lens
             cfg_rec.update(self.stats_record())
             if assigned is not None and bool(assigned[j]):
+                assert ranks is not None  # computed whenever assigned is given
                 cfg_rec["attack"] = self.cfg.attack.name
                 cfg_rec["attack-params"] = json.dumps(self.cfg.attack.params())
                 cfg_rec["byzantine-rank"] = int(ranks[j])

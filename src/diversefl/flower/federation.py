@@ -32,6 +32,7 @@ from flwr.supercore import log
 from torch import Tensor
 
 from diversefl import attacks
+from diversefl.aggregators.base import Aggregator
 from diversefl.attacks.base import Attack
 from diversefl.config import Config
 from diversefl.data.preprocess import sample_stats, standardize_tensor
@@ -83,12 +84,13 @@ class FlowerFederation:
         if self.device.type == "cuda":  # cuDNN's fastest convolution kernels are not repeatable
             torch.backends.cudnn.deterministic = True
             torch.backends.cudnn.benchmark = False
-        self.rule = build_method(cfg.aggregator.name, cfg.aggregator.params())
-        if isinstance(self.rule, Protocol):
+        rule = build_method(cfg.aggregator.name, cfg.aggregator.params())
+        if isinstance(rule, Protocol):
             raise ValueError(
                 f"aggregator {cfg.aggregator.name!r} is a protocol with client-side model "
                 "copies; it is not available over Flower (use a gradient aggregation rule)"
             )
+        self.rule: Aggregator = rule
         check_deployable_attack(cfg.attack.name)
         self.attack = attacks.get(cfg.attack.name, **cfg.attack.params())
         self._init_roles()

@@ -228,7 +228,9 @@ def _prepare(
     """The working directory (a new temporary one unless the plan names one), every node's
     shard in it, and the federation that will run there (nothing started yet)."""
     temporary = plan.workdir is None
-    work = Path(tempfile.mkdtemp(prefix="diversefl-flower-")) if temporary else plan.workdir
+    work = (
+        Path(tempfile.mkdtemp(prefix="diversefl-flower-")) if plan.workdir is None else plan.workdir
+    )
     deployment = plan.runtime == "deployment"
     try:
         make_workdir(work)

@@ -168,7 +168,8 @@ def parse_stats(message_config: dict[str, Any], width: int) -> tuple[tuple[float
     checked against the node's ``width`` features, or None when it carries none."""
     if "feature-mean" not in message_config:
         return None
-    mean, std = message_config["feature-mean"], message_config.get("feature-std")
+    mean = message_config["feature-mean"]
+    std: Any = message_config.get("feature-std")  # checked below: a list like mean
     ok = all(
         isinstance(v, list) and len(v) == width and all(isinstance(a, float) for a in v)
         for v in (mean, std)

@@ -77,7 +77,7 @@ def check_positive(name: str, value: object, *, integer: bool = False, zero: boo
     allowed = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, allowed):
         raise DeployInputError(f"{name}={value!r}: must be {kind}")
-    number = float(value)  # type: ignore[arg-type]
+    number = float(value)
     if not math.isfinite(number):
         raise DeployInputError(f"{name}={value!r}: must be {kind}")
     if number < 0 or (number == 0 and not zero):
@@ -188,7 +188,7 @@ def own_node_paths(cfg: Config, node_data: Sequence[str] | None) -> tuple[str, .
     from diversefl.data.layout import find_sources
 
     items = [str(p) for p in node_data or []] or [str(cfg.data.path)]
-    paths = [Path(p).expanduser().resolve() for p in items]
+    paths: Sequence[Path] = [Path(p).expanduser().resolve() for p in items]
     for p in paths:
         if not p.exists():
             raise DeployInputError(f"node data {p}: no such file or folder")
@@ -346,7 +346,7 @@ def _run_config(
 
 def plan_deployment(
     config_path: str | os.PathLike[str],
-    nodes: int,
+    nodes: int | None,
     out: str | os.PathLike[str],
     *,
     byzantine: Mapping[int, str] | Sequence[int] | None,
@@ -387,7 +387,11 @@ def plan_deployment(
     config_abs = str(Path(config_path).expanduser().resolve()) if str(config_path) else ""
     data = str(Path(data_dir).expanduser().resolve()) if data_dir else ""
     all_overrides = (*overrides, f"clients.n={int(nodes)}")
-    cfg = load_deployable_config(config_abs, all_overrides, data or None)
+    try:
+        cfg = load_deployable_config(config_abs, all_overrides, data or None)
+    except DeployInputError as err:  # too many Byzantine clients for so few nodes: say the fix
+        hint = byzantine_hint(config_abs, overrides, int(nodes))
+        raise DeployInputError(f"{hint}; {err}" if hint else str(err)) from None
     if own is not None:
         check_node_files(cfg, own, runtime)
     adversary = adversary or ("config" if runtime == "simulation" else "nodes")
@@ -413,6 +417,31 @@ def plan_deployment(
     run_config = _run_config(plan, adversary, round_timeout, max_inflight, min_nodes)
     plan.node_configs((plan.workdir or Path(tempfile.gettempdir())) / "cache")  # Flower parses
     return replace(plan, run_config=run_config)
+
+
+def byzantine_hint(config_path: str, overrides: Sequence[str], nodes: int) -> str:
+    """For a config refused at ``clients.n = nodes`` over its Byzantine count, what to add:
+    ``attack.f = 5 Byzantine of 4 nodes: add --set attack.f=3 (or fewer)``, the largest count
+    the config (its rule's client-count limit included) accepts with that many nodes; '' when
+    the config is refused for another reason, or lists its Byzantine ids."""
+    from diversefl.flower.common import load_run_config
+
+    def loads(extra: list[str]) -> Config | None:
+        try:
+            return load_run_config(config_path, [*overrides, *extra])
+        except ValueError:  # ConfigError included
+            return None
+
+    cfg = loads([])
+    at_nodes = [f"clients.n={nodes}"]
+    if cfg is None or loads(at_nodes) is not None or isinstance(cfg.attack.byzantine, list):
+        return ""
+    f = cfg.attack.f
+    for k in range(min(f, nodes) - 1, -1, -1):
+        if loads([*at_nodes, f"attack.f={k}"]) is not None:
+            fewer = " (or fewer)" if k else ""
+            return f"attack.f = {f} Byzantine of {nodes} nodes: add --set attack.f={k}{fewer}"
+    return ""
 
 
 def _own_files_nodes(
@@ -441,6 +470,7 @@ def _own_files_nodes(
 __all__ = [
     "REPO_ROOT",
     "DeployPlan",
+    "byzantine_hint",
     "byzantine_nodes",
     "check_positive",
     "chosen_byzantine_nodes",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import cast
 
 from flwr.app import ConfigRecord, Message
 
@@ -35,7 +36,7 @@ def _strings(meta: ConfigRecord, key: str) -> tuple[str, ...]:
     value = meta.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ReplyError(f"schema {key} is {value!r}, expected a list of strings")
-    return tuple(value)
+    return tuple(cast(list[str], value))
 
 
 def read_schema(msg: Message) -> Schema:
@@ -57,7 +58,9 @@ def read_schema(msg: Message) -> Schema:
     dtype = meta.get("dtype", "")
     if not isinstance(dtype, str):
         raise ReplyError(f"schema dtype is {dtype!r}, expected a string")
-    return Schema(tuple(shape), _strings(meta, "classes"), _strings(meta, "features"), dtype)
+    return Schema(
+        tuple(cast(list[int], shape)), _strings(meta, "classes"), _strings(meta, "features"), dtype
+    )
 
 
 def _mismatch(got: Schema, want: Schema) -> str | None:
@@ -90,7 +93,7 @@ def agree(
     agreed = None
     if fitting:
         votes = Counter((reports[k].input_shape, reports[k].features) for k in fitting)
-        first = {}
+        first: dict[tuple[tuple[int, ...], tuple[str, ...]], int] = {}
         for k in fitting:
             first.setdefault((reports[k].input_shape, reports[k].features), k)
         shape, features = min(votes, key=lambda key: (-votes[key], first[key]))

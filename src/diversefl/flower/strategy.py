@@ -321,7 +321,9 @@ class DiverseFLStrategy(Strategy):
         if self.federated_eval:
             self.federation.remote_eval = exchange.evaluate
         self.samples = {s.node_id: s for s in roster.held.values()}
-        log(INFO, "collected samples from %d nodes (sizes %s)", usable, self.federation.pool.sizes)
+        pool = self.federation.pool
+        assert pool is not None  # install() made it
+        log(INFO, "collected samples from %d nodes (sizes %s)", usable, pool.sizes)
         if roster.excluded():
             log(INFO, "partitions excluded from every round: %s", sorted(roster.excluded()))
         return self.samples
@@ -336,7 +338,11 @@ class DiverseFLStrategy(Strategy):
         fed = self.federation
         schema = self._connected_exchange().collector.schema
         digest = store_samples(self.out, fed.roster, fed.facts, schema)
-        review = {"manifest_sha256": digest, "approval": "not required", "rejected": []}
+        review: dict[str, Any] = {
+            "manifest_sha256": digest,
+            "approval": "not required",
+            "rejected": [],
+        }
         if self.require_approval:
             approval = wait_for_approval(self.out, log=lambda text: log(INFO, "%s", text))
             fed.exclude(approval.rejected, "rejected in the sample review")
@@ -396,7 +402,7 @@ class DiverseFLStrategy(Strategy):
         run = train(self.cfg, self.out, progress=False, sim=fed, resume=resuming)
         result = Result(arrays=theta_record(fed.theta))
         for row in run.metrics:
-            values = {
+            values: dict[str, Any] = {
                 k: float(row[k])
                 for k in ("test_accuracy", "test_loss")
                 if row.get(k) not in (None, "")

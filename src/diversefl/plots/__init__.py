@@ -4,6 +4,7 @@ Only reads files; matplotlib is imported lazily with the Agg backend."""
 
 from diversefl.plots.bars import metric_bars, plot_metric_bars
 from diversefl.plots.c1c2 import plot_c1c2
+from diversefl.plots.compare import RunSeries, compare_series, plot_runs
 from diversefl.plots.curves import plot_curves
 from diversefl.plots.heatmap import heatmap_grid, plot_heatmap
 from diversefl.plots.runs import as_number, table_rows
@@ -39,6 +40,7 @@ __all__ = [
     "ATTACK_ORDER",
     "ATTACK_SHORT",
     "METRIC_NAMES",
+    "RunSeries",
     "accuracy_table",
     "aggregator_name",
     "aggregator_sort_key",
@@ -47,6 +49,7 @@ __all__ = [
     "attack_name",
     "attack_sort_key",
     "attack_summary",
+    "compare_series",
     "fill_invariant",
     "format_mean_std",
     "heatmap_grid",
@@ -60,6 +63,7 @@ __all__ = [
     "plot_curves",
     "plot_heatmap",
     "plot_metric_bars",
+    "plot_runs",
     "seed_label",
     "table_rows",
     "worst_attack",

@@ -162,7 +162,7 @@ def _legend_handles(eps_seen: set[tuple[float, float]]) -> list[Any]:
         if len(eps_seen) == 1
         else (r"$\epsilon_1$", r"$\epsilon_2$")
     )
-    dot = {"marker": "o", "linestyle": "", "markersize": 5}
+    dot: dict[str, Any] = {"marker": "o", "linestyle": "", "markersize": 5}
     return [
         Line2D([], [], color=_HONEST, label="honest client", **dot),
         Line2D([], [], color=_BYZANTINE, label="Byzantine client", **dot),

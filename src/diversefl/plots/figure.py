@@ -22,8 +22,15 @@ def _output_path(path: str | Path, out: str | Path | None, default_name: str) ->
 
 
 def _pyplot() -> Any:
-    """matplotlib.pyplot on the non-interactive Agg backend."""
-    import matplotlib
+    """matplotlib.pyplot on the non-interactive Agg backend; without matplotlib (an optional
+    dependency) an error saying which extra to install."""
+    try:
+        import matplotlib
+    except ModuleNotFoundError as err:
+        raise ModuleNotFoundError(
+            "figures need matplotlib, which is not installed: pip install 'diversefl[plots]'",
+            name=err.name,
+        ) from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

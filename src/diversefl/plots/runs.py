@@ -120,7 +120,7 @@ def table_rows(path: Path, seeds: list[int] | None = None) -> list[dict[str, Any
     left)."""
     sweep = path if path.is_file() else path / "sweep.csv"
     if sweep.is_file():
-        rows = [dict(r) for r in _read_rows(sweep)]
+        rows: list[dict[str, Any]] = [dict(r) for r in _read_rows(sweep)]
         for r in rows:
             rule = _rule_of(_read_config(sweep.parent / r["run_dir"])) if r.get("run_dir") else None
             if rule:

@@ -51,3 +51,8 @@ class Protocol:
         gives every client's gradient at its own model; ``attack(uploads [n, d])`` replaces the
         Byzantine rows of what the clients send."""
         raise NotImplementedError
+
+    @staticmethod
+    def initial_state(theta: Tensor, n: int) -> ProtocolState:
+        """The state of ``n`` clients before the first round, the server model being ``theta``."""
+        raise NotImplementedError

@@ -56,10 +56,11 @@ class RSA(Protocol):
         attack: Callable[[Tensor], Tensor],
     ) -> ProtocolRound:
         """One RSA round: clients step their copies, the server steps toward the last uploads."""
-        n = None if state.get("clients") is None else state["clients"].shape[0]
         clients, uploads = state.get("clients"), state.get("uploads")
         if clients is None:
             raise ValueError("rsa: the state has no client models (call initial_state first)")
+        assert uploads is not None  # initial_state sets both
+        n = clients.shape[0]
         # a checkpoint holds them on the CPU: back to the model's device after a resume
         clients, uploads = clients.to(theta.device), uploads.to(theta.device)
         grads = client_gradients(clients)

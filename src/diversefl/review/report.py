@@ -148,10 +148,12 @@ def build_report(samples: SampleSet, threshold: float = OUTLIER_THRESHOLD) -> Sa
     scores = outlier_scores([s.x for s in nodes]) if nodes else []
     out = []
     for i, s in enumerate(nodes):
+        assert counts is not None  # there are nodes
         constant = is_constant(s.x)
         dups = duplicate_rows(s.x)
         flags = []
-        if scores[i] is not None and scores[i] > threshold:
+        score = scores[i]
+        if score is not None and score > threshold:
             flags.append("outlier")
         if constant:
             flags.append("constant")

@@ -12,6 +12,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -222,7 +223,10 @@ def _read_node(folder: Path, node: NodeEntry, manifest: Manifest) -> StoredSampl
 def _load_npz(where: str, data: bytes, x_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """The arrays ``x`` and ``y`` of an .npz (no pickles); each .npy header is checked
     against the expected dtype and shape before its data is read."""
-    wanted = {"x": (np.dtype(np.float32), x_shape), "y": (np.dtype(np.int64), x_shape[:1])}
+    wanted: dict[str, tuple[np.dtype[Any], tuple[int, ...]]] = {
+        "x": (np.dtype(np.float32), x_shape),
+        "y": (np.dtype(np.int64), x_shape[:1]),
+    }
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             if sorted(npz.files) != ["x", "y"]:
