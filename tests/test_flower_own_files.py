@@ -324,3 +324,15 @@ def test_the_server_waits_for_the_sample_review_and_drops_what_it_rejects(tmp_pa
     for j in range(4):
         data = (out / "samples" / f"partition-{j}.npz").read_bytes()
         assert review["sha256"][str(j)] == hashlib.sha256(data).hexdigest()
+
+
+def test_a_model_that_does_not_fit_the_agreed_classes_is_refused():
+    from diversefl.flower.federation import _check_outputs
+    from diversefl.flower.task import TaskFacts
+
+    facts = TaskFacts((4,), 3, 100)
+    _check_outputs(torch.nn.Linear(4, 3), facts, "ok")
+    with pytest.raises(ValueError, match=r"outputs of shape \(1, 2\).*3 classes"):
+        _check_outputs(torch.nn.Linear(4, 2), facts, "two")
+    with pytest.raises(ValueError, match="does not take examples of shape"):
+        _check_outputs(torch.nn.Linear(5, 3), facts, "wide")

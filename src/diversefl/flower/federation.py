@@ -124,6 +124,7 @@ class FlowerFederation:
         self.facts = facts
         torch.manual_seed(seed_for(self.cfg.seed, "init"))
         module = build_network(self.cfg, facts.input_shape, facts.num_classes)
+        _check_outputs(module, facts, self.cfg.model.factory or self.cfg.model.name)
         self.fm = FlatModel(module.to(self.device))
         self.theta = self.fm.flatten()
         test = self.test_source
@@ -349,3 +350,24 @@ class FlowerFederation:
         """Restore :meth:`state_dict`."""
         self.theta = state["theta"].to(self.device)
         self.rule.load_state_dict(state["aggregator"])
+
+
+def _check_outputs(module: torch.nn.Module, facts: TaskFacts, name: str) -> None:
+    """One logit per class for an example of the task's shape, else ValueError naming the
+    model (a user factory that does not fit the agreed schema); torch's random state is kept."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        was = module.training
+        try:
+            out = module.eval()(torch.zeros(1, *facts.input_shape))
+        except (RuntimeError, ValueError, IndexError, TypeError) as err:
+            raise ValueError(
+                f"model {name!r} does not take examples of shape "
+                f"{facts.input_shape}: {str(err).splitlines()[0]}"
+            ) from None
+        finally:
+            module.train(was)
+    if tuple(out.shape) != (1, facts.num_classes):
+        raise ValueError(
+            f"model {name!r} gives outputs of shape {tuple(out.shape)} per example; the task "
+            f"has {facts.num_classes} classes"
+        )
