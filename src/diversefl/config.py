@@ -240,6 +240,17 @@ class AggregatorConfig(_Section):
     # Byzantine clients the rule assumes (RoundContext.f). Default: the real count under an
     # attack, attack.f without one. Set it to study a misjudged f, or in a deployment.
     assumed_f: int | None = Field(None, ge=0)
+    # pre-aggregators run in order before the rule: names or tables with a name and settings,
+    # e.g. ["nnm"] or [{name = "bucketing", s = 2}] (diversefl.aggregators.pre.PRE; none)
+    pre: list[str | dict[str, Any]] | None = None
+
+    @field_validator("pre")
+    @classmethod
+    def _known_stages(cls, v: list[str | dict[str, Any]] | None) -> Any:
+        from diversefl.aggregators.pre import build_stages
+
+        build_stages(v)
+        return v or None
 
     def params(self) -> dict[str, Any]:
         """The aggregator-specific settings."""

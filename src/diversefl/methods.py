@@ -7,7 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from diversefl.aggregators import REGISTRY as AGGREGATORS
-from diversefl.aggregators.base import Aggregator
+from diversefl.aggregators.base import Aggregator, AggregatorError
+from diversefl.aggregators.pipeline import Pipeline
+from diversefl.aggregators.pre import build_stages
 from diversefl.protocols import PROTOCOLS, Protocol
 from diversefl.registry import Registry
 
@@ -16,9 +18,22 @@ METHODS: Registry[type[Aggregator] | type[Protocol]] = Registry(
 )
 
 
-def build_method(name: str, params: dict[str, Any] | None = None) -> Aggregator | Protocol:
-    """Build the rule or protocol called ``name`` with its settings."""
-    return METHODS.build(name, params)
+def build_method(
+    name: str,
+    params: dict[str, Any] | None = None,
+    pre: list[str | dict[str, Any]] | None = None,
+) -> Aggregator | Protocol:
+    """Build the rule or protocol called ``name`` with its settings, behind the
+    pre-aggregators ``pre`` (``aggregator.pre``) when there are any."""
+    method = METHODS.build(name, params)
+    if not pre:
+        return method
+    if isinstance(method, Protocol):
+        raise AggregatorError(
+            f"aggregator.pre: {name!r} is a protocol whose clients keep model copies; "
+            "pre-aggregators run before a gradient aggregation rule"
+        )
+    return Pipeline(build_stages(pre), method)
 
 
 def is_protocol(method: object) -> bool:

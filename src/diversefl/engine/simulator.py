@@ -230,7 +230,9 @@ class Simulation:
         self.fm = FlatModel(module.to(self.device))
         self.theta = self.fm.flatten()
 
-        self.aggregator = build_method(cfg.aggregator.name, cfg.aggregator.params())
+        self.aggregator = build_method(
+            cfg.aggregator.name, cfg.aggregator.params(), cfg.aggregator.pre
+        )
         self.protocol_state: ProtocolState = {}  # a protocol's client-side state (RSA)
         self.attack = attacks.get(cfg.attack.name, **cfg.attack.params())
         chosen = self.attack.choose_byzantine(self.data.y_train.numpy(), parts)

@@ -445,7 +445,7 @@ def client_update(cfg: Config, shard: ClientShard, theta: Tensor, r: int, role: 
     scale = k.float()[None] if cfg.clients.loss == "sum" else torch.ones(1)
     seed_dropout(seed_for(cfg.seed, "dropout", r, j))
     grad = batched_grads(fm, theta.float(), x, y, w[None], None, scale, method=cfg.engine.grads)[0]
-    agg = build_method(cfg.aggregator.name, cfg.aggregator.params())
+    agg = build_method(cfg.aggregator.name, cfg.aggregator.params(), cfg.aggregator.pre)
     if isinstance(agg, Aggregator) and _overrides(agg, Aggregator, "prepare"):
         full = torch.zeros(n, grad.numel(), dtype=grad.dtype)
         full[j] = grad

@@ -84,7 +84,7 @@ class FlowerFederation:
         if self.device.type == "cuda":  # cuDNN's fastest convolution kernels are not repeatable
             torch.backends.cudnn.deterministic = True
             torch.backends.cudnn.benchmark = False
-        rule = build_method(cfg.aggregator.name, cfg.aggregator.params())
+        rule = build_method(cfg.aggregator.name, cfg.aggregator.params(), cfg.aggregator.pre)
         if isinstance(rule, Protocol):
             raise ValueError(
                 f"aggregator {cfg.aggregator.name!r} is a protocol with client-side model "

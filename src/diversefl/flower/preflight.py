@@ -165,7 +165,7 @@ def load_deployable_config(
 
     try:
         cfg = load_run_config(config_path, list(overrides))
-        method = build_method(cfg.aggregator.name, cfg.aggregator.params())
+        method = build_method(cfg.aggregator.name, cfg.aggregator.params(), cfg.aggregator.pre)
         check_deployable_attack(cfg.attack.name)
         if cfg.data.dataset != "files":  # own files: each node's are checked on their own
             load_dataset(cfg.data.dataset, data_dir)
