@@ -21,13 +21,18 @@ from diversefl.aggregators.base import (
 from diversefl.aggregators.bulyan import Bulyan
 from diversefl.aggregators.centered_clipping import CenteredClipping
 from diversefl.aggregators.diversefl import DiverseFL
+from diversefl.aggregators.dnc import DnC
 from diversefl.aggregators.fltrust import FLTrust
 from diversefl.aggregators.geomed import GeoMed
 from diversefl.aggregators.krum import Krum, MultiKrum
+from diversefl.aggregators.mda import MDA
+from diversefl.aggregators.meamed import Meamed
 from diversefl.aggregators.mean import Mean
 from diversefl.aggregators.median import Median
+from diversefl.aggregators.monna import MoNNA
 from diversefl.aggregators.noisy_median import NoisyMedian
 from diversefl.aggregators.oracle import Oracle
+from diversefl.aggregators.signguard import SignGuard
 from diversefl.aggregators.trimmed_mean import TrimmedMean, TrimmedMeanGuerraoui, TrimmedMeanXie
 from diversefl.registry import Registry
 
@@ -48,6 +53,11 @@ REGISTRY: Registry[type[Aggregator]] = Registry(
         "fltrust": FLTrust,
         "geomed": GeoMed,
         "centered_clipping": CenteredClipping,
+        "meamed": Meamed,
+        "mda": MDA,
+        "monna": MoNNA,
+        "dnc": DnC,
+        "signguard": SignGuard,
     },
 )
 
@@ -58,11 +68,16 @@ def get(name: str, **params: Any) -> Aggregator:
 
 
 __all__ = [
+    "MDA",
     "REGISTRY",
     "Aggregate",
     "Aggregator",
     "AggregatorError",
+    "DnC",
+    "Meamed",
+    "MoNNA",
     "RoundContext",
+    "SignGuard",
     "get",
     "sanitize",
     "settings",
