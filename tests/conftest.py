@@ -8,13 +8,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# where pytest started: a relative $DIVERSEFL_DATA (the README's ../shared/data) is relative to
+# it, also in tests that change the working directory before asking for the data
+START = Path.cwd()
 
 
 def real_data_dir() -> Path:
     """$DIVERSEFL_DATA, else the checkout's sibling shared/data (tests only); skip if absent."""
     env = os.environ.get("DIVERSEFL_DATA")
     if env:
-        return Path(env).resolve()  # set explicitly (CI): a wrong path must fail, not skip
+        return (START / env).resolve()  # set explicitly (CI): a wrong path must fail, not skip
     fallback = REPO.parent / "shared" / "data"
     if not (fallback / "mnist").is_dir():
         pytest.skip(f"real data not found: set DIVERSEFL_DATA (no {fallback}/mnist either)")
