@@ -6,11 +6,16 @@ from typing import Any
 
 from diversefl.attacks.adaptive import AdaptiveDiverseFL
 from diversefl.attacks.alie import ALIE
+from diversefl.attacks.alie_opt import ALIEOptimised
 from diversefl.attacks.backdoor import Backdoor
 from diversefl.attacks.base import Attack
+from diversefl.attacks.fang import FangKrum, FangTrimmedMean
 from diversefl.attacks.gaussian import Gaussian
+from diversefl.attacks.inf import Inf
 from diversefl.attacks.ipm import IPM
+from diversefl.attacks.ipm_opt import IPMOptimised
 from diversefl.attacks.label_flip import LabelFlip
+from diversefl.attacks.mimic import Mimic
 from diversefl.attacks.min_max import MinMax
 from diversefl.attacks.min_sum import MinSum
 from diversefl.attacks.none import NoAttack
@@ -32,6 +37,12 @@ REGISTRY: Registry[type[Attack]] = Registry(
         "min_max": MinMax,
         "min_sum": MinSum,
         "adaptive": AdaptiveDiverseFL,
+        "inf": Inf,
+        "mimic": Mimic,
+        "fang_krum": FangKrum,
+        "fang_trmean": FangTrimmedMean,
+        "alie_opt": ALIEOptimised,
+        "ipm_opt": IPMOptimised,
     },
 )
 
