@@ -37,7 +37,7 @@ from diversefl.engine.params import FlatModel
 from diversefl.engine.seeding import generator, seed_dropout, seed_for
 from diversefl.engine.simulator import _count, draw_without_replacement, eval_pass
 from diversefl.flower.node_data import NodeData, load_node_data, standardized, with_shard_lens
-from diversefl.flower.shard import ClientShard
+from diversefl.flower.shard import ClientShard, check_partition
 from diversefl.methods import build_method
 
 _log = logging.getLogger(__name__)
@@ -313,13 +313,7 @@ def load_shard(
     the shard is stored there, so later messages (a fresh ClientApp process each in a
     deployment) skip loading and partitioning the dataset.
     """
-    if num_partitions != cfg.clients.n:
-        raise ValueError(
-            f"node config num-partitions={num_partitions} but the run config has "
-            f"clients.n={cfg.clients.n}: start one SuperNode per client"
-        )
-    if not 0 <= partition_id < num_partitions:
-        raise ValueError(f"partition-id={partition_id} outside 0..{num_partitions - 1}")
+    check_partition(partition_id, num_partitions, cfg.clients.n)
     return _cached_shard(config_to_text(cfg), partition_id, data_dir or None, cache_dir or None)
 
 

@@ -26,7 +26,7 @@ from diversefl.config import Config, make_config
 from diversefl.data.datasets import DataError
 from diversefl.data.files import LoadedFiles
 from diversefl.data.preprocess import standardize_tensor
-from diversefl.flower.shard import ClientShard
+from diversefl.flower.shard import ClientShard, check_partition
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,13 +71,7 @@ def load_node_data(
     cfg: Config, cfg_text: str, partition_id: int, num_partitions: int, node_config: dict[str, Any]
 ) -> NodeData:
     """This node's data from its node config's ``data-path`` (see the module docstring)."""
-    if num_partitions != cfg.clients.n:
-        raise ValueError(
-            f"node config num-partitions={num_partitions} but the run config has "
-            f"clients.n={cfg.clients.n}"
-        )
-    if not 0 <= partition_id < num_partitions:
-        raise ValueError(f"partition-id={partition_id} outside 0..{num_partitions - 1}")
+    check_partition(partition_id, num_partitions, cfg.clients.n)
     path, test = own_settings(node_config)
     return _load(cfg_text, partition_id, path, test)
 
