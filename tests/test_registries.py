@@ -140,3 +140,34 @@ def test_a_cifar_pickle_cannot_run_code(tmp_path):
     good.write_bytes(pickle.dumps({b"data": arr, b"labels": [3], b"filenames": [b"x.png"]}))
     loaded = _unpickle(good)
     assert np.array_equal(loaded[b"data"], arr) and loaded[b"labels"] == [3]
+
+
+def test_a_rule_registered_after_import_is_a_valid_aggregator_name(monkeypatch):
+    """METHODS is a live view of the aggregator and protocol registries: a rule added to
+    aggregators.REGISTRY after diversefl.methods was imported is accepted by the config and
+    built; METHODS.register sends a rule to the aggregators and a protocol to PROTOCOLS."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from diversefl.aggregators import REGISTRY as AGGREGATORS
+    from diversefl.aggregators.mean import Mean
+    from diversefl.methods import METHODS, build_method
+    from diversefl.protocols import PROTOCOLS
+    from diversefl.protocols.rsa import RSA
+
+    @dataclass
+    class LateMean(Mean):
+        """The mean, registered late."""
+
+        name: ClassVar[str] = "late_mean"
+
+    monkeypatch.setattr(AGGREGATORS, "_entries", dict(AGGREGATORS._entries))
+    monkeypatch.setattr(PROTOCOLS, "_entries", dict(PROTOCOLS._entries))
+    AGGREGATORS.register("late_mean", LateMean)
+    assert "late_mean" in METHODS and isinstance(build_method("late_mean"), LateMean)
+    make_config(tiny_config(aggregator={"name": "late_mean"}))
+    METHODS.register("late_mean_2", LateMean)
+    METHODS.register("rsa_2", RSA)
+    assert "late_mean_2" in AGGREGATORS and "rsa_2" in PROTOCOLS
+    with pytest.raises(ValueError, match="already registered"):
+        METHODS.register("mean", LateMean)

@@ -11,10 +11,18 @@ from diversefl.aggregators.base import Aggregator, AggregatorError
 from diversefl.aggregators.pipeline import Pipeline
 from diversefl.aggregators.pre import build_stages
 from diversefl.protocols import PROTOCOLS, Protocol
-from diversefl.registry import Registry
+from diversefl.registry import CombinedRegistry, Registry
 
-METHODS: Registry[type[Aggregator] | type[Protocol]] = Registry(
-    "aggregator", {**AGGREGATORS, **PROTOCOLS}
+
+def _part(entry: object) -> int:
+    """Where a new method goes: a protocol to PROTOCOLS, a rule to the aggregators."""
+    return 1 if isinstance(entry, type) and issubclass(entry, Protocol) else 0
+
+
+#: Every rule and protocol, live: a rule registered in ``aggregators.REGISTRY`` (or here) at
+#: any time is a valid ``aggregator.name``.
+METHODS: Registry[type[Aggregator] | type[Protocol]] = CombinedRegistry(
+    "aggregator", [AGGREGATORS, PROTOCOLS], route=_part
 )
 
 

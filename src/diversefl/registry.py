@@ -83,6 +83,39 @@ class Registry(Mapping[str, T], Generic[T]):
         return obj
 
 
+class CombinedRegistry(Registry[T]):
+    """Several registries seen as one, live: an entry registered in a part after this was made
+    is seen here too. :meth:`register` adds to the part ``route(entry)`` names (default the
+    first)."""
+
+    def __init__(
+        self,
+        kind: str,
+        parts: typing.Sequence[Registry[Any]],
+        route: typing.Callable[[Any], int] | None = None,
+    ) -> None:
+        self.kind = kind
+        self._parts = tuple(parts)
+        self._route = route or (lambda entry: 0)
+
+    @property
+    def _entries(self) -> dict[str, T]:
+        out: dict[str, T] = {}
+        for part in self._parts:
+            out.update(part._entries)
+        return out
+
+    @_entries.setter
+    def _entries(self, value: dict[str, T]) -> None:
+        raise TypeError(f"{self.kind}: register entries in one of the combined registries")
+
+    def register(self, name: str, entry: T) -> T:
+        """Add ``entry`` to the part it belongs to (a name taken in any part is an error)."""
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is already registered")
+        return self._parts[self._route(entry)].register(name, entry)
+
+
 def build_validated(cls: Any, kind: str, name: str, params: dict[str, Any]) -> Any:
     """Instantiate the dataclass ``cls(**params)``, validating types and rejecting unknown keys."""
     fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
