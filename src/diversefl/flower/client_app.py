@@ -78,19 +78,23 @@ def _theta(message: Message) -> np.ndarray:
     return np.asarray(arrays["theta"].numpy(), dtype=np.float32)
 
 
-@app.train()
-def train(message: Message, context: Context) -> Message:
-    """Answer a train message with this node's update for the received model."""
+def _model_answer(op: str, message: Message, context: Context) -> dict[str, Any]:
+    """Run ``op`` ("train" or "evaluate") for the model and settings a message carries."""
     config = message.content[CONFIG]
     message_config = {k: v for k, v in config.items() if k != "config"}
-    theta = _theta(message)
-    answer = _answer(
-        "train",
+    return _answer(
+        op,
         context,
         config=str(config["config"]),
         message_config=message_config,
-        theta=theta,
+        theta=_theta(message),
     )
+
+
+@app.train()
+def train(message: Message, context: Context) -> Message:
+    """Answer a train message with this node's update for the received model."""
+    answer = _model_answer("train", message, context)
     arrays = ArrayRecord({"theta": Array(np.ascontiguousarray(answer["update"]))})
     metrics = MetricRecord(answer["metrics"])
     return Message(RecordDict({ARRAYS: arrays, METRICS: metrics}), reply_to=message)
@@ -99,14 +103,5 @@ def train(message: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
     """Answer an evaluate message (federated evaluation) with this node's held-out counts."""
-    config = message.content[CONFIG]
-    message_config = {k: v for k, v in config.items() if k != "config"}
-    theta = _theta(message)
-    answer = _answer(
-        "evaluate",
-        context,
-        config=str(config["config"]),
-        message_config=message_config,
-        theta=theta,
-    )
+    answer = _model_answer("evaluate", message, context)
     return Message(RecordDict({METRICS: MetricRecord(answer["metrics"])}), reply_to=message)
