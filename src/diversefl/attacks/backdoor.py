@@ -35,6 +35,8 @@ class Backdoor(Attack):
 
     name: ClassVar[str] = "backdoor"
     metric_names: ClassVar[tuple[str, ...]] = ("main_accuracy", "backdoor_accuracy")
+    # poison() changes labels only, so packed runs share the inputs (engine/packed.py)
+    poisons_labels_only: ClassVar[bool] = True
     source: int = 3  # backdoor class (MNIST: 3; CIFAR-10: 6 = frog)
     target: int = 4  # label the attacker wants for it (MNIST: 4; CIFAR-10: 8 = ship)
     scale: float = 7.0  # model-replacement boost of the update (paper: 7)

@@ -21,6 +21,8 @@ class LabelFlip(Attack):
     """Relabel every example of a Byzantine client's batch ``c -> num_classes - 1 - c``."""
 
     name: ClassVar[str] = "label_flip"
+    # poison() changes labels only, so packed runs share the inputs (engine/packed.py)
+    poisons_labels_only: ClassVar[bool] = True
 
     def poison(self, x: Tensor, y: Tensor, ctx: RoundContext) -> tuple[Tensor, Tensor]:
         if ctx.num_classes is None:

@@ -16,7 +16,7 @@ from torch import Tensor
 import diversefl
 from diversefl.config import Config
 from diversefl.engine.federation import Federation
-from diversefl.engine.observers import notify, run_observers
+from diversefl.engine.observers import Observer, notify, run_observers
 from diversefl.engine.preflight import build_federation
 from diversefl.engine.progress import ProgressBar
 from diversefl.engine.resume import read_resume_point
@@ -105,28 +105,93 @@ def train(
         # nothing to redo (the committed leaderboard runs keep no checkpoint): the run as saved
         summary = read_summary(out_dir / "summary.json")
         return RunResult(read_csv(out_dir / "metrics.csv"), summary, out_dir)
-    sim = sim or build_federation(cfg, data_dir)
-    point = None
-    if resume and out_dir is not None and (out_dir / "checkpoint.pt").exists():
-        point = read_resume_point(cfg, out_dir, sim)
-    state = RunState() if point is None else RunState.resumed(point.saved, point.rows)
-    observers = run_observers(cfg, out_dir, sim, point, progress)
+    loop = RunLoop.open(cfg, out_dir, data_dir, resume, progress, sim)
     try:
-        notify(observers, "on_start", state)
-        for r in range(state.round + 1, cfg.rounds + 1):
-            rec = sim.step(r)
-            check_finite(sim.theta, rec, state.saved_round)
-            state.add(rec)
-            if r % cfg.eval.every == 0 or r == cfg.rounds:
-                notify(observers, "on_eval", state, state.metrics_row(r, sim.evaluate(), rec.lr))
-            notify(observers, "on_round", state, rec)
-            if r % cfg.eval.checkpoint_every == 0 or r == cfg.rounds:
-                notify(observers, "on_checkpoint", state)
+        for r in loop.pending():
+            loop.record(r, loop.step(r))
     finally:
-        notify(observers, "close")
-    summary = build_summary(cfg, sim, state)
-    notify(observers, "on_end", state, summary)
-    return RunResult(metrics=state.rows, summary=summary, out_dir=out_dir, theta=sim.theta)
+        loop.close()
+    return loop.finish()
+
+
+class RunLoop:
+    """One run's loop taken apart: :meth:`step` runs a round of the federation, :meth:`record`
+    does the round's bookkeeping (evaluation, observers, checkpoints). :func:`train` calls
+    them in turn; a packed sweep steps several runs' rounds first and records them after, so
+    that their federations can share one batched computation per round."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        out_dir: Path | None,
+        sim: Federation,
+        state: RunState,
+        observers: list[Observer],
+    ) -> None:
+        self.cfg, self.out_dir, self.sim = cfg, out_dir, sim
+        self.state, self.observers = state, observers
+        self.closed = False
+
+    @classmethod
+    def open(
+        cls,
+        cfg: Config,
+        out_dir: Path | None = None,
+        data_dir: str | None = None,
+        resume: bool = False,
+        progress: bool = True,
+        sim: Federation | None = None,
+    ) -> RunLoop:
+        """Build the federation (unless given), read the resume point, start the observers."""
+        sim = sim or build_federation(cfg, data_dir)
+        point = None
+        if resume and out_dir is not None and (out_dir / "checkpoint.pt").exists():
+            point = read_resume_point(cfg, out_dir, sim)
+        state = RunState() if point is None else RunState.resumed(point.saved, point.rows)
+        loop = cls(cfg, out_dir, sim, state, run_observers(cfg, out_dir, sim, point, progress))
+        try:
+            notify(loop.observers, "on_start", state)
+        except BaseException:
+            loop.close()
+            raise
+        return loop
+
+    def pending(self) -> range:
+        """The rounds still to run."""
+        return range(self.state.round + 1, self.cfg.rounds + 1)
+
+    def step(self, r: int) -> RoundRecord:
+        """Round r of the federation; stops the run if the model became NaN or infinite."""
+        rec = self.sim.step(r)
+        check_finite(self.sim.theta, rec, self.state.saved_round)
+        return rec
+
+    def record(self, r: int, rec: RoundRecord) -> None:
+        """Count round r's decisions, evaluate on the evaluation rounds, checkpoint."""
+        state, cfg = self.state, self.cfg
+        state.add(rec)
+        if r % cfg.eval.every == 0 or r == cfg.rounds:
+            notify(
+                self.observers, "on_eval", state, state.metrics_row(r, self.sim.evaluate(), rec.lr)
+            )
+        notify(self.observers, "on_round", state, rec)
+        if r % cfg.eval.checkpoint_every == 0 or r == cfg.rounds:
+            notify(self.observers, "on_checkpoint", state)
+
+    def close(self) -> None:
+        """Close the observers (files, progress bar); safe to call twice."""
+        if not self.closed:
+            self.closed = True
+            notify(self.observers, "close")
+
+    def finish(self, extra: dict[str, Any] | None = None) -> RunResult:
+        """The summary (written by the observers; ``extra`` entries added or replaced) and
+        the run's result."""
+        summary = {**build_summary(self.cfg, self.sim, self.state), **(extra or {})}
+        notify(self.observers, "on_end", self.state, summary)
+        return RunResult(
+            metrics=self.state.rows, summary=summary, out_dir=self.out_dir, theta=self.sim.theta
+        )
 
 
 def check_finite(theta: Tensor, rec: RoundRecord, saved_round: int) -> None:

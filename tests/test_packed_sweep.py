@@ -1,0 +1,106 @@
+"""Packed federations (`sweep --pack`): members agree with the same runs alone, a pack is
+reproducible, resumes from its checkpoints, and unpackable cells run alone."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from conftest import tiny_config
+
+from diversefl.api import run
+from diversefl.config import make_config
+from diversefl.engine.packed import PackedFederation, PackError, pack_key
+from diversefl.experiments.packing import Pack, plan_packs, run_pack
+from diversefl.experiments.sweep import Cell
+
+ENTRIES = [("mean", "none"), ("median", "label_flip"), ("diversefl", "sign_flip"), ("krum", "alie")]
+
+
+def _cell(agg: str, atk: str, seed: int = 0, rounds: int = 40, **extra) -> Cell:
+    raw = tiny_config(
+        rounds=rounds,
+        seed=seed,
+        clients={"n": 8, "batch": 0.5, "sample": 8},
+        attack={"name": atk, "f": 2},
+        aggregator={"name": agg},
+        name=f"{agg}__{atk}__seed{seed}",
+        **extra,
+    )
+    return Cell(agg, atk, seed, make_config(raw))
+
+
+def _metrics(path: Path) -> list[dict[str, str]]:
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_pack_members_agree_with_runs_alone(tmp_path: Path) -> None:
+    cells = [_cell(a, k) for a, k in ENTRIES]
+    results = run_pack(Pack(tuple(cells)), tmp_path / "packed")
+    assert all(r.summary is not None for r in results)
+    for cell in cells:
+        alone = run(cell.config, out=tmp_path / "alone" / cell.dirname, progress=False)
+        packed = _metrics(tmp_path / "packed" / cell.dirname / "metrics.csv")
+        assert [r["round"] for r in packed] == [str(r["round"]) for r in alone.metrics]
+        for got, want in zip(packed, alone.metrics, strict=True):
+            # float rounding of the wider matmuls only: accuracies within one test example
+            assert float(got["test_accuracy"]) == pytest.approx(want["test_accuracy"], abs=2e-3)
+            assert float(got["test_loss"]) == pytest.approx(want["test_loss"], rel=1e-3)
+        summary = (tmp_path / "packed" / cell.dirname / "summary.json").read_text()
+        assert '"pack_size": 4' in summary
+
+
+def test_pack_is_reproducible(tmp_path: Path) -> None:
+    cells = [_cell(a, k) for a, k in ENTRIES[:3]]
+    run_pack(Pack(tuple(cells)), tmp_path / "a")
+    run_pack(Pack(tuple(cells)), tmp_path / "b")
+    for cell in cells:
+        a = (tmp_path / "a" / cell.dirname / "metrics.csv").read_bytes()
+        b = (tmp_path / "b" / cell.dirname / "metrics.csv").read_bytes()
+        assert _drop_seconds(a) == _drop_seconds(b)
+
+
+def _drop_seconds(data: bytes) -> list[list[str]]:
+    rows = list(csv.reader(data.decode().splitlines()))
+    keep = [i for i, name in enumerate(rows[0]) if "second" not in name]
+    return [[row[i] for i in keep] for row in rows]
+
+
+def test_pack_resumes_from_checkpoints(tmp_path: Path) -> None:
+    """A pack stopped after its round-20 checkpoint and run again ends where one
+    uninterrupted pack ends."""
+    full = [_cell(a, k, rounds=40) for a, k in ENTRIES[:3]]
+    run_pack(Pack(tuple(full)), tmp_path / "full")
+    short = [_cell(a, k, rounds=20) for a, k in ENTRIES[:3]]
+    run_pack(Pack(tuple(short)), tmp_path / "cut")
+    for cell in short:  # as if stopped right after the round-20 checkpoint
+        (tmp_path / "cut" / cell.dirname / "summary.json").unlink()
+        cfg_path = tmp_path / "cut" / cell.dirname / "config.toml"
+        cfg_path.write_text(cfg_path.read_text().replace("rounds = 20", "rounds = 40"))
+    packs = plan_packs(full, tmp_path / "cut", 8)
+    assert [p.start for p in packs] == [20]
+    run_pack(packs[0], tmp_path / "cut")
+    for cell in full:
+        a = _drop_seconds((tmp_path / "full" / cell.dirname / "metrics.csv").read_bytes())
+        b = _drop_seconds((tmp_path / "cut" / cell.dirname / "metrics.csv").read_bytes())
+        assert a == b
+
+
+def test_plan_packs_groups_by_shared_batches(tmp_path: Path) -> None:
+    cells = [_cell(a, k) for a, k in ENTRIES] + [
+        _cell("mean", "none", seed=1),  # another seed: other batches
+        _cell("rsa", "none"),  # a protocol: alone
+    ]
+    packs = plan_packs(cells, tmp_path, 3)
+    sizes = sorted(len(p.cells) for p in packs)
+    assert sizes == [1, 1, 1, 3]  # 4 seed-0 cells in packs of 3 and 1; seed 1; rsa
+    assert pack_key(cells[-1].config) is None
+    with pytest.raises(ValueError, match="at least one run"):
+        plan_packs(cells, tmp_path, 0)
+
+
+def test_pack_refuses_runs_with_other_batches() -> None:
+    with pytest.raises(PackError, match="cannot be packed together"):
+        PackedFederation([_cell("mean", "none").config, _cell("mean", "none", seed=1).config])
