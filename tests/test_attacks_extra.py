@@ -323,7 +323,7 @@ def test_adaptive_attack_and_server_share_one_guide_when_the_defense_assumes_ano
     sim = Simulation(make_config(cfg))
     calls = []
     real = sim.guiding
-    monkeypatch.setattr(sim, "guiding", lambda theta: calls.append(1) or real(theta))
+    monkeypatch.setattr(sim, "guiding", lambda theta, r=None: calls.append(1) or real(theta, r))
     for r in range(1, 4):
         rec = sim.step(r)
         assert bool(rec.accepted[rec.byzantine].all())

@@ -104,3 +104,39 @@ def test_plan_packs_groups_by_shared_batches(tmp_path: Path) -> None:
 def test_pack_refuses_runs_with_other_batches() -> None:
     with pytest.raises(PackError, match="cannot be packed together"):
         PackedFederation([_cell("mean", "none").config, _cell("mean", "none", seed=1).config])
+
+
+def test_sweep_command_with_pack(tmp_path: Path) -> None:
+    """`diversefl sweep --pack 3` through the command line: every cell of the grid finishes,
+    sweep.csv lists them, packed cells say so, rsa (a protocol) runs alone; --jobs 2 runs
+    the packs in two processes with the same numbers."""
+    import json
+
+    import tomli_w
+
+    from diversefl.cli import main
+
+    raw = tiny_config(clients={"n": 8, "batch": 0.5, "sample": 8}, attack={"name": "none", "f": 2})
+    raw["sweep"] = {
+        "aggregators": ["mean", "median", "diversefl", "rsa"],
+        "attacks": ["none", "sign_flip"],
+    }
+    path = tmp_path / "grid.toml"
+    path.write_text(tomli_w.dumps(raw))
+    assert main(["sweep", str(path), "--out", str(tmp_path / "a"), "--pack", "3", "--quiet"]) == 0
+    assert main(["sweep", str(path), "--out", str(tmp_path / "b"), "--pack", "3", "--jobs", "2",
+                 "--quiet"]) == 0  # fmt: skip
+    with (tmp_path / "a" / "sweep.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == 8
+    sizes = {}
+    for run_dir in sorted((tmp_path / "a").glob("*__seed0")):
+        summary = json.loads((run_dir / "summary.json").read_text())
+        sizes[run_dir.name] = summary.get("pack_size", 1)
+        other = tmp_path / "b" / run_dir.name / "metrics.csv"
+        assert _drop_seconds((run_dir / "metrics.csv").read_bytes()) == _drop_seconds(
+            other.read_bytes()
+        )
+    assert sizes["rsa__none__seed0"] == 1 and sizes["rsa__sign_flip__seed0"] == 1
+    assert sorted(v for k, v in sizes.items() if not k.startswith("rsa")) == [3] * 6
+    with pytest.raises(SystemExit):
+        main(["sweep", str(path), "--pack", "1"])

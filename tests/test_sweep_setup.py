@@ -96,8 +96,10 @@ def test_setup_is_checked_once_per_dataset_and_device(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     seen: list[tuple] = []
-    monkeypatch.setattr(sweep, "_check_dataset", lambda *a: seen.append(("data", *a)))
-    monkeypatch.setattr(sweep, "_check_device", lambda d: seen.append(("device", d)))
+    from diversefl.experiments import cells as cell_module  # where the checks live
+
+    monkeypatch.setattr(cell_module, "_check_dataset", lambda *a: seen.append(("data", *a)))
+    monkeypatch.setattr(cell_module, "_check_device", lambda d: seen.append(("device", d)))
     raw = {**tiny_config(), "sweep": {"aggregators": ["mean", "median"], "seeds": [0, 1, 2]}}
     cells = expand(raw) + expand({**raw, "data": {"dataset": "mnist"}})
     sweep.check_setup(cells, "somewhere")

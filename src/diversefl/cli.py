@@ -11,7 +11,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -19,6 +19,9 @@ from rich.table import Table
 
 from diversefl.presets import add_presets_parser, resolve_config_arg
 from diversefl.review.cli import add_samples_parser
+
+if TYPE_CHECKING:
+    from diversefl.experiments.ray_sweep import RayOptions
 
 
 def log_console(stderr: bool = False) -> Console:
@@ -159,21 +162,37 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if not overrides:  # what the sweep in `out` ran with (--rounds 20, ...)
             cells = _recorded_grid(args.config, out) or cells
         return _sweep_status(select(cells, args.only), out, args.jobs, Path(args.config).name)
+    ray_options = _ray_options(args)  # None without --ray
+    if ray_options is not None and args.pack:
+        from diversefl.config import ConfigError
+
+        raise ConfigError("--pack runs packs in this machine's processes: drop it with --ray")
     n_sel = len(select(cells, args.only))
     console.print(
         f"sweep: {n_sel} of {len(cells)} runs into {out}"
         + (f", {args.jobs} at a time" if args.jobs > 1 else "")
     )
-    rows = run_sweep(
-        cells,
-        out,
-        data_dir=args.data_dir,
-        progress=not args.quiet and args.jobs <= 1,
-        echo=lambda m: console.print(m, highlight=False, markup=False),
-        jobs=args.jobs,
-        only=args.only,
-        overrides=overrides,
-    )
+    echo = lambda m: console.print(m, highlight=False, markup=False)  # noqa: E731
+    failed: dict[str, str] = {}
+    if ray_options is not None:
+        from diversefl.experiments.ray_sweep import run_ray_sweep
+
+        result = run_ray_sweep(
+            cells, out, ray_options, args.data_dir, echo, only=args.only, overrides=overrides
+        )
+        rows, failed = result.rows, result.failed
+    else:
+        rows = run_sweep(
+            cells,
+            out,
+            data_dir=args.data_dir,
+            progress=not args.quiet and args.jobs <= 1,
+            echo=echo,
+            jobs=args.jobs,
+            only=args.only,
+            overrides=overrides,
+            pack=args.pack,
+        )
     table = Table(title=f"sweep {Path(args.config).name}: final test accuracy")
     for col in ("aggregator", "attack", "seed", "final acc", "best acc", "TPR", "FPR", "s"):
         table.add_column(col)
@@ -191,7 +210,43 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
     console.print(table)
     console.print(f"wrote {out / 'sweep.csv'}")
-    return 0
+    return _report_failed(failed)
+
+
+def _ray_options(args: argparse.Namespace) -> RayOptions | None:
+    """``--ray``'s settings (None without ``--ray``, where its own options ``--threads``,
+    ``--gpu-fraction`` and ``--retries`` are an error)."""
+    from diversefl.config import ConfigError
+
+    given = {k: getattr(args, k) for k in ("threads", "gpu_fraction", "retries")}
+    given = {k: v for k, v in given.items() if v is not None}
+    if args.ray is None:
+        if given:
+            flag = "--" + next(iter(given)).replace("_", "-")
+            raise ConfigError(f"{flag} sets what each run asks a Ray cluster for: add --ray")
+        return None
+    if args.ray != "local" and args.jobs > 1:
+        raise ConfigError(
+            f"--jobs {args.jobs}: sizes the local instance that --ray without an address "
+            f"starts; the cluster at --ray {args.ray} runs as many runs at once as it has CPUs"
+        )
+    from diversefl.experiments.ray_sweep import RayOptions
+
+    threads = given.get("threads", 1)
+    cpus = args.jobs * threads if args.jobs > 1 else None  # None: all cores
+    return RayOptions(address=args.ray, cpus=cpus, **given)
+
+
+def _report_failed(failed: dict[str, str]) -> int:
+    """Exit status 1 with each failed run's error (on stderr) when a ``--ray`` sweep had any."""
+    for name, error in failed.items():
+        _error(f"{name}: {error}")
+    if failed:
+        _error(
+            f"{len(failed)} run(s) failed; the others are in sweep.csv (the same command "
+            "runs the failed ones again)"
+        )
+    return 1 if failed else 0
 
 
 def _recorded_grid(config: str, out: Path) -> list | None:
@@ -364,28 +419,64 @@ def _plot_several(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    """``diversefl reproduce FIGURE``: the sweep behind one paper figure, then the figure."""
-    from diversefl.experiments.reproduce import FIGURES, reproduce
+    """``diversefl reproduce FIGURE``: the sweep behind one paper figure, then the figure;
+    ``reproduce all``: every MNIST figure's runs in one pool, then the figures."""
+    from diversefl.experiments.reproduce import reproduce
+    from diversefl.experiments.reproduce_all import reproduce_all
 
     if args.list or not args.figure:
-        table = Table(title="paper figures (diversefl reproduce FIGURE)")
-        for col in ("figure", "what", "needs", "runs", "time here (2-core CPU)"):
-            table.add_column(col)
-        from diversefl.experiments.reproduce import figure_cells
+        return _reproduce_list(args)
+    common = {
+        "out": args.out,
+        "data_dir": args.data_dir,
+        "rounds": args.rounds,
+        "progress": not args.quiet and args.jobs <= 1,
+        "echo": _plain_echo,
+        "jobs": args.jobs,
+        "device": args.device,
+    }
+    if args.figure == "all":
+        reproduce_all(**common, refresh=args.recalibrate)
+    else:
+        reproduce(args.figure, **common)
+    return 0
 
-        for f in FIGURES.values():
-            table.add_row(f.name, f.description, f.needs, str(len(figure_cells(f))), f.estimate)
-        console.print(table)
-        return 0
-    reproduce(
-        args.figure,
-        out=args.out,
-        data_dir=args.data_dir,
-        rounds=args.rounds,
-        progress=not args.quiet and args.jobs <= 1,
-        echo=lambda m: console.print(m, highlight=False, markup=False),
-        jobs=args.jobs,
-        device=args.device,
+
+def _plain_echo(message: str) -> None:
+    """Print a progress line as it is (no markup, no highlighting)."""
+    console.print(message, highlight=False, markup=False)
+
+
+def _reproduce_list(args: argparse.Namespace) -> int:
+    """``reproduce --list``: every figure, its runs and its time here; the MNIST figures' is
+    their runs x rounds x this machine's measured seconds per round (cached; see
+    diversefl.experiments.calibrate), shared among ``--jobs`` workers."""
+    from diversefl.experiments.calibrate import cache_path
+    from diversefl.experiments.reproduce import FIGURES, figure_cells
+    from diversefl.experiments.reproduce_all import (
+        figure_estimates,
+        measured_round_seconds,
+        threads_per_run,
+    )
+    from diversefl.experiments.sweep import format_duration
+
+    per_round = measured_round_seconds(args.jobs, args.recalibrate, _plain_echo)
+    estimates = figure_estimates(per_round, args.jobs)
+    table = Table(title="paper figures (diversefl reproduce FIGURE, or all)")
+    for col in ("figure", "what", "needs", "runs", f"time here (--jobs {args.jobs})"):
+        table.add_column(col)
+    for f in FIGURES.values():
+        runs, seconds = estimates.get(f.name, (len(figure_cells(f)), None))
+        time_here = f.estimate if seconds is None else f"~{format_duration(seconds)}"
+        table.add_row(f.name, f.description, f.needs, str(runs), time_here)
+    runs, seconds = estimates["all"]
+    table.add_row("all", "every MNIST figure, each run once", "MNIST", str(runs),
+                  f"~{format_duration(seconds)}")  # fmt: skip
+    console.print(table)
+    rates = ", ".join(f"{name} {s * 1000:.1f} ms" for name, s in per_round.items())
+    _plain_echo(
+        f"seconds per round measured here, {threads_per_run(args.jobs)} threads per run: "
+        f"{rates}; cached in {cache_path()} (--recalibrate measures again)"
     )
     return 0
 
@@ -506,7 +597,61 @@ def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
         help="run nothing: finished runs per defense and seed in --out, and the time left "
         "with --jobs at the pace of each defense's finished runs (safe while the sweep runs)",
     )
+    sw.add_argument(
+        "--pack",
+        type=_pack_size,
+        metavar="K|auto",
+        help="run cells that share their batches (same data, clients, model, seed) K at a "
+        "time in one process, one batched gradient per round for all: several times faster "
+        "for small models; 'auto' packs models under 50,000 parameters (equal to the runs "
+        "alone up to float rounding)",
+    )
+    _add_ray_options(sw)
     sw.set_defaults(func=cmd_sweep)
+
+
+def _pack_size(text: str) -> int | str:
+    """``--pack``: a pack size >= 2, or "auto"."""
+    if text == "auto":
+        return text
+    try:
+        size = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"a pack size (2 or more) or 'auto', got {text!r}"
+        ) from None
+    if size < 2:
+        raise argparse.ArgumentTypeError(f"a pack size is 2 or more (or 'auto'), got {size}")
+    return size
+
+
+def _add_ray_options(sw: argparse.ArgumentParser) -> None:
+    """``sweep --ray [ADDRESS]`` and what each run asks the Ray cluster for."""
+    sw.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run each run as a Ray task and collect its files into --out: no value starts "
+        "Ray on this machine (--jobs runs at once, default all cores), 'auto' joins the "
+        "cluster this machine is in, HOST:PORT a given head (needs diversefl[ray])",
+    )
+    sw.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="with --ray: CPU threads (Ray CPUs) per run (default 1)",
+    )
+    sw.add_argument(
+        "--gpu-fraction",
+        type=float,
+        help="with --ray and --device cuda: the share of a GPU each run asks for (default 1; "
+        "0.25 runs four per GPU)",
+    )
+    sw.add_argument(
+        "--retries",
+        type=int,
+        help="with --ray: times Ray reruns a run whose worker died (default 3)",
+    )
 
 
 def _add_detection_parser(sub: argparse._SubParsersAction) -> None:
@@ -598,8 +743,18 @@ def _add_plot_table_options(pl: argparse.ArgumentParser) -> None:
 def _add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
     """``diversefl reproduce FIGURE``: one paper figure's sweep and drawing."""
     rp = sub.add_parser("reproduce", help="run and draw one of the paper's figures")
-    rp.add_argument("figure", nargs="?", help="fig2, fig3, fig4, fig7, fig9, fig10, ...")
-    rp.add_argument("--list", action="store_true", help="what each figure needs and costs")
+    rp.add_argument(
+        "figure", nargs="?", help="fig2, fig3, fig4, fig7, fig9, fig10, ..., or all (every "
+        "MNIST figure, its runs in one pool of --jobs workers)"
+    )  # fmt: skip
+    rp.add_argument(
+        "--list", action="store_true",
+        help="what each figure needs, and its time measured on this machine (cached)"
+    )  # fmt: skip
+    rp.add_argument(
+        "--recalibrate", action="store_true",
+        help="measure the seconds per round anew (--list, all) instead of the cached ones"
+    )  # fmt: skip
     rp.add_argument("--data-dir", help="dataset directory (default: $DIVERSEFL_DATA)")
     rp.add_argument("--out", help="output directory (default: runs/reproduce)")
     rp.add_argument("--rounds", type=int, help="shorter runs (e.g. 5 for a smoke test)")

@@ -147,6 +147,13 @@ class ClientsConfig(_Section):
     # "mean": gradient of the mean batch loss (eq. 3); "sum": of the summed loss, i.e. m times
     # larger (the softmax-regression preset: see README "Figures and paper reproduction")
     loss: Literal["mean", "sum"] = "mean"
+    # FedAvg: local SGD steps per round from the global model, each on a fresh mini-batch; the
+    # client sends (theta - theta_E) / local_lr. 1: FedSGD, one gradient (the paper's)
+    local_steps: int = Field(1, ge=1)
+    # or local epochs: client j takes ceil(local_epochs * shard_j / batch_j) steps (unset: off)
+    local_epochs: float | None = Field(None, gt=0)
+    # the clients' local SGD step size (unset: the server's lr of the round, after the schedule)
+    local_lr: float | None = Field(None, gt=0)
 
     @field_validator("batch", "sample")
     @classmethod
@@ -156,6 +163,15 @@ class ClientsConfig(_Section):
         if isinstance(v, int) and v < 1:
             raise ValueError(f"a count must be >= 1, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _one_local_length(self) -> ClientsConfig:
+        if self.local_epochs is not None and self.local_steps > 1:
+            raise ValueError(
+                f"local_epochs = {self.local_epochs} and local_steps = {self.local_steps}: "
+                "set one of them (local_epochs gives each client its own step count)"
+            )
+        return self
 
 
 class OptimConfig(_Section):
@@ -168,6 +184,8 @@ class OptimConfig(_Section):
     gamma: float = Field(0.1, gt=0)  # step / warmup_step: the factor applied at each milestone
     warmup_rounds: int = Field(0, ge=0)  # warmup_step: rounds of linear warmup to lr
     warmup_start_lr: float = Field(0.0, ge=0)  # warmup_step: the learning rate of round 1
+    # heavy-ball momentum on the aggregate: v <- m v + aggregate, the step uses v (0: plain)
+    server_momentum: float = Field(0.0, ge=0, lt=1)
 
     @field_validator("schedule")
     @classmethod
@@ -344,6 +362,21 @@ class Config(_Section):
                 "Byzantine clients; set attack.f or aggregator.assumed_f for the f it should "
                 "assume (0: nobody)"
             ) from None
+        return self
+
+    @model_validator(mode="after")
+    def _default_searched_rule(self) -> Config:
+        """An attack that tunes itself against the server's rule (``searches_rule``, e.g.
+        alie_opt) and leaves ``attack.rule`` unset tunes against this run's aggregator, its
+        pre-aggregators included (``nnm+krum``); set here, so config.toml records it."""
+        from diversefl.attacks import REGISTRY as ATTACKS
+        from diversefl.attacks.rule_search import default_rule
+
+        extra = self.attack.model_extra
+        searches = getattr(ATTACKS.get(self.attack.name), "searches_rule", False)
+        if searches and extra is not None and "rule" not in extra:
+            agg = self.aggregator
+            extra["rule"] = default_rule(self.attack.name, agg.name, agg.pre)
         return self
 
     def byzantine_count(self, atk: Any = None) -> int:
@@ -608,6 +641,15 @@ def to_toml_dict(cfg: Config, *, defaults: bool = True) -> dict[str, Any]:
 
         raw["aggregator"] = _with_defaults(raw["aggregator"], METHODS[cfg.aggregator.name])
         raw["attack"] = _with_defaults(raw["attack"], ATTACKS[cfg.attack.name])
+    else:  # a searched rule that is the run's own aggregator is the default, not a given
+        # setting: an override naming another aggregator moves it along
+        from diversefl.aggregators.pipeline_name import pipeline_name
+        from diversefl.attacks import REGISTRY as ATTACKS
+
+        own = pipeline_name(cfg.aggregator.name, cfg.aggregator.pre)
+        if getattr(ATTACKS.get(cfg.attack.name), "searches_rule", False):
+            if raw["attack"].get("rule") == own:
+                del raw["attack"]["rule"]
     return raw
 
 

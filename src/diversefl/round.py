@@ -20,7 +20,9 @@ class RoundContext:
 
     ``guiding`` is computed lazily on first use and then kept (only DiverseFL-style rules and
     the attacks that read it pay for it); ``byzantine`` is the true Byzantine mask, which only
-    the oracle, the attacks and the metrics may read.
+    the oracle, the attacks and the metrics may read. ``params`` is the flat global model ``[d]``
+    at this round, before its step (the simulator fills it; FLDetector takes its model
+    differences from it); None where the caller does not give it.
     """
 
     round: int
@@ -39,6 +41,13 @@ class RoundContext:
     # test each layer on its own; None when the model's layout is unknown.
     layer_sizes: tuple[int, ...] | None = None
     num_classes: int | None = None  # classes of the task (label flip maps c -> C - 1 - c)
+    # The flat global model ``[d]`` the round's updates were computed at (what FLDetector needs
+    # for its model differences); None where the caller does not give it.
+    params: Tensor | None = field(default=None, compare=False)
+    # Guiding gradients on the two disjoint halves of each client's shared sample, ``[2, n, d]``
+    # (computed lazily like ``guiding``): DiverseFL's ``min_cosine = "auto"`` reads each
+    # client's noise floor from their cosine. None where the caller does not compute them.
+    guiding_halves_fn: Callable[[], Tensor] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.client_ids is None:
@@ -51,11 +60,22 @@ class RoundContext:
             raise RuntimeError("this round context has no guiding gradients (no shared samples)")
         return self.guiding_fn()
 
+    @cached_property
+    def guiding_halves(self) -> Tensor:
+        """Guiding gradients ``[2, n, d]`` on the two disjoint halves of each client's shared
+        sample (row 0: its even sample positions, row 1: its odd ones)."""
+        if self.guiding_halves_fn is None:
+            raise RuntimeError("this round context has no half-sample guiding gradients")
+        return self.guiding_halves_fn()
+
     def sharing_guides(self, **changes: Any) -> RoundContext:
-        """A copy with ``changes`` whose guiding gradients are this context's (computed at most
-        once for both: the attackers' context reads the guides the server tests)."""
+        """A copy with ``changes`` whose guiding gradients (and half-sample guides) are this
+        context's (computed at most once for both: the attackers' context reads the guides the
+        server tests)."""
         if self.guiding_fn is not None and "guiding_fn" not in changes:
             changes["guiding_fn"] = lambda: self.guiding
+        if self.guiding_halves_fn is not None and "guiding_halves_fn" not in changes:
+            changes["guiding_halves_fn"] = lambda: self.guiding_halves
         return replace(self, **changes)
 
     def restricted(self, idx: Tensor) -> RoundContext:
@@ -63,6 +83,9 @@ class RoundContext:
         guiding_fn = None
         if self.guiding_fn is not None:
             guiding_fn = lambda: self.guiding[idx]  # noqa: E731
+        halves_fn = None
+        if self.guiding_halves_fn is not None:
+            halves_fn = lambda: self.guiding_halves[:, idx]  # noqa: E731
         assert self.client_ids is not None  # set by __post_init__
         return replace(
             self,
@@ -71,6 +94,7 @@ class RoundContext:
             client_ids=self.client_ids[idx],
             byzantine=None if self.byzantine is None else self.byzantine[idx],
             guiding_fn=guiding_fn,
+            guiding_halves_fn=halves_fn,
         )
 
 

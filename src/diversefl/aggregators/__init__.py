@@ -19,10 +19,14 @@ from diversefl.aggregators.base import (
     settings,
 )
 from diversefl.aggregators.bulyan import Bulyan
+from diversefl.aggregators.caf import CAF
 from diversefl.aggregators.centered_clipping import CenteredClipping
 from diversefl.aggregators.diversefl import DiverseFL
 from diversefl.aggregators.dnc import DnC
+from diversefl.aggregators.flame import FLAME
+from diversefl.aggregators.fldetector import FLDetector
 from diversefl.aggregators.fltrust import FLTrust
+from diversefl.aggregators.foolsgold import FoolsGold
 from diversefl.aggregators.geomed import GeoMed
 from diversefl.aggregators.krum import Krum, MultiKrum
 from diversefl.aggregators.mda import MDA
@@ -33,6 +37,7 @@ from diversefl.aggregators.monna import MoNNA
 from diversefl.aggregators.noisy_median import NoisyMedian
 from diversefl.aggregators.oracle import Oracle
 from diversefl.aggregators.signguard import SignGuard
+from diversefl.aggregators.smea import SMEA
 from diversefl.aggregators.trimmed_mean import TrimmedMean, TrimmedMeanGuerraoui, TrimmedMeanXie
 from diversefl.registry import Registry
 
@@ -58,6 +63,11 @@ REGISTRY: Registry[type[Aggregator]] = Registry(
         "monna": MoNNA,
         "dnc": DnC,
         "signguard": SignGuard,
+        "flame": FLAME,
+        "foolsgold": FoolsGold,
+        "fldetector": FLDetector,
+        "caf": CAF,
+        "smea": SMEA,
     },
 )
 
@@ -68,12 +78,17 @@ def get(name: str, **params: Any) -> Aggregator:
 
 
 __all__ = [
+    "CAF",
+    "FLAME",
     "MDA",
     "REGISTRY",
+    "SMEA",
     "Aggregate",
     "Aggregator",
     "AggregatorError",
     "DnC",
+    "FLDetector",
+    "FoolsGold",
     "Meamed",
     "MoNNA",
     "RoundContext",

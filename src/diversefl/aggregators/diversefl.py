@@ -4,15 +4,18 @@ gradient the server computes on that client's own one-time sample."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from torch import Tensor
 
 from diversefl.aggregators.base import Aggregate, Aggregator, AggregatorError, RoundContext
+from diversefl.aggregators.diversefl_auto import AUTO_CAP, AutoThreshold
+from diversefl.aggregators.diversefl_bounds import BOUNDS, Bound, bounded_mean
 from diversefl.aggregators.diversefl_rule import (
     DiverseFLTest,
     clip_to_guide,
     cosine,
+    cosine_pass,
     direction_pass,
     diversefl_accept,
     diversefl_scores,
@@ -45,11 +48,19 @@ class DiverseFL(Aggregator):
     ``theta -= lr * lambda * theta`` (no client is trusted, so the model does not move toward
     any of them). Per-client ``c1`` and ``c2`` are returned as scores every round.
 
-    Four optional hardenings against attacks that pass the test in some rounds (label flip,
-    the adaptive attack), all off by default so the rule is the paper's:
+    Optional hardenings against attacks that pass the test in some rounds (label flip, the
+    adaptive attack), all off by default so the rule is the paper's:
 
     - ``min_cosine`` > 0 replaces the bare sign test C1 > 0 by ``cos(guiding_j, z_j) >
       min_cosine`` (``min_cosine = 0`` is exactly the sign test); score ``cos``.
+    - ``min_cosine = "auto"`` sets that threshold per client and round from the cosine of two
+      guiding gradients the server computes on the disjoint halves of the client's own sample
+      (``ctx.guiding_halves``): ``auto_margin * sqrt(2 c_half / (1 + c_half))``, the predicted
+      honest cosine times a margin, clipped to ``[0, 0.95]`` and smoothed per client id with an
+      exponential moving average (``auto_decay``); the derivation is in
+      :mod:`diversefl.aggregators.diversefl_auto`. A client whose sample cannot be halved (fewer
+      than 2 rows) uses ``auto_fallback`` (a warning names it). Score ``threshold``; the
+      averages are state and travel with checkpoints.
     - ``per_layer`` applies the direction test (sign, or cosine with ``min_cosine``) to every
       layer's block of the update on its own, in addition to the whole vector: a flipped
       output layer cannot hide behind agreeing hidden layers. Score ``layers_ok`` (0/1).
@@ -57,6 +68,11 @@ class DiverseFL(Aggregator):
       averaging (``z_j * min(1, |g_j| / |z_j|)``): an accepted Byzantine update can then push no
       harder than the client's own data would, which bounds what an attacker who stays inside
       the acceptance region (top of the ratio band) can do per round.
+    - ``bound`` limits what an accepted update can do beyond its norm
+      (:mod:`diversefl.aggregators.diversefl_bounds`; each also clips to the guide's norm):
+      ``"cone"`` projects it onto the cone of cosine ``cone_cos`` (default: the threshold in
+      use) around its guide, ``"orthogonal"`` keeps only its component along its guide,
+      ``"agreement"`` weights it by its cosine with its guide in the mean.
     - ``quarantine`` > 0 keeps, per client id, how often its update failed the per-round test;
       once a client has been tested ``quarantine_after`` times, it is rejected in every round
       in which its failure rate so far exceeds ``quarantine`` (it regains trust only by passing
@@ -68,20 +84,29 @@ class DiverseFL(Aggregator):
       it. Norm failures are still rejected in their round.
 
     Composition: the paper's rule is the pure :func:`diversefl_test`; ``min_cosine``
-    (:func:`direction_pass`) and ``per_layer`` (:func:`layer_direction_pass`) replace and
-    tighten its direction condition, the ratio band is kept; ``quarantine`` then removes the
-    clients :func:`quarantine_trusted` distrusts given the counts in ``self.ledger`` (a
-    :class:`FailureLedger`); ``clip_to_guide`` (:func:`clip_to_guide`) rescales the rows before
-    the accepted ones are averaged.
+    (:func:`direction_pass`, or :func:`cosine_pass` with the per-client "auto" thresholds) and
+    ``per_layer`` (:func:`layer_direction_pass`) replace and tighten its direction condition,
+    the ratio band is kept; ``quarantine`` then removes the clients :func:`quarantine_trusted`
+    distrusts given the counts in ``self.ledger`` (a :class:`FailureLedger`); ``clip_to_guide``
+    (:func:`clip_to_guide`) rescales the rows and ``bound`` (:func:`bounded_mean`) replaces the
+    mean of the accepted ones.
     """
 
     name: ClassVar[str] = "diversefl"
     needs_guiding: ClassVar[bool] = True
     eps1: float = 0.5  # lower bound on |z| / |guiding| (paper: 0.5)
     eps2: float = 2.0  # upper bound on |z| / |guiding| (paper: 2)
-    min_cosine: float = 0.0  # accept only cos(guiding, z) > min_cosine (0: the paper's C1 > 0)
+    # accept only cos(guiding, z) > min_cosine (0: the paper's C1 > 0); "auto": a threshold per
+    # client and round from the cosine of guides on the two halves of its sample
+    min_cosine: float | Literal["auto"] = 0.0
+    auto_margin: float = 0.75  # "auto": the threshold's share of the predicted honest cosine
+    auto_decay: float = 0.9  # "auto": weight of the past in each client's moving average
+    auto_fallback: float = 0.0  # "auto": the threshold of a client whose sample has < 2 rows
     per_layer: bool = False  # also apply the direction test to each layer's block
     clip_to_guide: bool = False  # scale accepted updates down to at most their guide's norm
+    # bound what an accepted update can do: "none", "cone", "orthogonal" or "agreement"
+    bound: Bound = "none"
+    cone_cos: float | None = None  # bound = "cone": the cone's cosine (None: the threshold)
     quarantine: float = 0.0  # reject clients whose failure rate so far exceeds this (0: off)
     quarantine_after: int = 10  # tests a client must have had before quarantine applies
     quarantine_on: str = "any"  # count failures of the whole test ("any") or of "direction" only
@@ -91,8 +116,11 @@ class DiverseFL(Aggregator):
             raise AggregatorError(
                 f"diversefl: need 0 <= eps1 < eps2, got eps1={self.eps1}, eps2={self.eps2}"
             )
-        if not 0 <= self.min_cosine < 1:
-            raise AggregatorError(f"diversefl: min_cosine must be in [0, 1), got {self.min_cosine}")
+        self._check_threshold_settings()
+        if self.bound not in BOUNDS:
+            raise AggregatorError(f"diversefl: bound must be one of {BOUNDS}, got {self.bound!r}")
+        if self.cone_cos is not None and not 0 <= self.cone_cos < 1:
+            raise AggregatorError(f"diversefl: cone_cos must be in [0, 1), got {self.cone_cos}")
         if not 0 <= self.quarantine < 1:
             raise AggregatorError(f"diversefl: quarantine must be in [0, 1), got {self.quarantine}")
         if self.quarantine_on not in ("any", "direction"):
@@ -104,6 +132,35 @@ class DiverseFL(Aggregator):
                 f"diversefl: quarantine_after must be >= 1, got {self.quarantine_after}"
             )
         self.ledger = FailureLedger()  # quarantine's per-client counts (its state)
+        self.auto: AutoThreshold | None = None  # "auto"'s per-client averages (its state)
+        if self.min_cosine == "auto":
+            self.auto = AutoThreshold(self.auto_margin, self.auto_decay, self.auto_fallback)
+
+    def _check_threshold_settings(self) -> None:
+        """``min_cosine`` and the "auto" settings, one clear error each."""
+        if isinstance(self.min_cosine, str):
+            if self.min_cosine != "auto":
+                raise AggregatorError(
+                    f"diversefl: min_cosine must be a number in [0, 1) or 'auto', got "
+                    f"{self.min_cosine!r}"
+                )
+            if self.per_layer:
+                raise AggregatorError(
+                    "diversefl: per_layer needs a fixed min_cosine (a layer's noise floor is not "
+                    "the whole update's, which min_cosine = 'auto' measures)"
+                )
+        elif not 0 <= self.min_cosine < 1:
+            raise AggregatorError(f"diversefl: min_cosine must be in [0, 1), got {self.min_cosine}")
+        if not 0 < self.auto_margin <= 1:
+            raise AggregatorError(
+                f"diversefl: auto_margin must be in (0, 1], got {self.auto_margin}"
+            )
+        if not 0 <= self.auto_decay < 1:
+            raise AggregatorError(f"diversefl: auto_decay must be in [0, 1), got {self.auto_decay}")
+        if not 0 <= self.auto_fallback <= AUTO_CAP:
+            raise AggregatorError(
+                f"diversefl: auto_fallback must be in [0, {AUTO_CAP}], got {self.auto_fallback}"
+            )
 
     def check(self, n: int, f: int) -> None:
         """DiverseFL's test is per client, so any n >= 1 works (no bound on f)."""
@@ -112,30 +169,67 @@ class DiverseFL(Aggregator):
 
     def aggregate(self, updates: Tensor, ctx: RoundContext) -> Aggregate:
         """The paper's test (:func:`diversefl_test`), the hardenings composed around it, and
-        the mean of the accepted (optionally clipped) updates."""
+        the mean of the accepted (optionally clipped or bounded) updates."""
         guiding = self._guiding(updates, ctx)
         test = diversefl_test(guiding, updates, self.eps1, self.eps2)
         # cos is logged for every setting: the honest clients' cosines are what `min_cosine` is
         # chosen from (`diversefl detection --cosines`), so a run of the paper's rule needs them
         scores = test.scores()
-        direction = direction_pass(test, self.min_cosine)
+        threshold = self._threshold(updates, ctx)
+        if isinstance(threshold, Tensor):  # "auto": one threshold per client
+            scores["threshold"] = threshold
+            direction = cosine_pass(test.cos, threshold)
+        else:
+            direction = direction_pass(test, threshold)
         if self.per_layer:
-            layers_ok = layer_direction_pass(guiding, updates, self._sizes(ctx), self.min_cosine)
+            assert isinstance(threshold, float | int)  # per_layer refuses "auto"
+            layers_ok = layer_direction_pass(guiding, updates, self._sizes(ctx), threshold)
             scores["layers_ok"] = layers_ok.to(updates.dtype)
             direction = direction & layers_ok
         passed = direction & test.in_band  # the paper's test.accepted when nothing hardens it
         accepted = passed
         if self.quarantine > 0:
-            self.ledger.begin_round(ctx.round)
-            counted = direction if self.quarantine_on == "direction" else passed
-            assert ctx.client_ids is not None  # RoundContext.__post_init__ fills it
-            rate, seen = self.ledger.record(ctx.client_ids, counted)
-            scores["fail_rate"] = rate.to(updates.dtype)
-            trusted = quarantine_trusted(rate, seen, self.quarantine, self.quarantine_after)
-            accepted = passed & trusted
+            accepted = passed & self._trusted(passed, direction, ctx, scores)
         if self.clip_to_guide:
             updates = clip_to_guide(updates, test.g_norm, test.z_norm)
-        return Aggregate(update=mean_of(updates, accepted), accepted=accepted, scores=scores)
+        if self.bound == "none":
+            update = mean_of(updates, accepted)
+        else:
+            cone = threshold if self.cone_cos is None else self.cone_cos
+            update = bounded_mean(self.bound, guiding, updates, accepted, cone)
+        return Aggregate(update=update, accepted=accepted, scores=scores)
+
+    def _threshold(self, updates: Tensor, ctx: RoundContext) -> float | Tensor:
+        """The direction threshold: ``min_cosine`` itself, or with "auto" the round's
+        per-client thresholds ``[n]`` (in the updates' dtype and device)."""
+        if self.auto is None:
+            assert not isinstance(self.min_cosine, str)  # "auto" sets self.auto
+            return self.min_cosine
+        if ctx.guiding_halves_fn is None:
+            raise AggregatorError(
+                "diversefl: min_cosine = 'auto' needs the guiding gradients on the halves of "
+                "each client's sample (ctx.guiding_halves), which this caller does not compute"
+            )
+        halves = ctx.guiding_halves.to(updates.dtype)
+        if halves.shape != (2, *updates.shape):
+            raise AggregatorError(
+                f"half-sample guiding gradients {tuple(halves.shape)} do not match updates "
+                f"{tuple(updates.shape)} (expected [2, n, d])"
+            )
+        assert ctx.client_ids is not None  # RoundContext.__post_init__ fills it
+        t = self.auto.thresholds(ctx.round, ctx.client_ids, halves)
+        return t.to(dtype=updates.dtype, device=updates.device)
+
+    def _trusted(
+        self, passed: Tensor, direction: Tensor, ctx: RoundContext, scores: dict[str, Tensor]
+    ) -> Tensor:
+        """Quarantine: record this round's failures, log the rates, and say who is trusted."""
+        self.ledger.begin_round(ctx.round)
+        counted = direction if self.quarantine_on == "direction" else passed
+        assert ctx.client_ids is not None  # RoundContext.__post_init__ fills it
+        rate, seen = self.ledger.record(ctx.client_ids, counted)
+        scores["fail_rate"] = rate.to(scores["cos"].dtype)
+        return quarantine_trusted(rate, seen, self.quarantine, self.quarantine_after)
 
     @staticmethod
     def _guiding(updates: Tensor, ctx: RoundContext) -> Tensor:
@@ -173,10 +267,21 @@ class DiverseFL(Aggregator):
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        """The per-client test counts of the quarantine rule."""
-        return self.ledger.state_dict()
+        """The per-client test counts of the quarantine rule, and with "auto" the per-client
+        threshold averages (key ``auto``)."""
+        state = self.ledger.state_dict()
+        if self.auto is not None:
+            state["auto"] = self.auto.ema.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the counts saved by :meth:`state_dict`."""
-        if state:
-            self.ledger.load_state_dict(state)
+        """Restore the counts (and "auto"'s averages) saved by :meth:`state_dict`."""
+        if not state:
+            return
+        self.ledger.load_state_dict(state)
+        if self.auto is not None:
+            if "auto" not in state:
+                raise AggregatorError(
+                    "diversefl: min_cosine = 'auto', but the saved state holds no thresholds"
+                )
+            self.auto.ema.load_state_dict(state["auto"])

@@ -87,9 +87,10 @@ def diversefl_test(guiding: Tensor, updates: Tensor, eps1: float, eps2: float) -
     )
 
 
-def cosine_pass(cos: Tensor, min_cosine: float) -> Tensor:
+def cosine_pass(cos: Tensor, min_cosine: float | Tensor) -> Tensor:
     """The ``min_cosine`` hardening: the direction test becomes ``cos > min_cosine`` instead of
-    the sign test ``C1 > 0`` (which ``min_cosine = 0`` is)."""
+    the sign test ``C1 > 0`` (which ``min_cosine = 0`` is); one threshold, or one per client
+    ``[n]`` (``min_cosine = "auto"``)."""
     return cos > min_cosine
 
 

@@ -8,7 +8,9 @@ from diversefl.attacks.adaptive import AdaptiveDiverseFL
 from diversefl.attacks.alie import ALIE
 from diversefl.attacks.alie_opt import ALIEOptimised
 from diversefl.attacks.backdoor import Backdoor
+from diversefl.attacks.badnets import BadNets
 from diversefl.attacks.base import Attack
+from diversefl.attacks.dba import DBA
 from diversefl.attacks.fang import FangKrum, FangTrimmedMean
 from diversefl.attacks.gaussian import Gaussian
 from diversefl.attacks.inf import Inf
@@ -43,6 +45,8 @@ REGISTRY: Registry[type[Attack]] = Registry(
         "fang_trmean": FangTrimmedMean,
         "alie_opt": ALIEOptimised,
         "ipm_opt": IPMOptimised,
+        "badnets": BadNets,
+        "dba": DBA,
     },
 )
 

@@ -26,7 +26,8 @@ class ALIEOptimised(Attack):
     registry with its default settings, a fresh one each time) on the honest rows and the ``f``
     messages, and the one whose output is farthest (Euclidean) from the honest mean wins (ties:
     the smaller z). The rule is an attack setting because the round context does not say which
-    rule the server runs: set it to the rule under test. This is the
+    rule the server runs; a config that leaves it unset gets the run's own aggregator, its
+    pre-aggregators included (``nnm+krum``), at default settings. This is the
     "optimised" ALIE of Shejwalkar & Houmansadr's AGR-tailored framework, with the perturbation
     fixed to ALIE's ``-sigma`` and a grid search over its scale.
 
@@ -41,7 +42,10 @@ class ALIEOptimised(Attack):
     name: ClassVar[str] = "alie_opt"
     needs_other_clients: ClassVar[bool] = True  # mean and std of the honest updates
     uses_own_gradients: ClassVar[bool] = False
-    rule: str = "krum"  # aggregation rule the factor is tuned against (default settings)
+    searches_rule: ClassVar[bool] = True  # a config's unset `rule` is the run's aggregator
+    # rule or pipeline (nnm+krum) the factor is tuned against, at default settings; a config
+    # leaving it unset gets its aggregator's name, krum only when built outside a config
+    rule: str = "krum"
     z_min: float = 0.0  # smallest shift tried, in honest stds
     z_max: float = 5.0  # largest shift tried, in honest stds
     steps: int = 21  # evenly spaced shifts tried in [z_min, z_max] (plus ALIE's z_max(n, f))

@@ -48,6 +48,16 @@ class Attack:
         """Attack-specific metrics from test-set predictions (see ``metric_names``)."""
         return {}
 
+    def trigger(self, x: Tensor) -> Tensor | None:
+        """The test inputs ``x [N, ...]`` stamped with the attack's full trigger, which the
+        evaluation runs a second test pass on; None (the default) for attacks without one."""
+        return None
+
+    def trigger_metrics(self, preds: Tensor, labels: Tensor) -> dict[str, float]:
+        """Attack-specific metrics from the predictions on the triggered test inputs
+        (:meth:`trigger`) and their true labels (their names are in ``metric_names`` too)."""
+        return {}
+
     def poison(self, x: Tensor, y: Tensor, ctx: RoundContext) -> tuple[Tensor, Tensor]:
         """Transform the Byzantine clients' batches ``x [f, m, ...]``, ``y [f, m]``."""
         return x, y

@@ -28,7 +28,9 @@ class IPMOptimised(Attack):
     the rule named ``rule`` (built from the aggregator registry with its default settings, a
     fresh one each time) on the honest rows and the ``f`` messages, and the one whose output is
     farthest (Euclidean) from the honest mean wins (ties: the smaller epsilon). The rule is an
-    attack setting because the round context does not say which rule the server runs.
+    attack setting because the round context does not say which rule the server runs; a config
+    that leaves it unset gets the run's own aggregator, its pre-aggregators included
+    (``nnm+krum``), at default settings.
 
     References
     ----------
@@ -41,7 +43,10 @@ class IPMOptimised(Attack):
     name: ClassVar[str] = "ipm_opt"
     needs_other_clients: ClassVar[bool] = True  # the scale is tuned on the honest updates
     uses_own_gradients: ClassVar[bool] = False
-    rule: str = "krum"  # aggregation rule the factor is tuned against (default settings)
+    searches_rule: ClassVar[bool] = True  # a config's unset `rule` is the run's aggregator
+    # rule or pipeline (nnm+krum) the factor is tuned against, at default settings; a config
+    # leaving it unset gets its aggregator's name, krum only when built outside a config
+    rule: str = "krum"
     epsilon_min: float = 0.01  # smallest scale tried (> 0: a geometric grid)
     epsilon_max: float = 100.0  # largest scale tried
     steps: int = 21  # geometrically spaced scales tried (plus IPM's default 0.1)

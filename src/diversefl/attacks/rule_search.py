@@ -1,28 +1,56 @@
 """What the optimised ALIE and IPM share: pick, from candidate factors, the one whose message
-pushes a named aggregation rule's output farthest from the honest mean."""
+pushes a named aggregation rule's output farthest from the honest mean. The rule is a rule's
+name or a pipeline's (``nnm+krum``: pre-aggregators, then the rule)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from diversefl.aggregators import REGISTRY as RULES
 from diversefl.aggregators.base import Aggregator, RoundContext
+from diversefl.aggregators.pipeline import Pipeline
+from diversefl.aggregators.pipeline_name import SEPARATOR, pipeline_name, split_pipeline_name
+from diversefl.aggregators.pre import build_stages
 
 
 def check_rule_name(attack: str, rule: str) -> None:
-    """Raise ValueError unless ``rule`` names a registered aggregation rule."""
-    if rule not in RULES:
+    """Raise ValueError unless ``rule`` names a registered aggregation rule, or a pipeline of
+    registered pre-aggregators before one (``nnm+krum``) that can be built."""
+    stages, name = split_pipeline_name(rule, f"{attack}.rule")
+    if name not in RULES:
         allowed = ", ".join(sorted(RULES))
-        raise ValueError(f"{attack}: unknown rule {rule!r}; allowed: {allowed}")
+        raise ValueError(f"{attack}: unknown rule {name!r}; allowed: {allowed}")
+    if stages:
+        build_rule(rule)  # a stage that regroups clients before a rule reading their own rows
+
+
+def default_rule(attack: str, aggregator: str, pre: list[str | dict[str, Any]] | None) -> str:
+    """The rule ``attack`` tunes against when a config leaves its ``rule`` unset: the run's
+    aggregator behind its pre-aggregators (``nnm+krum``), checked; a protocol (RSA) is no rule
+    to tune against, a ValueError that asks for ``attack.rule``."""
+    if aggregator not in RULES:
+        raise ValueError(
+            f"attack.rule: {attack} tunes its messages against the server's aggregation rule, "
+            f"and aggregator {aggregator!r} is not one (a protocol?); set attack.rule to the "
+            f"rule to tune against (one of: {', '.join(sorted(RULES))})"
+        )
+    rule = pipeline_name(aggregator, pre)
+    check_rule_name(attack, rule)
+    return rule
 
 
 def build_rule(rule: str) -> Aggregator:
-    """The rule ``rule`` with its default settings (a fresh one: stateful rules start empty)."""
-    return RULES.build(rule, {})
+    """The rule (or ``pre+...+rule`` pipeline) ``rule`` with default settings everywhere (a
+    fresh one: stateful rules start empty)."""
+    if SEPARATOR not in rule:
+        return RULES.build(rule, {})
+    stages, name = split_pipeline_name(rule, "rule")
+    return Pipeline(build_stages(list[str | dict[str, Any]](stages)), RULES.build(name, {}))
 
 
 def with_messages(honest: Tensor, sent: Tensor, f: int, ctx: RoundContext) -> Tensor:
@@ -51,16 +79,27 @@ def best_factor(
     rule's output farthest (Euclidean) from the honest mean; ties go to the earlier candidate.
 
     Each candidate is judged by a fresh rule with default settings (:func:`build_rule`), so a
-    stateful rule (centered clipping's momentum) is judged from its initial state."""
+    stateful rule (centered clipping's momentum) is judged from its initial state, and with a
+    copy of the round's generator, so a random rule (bucketing, noisy median) sees the same
+    draws for every candidate and the server's own draws this round are left as they were."""
     mean = honest.to(torch.float64).mean(0)
     best, best_gap = candidates[0], -1.0
     for factor in candidates:
         rows = with_messages(honest, message(factor), f, ctx)
-        out = build_rule(rule)(rows, ctx).update.to(torch.float64)
+        judged = ctx.sharing_guides(generator=copied_generator(ctx.generator))
+        out = build_rule(rule)(rows, judged).update.to(torch.float64)
         gap = float((out - mean).norm())
         if gap > best_gap:
             best, best_gap = factor, gap
     return best
+
+
+def copied_generator(gen: torch.Generator) -> torch.Generator:
+    """A generator on ``gen``'s device in ``gen``'s current state (drawing from it leaves
+    ``gen`` where it was)."""
+    copy = torch.Generator(device=gen.device)
+    copy.set_state(gen.get_state())
+    return copy
 
 
 def grid(lo: float, hi: float, steps: int, log: bool) -> list[float]:

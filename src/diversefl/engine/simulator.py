@@ -19,11 +19,20 @@ from diversefl.data.datasets import Dataset
 from diversefl.data.preprocess import sample_stats, standardize_tensor
 from diversefl.engine.devices import usable_device
 from diversefl.engine.gradients import batched_grads
+from diversefl.engine.half_guides import half_sample_guides
 from diversefl.engine.inputs import ModelFactory, build_module, client_parts, load_data
+from diversefl.engine.local_training import (
+    batch_generator,
+    local_lr,
+    local_pseudo_gradients,
+    server_step_count,
+    step_counts,
+    uses_local_training,
+)
 from diversefl.engine.params import FlatModel
 from diversefl.engine.schedules import make_schedule
 from diversefl.engine.seeding import generator, seed_dropout, seed_for
-from diversefl.engine.server_step import server_step
+from diversefl.engine.server_step import make_momentum, server_step
 from diversefl.methods import build_method
 from diversefl.protocols.base import Protocol, ProtocolState
 from diversefl.round import RoundContext, RoundRecord
@@ -155,6 +164,18 @@ def eval_pass(
     return torch.cat(preds), total / x_test.shape[0]
 
 
+def trigger_metrics(
+    attack: Attack, fm: FlatModel, theta: Tensor, x_test: Tensor, y_test: Tensor, batch: int
+) -> dict[str, float]:
+    """The attack's metrics on its triggered copy of the test set (a second test pass), ``{}``
+    for an attack without a trigger. Shared by the simulator and the Flower server."""
+    triggered = attack.trigger(x_test)
+    if triggered is None:
+        return {}
+    preds, _ = eval_pass(fm, theta, triggered, y_test, batch)
+    return attack.trigger_metrics(preds, y_test)
+
+
 def metric_summary(
     names: list[str] | tuple[str, ...], rows: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -255,12 +276,37 @@ class Simulation:
             cfg.optim.warmup_rounds,
             cfg.optim.warmup_start_lr,
         )
+        self._setup_local_training()
         self.sample_idx, self.sample_w = self._shared_samples()
         if cfg.data.standardize == "samples":
             self._standardize_by_samples()
         self._whole_shards = self._gather_whole_shards()
 
     # -- setup ---------------------------------------------------------------------------
+    def _setup_local_training(self) -> None:
+        """Each client's local steps per round (``local_steps``; None: FedSGD, one gradient),
+        the server momentum (None: the plain step), and their refusals before any round: a
+        protocol (RSA's clients keep models of their own) and a local step size of 0."""
+        cfg = self.cfg
+        local = uses_local_training(cfg)
+        self.local_steps = step_counts(cfg, self.shard_len, self.batch_k) if local else None
+        self.momentum = make_momentum(cfg.optim.server_momentum)
+        if isinstance(self.aggregator, Protocol) and (local or self.momentum is not None):
+            given = (
+                f"clients.local_steps = {cfg.clients.local_steps}"
+                if cfg.clients.local_steps > 1
+                else f"clients.local_epochs = {cfg.clients.local_epochs}"
+                if local
+                else f"optim.server_momentum = {cfg.optim.server_momentum}"
+            )
+            raise ValueError(
+                f"{given}: aggregator {cfg.aggregator.name!r} is a protocol whose clients keep "
+                "models of their own; it runs FedSGD rounds only (no local training, no "
+                "server momentum)"
+            )
+        if local:
+            local_lr(cfg, self.schedule(1))  # a step size of 0 is refused now, not in round 1
+
     def _initial_byzantine(self, chosen: list[int] | None = None) -> Tensor | None:
         """The fixed Byzantine mask, or None when it is redrawn every round."""
         return fixed_byzantine_mask(self.cfg, self.n, self.f, chosen)
@@ -302,25 +348,29 @@ class Simulation:
         return x, y, length_mask(self.shard_len, self.shards.shape[1]).to(self.device)
 
     # -- one round -----------------------------------------------------------------------
-    def draw_batches(self, r: int) -> tuple[Tensor, Tensor]:
-        """Mini-batch indices ``[n, m]`` into the training set and weights for round r.
+    def draw_batches(self, r: int, step: int = 0) -> tuple[Tensor, Tensor]:
+        """Mini-batch indices ``[n, m]`` into the training set and weights for round r (local
+        step ``step``: see :func:`~diversefl.engine.local_training.batch_generator`).
 
         Whole-shard batches are the shards in their stored order (no draw: a mini-batch gradient
         does not depend on the order of its examples)."""
         if self._whole_shards is not None:
             return self.shards, length_mask(self.shard_len, self.shards.shape[1])
-        gen = generator(self.cfg.seed, "batch", r)
+        gen = batch_generator(self.cfg.seed, r, step)
         pos, w = draw_without_replacement(self.shard_len, self.batch_k, gen, self.shards.shape[1])
         return self.shards.gather(1, pos), w
 
-    def batches(self, r: int, writable: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-        """Round r's training examples ``[n, m, ...]``, labels ``[n, m]`` and weights ``[n, m]``,
-        on the engine's device. With ``writable`` the caller may modify x and y in place (they
-        are copies); without, whole-shard batches are the cached tensors themselves."""
+    def batches(
+        self, r: int, writable: bool = True, step: int = 0
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Round r's training examples ``[n, m, ...]``, labels ``[n, m]`` and weights ``[n, m]``
+        (of local step ``step``), on the engine's device. With ``writable`` the caller may
+        modify x and y in place (they are copies); without, whole-shard batches are the cached
+        tensors themselves."""
         if self._whole_shards is not None:
             x, y, w = self._whole_shards
             return (x.clone(), y.clone(), w) if writable else (x, y, w)
-        idx, w = self.draw_batches(r)
+        idx, w = self.draw_batches(r, step)
         x, y = self.gather(idx.to(self.device))
         return x, y, w.to(self.device)
 
@@ -331,28 +381,75 @@ class Simulation:
         x = self.x_train.index_select(0, flat).view(*idx.shape, *self.x_train.shape[1:])
         return x, self.y_train.index_select(0, flat).view(idx.shape)
 
-    def guiding(self, theta: Tensor) -> Tensor:
-        """Server-side gradients ``[n, d]`` on each client's shared sample (eq. 6)."""
+    def guiding(self, theta: Tensor, r: int | None = None) -> Tensor:
+        """Server-side gradients ``[n, d]`` on each client's shared sample (eq. 6). With local
+        training: the pseudo-gradients of each client's local steps, every step on its whole
+        sample, at round ``r``'s local step size."""
         x, y = self.gather(self.sample_idx.to(self.device))
-        return batched_grads(
-            self.fm,
-            theta,
-            x,
-            y,
-            self.sample_w.to(self.device),
-            self.cfg.engine.clients_per_chunk or None,
-            self.loss_scale,
-            method=self.cfg.engine.grads,
-        )
+        w = self.sample_w.to(self.device)
+        chunk = self.cfg.engine.clients_per_chunk or None
+        if self.local_steps is None:
+            return batched_grads(
+                self.fm, theta, x, y, w, chunk, self.loss_scale, method=self.cfg.engine.grads
+            )
 
-    def server_gradient(self, theta: Tensor, idx: Tensor) -> Tensor:
-        """Gradient ``[d]`` on training examples ``idx`` (server-held data, e.g. FLTrust's root
-        data) on the clients' scale: see :func:`server_loss_scale`."""
-        idx = idx.to(self.device)
-        return server_batch_gradient(
-            self.fm, theta, self.x_train[idx], self.y_train[idx], self.loss_scale,
-            self.cfg.clients.loss, self.cfg.engine.grads,
+        def grads_at(models: Tensor, s: int, rows: Tensor | None) -> Tensor:
+            sel = slice(None) if rows is None else rows
+            method = self.cfg.engine.grads if s == 0 else self._per_client_method
+            xs, ys, ws, scale = x[sel], y[sel], w[sel], self.loss_scale[sel]
+            return batched_grads(self.fm, models, xs, ys, ws, chunk, scale, method=method)
+
+        lr = local_lr(self.cfg, self.schedule(self._local_round(r, "guiding")))
+        return local_pseudo_gradients(theta, grads_at, self.local_steps, lr)
+
+    def guiding_halves(self, theta: Tensor, r: int | None = None) -> Tensor:
+        """Guiding gradients ``[2, n, d]`` on the two disjoint halves of each client's shared
+        sample (alternate positions of its seeded sample order:
+        :func:`~diversefl.engine.half_guides.split_halves`), computed as :meth:`guiding` is
+        (with local training, the same local steps): DiverseFL's ``min_cosine = "auto"``."""
+        x, y = self.gather(self.sample_idx.to(self.device))
+        lr = None
+        if self.local_steps is not None:
+            lr = local_lr(self.cfg, self.schedule(self._local_round(r, "guiding_halves")))
+        return half_sample_guides(
+            self.fm, theta, x, y, self.sample_w.to(self.device), self.loss_scale,
+            self.local_steps, lr, self.cfg.engine.clients_per_chunk or None,
+            self.cfg.engine.grads,
         )  # fmt: skip
+
+    def server_gradient(self, theta: Tensor, idx: Tensor, r: int | None = None) -> Tensor:
+        """Gradient ``[d]`` on training examples ``idx`` (server-held data, e.g. FLTrust's root
+        data) on the clients' scale: see :func:`server_loss_scale`. With local training: the
+        pseudo-gradient of the clients' local steps (their mean count), every step on all of
+        ``idx``, at round ``r``'s local step size."""
+        idx = idx.to(self.device)
+        x, y = self.x_train[idx], self.y_train[idx]
+        if self.local_steps is None:
+            return server_batch_gradient(
+                self.fm, theta, x, y, self.loss_scale, self.cfg.clients.loss, self.cfg.engine.grads
+            )
+
+        def grads_at(models: Tensor, s: int, rows: Tensor | None) -> Tensor:
+            model = models if models.dim() == 1 else models[0]
+            return server_batch_gradient(
+                self.fm, model, x, y, self.loss_scale, self.cfg.clients.loss, self.cfg.engine.grads
+            )[None]
+
+        lr = local_lr(self.cfg, self.schedule(self._local_round(r, "server_gradient")))
+        steps = torch.tensor([server_step_count(self.local_steps)])
+        return local_pseudo_gradients(theta, grads_at, steps, lr)[0]
+
+    def _local_round(self, r: int | None, what: str) -> int:
+        """The round a server-side local computation belongs to (its local step size)."""
+        if r is None:
+            raise ValueError(f"{what}: with local training give the round r (its local lr)")
+        return r
+
+    @property
+    def _per_client_method(self) -> str:
+        """``engine.grads`` for one model per client (local steps after the first): the
+        hand-written dense backward takes one shared model only, so "dense" becomes "auto"."""
+        return "auto" if self.cfg.engine.grads == "dense" else self.cfg.engine.grads
 
     def context(self, r: int, byz: Tensor) -> RoundContext:
         """The round context handed to the attack and the aggregator."""
@@ -363,11 +460,13 @@ class Simulation:
             f=self.f_assumed,
             generator=generator(self.cfg.seed, "round", r),
             byzantine=byz.to(self.device),
-            guiding_fn=lambda: self.guiding(theta),
-            server_grad_fn=lambda idx: self.server_gradient(theta, idx),
+            guiding_fn=lambda: self.guiding(theta, r),
+            guiding_halves_fn=lambda: self.guiding_halves(theta, r),
+            server_grad_fn=lambda idx: self.server_gradient(theta, idx, r),
             shared_samples=self.sample_idx[self.sample_w > 0],
             layer_sizes=self.fm.layer_sizes,
             num_classes=self.data.num_classes,
+            params=theta,
         )
 
     def client_gradients(
@@ -402,13 +501,53 @@ class Simulation:
             compute=compute,
         )
 
+    def local_updates(
+        self, r: int, byz: Tensor, ctx: RoundContext, compute: Tensor | None = None
+    ) -> Tensor:
+        """Every client's pseudo-gradient ``[n, d]`` after its local SGD steps in round r
+        (FedAvg): step 0 is :meth:`client_gradients`' batch at the global model, step s a fresh
+        draw; Byzantine batches are poisoned by data attacks at every step. Clients outside
+        ``compute`` take no step and send zeros."""
+        assert self.local_steps is not None  # only with local training
+        steps = self.local_steps if compute is None else self.local_steps * compute.long()
+
+        def grads_at(models: Tensor, s: int, rows: Tensor | None) -> Tensor:
+            if s == 0:
+                return self.client_gradients(r, byz, ctx, theta=models, compute=compute)
+            return self._local_step_gradients(r, s, byz, ctx, models, rows)
+
+        lr = local_lr(self.cfg, self.schedule(r))
+        return local_pseudo_gradients(self.theta, grads_at, steps, lr)
+
+    def _local_step_gradients(
+        self, r: int, s: int, byz: Tensor, ctx: RoundContext, models: Tensor, rows: Tensor | None
+    ) -> Tensor:
+        """Gradients ``[k, d]`` of local step s >= 1 of round r for the clients ``rows`` (None:
+        all) at their own models ``[k, d]``, Byzantine batches poisoned by data attacks."""
+        seed_dropout(seed_for(self.cfg.seed, "dropout", r, s), self.device)
+        poisons = bool(byz.any()) and type(self.attack).poison is not Attack.poison
+        x, y, w = self.batches(r, writable=poisons, step=s)
+        if poisons:  # all f Byzantine rows at once, as at step 0 (a row's rank may matter)
+            byz_d = byz.to(self.device)
+            x[byz_d], y[byz_d] = self.attack.poison(x[byz_d], y[byz_d], ctx)
+        scale = self.loss_scale
+        if rows is not None:  # the clients still stepping
+            rows = rows.to(self.device)
+            x, y, w, scale = x[rows], y[rows], w[rows], scale[rows]
+        chunk = self.cfg.engine.clients_per_chunk or None
+        return batched_grads(self.fm, models, x, y, w, chunk, scale, method=self._per_client_method)
+
     def client_updates(self, r: int, byz: Tensor, ctx: RoundContext) -> Tensor:
         """What every client sends in round r, ``[n, d]`` (attacks applied). For an attack
         that ignores the Byzantine clients' own gradients (``uses_own_gradients = False``)
         they are not asked for: on the dense models (softmax, MLP) that is f/n less gradient
         work, with the honest rows exactly as before."""
         skip = not type(self.attack).uses_own_gradients and bool(byz.any()) and not bool(byz.all())
-        grads = self.client_gradients(r, byz, ctx, compute=~byz if skip else None)
+        compute = ~byz if skip else None
+        if self.local_steps is None:
+            grads = self.client_gradients(r, byz, ctx, compute=compute)
+        else:
+            grads = self.local_updates(r, byz, ctx, compute)
         byz_d = byz.to(self.device)
         grads = cast("Aggregator", self.aggregator).prepare(grads, ctx)  # protocols: not here
         if bool(byz.any()):
@@ -426,8 +565,9 @@ class Simulation:
             return self._protocol_round(r, byz, ctx)
         updates = self.client_updates(r, byz, ctx)
         self.theta, rec = server_step(
-            self.theta, self.aggregator, updates, ctx, self.schedule(r), self.cfg.optim.weight_decay
-        )
+            self.theta, self.aggregator, updates, ctx, self.schedule(r),
+            self.cfg.optim.weight_decay, self.momentum,
+        )  # fmt: skip
         return rec
 
     def _protocol_round(self, r: int, byz: Tensor, ctx: RoundContext) -> RoundRecord:
@@ -477,11 +617,17 @@ class Simulation:
 
     @torch.no_grad()
     def evaluate(self, theta: Tensor | None = None) -> dict[str, float]:
-        """Test accuracy and mean cross-entropy of the current (or given) model."""
+        """Test accuracy and mean cross-entropy of the current (or given) model, plus the
+        attack's metrics (on the triggered test set too, for an attack with a trigger)."""
         theta = self.theta if theta is None else theta
         preds, loss = self._test_pass(theta)
         out = {"test_accuracy": float((preds == self.y_test).float().mean()), "test_loss": loss}
         out.update(self.attack.metrics(preds, self.y_test))
+        out.update(
+            trigger_metrics(
+                self.attack, self.fm, theta, self.x_test, self.y_test, self.cfg.eval.batch
+            )
+        )
         return out
 
     @torch.no_grad()
@@ -501,7 +647,13 @@ class Simulation:
                 k: None if v is None else v.detach().cpu() for k, v in self.protocol_state.items()
             }
             return {"theta": self.theta.cpu(), "aggregator": state}
-        return {"theta": self.theta.cpu(), "aggregator": self.aggregator.state_dict()}
+        out = {"theta": self.theta.cpu(), "aggregator": self.aggregator.state_dict()}
+        attack_state = getattr(self.attack, "state_dict", None)  # e.g. mirrored thresholds
+        if callable(attack_state) and attack_state():
+            out["attack"] = attack_state()
+        if self.momentum is not None:  # the heavy-ball buffer, so a resumed run goes on exactly
+            out["server_momentum"] = self.momentum.state_dict()
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
@@ -511,3 +663,9 @@ class Simulation:
             self.protocol_state = {} if saved.get("clients") is None else dict(saved)
         else:
             self.aggregator.load_state_dict(state["aggregator"])
+        if "attack" in state:
+            self.attack.load_state_dict(state["attack"])  # type: ignore[attr-defined]
+        if self.momentum is not None:
+            if "server_momentum" not in state:
+                raise ValueError("the checkpoint holds no server momentum buffer")
+            self.momentum.load_state_dict(state["server_momentum"], self.theta)

@@ -14,7 +14,7 @@ from diversefl.cell_lock import CellLock, holder
 from diversefl.engine.packed import PACK_MAX_PARAMS, PackedFederation, pack_key
 from diversefl.engine.resume import read_resume_point
 from diversefl.engine.runner import ModelDivergedError, RunLoop
-from diversefl.experiments.sweep import (
+from diversefl.experiments.cells import (
     Cell,
     CellResult,
     _run_cell,

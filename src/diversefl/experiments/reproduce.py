@@ -14,6 +14,7 @@ from typing import Any
 from diversefl.experiments.sweep import Cell, load_sweep, run_sweep
 
 PRESETS = Path(__file__).parent.parent / "configs" / "paper"
+DEFAULT_OUT = Path("runs") / "reproduce"  # where runs and figures go without --out
 PAPER_AGGREGATORS = (
     "oracle",
     "median",
@@ -35,7 +36,9 @@ class Figure:
     preset: str
     description: str
     needs: str
-    estimate: str  # rough wall time of the full reproduction on an idle 2-core CPU
+    # what the full reproduction costs, for figures whose time `reproduce --list` does not
+    # measure here (the CIFAR ones); the MNIST figures' is measured (experiments.calibrate)
+    estimate: str = ""
     aggregators: tuple[str, ...] | None = None  # None = every aggregator of the preset
     attacks: tuple[str, ...] | None = None
     metrics: tuple[str, ...] = ("test_accuracy",)
@@ -51,7 +54,6 @@ FIGURES: dict[str, Figure] = {
             "mnist-mlp",
             "C1 x C2 of every client per round (MLP, DiverseFL s=1%)",
             "MNIST",
-            "~25 min",
             aggregators=("diversefl-s1",),
             attacks=ALL_ATTACKS,
             metrics=(),
@@ -62,7 +64,6 @@ FIGURES: dict[str, Figure] = {
             "mnist-softmax",
             "softmax regression: no attack, Gaussian, sign flip",
             "MNIST",
-            "~12 min",
             aggregators=PAPER_AGGREGATORS,
             attacks=MAIN_ATTACKS,
         ),
@@ -71,7 +72,6 @@ FIGURES: dict[str, Figure] = {
             "mnist-softmax",
             "softmax regression, all five settings (supp. B.1)",
             "MNIST",
-            "~20 min",
             aggregators=PAPER_AGGREGATORS,
             attacks=ALL_ATTACKS,
         ),
@@ -80,7 +80,6 @@ FIGURES: dict[str, Figure] = {
             "mnist-mlp",
             "MLP: no attack, Gaussian, sign flip",
             "MNIST",
-            "~75 min",
             attacks=MAIN_ATTACKS,
         ),
         Figure(
@@ -88,7 +87,6 @@ FIGURES: dict[str, Figure] = {
             "mnist-mlp",
             "MLP, all five settings (supp. B.2)",
             "MNIST",
-            "~2 h",
             attacks=ALL_ATTACKS,
         ),
         Figure(
@@ -96,7 +94,6 @@ FIGURES: dict[str, Figure] = {
             "mnist-backdoor",
             "backdoor on MNIST: main and backdoor accuracy",
             "MNIST",
-            "~20 min",
             metrics=("main_accuracy", "backdoor_accuracy"),
         ),
         Figure(
@@ -104,7 +101,7 @@ FIGURES: dict[str, Figure] = {
             "cifar10-vgg11",
             "VGG11-GN on CIFAR-10: no attack, Gaussian, sign flip",
             "CIFAR-10 + GPU",
-            "hours on a GPU",
+            estimate="hours on a GPU",
             attacks=MAIN_ATTACKS,
         ),
         Figure(
@@ -112,7 +109,7 @@ FIGURES: dict[str, Figure] = {
             "cifar10-vgg11",
             "VGG11-GN on CIFAR-10, all five settings",
             "CIFAR-10 + GPU",
-            "hours on a GPU",
+            estimate="hours on a GPU",
             attacks=ALL_ATTACKS,
         ),
         Figure(
@@ -120,7 +117,7 @@ FIGURES: dict[str, Figure] = {
             "cifar100-vgg11",
             "VGG11-GN on CIFAR-100: no attack, Gaussian, sign flip",
             "CIFAR-100 + GPU",
-            "hours on a GPU",
+            estimate="hours on a GPU",
             attacks=MAIN_ATTACKS,
         ),
         Figure(
@@ -128,7 +125,7 @@ FIGURES: dict[str, Figure] = {
             "cifar100-vgg11",
             "VGG11-GN on CIFAR-100, all five settings",
             "CIFAR-100 + GPU",
-            "hours on a GPU",
+            estimate="hours on a GPU",
             attacks=ALL_ATTACKS,
         ),
         Figure(
@@ -136,7 +133,7 @@ FIGURES: dict[str, Figure] = {
             "cifar10-cnn",
             "small CNN on CIFAR-10 with Median and Bulyan (supp. C)",
             "CIFAR-10",
-            "hours on a CPU",
+            estimate="hours on a CPU",
             attacks=ALL_ATTACKS,
         ),
     ]
@@ -160,6 +157,16 @@ def figure_cells(fig: Figure, rounds: int | None = None, device: str | None = No
     ]  # fmt: skip
 
 
+def mnist_figures() -> list[Figure]:
+    """The figures on MNIST (what ``reproduce all`` runs), in :data:`FIGURES` order."""
+    return [f for f in FIGURES.values() if f.needs == "MNIST"]
+
+
+def run_root(root: Path, fig: Figure, rounds: int | None = None) -> Path:
+    """Where the runs of ``fig``'s preset go: ``root/<preset>[-r<rounds>]``."""
+    return root / (fig.preset + ("" if rounds is None else f"-r{rounds}"))
+
+
 def reproduce(
     name: str,
     out: str | Path | None = None,
@@ -175,23 +182,25 @@ def reproduce(
     Runs go to ``out/<preset>[-r<rounds>]/`` so figures sharing a preset share runs; its
     ``sweep.csv`` lists every finished run of the preset grid (what ``plot --table`` reads),
     whichever figure or sweep ran them. ``device`` (e.g. "cpu") replaces every preset cell's
-    engine.device; the data and the device are checked before any run starts.
+    engine.device; the data and the device are checked before any run starts. Every MNIST
+    figure at once, in one pool of ``jobs`` workers: :func:`~.reproduce_all.reproduce_all`.
     """
-    from diversefl import plots
-
     if name not in FIGURES:
-        raise ValueError(f"unknown figure {name!r}; known: {', '.join(FIGURES)}")
+        raise ValueError(
+            f"unknown figure {name!r}; known: {', '.join(FIGURES)}, and all (every MNIST "
+            "figure: `diversefl reproduce all`, reproduce_all.reproduce_all in Python)"
+        )
     fig = FIGURES[name]
-    root = Path(out) if out is not None else Path("runs") / "reproduce"
-    run_root = root / (fig.preset + ("" if rounds is None else f"-r{rounds}"))
+    root = Path(out) if out is not None else DEFAULT_OUT
+    runs = run_root(root, fig, rounds)
     grid = preset_cells(fig, rounds, device)
     cells = figure_cells(fig, rounds, device)
-    echo(f"{name}: {fig.description}; {len(cells)} of the {len(grid)} runs in {run_root}")
+    echo(f"{name}: {fig.description}; {len(cells)} of the {len(grid)} runs in {runs}")
     # the whole preset grid with only this figure's cells chosen: sweep.csv lists every
     # finished run of the preset, whichever figure or sweep ran it
     rows = run_sweep(
         grid,
-        run_root,
+        runs,
         data_dir=data_dir,
         progress=progress,
         echo=echo,
@@ -199,24 +208,32 @@ def reproduce(
         only=[glob.escape(c.dirname) for c in cells],
     )
     finished = {r["run_dir"] for r in rows}
+    return draw_figure(fig, cells, finished, root, rounds, echo)
+
+
+def draw_figure(
+    fig: Figure,
+    cells: list[Cell],
+    finished: set[str],
+    root: Path,
+    rounds: int | None = None,
+    echo: Callable[[str], Any] = print,
+    again: str = "",
+) -> list[Path]:
+    """Draw ``fig`` from the runs of ``cells`` that are ``finished`` (run directory names
+    under its run root) into ``root/<figure>[-r<rounds>].png``; says which runs it leaves out
+    and the command that finishes them (``again``, default ``diversefl reproduce <figure>``)."""
+    from diversefl import plots
+
     unfinished = [c.dirname for c in cells if c.dirname not in finished]
     if unfinished:  # skipped: another sweep process on the same directory runs them
         echo(
             f"note: {len(unfinished)} of {len(cells)} runs are not finished (another process "
             f"is running {', '.join(unfinished[:3])}{', ...' if len(unfinished) > 3 else ''}); "
-            f"the figure leaves them out: run `diversefl reproduce {name}` again when they are"
+            f"the figure leaves them out: run `{again or 'diversefl reproduce ' + fig.name}` "
+            "again when they are"
         )
-    # draw from only this figure's cells (the run root may hold more of the preset's grid)
-    view = root / "figures" / (name + ("" if rounds is None else f"-r{rounds}"))
-    view.mkdir(parents=True, exist_ok=True)
-    for c in cells:  # finished runs only: a run in progress would be drawn cut short
-        link = view / c.dirname
-        if link.is_symlink() and (c.dirname not in finished or not link.exists()):
-            link.unlink()  # not finished, or a link left broken by a moved run root
-        if c.dirname in finished and not link.exists():
-            # relative, so that the run root can be moved or copied with its figures
-            target = os.path.relpath(run_root / c.dirname, view)
-            link.symlink_to(target, target_is_directory=True)
+    view = _figure_view(fig, cells, finished, root, rounds)
     paths = []
     if fig.metrics:  # several metrics (the backdoor's two accuracies): panels of one figure
         paths.append(
@@ -224,7 +241,7 @@ def reproduce(
                 view,
                 metric=list(fig.metrics),
                 out=root / f"{view.name}.png",
-                title=f"{name}: {fig.description}",
+                title=f"{fig.name}: {fig.description}",
             )
         )
     if fig.c1c2:
@@ -232,3 +249,22 @@ def reproduce(
     for p in paths:
         echo(f"wrote {p}")
     return paths
+
+
+def _figure_view(
+    fig: Figure, cells: list[Cell], finished: set[str], root: Path, rounds: int | None
+) -> Path:
+    """``root/figures/<figure>[-r<rounds>]``: relative links to the figure's finished runs
+    only (the run root may hold more of the preset's grid, or runs still in progress)."""
+    runs = run_root(root, fig, rounds)
+    view = root / "figures" / (fig.name + ("" if rounds is None else f"-r{rounds}"))
+    view.mkdir(parents=True, exist_ok=True)
+    for c in cells:  # finished runs only: a run in progress would be drawn cut short
+        link = view / c.dirname
+        if link.is_symlink() and (c.dirname not in finished or not link.exists()):
+            link.unlink()  # not finished, or a link left broken by a moved run root
+        if c.dirname in finished and not link.exists():
+            # relative, so that the run root can be moved or copied with its figures
+            target = os.path.relpath(runs / c.dirname, view)
+            link.symlink_to(target, target_is_directory=True)
+    return view

@@ -13,21 +13,28 @@ import threading
 import time
 import tomllib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diversefl.cell_lock import CellLock, holder
 from diversefl.config import (
-    Config,
     ConfigError,
     Override,
     apply_overrides,
     make_config,
-    to_toml_dict,
+)
+from diversefl.experiments.cells import (  # noqa: F401 (re-exported: the old home)
+    Cell,
+    CellResult,
+    _check_dataset,
+    _check_device,
+    _run_cell,
+    check_setup,
+    config_difference,
+    finished_summary,
+    run_cell,
 )
 from diversefl.experiments.sweep_record import write_overrides
-from diversefl.results import atomic_write_bytes, read_summary
+from diversefl.results import atomic_write_bytes
 
 SWEEP_COLUMNS = [
     "aggregator",
@@ -41,20 +48,6 @@ SWEEP_COLUMNS = [
     "run_dir",
 ]
 SWEEP_KEYS = {"aggregators", "attacks", "seeds"}
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One run of a sweep: its labels and its fully validated config."""
-
-    aggregator: str
-    attack: str
-    seed: int
-    config: Config
-
-    @property
-    def dirname(self) -> str:
-        return f"{self.aggregator}__{self.attack}__seed{self.seed}"
 
 
 def _checked_label(label: Any, kind: str) -> str:
@@ -73,16 +66,20 @@ def _entry(
 ) -> tuple[str, str, dict[str, Any], list[Override], list[str] | None]:
     """(label, name, params, overrides, attack labels or None for all) from a string or a
     table entry of the grid. Only an aggregator entry may name the attacks it runs against
-    (``attacks = ["none"]``: OracleSGD ignores Byzantine clients, so one run per seed)."""
+    (``attacks = ["none"]``: OracleSGD ignores Byzantine clients, so one run per seed), and
+    put pre-aggregators before its rule (``pre = ["nnm"]``, or the name ``"nnm+krum"``); its
+    label is then the pipeline's name unless it gives one."""
     if isinstance(item, str):
-        return _checked_label(item, kind), item, {}, [], None
+        item = {"name": item}
     if not isinstance(item, dict) or "name" not in item:
         raise ConfigError(
             f"sweep.{kind}: each entry is a name or a table with 'name', got {item!r}"
         )
     item = dict(item)
+    if kind == "aggregators":
+        item = _pipeline_entry(item)
     name = item.pop("name")
-    label = _checked_label(item.pop("label", name), kind)
+    label = _checked_label(item.pop("label", _default_label(name, item.get("pre"))), kind)
     sets = item.pop("set", {})
     if not isinstance(sets, dict):
         raise ConfigError(f"sweep.{kind}: 'set' must be a table of dotted keys, got {sets!r}")
@@ -98,6 +95,38 @@ def _entry(
         if len(set(only)) != len(only):
             raise ConfigError(f"sweep.aggregators: {label}'s 'attacks' repeats a label: {only}")
     return label, name, item, overrides, only
+
+
+def _default_label(name: Any, pre: Any) -> Any:
+    """An entry's label when it gives none: its name, or with pre-aggregators the pipeline's
+    name (``nnm+krum``); a malformed ``pre`` is left for the config's own check to name."""
+    from diversefl.aggregators.pipeline_name import pipeline_name
+
+    stages_named = isinstance(pre, list) and all(
+        isinstance(s, str) or (isinstance(s, dict) and isinstance(s.get("name"), str)) for s in pre
+    )
+    return pipeline_name(name, pre) if isinstance(name, str) and stages_named else name
+
+
+def _pipeline_entry(item: dict[str, Any]) -> dict[str, Any]:
+    """An aggregator entry whose name is a pipeline's (``nnm+krum``) as the rule's name with
+    ``pre`` (the stages before it); other entries as they are. Naming the stages both in the
+    name and in ``pre`` is an error, as is a part of the name that is no pre-aggregator."""
+    from diversefl.aggregators.pipeline_name import SEPARATOR, split_pipeline_name
+
+    name = item["name"]
+    if not isinstance(name, str) or SEPARATOR not in name:
+        return item
+    try:
+        stages, rule = split_pipeline_name(name, "sweep.aggregators")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if "pre" in item:
+        raise ConfigError(
+            f"sweep.aggregators: {name!r} names its pre-aggregators, and the entry also sets "
+            f"'pre' = {item['pre']!r}; give them in one place"
+        )
+    return {**item, "name": rule, "pre": stages}
 
 
 def expand(raw: dict[str, Any]) -> list[Cell]:
@@ -253,112 +282,6 @@ def select(cells: list[Cell], patterns: list[str] | None) -> list[Cell]:
     return chosen
 
 
-def finished_summary(cell: Cell, run_dir: Path) -> dict[str, Any] | None:
-    """The saved summary of a finished run of ``cell``, or None when it still has to run."""
-    summary_path = run_dir / "summary.json"
-    if not summary_path.exists() or (run_dir / ".running").exists():
-        return None
-    differs = config_difference(cell, run_dir)
-    if differs:
-        raise ConfigError(
-            f"{run_dir} holds a finished run with a different config ({differs}); use another --out"
-        )
-    return read_summary(summary_path)
-
-
-def config_difference(cell: Cell, run_dir: Path) -> str:
-    """'' when ``run_dir/config.toml`` is ``cell``'s config, else the first key that differs
-    ('aggregator.beta: saved 0.1, grid 0.2'). Compared as validated configs, so settings
-    added later with defaults still match."""
-    from diversefl.config_diff import setting_differences
-
-    saved = to_toml_dict(make_config(tomllib.loads((run_dir / "config.toml").read_text())))
-    differs = setting_differences(saved, to_toml_dict(cell.config), ("saved", "grid"))
-    return differs[0] if differs else ""
-
-
-def _check_device(device: str) -> None:
-    """Raise ConfigError when this machine lacks ``device`` (the run's own check, early)."""
-    from diversefl.engine.devices import usable_device
-
-    usable_device(device)
-
-
-def _check_dataset(name: str, data_dir: str | None, keep: bool) -> None:
-    """Run the loader's own checks of dataset ``name`` in ``data_dir`` (its DataError)."""
-    from diversefl.data import clear_cache, load_cifar, load_dataset, resolve_data_dir
-
-    # keep: load it as a run does, so runs in this process take it from the loader's cache
-    # (no second load). Else (--jobs workers load their own) CIFAR is checked as raw arrays,
-    # 0.2-0.5 s, not kept, instead of holding ~0.7 GB of normalised images here (2-3 s).
-    if keep:
-        load_dataset(name, data_dir)
-    elif name in ("cifar10", "cifar100"):
-        load_cifar(resolve_data_dir(data_dir), "cifar10" if name == "cifar10" else "cifar100")
-    else:
-        load_dataset(name, data_dir)
-        clear_cache()  # checked; the --jobs workers load their own copies
-
-
-def check_setup(cells: list[Cell], data_dir: str | None = None, keep_data: bool = True) -> None:
-    """Check once per device and dataset of ``cells`` that they exist here, before any run."""
-    for device in dict.fromkeys(c.config.engine.device for c in cells):
-        _check_device(device)
-    for name in dict.fromkeys(c.config.data.dataset for c in cells):
-        _check_dataset(name, data_dir, keep_data)
-
-
-@dataclass(frozen=True)
-class CellResult:
-    """What became of one cell in this process: run here (``elsewhere`` empty), found
-    finished by another sweep process, or skipped because another process runs it
-    (``summary`` None); ``elsewhere`` says which."""
-
-    summary: dict[str, Any] | None
-    elsewhere: str = ""
-
-
-def _run_cell(
-    cell: Cell, run_dir: Path, data_dir: str | None, progress: bool, threads: int = 0
-) -> CellResult:
-    """Run (or resume) one cell into ``run_dir`` under its lock, so that a second sweep
-    process on the same directory never runs it at the same time; a cell another process
-    finished meanwhile is not run again. Also the worker function of ``--jobs``:
-    ``threads`` > 0 caps torch's intra-op threads in that process."""
-    import torch
-
-    from diversefl.api import run
-
-    if threads > 0:
-        torch.set_num_threads(threads)
-    # before the lock creates the run directory: a --jobs worker checks (and loads) the data
-    # itself, and in the sweep's own process this finds what run_sweep checked in the cache
-    check_setup([cell], data_dir)
-    lock = CellLock(run_dir)
-    if not lock.acquire():
-        return CellResult(None, f"running in {holder(run_dir) or 'another process'}")
-    try:
-        done = finished_summary(cell, run_dir)
-        if done is not None:
-            return CellResult(done, "finished by another process")
-        resume = (run_dir / "checkpoint.pt").exists()
-        run_dir.mkdir(parents=True, exist_ok=True)  # made by the lock, except without fcntl
-        (run_dir / ".running").touch()
-        (run_dir / "summary.json").unlink(missing_ok=True)
-        result = run(
-            cell.config,
-            data_dir=data_dir,
-            out=run_dir,
-            resume=resume,
-            overwrite=not resume,
-            progress=progress,
-        )
-        (run_dir / ".running").unlink()
-        return CellResult(result.summary)
-    finally:
-        lock.release()
-
-
 def _rate(value: float | None) -> str:
     """A detection rate for a progress line: '-' where there is none (no attacker)."""
     return "-" if value is None else f"{value:.3f}"
@@ -511,6 +434,55 @@ def _run_in_pool(
             record(futures[fut], fut.result())
 
 
+def _run_packs(
+    cells: list[Cell],
+    todo: list[int],
+    out: Path,
+    data_dir: str | None,
+    jobs: int,
+    pack: int | str,
+    record: Callable[[int, CellResult], None],
+) -> None:
+    """Run the cells ``todo`` in packs (:func:`~diversefl.experiments.packing.plan_packs`),
+    the largest packs first, ``jobs`` packs at a time; ``record`` each cell's result. A cell
+    that failed (its model diverged) does not stop its pack: its error is raised at the end."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    import torch
+
+    from diversefl.experiments.packing import plan_packs, run_pack
+
+    index = {cells[i].dirname: i for i in todo}
+    packs = sorted(plan_packs([cells[i] for i in todo], out, pack, data_dir),
+                   key=lambda p: -len(p.cells))  # fmt: skip
+    errors: list[BaseException] = []
+
+    def handle(cells_of: tuple[Cell, ...], results: list[CellResult | BaseException]) -> None:
+        for cell, res in zip(cells_of, results, strict=True):
+            if isinstance(res, BaseException):
+                errors.append(res)
+            else:
+                record(index[cell.dirname], res)
+
+    if jobs <= 1 or len(packs) <= 1:
+        for p in packs:
+            handle(p.cells, run_pack(p, out, data_dir))
+    else:
+        threads = max(1, torch.get_num_threads() // jobs)
+        with ProcessPoolExecutor(
+            max_workers=jobs,
+            mp_context=mp.get_context("spawn"),
+            initializer=_exit_with_parent,
+            initargs=(os.getpid(),),
+        ) as pool:
+            futures = {pool.submit(run_pack, p, out, data_dir, threads): p for p in packs}
+            for fut in as_completed(futures):
+                handle(futures[fut].cells, fut.result())
+    if errors:
+        raise errors[0]
+
+
 def run_sweep(
     cells: list[Cell],
     out: str | Path,
@@ -521,6 +493,7 @@ def run_sweep(
     jobs: int = 1,
     only: list[str] | None = None,
     overrides: Sequence[str] | None = None,
+    pack: int | str | None = None,
 ) -> list[dict[str, Any]]:
     """Run every cell into ``out/<aggregator>__<attack>__seed<k>`` and write ``sweep.csv``
     (``csv_name=None``: no csv, e.g. when only part of a grid is run).
@@ -530,7 +503,10 @@ def run_sweep(
     on ``jobs``. ``only`` (shell-style patterns on cell names) runs just the matching cells;
     ``sweep.csv`` still lists every finished cell of the grid, in grid order. ``overrides``
     (the command line's ``--set``, ``--rounds``, ...) are recorded in ``out`` for
-    ``sweep --status`` (:mod:`diversefl.experiments.sweep_record`)."""
+    ``sweep --status`` (:mod:`diversefl.experiments.sweep_record`). ``pack`` (K, or "auto")
+    runs cells that share their batches K at a time in one process
+    (:mod:`diversefl.experiments.packing`): faster for small models, equal to the cells run
+    alone up to float rounding."""
     out = Path(out)
     summaries, todo = _plan(cells, out, {c.dirname for c in select(cells, only)}, echo)
     # a missing dataset or device fails here, before any directory is made, rather than in
@@ -570,7 +546,9 @@ def run_sweep(
         if csv_name:
             write_sweep_csv(out / csv_name, current_rows())
 
-    if jobs <= 1 or len(todo) <= 1:
+    if pack:
+        _run_packs(cells, todo, out, data_dir, jobs, pack, record)
+    elif jobs <= 1 or len(todo) <= 1:
         for i in todo:
             record(i, _run_cell(cells[i], out / cells[i].dirname, data_dir, progress))
     else:

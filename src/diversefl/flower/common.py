@@ -18,7 +18,7 @@ import logging
 import os
 import secrets
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,15 @@ from diversefl.attacks.base import Attack
 from diversefl.config import Config, apply_overrides, load_config, make_config, to_toml_dict
 from diversefl.engine.gradients import batched_grads
 from diversefl.engine.inputs import build_network
+from diversefl.engine.local_training import (
+    batch_generator,
+    local_lr,
+    local_pseudo_gradients,
+    step_counts,
+    uses_local_training,
+)
 from diversefl.engine.params import FlatModel
+from diversefl.engine.schedules import make_schedule
 from diversefl.engine.seeding import generator, seed_dropout, seed_for
 from diversefl.engine.simulator import _count, draw_without_replacement, eval_pass
 from diversefl.flower.node_data import NodeData, load_node_data, standardized, with_shard_lens
@@ -344,14 +352,18 @@ def shared_sample(cfg: Config, shard: ClientShard) -> tuple[Tensor, Tensor, Tens
     return shard.indices[pos], shard.x[pos], shard.y[pos]
 
 
-def batch_positions(cfg: Config, shard: ClientShard, r: int) -> tuple[Tensor, Tensor]:
-    """Positions in the shard ``[K]`` and weights ``[K]`` of round r's mini-batch (row j of the
-    simulator's draw; K is the largest batch size, weights mask this client's padding)."""
-    gen = generator(cfg.seed, "batch", r)
+def batch_positions(
+    cfg: Config, shard: ClientShard, r: int, step: int = 0
+) -> tuple[Tensor, Tensor]:
+    """Positions in the shard ``[k]`` and weights ``[k]`` (ones) of round r's mini-batch of
+    local step ``step``: row j of the simulator's draw without its padding (this client's k
+    may be below the largest batch size; the padding's positions lie outside its shard)."""
+    gen = batch_generator(cfg.seed, r, step)
     lens = shard.shard_lens
-    pos, w = draw_without_replacement(lens, batch_counts(cfg, lens), gen, int(lens.max()))
+    k = batch_counts(cfg, lens)
+    pos, w = draw_without_replacement(lens, k, gen, int(lens.max()))
     j = shard.partition_id
-    return pos[j], w[j]
+    return pos[j, : int(k[j])], w[j, : int(k[j])]
 
 
 @dataclass(frozen=True)
@@ -397,16 +409,53 @@ def check_deployable_attack(name: str) -> None:
 
 
 def node_guiding(
-    cfg: Config, shard: ClientShard, fm: FlatModel, theta: Tensor, k: Tensor
+    cfg: Config, shard: ClientShard, fm: FlatModel, theta: Tensor, k: Tensor, r: int = 1
 ) -> Tensor:
-    """The guiding gradient ``[d]`` the server computes for this node (eq. 6), computed by the
-    node on the sample it shared (what an attacker who knows the rule does)."""
+    """The guiding gradient ``[d]`` the server computes for this node in round r (eq. 6; with
+    local training the same local steps on the whole sample), computed by the node on the
+    sample it shared (what an attacker who knows the rule does)."""
     _, x, y = shared_sample(cfg, shard)
     scale = k.float()[None] if cfg.clients.loss == "sum" else torch.ones(1)
     w = torch.ones(1, len(y))
-    return batched_grads(
-        fm, theta.float(), x[None], y[None], w, None, scale, method=cfg.engine.grads
-    )[0]
+    return node_gradient(cfg, shard, fm, theta, r, lambda s: (x[None], y[None], w), scale)
+
+
+def round_lr(cfg: Config, r: int) -> float:
+    """The server's learning rate of round r (``optim.lr`` after the schedule)."""
+    o = cfg.optim
+    return make_schedule(o.schedule, o.lr, o.milestones, o.gamma, o.warmup_rounds,
+                         o.warmup_start_lr)(r)  # fmt: skip
+
+
+def node_gradient(
+    cfg: Config,
+    shard: ClientShard,
+    fm: FlatModel,
+    theta: Tensor,
+    r: int,
+    batch: Callable[[int], tuple[Tensor, Tensor, Tensor]],
+    scale: Tensor,
+) -> Tensor:
+    """This node's gradient ``[d]`` in round r on ``batch(0)`` (x, y, w with a client axis of
+    1), or with local training its pseudo-gradient after its local steps, step s on
+    ``batch(s)``: the simulator's row for this client (:func:`local_pseudo_gradients`)."""
+    theta = theta.float()
+    if not uses_local_training(cfg):
+        x, y, w = batch(0)
+        return batched_grads(fm, theta, x, y, w, None, scale, method=cfg.engine.grads)[0]
+    j = shard.partition_id
+    lens = shard.shard_lens
+    steps = step_counts(cfg, lens, batch_counts(cfg, lens))[j : j + 1]
+    per_client = "auto" if cfg.engine.grads == "dense" else cfg.engine.grads
+
+    def grads_at(models: Tensor, s: int, rows: Tensor | None) -> Tensor:
+        if s > 0:
+            seed_dropout(seed_for(cfg.seed, "dropout", r, j, s))
+        x, y, w = batch(s)
+        method = cfg.engine.grads if s == 0 else per_client
+        return batched_grads(fm, models, x, y, w, None, scale, method=method)
+
+    return local_pseudo_gradients(theta, grads_at, steps, local_lr(cfg, round_lr(cfg, r)))[0]
 
 
 def _overrides(obj: object, base: type, method: str) -> bool:
@@ -430,15 +479,20 @@ def client_update(cfg: Config, shard: ClientShard, theta: Tensor, r: int, role: 
         generator=generator(cfg.seed, "round", r),
         num_classes=shard.num_classes,
     )
-    pos, w = batch_positions(cfg, shard, r)
-    x, y = shard.x[pos][None], shard.y[pos][None]
     attack = _attack(role.attack, json.dumps(role.params or {}, sort_keys=True))
-    if role.byzantine:
-        x, y = attack.poison(x, y, ctx)
+
+    def batch(s: int) -> tuple[Tensor, Tensor, Tensor]:  # local step s's batch
+        pos, w = batch_positions(cfg, shard, r, s)
+        x, y = shard.x[pos][None], shard.y[pos][None]
+        if role.byzantine:  # as row `rank` of the f Byzantine rows: seeded draws, DBA's part
+            xs, ys = attack.poison(x.expand(ctx.f, *x.shape[1:]), y.expand(ctx.f, -1), ctx)
+            x, y = xs[role.rank : role.rank + 1], ys[role.rank : role.rank + 1]
+        return x, y, w[None]
+
     k = batch_counts(cfg, shard.shard_lens)[j]
     scale = k.float()[None] if cfg.clients.loss == "sum" else torch.ones(1)
     seed_dropout(seed_for(cfg.seed, "dropout", r, j))
-    grad = batched_grads(fm, theta.float(), x, y, w[None], None, scale, method=cfg.engine.grads)[0]
+    grad = node_gradient(cfg, shard, fm, theta, r, batch, scale)
     agg = build_method(cfg.aggregator.name, cfg.aggregator.params(), cfg.aggregator.pre)
     if isinstance(agg, Aggregator) and _overrides(agg, Aggregator, "prepare"):
         full = torch.zeros(n, grad.numel(), dtype=grad.dtype)
@@ -446,7 +500,7 @@ def client_update(cfg: Config, shard: ClientShard, theta: Tensor, r: int, role: 
         grad = agg.prepare(full, ctx)[j]
     if role.byzantine and _overrides(attack, Attack, "__call__"):
         if attack.reads_guiding:  # its own guide stands for each Byzantine row
-            guide = node_guiding(cfg, shard, fm, theta, k)[None].expand(ctx.f, -1)
+            guide = node_guiding(cfg, shard, fm, theta, k, r)[None].expand(ctx.f, -1)
             ctx = dataclasses.replace(
                 ctx, byzantine=torch.ones(ctx.f, dtype=torch.bool), guiding_fn=lambda: guide
             )

@@ -38,17 +38,26 @@ from diversefl.config import Config
 from diversefl.data.preprocess import sample_stats, standardize_tensor
 from diversefl.engine.devices import usable_device
 from diversefl.engine.gradients import batched_grads
+from diversefl.engine.half_guides import half_sample_guides
 from diversefl.engine.inputs import build_network
+from diversefl.engine.local_training import (
+    local_lr,
+    local_pseudo_gradients,
+    server_step_count,
+    step_counts,
+    uses_local_training,
+)
 from diversefl.engine.params import FlatModel
 from diversefl.engine.schedules import make_schedule
 from diversefl.engine.seeding import generator, seed_for
-from diversefl.engine.server_step import server_step
+from diversefl.engine.server_step import make_momentum, server_step
 from diversefl.engine.simulator import (
     eval_pass,
     fixed_byzantine_mask,
     metric_summary,
     round_byzantine_mask,
     server_batch_gradient,
+    trigger_metrics,
 )
 from diversefl.flower.common import check_deployable_attack
 from diversefl.flower.errors import FederationError
@@ -99,6 +108,11 @@ class FlowerFederation:
             cfg.optim.schedule, cfg.optim.lr, cfg.optim.milestones, cfg.optim.gamma,
             cfg.optim.warmup_rounds, cfg.optim.warmup_start_lr,
         )  # fmt: skip
+        self.momentum = make_momentum(cfg.optim.server_momentum)
+        # each partition's local steps (local training; set with the samples), else None
+        self.local_steps: Tensor | None = None
+        if uses_local_training(cfg):
+            local_lr(cfg, self.schedule(1))  # a local step size of 0 is refused now
         self.test_source = test_set
         self.test: TestSet | None = None
         self.facts: TaskFacts | None = None
@@ -187,6 +201,8 @@ class FlowerFederation:
             x = standardize_tensor(pool.x.reshape(-1, *shape), *self.feature_stats)
             pool = dataclasses.replace(pool, x=x.reshape(pool.x.shape))
         self.pool = pool
+        if uses_local_training(self.cfg):  # the partitions' step counts from what they report
+            self.local_steps = self._step_counts(held)
         if self.cfg.clients.loss == "sum":  # the scale follows the batch sizes nodes report
             sizes = {j: float(s.batch_size) for j, s in held.items()}
             if self.reference is not None:  # the server's copy knows every partition's batch
@@ -196,21 +212,72 @@ class FlowerFederation:
             scale = [sizes.get(j, other[j]) for j in range(self.n)]
             self.loss_scale = torch.tensor(scale, device=self.device)
 
-    def guiding(self, theta: Tensor) -> Tensor:
-        """Guiding gradients ``[n, d]`` on the uploaded samples (eq. 6)."""
+    def _step_counts(self, held: dict[int, Any]) -> Tensor:
+        """Local steps ``[n]`` of every partition, from the shard length and batch size its
+        node reported with its sample (1 for a partition without a sample)."""
+        lens = torch.ones(self.n, dtype=torch.long)
+        batch = torch.ones(self.n, dtype=torch.long)
+        for j, s in held.items():
+            lens[j], batch[j] = int(s.shard_len), int(s.batch_size)
+        steps = step_counts(self.cfg, lens, batch)
+        steps[[j for j in range(self.n) if j not in held]] = 1
+        return steps
+
+    def guiding(self, theta: Tensor, r: int | None = None) -> Tensor:
+        """Guiding gradients ``[n, d]`` on the uploaded samples (eq. 6); with local training
+        the pseudo-gradients of each partition's local steps on its whole sample at round
+        ``r``'s local step size (as the simulator's ``Simulation.guiding``)."""
         pool = self._samples()
-        return batched_grads(
-            self.fm, theta, pool.x, pool.y, pool.w, self.cfg.engine.clients_per_chunk or None,
-            self.loss_scale, method=self.cfg.engine.grads,
+        chunk, method = self.cfg.engine.clients_per_chunk or None, self.cfg.engine.grads
+        if self.local_steps is None:
+            return batched_grads(
+                self.fm, theta, pool.x, pool.y, pool.w, chunk, self.loss_scale, method=method
+            )
+        per_client = "auto" if method == "dense" else method
+
+        def grads_at(models: Tensor, s: int, rows: Tensor | None) -> Tensor:
+            sel = slice(None) if rows is None else rows
+            x, y, w, scale = pool.x[sel], pool.y[sel], pool.w[sel], self.loss_scale[sel]
+            m = method if s == 0 else per_client
+            return batched_grads(self.fm, models, x, y, w, chunk, scale, method=m)
+
+        lr = local_lr(self.cfg, self.schedule(_round_of(r, "guiding")))
+        return local_pseudo_gradients(theta, grads_at, self.local_steps, lr)
+
+    def guiding_halves(self, theta: Tensor, r: int | None = None) -> Tensor:
+        """Guiding gradients ``[2, n, d]`` on the two disjoint halves of each uploaded sample
+        (alternate positions in upload order), computed as :meth:`guiding` is: DiverseFL's
+        ``min_cosine = "auto"`` (as the simulator's ``Simulation.guiding_halves``)."""
+        pool = self._samples()
+        lr = None
+        if self.local_steps is not None:
+            lr = local_lr(self.cfg, self.schedule(_round_of(r, "guiding_halves")))
+        return half_sample_guides(
+            self.fm, theta, pool.x, pool.y, pool.w, self.loss_scale, self.local_steps, lr,
+            self.cfg.engine.clients_per_chunk or None, self.cfg.engine.grads,
         )  # fmt: skip
 
-    def server_gradient(self, theta: Tensor, keys: Tensor) -> Tensor:
+    def server_gradient(self, theta: Tensor, keys: Tensor, r: int | None = None) -> Tensor:
         """Gradient ``[d]`` on pooled uploaded examples (named by ``keys``, see
-        :class:`SamplePool`) on the clients' scale, for rules with server data (FLTrust)."""
+        :class:`SamplePool`) on the clients' scale, for rules with server data (FLTrust);
+        with local training the pseudo-gradient of the clients' (mean) local steps."""
         x, y = self._samples().examples(keys)
-        return server_batch_gradient(
-            self.fm, theta, x, y, self.loss_scale, self.cfg.clients.loss, self.cfg.engine.grads
-        )
+        cfg = self.cfg
+
+        def grad(model: Tensor) -> Tensor:
+            return server_batch_gradient(
+                self.fm, model, x, y, self.loss_scale, cfg.clients.loss, cfg.engine.grads
+            )
+
+        if self.local_steps is None:
+            return grad(theta)
+        lr = local_lr(cfg, self.schedule(_round_of(r, "server_gradient")))
+        steps = torch.tensor([server_step_count(self.local_steps)])
+
+        def grads_at(models: Tensor, s: int, rows: Tensor | None) -> Tensor:
+            return grad(models if models.dim() == 1 else models[0])[None]
+
+        return local_pseudo_gradients(theta, grads_at, steps, lr)[0]
 
     def _facts(self) -> TaskFacts:
         if self.facts is None:
@@ -254,7 +321,7 @@ class FlowerFederation:
         ctx = self.context(r, byz)
         self.theta, rec = server_step(
             self.theta, self.rule, got.updates.to(self.device), ctx, self.schedule(r),
-            self.cfg.optim.weight_decay,
+            self.cfg.optim.weight_decay, self.momentum,
         )  # fmt: skip
         self.round_metrics[r] = {"n-accepted": int(rec.accepted.sum()), **got.counts}
         self.round_metrics[r]["lr"] = float(rec.lr)
@@ -270,8 +337,9 @@ class FlowerFederation:
             f=self.f_assumed,
             generator=generator(self.cfg.seed, "round", r),
             byzantine=byz.to(self.device),
-            guiding_fn=lambda: self.guiding(theta),
-            server_grad_fn=lambda keys: self.server_gradient(theta, keys),
+            guiding_fn=lambda: self.guiding(theta, r),
+            guiding_halves_fn=lambda: self.guiding_halves(theta, r),
+            server_grad_fn=lambda keys: self.server_gradient(theta, keys, r),
             shared_samples=pool.keys,
             layer_sizes=self.fm.layer_sizes,
             num_classes=self._facts().num_classes,
@@ -291,7 +359,9 @@ class FlowerFederation:
     @torch.no_grad()
     def evaluate(self, theta: Tensor | None = None) -> dict[str, float]:
         """Test accuracy and mean cross-entropy of the current (or given) model on the test
-        set; NaN for every metric when the server has none."""
+        set, plus the attack's metrics (a trigger backdoor's on the triggered test set too);
+        NaN for every metric when the server has none, and for the attack's under federated
+        evaluation (the nodes report example count, correct predictions and loss only)."""
         theta = self.theta if theta is None else theta
         if self.test is None and self.remote_eval is not None:
             out = {k: math.nan for k in self.extra_metric_names}
@@ -301,6 +371,8 @@ class FlowerFederation:
         preds, loss = eval_pass(self.fm, theta, self.test.x, self.test.y, self.cfg.eval.batch)
         out = {"test_accuracy": float((preds == self.test.y).float().mean()), "test_loss": loss}
         out.update(self.attack.metrics(preds, self.test.y))
+        batch = self.cfg.eval.batch
+        out.update(trigger_metrics(self.attack, self.fm, theta, self.test.x, self.test.y, batch))
         return out
 
     def byzantine_ids(self) -> list[int] | str:
@@ -343,13 +415,28 @@ class FlowerFederation:
 
     # -- checkpoints --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The model and the rule's state (all randomness is keyed by round)."""
-        return {"theta": self.theta.cpu(), "aggregator": self.rule.state_dict()}
+        """The model, the rule's state and the server momentum's buffer (all randomness is
+        keyed by round)."""
+        out = {"theta": self.theta.cpu(), "aggregator": self.rule.state_dict()}
+        if self.momentum is not None:
+            out["server_momentum"] = self.momentum.state_dict()
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
         self.theta = state["theta"].to(self.device)
         self.rule.load_state_dict(state["aggregator"])
+        if self.momentum is not None:
+            if "server_momentum" not in state:
+                raise ValueError("the checkpoint holds no server momentum buffer")
+            self.momentum.load_state_dict(state["server_momentum"], self.theta)
+
+
+def _round_of(r: int | None, what: str) -> int:
+    """The round of a server-side local computation (its local step size), else ValueError."""
+    if r is None:
+        raise ValueError(f"{what}: with local training give the round r (its local lr)")
+    return r
 
 
 def _check_outputs(module: torch.nn.Module, facts: TaskFacts, name: str) -> None:

@@ -1,0 +1,173 @@
+"""DiverseFL's self-calibrating direction threshold (``min_cosine = "auto"``): per client and
+round, a threshold derived from the cosine of two guiding gradients the server computes on
+the disjoint halves of that client's own shared sample (pure functions), smoothed per client
+over rounds (:class:`ThresholdEMA`, the state that travels with checkpoints).
+
+The model behind it. Write a guide on ``s`` sample rows as ``g_s = g + e_s``: the client's
+expected gradient ``g`` plus sampling noise of total variance ``E|e_s|^2 = V / s`` (``V``: the
+trace of one example's gradient covariance), independent of ``g`` and, in the many dimensions
+of a model, orthogonal to it and to other noise. Call ``rho = |g|^2 / (V / s)`` the full guide's
+signal-to-noise ratio. Each half guide has noise ``2 V / s``, so the cosine of the two halves is
+
+    c_half = |g|^2 / (|g|^2 + 2 V / s) = rho / (rho + 2),  i.e.  rho = 2 c_half / (1 - c_half).
+
+An honest update on a batch much larger than the sample (batch noise negligible, ``z ~ g``) has
+cosine with the full guide ``|g|^2 / (|g| sqrt(|g|^2 + V / s)) = sqrt(rho / (rho + 1))``, which
+in terms of ``c_half`` is
+
+    cos_honest = sqrt(2 c_half / (1 + c_half)).
+
+The threshold is a share of that prediction, ``threshold = auto_margin * cos_honest``: the
+margin absorbs what the model leaves out (a batch that is not much larger than the sample lowers
+the honest cosine, see :func:`predicted_honest_cosine`) and the spread of the honest cosines
+around their expectation. ``c_half <= 0`` (noise as large as the signal) predicts 0: the bare
+sign test. Thresholds are clipped to ``[0, AUTO_CAP]`` and smoothed per client with an
+exponential moving average, because one round's ``c_half`` is itself a noisy estimate.
+
+Nothing here reads a client's update: the threshold comes from the server's own computation
+on the sample the client shared once, so a client cannot move its threshold round by round.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diversefl.aggregators.diversefl_rule import cosine
+from diversefl.aggregators.quarantine import client_index
+
+AUTO_CAP = 0.95  # the largest threshold "auto" sets: a cosine above it is not asked for
+
+
+def half_cosine(halves: Tensor) -> Tensor:
+    """Per client, the cosine ``c_half`` of its two half-sample guides ``halves [2, n, d]``
+    (0 where either is zero)."""
+    return cosine(halves[0], halves[1])
+
+
+def usable_halves(halves: Tensor) -> Tensor:
+    """Per client: are both half-sample guides finite and nonzero? (Not when its sample has
+    fewer than 2 rows: its second half is empty, a zero gradient.)"""
+    norms = halves.to(torch.float64).norm(dim=2)  # [2, n]
+    return (torch.isfinite(norms) & (norms > 0)).all(dim=0)
+
+
+def predicted_honest_cosine(c_half: Tensor) -> Tensor:
+    """``sqrt(2 c / (1 + c))`` with ``c = c_half`` clipped to ``[0, 1]``: the cosine an honest
+    update (batch much larger than the sample) is expected to have with the full guide, given
+    the cosine of the two half-sample guides (the derivation is in the module docstring)."""
+    c = c_half.clamp(0.0, 1.0)
+    return torch.sqrt(2.0 * c / (1.0 + c))
+
+
+def auto_threshold(c_half: Tensor, margin: float, cap: float = AUTO_CAP) -> Tensor:
+    """One round's threshold per client: ``margin * sqrt(2 c / (1 + c))`` clipped to
+    ``[0, cap]``."""
+    return (margin * predicted_honest_cosine(c_half)).clamp(0.0, cap)
+
+
+class ThresholdEMA:
+    """Per client id, an exponential moving average of its per-round thresholds (float64).
+
+    A client's first usable round sets its value; later ones update it as ``v <- decay * v +
+    (1 - decay) * raw``. Rounds whose halves are unusable leave it where it was. As with the
+    quarantine's counts, opening the same round again (the rule called twice in one round)
+    first restores the values from before it, so no round is counted twice.
+    """
+
+    def __init__(self, decay: float) -> None:
+        self.decay = decay
+        self.value = torch.zeros(0, dtype=torch.float64)  # per client id: the smoothed value
+        self.seen = torch.zeros(0, dtype=torch.bool)  # per client id: has a value
+        self.round: int | None = None
+        self._before: tuple[Tensor, Tensor] | None = None  # the values before `self.round`
+
+    def begin_round(self, r: int) -> None:
+        """Start round ``r``; a repeated round replaces its earlier update."""
+        if r == self.round and self._before is not None:
+            self.value, self.seen = (t.clone() for t in self._before)
+        else:
+            self._before = (self.value.clone(), self.seen.clone())
+            self.round = r
+
+    def update(self, ids: Tensor, raw: Tensor, usable: Tensor) -> Tensor:
+        """Fold this round's ``raw [n]`` thresholds of clients ``ids`` in where ``usable``;
+        return every client's smoothed value (NaN where it never had a usable round)."""
+        index = client_index(ids)
+        self._grow(int(index.max()) + 1 if index.numel() else 0)
+        raw64, ok = raw.detach().cpu().double(), usable.cpu()
+        old, seen = self.value[index], self.seen[index]
+        mixed = torch.where(seen, self.decay * old + (1.0 - self.decay) * raw64, raw64)
+        self.value[index] = torch.where(ok, mixed, old)
+        self.seen[index] = seen | ok
+        return self.current(ids)
+
+    def current(self, ids: Tensor) -> Tensor:
+        """The smoothed values of clients ``ids`` (NaN where never set)."""
+        index = client_index(ids)
+        self._grow(int(index.max()) + 1 if index.numel() else 0)
+        return torch.where(self.seen[index], self.value[index], torch.nan)
+
+    def _grow(self, size: int) -> None:
+        if size > self.value.numel():
+            grow = size - self.value.numel()
+            self.value = torch.cat([self.value, torch.zeros(grow, dtype=torch.float64)])
+            self.seen = torch.cat([self.seen, torch.zeros(grow, dtype=torch.bool)])
+
+    def state_dict(self) -> dict[str, Any]:
+        """The values, which clients have one, and the last round counted."""
+        return {"value": self.value.clone(), "seen": self.seen.clone(), "round": self.round}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved."""
+        value, seen = state["value"], state["seen"]
+        if not (isinstance(value, Tensor) and isinstance(seen, Tensor)):
+            raise ValueError("diversefl: the auto threshold state must hold tensors")
+        if value.shape != seen.shape or value.dim() != 1:
+            raise ValueError(
+                f"diversefl: auto threshold state of shapes {tuple(value.shape)} and "
+                f"{tuple(seen.shape)}; expected two equal 1-D shapes"
+            )
+        self.value = value.to(torch.float64).clone()
+        self.seen = seen.to(torch.bool).clone()
+        self.round = state["round"]
+        self._before = None
+
+
+class AutoThreshold:
+    """The whole ``min_cosine = "auto"`` computation for one rule: raw per-round thresholds from
+    the half-sample guides, their per-client average, and the fixed ``fallback`` for clients
+    that never had two usable halves (a warning names them once, unless ``warn`` is False:
+    an attacker mirroring the server's computation stays quiet)."""
+
+    def __init__(self, margin: float, decay: float, fallback: float, warn: bool = True) -> None:
+        self.margin, self.fallback = margin, fallback
+        self.ema = ThresholdEMA(decay)
+        self.warn = warn
+        self._warned: set[int] = set()
+
+    def thresholds(self, r: int, ids: Tensor, halves: Tensor) -> Tensor:
+        """Round ``r``'s threshold ``[n]`` (float64, CPU) of clients ``ids`` given their
+        half-sample guides ``[2, n, d]``; updates the per-client averages."""
+        self.ema.begin_round(r)
+        raw = auto_threshold(half_cosine(halves.to(torch.float64)), self.margin)
+        usable = usable_halves(halves)
+        smoothed = self.ema.update(ids, raw, usable)
+        missing = smoothed.isnan()
+        if bool(missing.any()):
+            self._warn(client_index(ids)[missing].tolist())
+        return torch.where(missing, self.fallback, smoothed)
+
+    def _warn(self, ids: list[int]) -> None:
+        new = sorted(set(ids) - self._warned)
+        if new and self.warn:
+            self._warned.update(new)
+            warnings.warn(
+                f"diversefl: min_cosine = 'auto' cannot calibrate clients {new[:10]}"
+                f"{' ...' if len(new) > 10 else ''} (fewer than 2 sample rows, or a zero "
+                f"half-sample guide): they use the fixed auto_fallback = {self.fallback}",
+                stacklevel=3,
+            )

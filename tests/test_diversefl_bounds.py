@@ -1,0 +1,301 @@
+"""Bounds on accepted updates under DiverseFL (cone, orthogonal, agreement) against hand-computed
+2-D and 3-D vectors, the plain rule unchanged bit for bit, and the adaptive attack adapted to
+each defense: its message passes the defense's test and does the most harm (distance of the
+defended aggregate from the honest mean) among a few candidate messages, judged by the rule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from diversefl.aggregators.base import AggregatorError
+from diversefl.aggregators.diversefl import DiverseFL
+from diversefl.aggregators.diversefl_bounds import (
+    agreement_mean,
+    agreement_weights,
+    cone_bound,
+    orthogonal_bound,
+    project_to_cone,
+)
+from diversefl.aggregators.diversefl_rule import diversefl_test
+from diversefl.attacks import REGISTRY as ATTACKS
+from diversefl.round import RoundContext
+
+R2 = math.sqrt(2.0)
+
+
+def _ctx(guiding: torch.Tensor, byz: torch.Tensor | None = None, halves=None, r: int = 1):
+    n = guiding.shape[0]
+    return RoundContext(
+        round=r,
+        n=n,
+        f=0 if byz is None else int(byz.sum()),
+        generator=torch.Generator().manual_seed(0),
+        byzantine=byz,
+        guiding_fn=lambda: guiding,
+        guiding_halves_fn=None if halves is None else (lambda: halves),
+    )
+
+
+# -- the bounds by hand ---------------------------------------------------------------------
+
+
+def test_cone_projection_by_hand_in_2d():
+    """Guide [1, 0], cone of 45 degrees (cos = 1/sqrt 2): inside stays, 90 degrees lands on
+    the edge at [1, 1], 135 degrees and beyond (the polar cone) go to 0."""
+    g = torch.tensor([[1.0, 0.0]] * 5, dtype=torch.float64)
+    z = torch.tensor(
+        [[2.0, 0.5], [1.0, 1.0], [0.0, 2.0], [-1.0, 1.0], [-1.0, 0.5]], dtype=torch.float64
+    )
+    got = project_to_cone(g, z, 1 / R2)
+    expected = torch.tensor(
+        [[2.0, 0.5], [1.0, 1.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0]], dtype=torch.float64
+    )
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
+
+
+def test_cone_projection_is_the_nearest_point_of_the_cone():
+    """Against a brute-force reference: the nearest of 200,001 points of the 2-D cone."""
+    gen = torch.Generator().manual_seed(2)
+    c = 0.6
+    half = math.acos(c)
+    angles = torch.linspace(-half, half, 2001, dtype=torch.float64)
+    radii = torch.linspace(0, 6, 101, dtype=torch.float64)
+    pts = (radii[:, None, None] * torch.stack([angles.cos(), angles.sin()], -1)[None]).view(-1, 2)
+    for _ in range(20):
+        z = torch.randn(1, 2, generator=gen, dtype=torch.float64) * 2
+        got = project_to_cone(torch.tensor([[1.0, 0.0]], dtype=torch.float64), z, c)[0]
+        best = pts[(pts - z).norm(dim=1).argmin()]
+        assert float((got - z).norm()) <= float((best - z).norm()) + 1e-9
+        assert float((got - best).norm()) < 0.07  # the grid's resolution
+
+
+def test_cone_bound_by_hand_in_3d():
+    """Guide [0, 0, 2], cos 0.6 (sin 0.8); z = [3, 0, 0] is 90 degrees off: a = 0, p = z,
+    b = 3, reach = 0 * 0.6 + 3 * 0.8 = 2.4, projection 2.4 * [0.8, 0, 0.6] = [1.92, 0, 1.44],
+    norm 2.4, clipped to the guide's norm 2: [1.6, 0, 1.2]."""
+    g = torch.tensor([[0.0, 0.0, 2.0]], dtype=torch.float64)
+    z = torch.tensor([[3.0, 0.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(project_to_cone(g, z, 0.6), torch.tensor([[1.92, 0.0, 1.44]],
+                               dtype=torch.float64))  # fmt: skip
+    torch.testing.assert_close(cone_bound(g, z, 0.6), torch.tensor([[1.6, 0.0, 1.2]],
+                               dtype=torch.float64))  # fmt: skip
+    per_client = cone_bound(g.expand(2, 3), z.expand(2, 3), torch.tensor([0.6, 0.0]))
+    torch.testing.assert_close(per_client[1], torch.tensor([2.0, 0.0, 0.0], dtype=torch.float64))
+
+
+def test_orthogonal_bound_by_hand():
+    """Guide [2, 0, 0]: [1, 3, -1] keeps its along-guide 1 -> [1, 0, 0]; [5, 1, 1] keeps 5,
+    capped at |g| = 2 -> [2, 0, 0]; a zero guide gives 0."""
+    g = torch.tensor([[2.0, 0.0, 0.0], [2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    z = torch.tensor([[1.0, 3.0, -1.0], [5.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
+    expected = torch.tensor([[1.0, 0.0, 0.0], [2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    torch.testing.assert_close(orthogonal_bound(g, z), expected)
+
+
+def test_agreement_mean_by_hand():
+    """Guides [1, 0]: z1 = [1, 0] (cos 1, weight 1), z2 = [1, 1] (cos 1/sqrt 2, clipped to
+    [1, 1] / sqrt 2), z3 = [-1, 0] (weight 0), z4 rejected. Mean = (1 * [1, 0] + 0.7071 *
+    [0.7071, 0.7071]) / 1.7071 = [1.5, 0.5] / (1 + 1/sqrt 2)."""
+    g = torch.tensor([[1.0, 0.0]] * 4, dtype=torch.float64)
+    z = torch.tensor([[1.0, 0.0], [1.0, 1.0], [-1.0, 0.0], [3.0, 0.0]], dtype=torch.float64)
+    accepted = torch.tensor([True, True, True, False])
+    w = agreement_weights(g, z, accepted)
+    torch.testing.assert_close(w, torch.tensor([1.0, 1 / R2, 0.0, 0.0], dtype=torch.float64))
+    expected = torch.tensor([1.5, 0.5], dtype=torch.float64) / (1 + 1 / R2)
+    torch.testing.assert_close(agreement_mean(g, z, accepted), expected)
+    none = agreement_mean(g, z, torch.tensor([False, False, True, False]))
+    assert torch.equal(none, torch.zeros(2, dtype=torch.float64))
+
+
+def test_the_rule_applies_a_bound_to_accepted_updates_only():
+    """Guides [1, 0]; client 2 is rejected (ratio 5), so only clients 0 and 1 enter the mean:
+    cone at cos 0.8 (sin 0.6) around [1, 0] turns [0.5, 1.0] (a = 0.5, b = 1, reach = 0.4 +
+    0.6 = 1.0) into [0.8, 0.6]; [0.8, 0.1] is inside it and shorter than the guide: mean
+    [0.8, 0.35]. Orthogonal keeps 0.8 and 0.5 along [1, 0]: mean [0.65, 0]."""
+    g = torch.tensor([[1.0, 0.0]] * 3)
+    z = torch.tensor([[0.8, 0.1], [0.5, 1.0], [5.0, 0.0]])
+    out = DiverseFL(bound="cone", cone_cos=0.8)(z, _ctx(g))
+    assert out.accepted.tolist() == [True, True, False]
+    torch.testing.assert_close(out.update, torch.tensor([0.8, 0.35]))
+    ortho = DiverseFL(bound="orthogonal")(z, _ctx(g))
+    torch.testing.assert_close(ortho.update, torch.tensor([0.65, 0.0]))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_plain_rule_is_unchanged_bit_for_bit(seed: int):
+    """The paper's rule: the plain mean of the rows that pass C1 > 0 and the ratio band, with
+    the scores c1, c2 and cos only (a plain loop over the clients as the reference)."""
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.randn(9, 50, generator=gen)
+    z = g * torch.rand(9, 1, generator=gen) * 3 + torch.randn(9, 50, generator=gen)
+    out = DiverseFL()(z, _ctx(g))
+    pairs = zip(g, z, strict=True)
+    keep = [bool((gi @ zi) > 0 and 0.5 < zi.norm() / gi.norm() < 2) for gi, zi in pairs]
+    assert out.accepted.tolist() == keep
+    mask = torch.tensor(keep)
+    assert torch.equal(out.update, (z * mask[:, None].float()).sum(0) / mask.sum())
+    assert set(out.scores) == {"c1", "c2", "cos"}
+    test = diversefl_test(g, z, 0.5, 2.0)
+    assert torch.equal(out.accepted, test.accepted)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"bound": "box"}, "bound must be one of"),
+        ({"bound": "cone", "cone_cos": 1.0}, r"cone_cos must be in \[0, 1\)"),
+    ],
+)
+def test_bad_bound_settings_are_one_clear_error(settings, message):
+    with pytest.raises(AggregatorError, match=message):
+        DiverseFL(**settings)
+
+
+# -- the adaptive attack per defense ----------------------------------------------------------
+#
+# Honest rows h1 = [1, 0.4, 0], h2 = [1, 0, 0] (mean mu = [1, 0.2, 0]; each its own guide, so
+# every defense leaves them as they are), one Byzantine client with guide g = [1, 0, 0]. The
+# target -mu lies in span{u, v} with u = [1, 0, 0], v = [0, -1, 0], so a message at cosine c
+# with g is |z| (c, -sqrt(1 - c^2), 0).
+
+HONEST = torch.tensor([[1.0, 0.4, 0.0], [1.0, 0.0, 0.0]])
+GUIDE = torch.tensor([[1.0, 0.0, 0.0]])
+BYZ = torch.tensor([False, False, True])
+GUIDES = torch.cat([HONEST, GUIDE])
+
+
+def _at(c: float, norm: float) -> torch.Tensor:
+    return torch.tensor([[norm * c, -norm * math.sqrt(1 - c * c), 0.0]])
+
+
+def _sent(settings: dict, halves=None) -> torch.Tensor:
+    ctx = _ctx(GUIDES, BYZ, halves)
+    return ATTACKS["adaptive"](**settings)(HONEST, torch.zeros(1, 3), ctx)
+
+
+def _harm(rule: DiverseFL, message: torch.Tensor, halves=None) -> tuple[bool, float]:
+    """Whether the rule accepts the message, and the distance of its aggregate from mu."""
+    out = rule(torch.cat([HONEST, message]), _ctx(GUIDES, halves=halves))
+    return bool(out.accepted[2]), float((out.update - HONEST.mean(0)).norm())
+
+
+def _assert_worst(rule: DiverseFL, sent: torch.Tensor, candidates, halves=None) -> None:
+    ok, harm = _harm(rule, sent, halves)
+    assert ok, "the attack's message fails the defense's test"
+    for c, norm in candidates:
+        cand_ok, cand_harm = _harm(rule, _at(c, norm), halves)
+        assert cand_ok  # every candidate passes too: the comparison is among passing messages
+        assert harm >= cand_harm - 1e-6, (c, norm, harm, cand_harm)
+
+
+def test_against_plain_the_largest_step_at_the_threshold_cosine():
+    sent = _sent({"cos_min": 0.6})
+    torch.testing.assert_close(sent, _at(0.6, 1.95))  # [1.17, -1.56, 0]
+    rule = DiverseFL(min_cosine=0.5)
+    _assert_worst(rule, sent, [(0.6, 1.0), (0.6, 1.5), (0.8, 1.95), (0.95, 1.95)])
+
+
+def test_against_clip_norm_of_the_guide_at_the_threshold_cosine():
+    sent = _sent({"cos_min": 0.6, "against": "clip"})
+    torch.testing.assert_close(sent, _at(0.6, 1.0))  # [0.6, -0.8, 0]
+    rule = DiverseFL(min_cosine=0.5, clip_to_guide=True)
+    _assert_worst(rule, sent, [(0.6, 0.6), (0.6, 1.95), (0.7, 1.0), (0.9, 1.5)])
+
+
+def test_against_cone_on_the_cones_edge_with_the_allowed_norm():
+    sent = _sent({"cos_min": 0.6, "against": "cone", "cone_cos": 0.8})
+    torch.testing.assert_close(sent, _at(0.8, 1.0))  # [0.8, -0.6, 0]
+    rule = DiverseFL(min_cosine=0.5, bound="cone", cone_cos=0.8)
+    _assert_worst(rule, sent, [(0.6, 1.0), (0.6, 1.95), (0.8, 0.7), (0.9, 1.0)])
+
+
+def test_against_orthogonal_the_worse_end_of_the_along_guide_range():
+    """Only min(z . u, 1) u survives. All the way along the guide (z = g) the aggregate is
+    [1, 0.1333, 0], 0.067 from mu; the least along-guide message, cosine 0.6 at ratio 0.55,
+    leaves 0.33 u: [0.7767, 0.1333, 0], 0.233 from mu. The attack sends the latter."""
+    sent = _sent({"cos_min": 0.6, "against": "orthogonal"})
+    torch.testing.assert_close(sent, _at(0.6, 0.55))  # [0.33, -0.44, 0]
+    rule = DiverseFL(min_cosine=0.5, bound="orthogonal")
+    assert _harm(rule, sent)[1] == pytest.approx(math.hypot(1 - 0.7767, 0.0667), abs=1e-3)
+    _assert_worst(rule, sent, [(1.0 - 1e-9, 1.0), (0.6, 1.0), (0.8, 1.95), (0.6, 0.8)])
+
+
+def test_against_orthogonal_takes_the_other_end_when_that_one_is_worse():
+    """With honest rows that point away from the guide's axis (h = [0.2, 1, 0]), adding the
+    guide itself moves the mean most: the attack sends g."""
+    honest = torch.tensor([[0.2, 1.0, 0.0], [0.2, 1.2, 0.0]])
+    guides = torch.cat([honest, GUIDE])
+    ctx = _ctx(guides, BYZ)
+    sent = ATTACKS["adaptive"](cos_min=0.6, against="orthogonal")(honest, torch.zeros(1, 3), ctx)
+    torch.testing.assert_close(sent, GUIDE)
+
+
+def test_against_agreement_the_cosine_that_trades_weight_for_direction_best():
+    sent = _sent({"cos_min": 0.6, "against": "agreement"})
+    assert float(sent.norm()) == pytest.approx(1.0)  # the allowed norm
+    rule = DiverseFL(min_cosine=0.5, bound="agreement")
+    grid = [(0.6 + 0.05 * k, 1.0) for k in range(8)] + [(0.6, 1.95), (0.99, 1.0)]
+    _assert_worst(rule, sent, grid)
+
+
+def test_against_auto_the_servers_own_threshold_plus_a_small_margin():
+    """The Byzantine client's halves [1, 0, 0] and [1, 1, 0] give c_half = 1/sqrt 2 and the
+    server's threshold 0.65 * sqrt(2c / (1 + c)) = 0.5916; the attacker sends cosine 0.6116 at
+    ratio 1.95 (margin 0.65 on both sides). The honest clients' halves agree fully (threshold
+    0.65)."""
+    halves = torch.stack([GUIDES, GUIDES])
+    halves[1, 2] = torch.tensor([1.0, 1.0, 0.0])
+    c = 1 / R2
+    threshold = 0.65 * math.sqrt(2 * c / (1 + c))
+    sent = _sent({"against": "auto", "auto_margin": 0.65}, halves)
+    torch.testing.assert_close(sent, _at(threshold + 0.02, 1.95))
+    rule = DiverseFL(min_cosine="auto", auto_margin=0.65)
+    candidates = [(threshold + 0.02, 1.0), (threshold + 0.1, 1.95), (0.9, 1.95)]
+    _assert_worst(rule, sent, candidates, halves)
+    rule = DiverseFL(min_cosine="auto", auto_margin=0.65)
+    assert not _harm(rule, _at(threshold - 0.02, 1.95), halves)[0]  # just below: rejected
+
+
+def test_against_auto_follows_the_moving_average_over_rounds():
+    """Over rounds with changing halves the attacker's mirror stays the server's threshold:
+    every message is accepted at exactly auto_above over the server's logged threshold."""
+    gen = torch.Generator().manual_seed(7)
+    n, d = 6, 10
+    byz = torch.tensor([False, True, False, False, True, False])
+    attack, rule = ATTACKS["adaptive"](against="auto"), DiverseFL(min_cosine="auto")
+    for r in range(1, 6):
+        guides = torch.randn(n, d, generator=gen)
+        halves = guides[None] + 0.7 * torch.randn(2, n, d, generator=gen)
+        honest = guides[~byz] + 0.3 * torch.randn(n - 2, d, generator=gen)
+        ctx = _ctx(guides, byz, halves, r)
+        rows = torch.zeros(n, d)
+        rows[~byz] = honest
+        rows[byz] = attack(honest, torch.zeros(2, d), ctx)
+        out = rule(rows, _ctx(guides, halves=halves, r=r))
+        assert bool(out.accepted[byz].all())
+        gap = out.scores["cos"][byz] - out.scores["threshold"][byz]
+        torch.testing.assert_close(gap, torch.full((2,), 0.02), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"against": "box"}, "against must be one of"),
+        ({"cos_min": "automatic"}, "cos_min must be a number"),
+        ({"against": "clip", "eps2": 0.9, "eps1": 0.1}, "need eps1 < 1 < eps2"),
+        ({"auto_above": 0.2}, r"auto_above must be in \(0, 0.05\)"),
+        ({"cone_cos": 1.0}, r"cone_cos must be in \[0, 1\)"),
+    ],
+)
+def test_bad_attack_settings_are_one_clear_error(settings, message):
+    with pytest.raises(ValueError, match=message):
+        ATTACKS["adaptive"](**settings)
+
+
+def test_the_attack_mirrors_the_rules_auto_defaults():
+    rule, attack = DiverseFL(), ATTACKS["adaptive"]()
+    for key in ("auto_margin", "auto_decay", "auto_fallback"):
+        assert getattr(attack, key) == getattr(rule, key)
