@@ -355,15 +355,17 @@ def shared_sample(cfg: Config, shard: ClientShard) -> tuple[Tensor, Tensor, Tens
 def batch_positions(
     cfg: Config, shard: ClientShard, r: int, step: int = 0
 ) -> tuple[Tensor, Tensor]:
-    """Positions in the shard ``[k]`` and weights ``[k]`` (ones) of round r's mini-batch of
-    local step ``step``: row j of the simulator's draw without its padding (this client's k
-    may be below the largest batch size; the padding's positions lie outside its shard)."""
+    """Positions in the shard ``[K]`` and weights ``[K]`` of round r's mini-batch of local step
+    ``step``: row j of the simulator's draw, K the largest batch size, the weights masking this
+    client's padding, so that the node computes the simulator's padded row exactly. Padding
+    positions beyond this client's shard (a shard shorter than K) point at row 0: their
+    weight is 0, so their values never reach the gradient."""
     gen = batch_generator(cfg.seed, r, step)
     lens = shard.shard_lens
-    k = batch_counts(cfg, lens)
-    pos, w = draw_without_replacement(lens, k, gen, int(lens.max()))
+    pos, w = draw_without_replacement(lens, batch_counts(cfg, lens), gen, int(lens.max()))
     j = shard.partition_id
-    return pos[j, : int(k[j])], w[j, : int(k[j])]
+    row = pos[j]
+    return torch.where(row < lens[j], row, torch.zeros_like(row)), w[j]
 
 
 @dataclass(frozen=True)
