@@ -87,9 +87,7 @@ def _linear(h: Tensor, w: Tensor, b: Tensor, k_models: int) -> Tensor:
     return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
 
 
-def _weight_grads(
-    dz: Tensor, a: Tensor, out: Tensor, w_at: int, b_at: int, n: int, m: int
-) -> None:
+def _weight_grads(dz: Tensor, a: Tensor, out: Tensor, w_at: int, b_at: int, n: int, m: int) -> None:
     """Write every model's per-client weight gradients ``dz_kj.T @ a_kj`` into
     ``out[:, :, w_at:b_at]``."""
     k_models, _, width = dz.shape
