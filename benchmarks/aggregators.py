@@ -8,36 +8,41 @@ repeats shrink, and a call over 60 s is timed once (marked ``*``). A method that
 federation (:class:`~diversefl.aggregators.AggregatorError`, e.g. Bulyan needs n >= 4f + 3)
 prints ``n/a`` with the reason below the table; one that runs out of memory prints ``OOM``
 (the process caps its own address space at what is free, so an allocation fails cleanly
-instead of waking the kernel's OOM killer).
+instead of waking the kernel's OOM killer). The row ``floor: updates.sum(0)`` is one plain
+read of the ``[n, d]`` updates: the memory-bandwidth floor of any rule that reads them.
 
-Part 2, when ``flwr`` and/or ``byzfl`` import, times THEIR Krum, Bulyan, coordinate median and
-trimmed mean on the same updates in the same run and prints ``ratio = theirs / ours`` with a
-PASS/FAIL column for the target "ours at least 5x faster" (reported, never asserted), and
-whether the results agree.
+Part 2, when ``flwr`` and/or ``byzfl`` import, times THEIR mean, coordinate median, trimmed
+mean, Krum, Multi-Krum, Bulyan and geometric median (those each library has) on the same
+updates in the same process and prints ``ratio = theirs / ours`` with a PASS/FAIL column for
+the target "ours at least 5x faster" (reported, never asserted), and whether the results agree
+(``torch.allclose`` with relative 1e-4 and absolute 1e-5 of ours' largest entry).
 
 * Flower: the module-level functions of ``flwr.server.strategy.aggregate`` that its
-  strategies (Krum, Bulyan, FedMedian, FedTrimmedAvg) call, on ``[([row_i], 1), ...]`` (one
-  flat numpy layer per client). The torch -> numpy conversion is a zero-copy view made before
-  timing, so it is excluded; the copies Flower makes inside those functions are included.
-  Flower's Krum and Bulyan cost ~n^2 (Bulyan ~theta * n^2) full-length vector differences;
-  where one call would exceed 60 s the time is ESTIMATED from a measured per-pair cost (a
-  lower bound for Bulyan) and marked ``~``.
-* byzfl: its aggregator classes (``Krum(f)``, ``Median()``, ``TrMean(f)``; it has no Bulyan)
-  on the stacked ``[n, d]`` torch tensor. ``import byzfl`` also imports its benchmark helpers,
-  which need torchvision; when that fails (no CPU torchvision build matches torch 2.13 on
-  PyPI) only the subpackage ``byzfl.aggregators`` (numpy, scipy, torch) is loaded.
+  strategies (FedAvg, FedMedian, FedTrimmedAvg, Krum, Bulyan) call, on ``[([row_i], 1), ...]``
+  (one flat numpy layer per client). The torch -> numpy conversion is a zero-copy view made
+  before timing, so it is excluded; the copies Flower makes inside those functions are
+  included. Flower's Krum and Bulyan cost ~n^2 (Bulyan ~theta * n^2) full-length vector
+  differences; where one call would exceed 60 s the time is ESTIMATED from a measured
+  per-pair cost (a lower bound for Bulyan) and marked ``~``.
+* byzfl: its aggregator classes (``Average()``, ``Median()``, ``TrMean(f)``, ``Krum(f)``,
+  ``MultiKrum(f)``, ``GeometricMedian()``; it has no Bulyan) on the stacked ``[n, d]`` torch
+  tensor. ``import byzfl`` also imports its benchmark helpers, which need torchvision; when
+  that fails (no CPU torchvision build matches torch 2.13 on PyPI) only the subpackage
+  ``byzfl.aggregators`` (numpy, scipy, torch) is loaded.
 
-Semantic differences found in their source are printed as ``note:`` lines. Inputs are
-random normal rows (a random block of at most 2^20 columns repeated along d, which keeps the
-set-up of the 3.7 GB case short; timing does not depend on the values).
+``--threads 1 2`` runs everything once per torch thread count, in one process, on the same
+updates (numpy, and so Flower, uses one core either way). Semantic differences found in their
+source are printed as ``note:`` lines. Inputs are random normal rows (a random block of at
+most 2^20 columns repeated along d, which keeps the set-up of the 3.7 GB case short).
 
 Run: ``.venv/bin/python benchmarks/aggregators.py`` (full, ~10 min on an idle 2-core machine,
 much longer on a busy one), ``--quick`` (d = 7,850 and 199,210 at n = 23, few repeats),
-``--skip-huge`` (no d = 9,231,114), ``--n``/``--d``/``--methods`` (only these), ``--threads N``
-(torch threads, default 1: numpy, and so Flower, uses one core). Install the other libraries
-with ``pip install -e '.[bench]'`` (Flower) and ``pip install --no-deps byzfl`` (its declared
-torch/torchvision requirements would otherwise pull other torch builds; the aggregators
-need only numpy, scipy and torch).
+``--skip-huge`` (no d = 9,231,114), ``--n``/``--d``/``--methods`` (only these), ``--threads N
+[N ...]`` (torch threads, default 1). The 5x comparison alone: ``--skip-huge --threads 1 2
+--methods mean median trimmed_mean krum multi_krum bulyan geomed``. Install the other
+libraries with ``pip install -e '.[bench]'`` (Flower) and ``pip install --no-deps
+byzfl==0.0.11`` (its declared torch/torchvision requirements would otherwise pull other torch
+builds; the aggregators need only numpy, scipy and torch).
 """
 
 from __future__ import annotations
@@ -75,7 +80,7 @@ SPEEDUP_TARGET = 5.0  # ours at least 5x faster than each of theirs
 SINGLE_CALL_CAP_S = 60.0  # a call longer than this is timed once (or, for theirs, estimated)
 MEMORY_MARGIN = 3 << 30  # bytes left free for the rest of the machine under the address cap
 RANDOM_BLOCK = 1 << 20  # columns of fresh random numbers; longer rows repeat the block
-COMPARED = ("krum", "bulyan", "median", "trimmed_mean")
+COMPARED = ("mean", "median", "trimmed_mean", "krum", "multi_krum", "bulyan", "geomed")
 CONTEXT_FIELDS = frozenset(f.name for f in dataclasses.fields(RoundContext))
 
 
@@ -252,20 +257,25 @@ def load_byzfl() -> tuple[types.ModuleType | None, str]:
 
 
 SEMANTIC_NOTES: tuple[str, ...] = (
-    "flwr krum: n-f-2 neighbours like ours, but distances in float32 (np.linalg.norm of the "
-    "float32 difference) over all n^2 ordered pairs (ours: float64, n(n-1)/2 pairs).",
+    "flwr mean: `aggregate` (FedAvg's weighted average) with every weight 1.",
+    "flwr krum / multi-krum: n-f-2 neighbours like ours, but distances in float32 "
+    "(np.linalg.norm of the float32 difference) over all n^2 ordered pairs (ours: float64, "
+    "n(n-1)/2 pairs); multi-krum averages to_keep = n - f updates (ours: m = n - f).",
     "flwr bulyan: recomputes the full n^2 distance matrix in each of its theta = n-2f Krum "
     "steps (ours: one matrix, masked); its last stage breaks distance-to-median ties "
     "arbitrarily (argpartition), ours toward the smaller value.",
     "flwr trimmed mean (FedTrimmedAvg) trims int(beta*n) per end: called with beta = "
     "(f+0.5)/n so it trims exactly f, as ours with beta = f/n and byzfl TrMean(f) do.",
     "flwr median: np.median, mean of the two middle values for even n (same as ours).",
-    "byzfl krum: scores each update by its n-f-1 nearest neighbours (ours and Flower: n-f-2), "
-    "averaged instead of summed (same argmin); distances from torch.cdist, which for more "
+    "byzfl krum / multi-krum: scores each update by its n-f-1 nearest neighbours (ours and "
+    "Flower: n-f-2), averaged instead of summed; distances from torch.cdist, which for more "
     "than 25 rows uses the float32 Gram form |a|^2+|b|^2-2ab that ours avoids: its choice "
     "may differ from ours.",
     "byzfl median: torch.quantile(q=0.5), mean of the two middle values for even n (same).",
-    "byzfl has no Bulyan: only Flower's is compared.",
+    "byzfl geometric median: GeometricMedian() at its defaults, 3 Weiszfeld steps from z = 0 "
+    "with nu = 0.1 (ours: from the mean until the objective changes by under 1e-7, at most 100 "
+    "steps, nu = 1e-6); 3 steps from 0 are not the geometric median to 1e-4, hence 'NO'.",
+    "byzfl has no Bulyan and Flower no geometric median: those are compared with one library.",
     "ours includes the base-class row validation (finite, |x| <= 1e15) on every call; Flower "
     "and byzfl validate nothing.",
     "main table: trimmed_mean runs with beta = f/n (trims f, as compared); its cost does not "
@@ -295,59 +305,67 @@ def flower_pair_cost(flwr_agg: types.ModuleType, rows: np.ndarray) -> float:
     return (time.perf_counter() - start) / (k * k)
 
 
+def flower_methods(flwr_agg: types.ModuleType, updates: Tensor, f: int) -> list[Theirs]:
+    """Flower's mean, median, trimmed mean, Krum, Multi-Krum and Bulyan on ``updates``."""
+    n = updates.shape[0]
+    rows = updates.numpy()  # zero-copy view; each client's "model" is one flat layer
+    results = [([rows[i]], 1) for i in range(n)]
+    theta = n - 2 * f
+    pair_cost: list[float] = []
+
+    def pairs_s(pairs: int) -> float:
+        if not pair_cost:
+            pair_cost.append(flower_pair_cost(flwr_agg, rows))
+        return pairs * pair_cost[0]
+
+    def krum(keep: int) -> Callable[[], Any]:
+        return lambda: flwr_agg.aggregate_krum(list(results), num_malicious=f, to_keep=keep)
+
+    krum_pairs = n * n
+    bulyan_pairs = sum(m * m for m in range(n - theta + 1, n + 1))
+    return [
+        Theirs("mean", "flwr", lambda: flwr_agg.aggregate(results)),
+        Theirs("median", "flwr", lambda: flwr_agg.aggregate_median(results)),
+        Theirs(
+            "trimmed_mean",
+            "flwr",
+            lambda: flwr_agg.aggregate_trimmed_avg(results, proportiontocut=(f + 0.5) / n),
+        ),
+        Theirs("krum", "flwr", krum(0), lambda: (pairs_s(krum_pairs), False)),
+        Theirs("multi_krum", "flwr", krum(n - f), lambda: (pairs_s(krum_pairs), False)),
+        Theirs(
+            "bulyan",
+            "flwr",
+            # aggregate_bulyan pops from its list: give it a fresh one (n pointers) each call
+            lambda: flwr_agg.aggregate_bulyan(list(results), f, flwr_agg.aggregate_krum, to_keep=0),
+            lambda: (pairs_s(bulyan_pairs), True),
+        ),
+    ]
+
+
+def byzfl_methods(byzfl_agg: types.ModuleType, updates: Tensor, f: int) -> list[Theirs]:
+    """byzfl's mean, median, trimmed mean, Krum, Multi-Krum and geometric median."""
+    rules = {
+        "mean": byzfl_agg.Average(),
+        "median": byzfl_agg.Median(),
+        "trimmed_mean": byzfl_agg.TrMean(f=f),
+        "krum": byzfl_agg.Krum(f=f),
+        "multi_krum": byzfl_agg.MultiKrum(f=f),
+        "geomed": byzfl_agg.GeometricMedian(),
+    }
+    return [Theirs(name, "byzfl", lambda rule=rule: rule(updates)) for name, rule in rules.items()]
+
+
 def their_methods(
     flwr_agg: types.ModuleType | None,
     byzfl_agg: types.ModuleType | None,
     updates: Tensor,
     f: int,
 ) -> list[Theirs]:
-    """Their Krum, Bulyan, median and trimmed mean on ``updates``, ready to call."""
-    n = updates.shape[0]
-    out: list[Theirs] = []
-    if flwr_agg is not None:
-        rows = updates.numpy()  # zero-copy view; each client's "model" is one flat layer
-        results = [([rows[i]], 1) for i in range(n)]
-        theta = n - 2 * f
-        pair_cost: list[float] = []
-
-        def pairs_s(pairs: int) -> float:
-            if not pair_cost:
-                pair_cost.append(flower_pair_cost(flwr_agg, rows))
-            return pairs * pair_cost[0]
-
-        krum_pairs = n * n
-        bulyan_pairs = sum(m * m for m in range(n - theta + 1, n + 1))
-        out += [
-            Theirs(
-                "krum",
-                "flwr",
-                lambda: flwr_agg.aggregate_krum(list(results), num_malicious=f, to_keep=0),
-                lambda: (pairs_s(krum_pairs), False),
-            ),
-            Theirs(
-                "bulyan",
-                "flwr",
-                # aggregate_bulyan pops from its list: give it a fresh one (n pointers) each call
-                lambda: flwr_agg.aggregate_bulyan(
-                    list(results), f, flwr_agg.aggregate_krum, to_keep=0
-                ),
-                lambda: (pairs_s(bulyan_pairs), True),
-            ),
-            Theirs("median", "flwr", lambda: flwr_agg.aggregate_median(results)),
-            Theirs(
-                "trimmed_mean",
-                "flwr",
-                lambda: flwr_agg.aggregate_trimmed_avg(results, proportiontocut=(f + 0.5) / n),
-            ),
-        ]
-    if byzfl_agg is not None:
-        krum, median, trmean = byzfl_agg.Krum(f=f), byzfl_agg.Median(), byzfl_agg.TrMean(f=f)
-        out += [
-            Theirs("krum", "byzfl", lambda: krum(updates)),
-            Theirs("median", "byzfl", lambda: median(updates)),
-            Theirs("trimmed_mean", "byzfl", lambda: trmean(updates)),
-        ]
-    return out
+    """Every compared rule of both libraries on ``updates``, ready to call, by method."""
+    out = [] if flwr_agg is None else flower_methods(flwr_agg, updates, f)
+    out += [] if byzfl_agg is None else byzfl_methods(byzfl_agg, updates, f)
+    return sorted(out, key=lambda entry: COMPARED.index(entry.method))
 
 
 def time_theirs(entry: Theirs, plan: Plan) -> Timing:
@@ -403,6 +421,69 @@ def time_ours(name: str, updates: Tensor, f: int, seed: int, plan: Plan) -> Timi
     return measure(call, plan)  # the guiding copy and g0 are freed on return
 
 
+# ---------------------------------------------------------------------------- one run
+
+
+FLOOR = "floor: updates.sum(0)"  # the row of the memory-bandwidth floor in the tables
+
+
+@dataclass
+class Compared:
+    """One of theirs at one size and thread count, with our time for the same rule."""
+
+    entry: Theirs
+    n: int
+    f: int
+    d: int
+    threads: int
+    timing: Timing
+    same: str
+
+
+@dataclass
+class Results:
+    """Everything one run measured, keyed by (method, n, d, threads)."""
+
+    ours: dict[tuple[str, int, int, int], Timing] = field(default_factory=dict)
+    theirs: list[Compared] = field(default_factory=list)
+    skipped: dict[tuple[int, int], str] = field(default_factory=dict)
+
+
+def measure_size(
+    n: int,
+    f: int,
+    d: int,
+    args: argparse.Namespace,
+    plan: Plan,
+    libs: tuple[types.ModuleType | None, types.ModuleType | None],
+    results: Results,
+) -> None:
+    """Time ours (and theirs) on one ``[n, d]`` input at every thread count asked for."""
+    updates = make_updates(n, d, args.seed)
+    names = method_names(args)
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        where = f"  n={n} d={d:,} threads={threads}"
+        results.ours[(FLOOR, n, d, threads)] = measure(lambda: updates.sum(0), plan)
+        for name in names:
+            timing = results.ours[(name, n, d, threads)] = time_ours(
+                name, updates, f, args.seed, plan
+            )
+            print(f"{where} ours {name}: {timing.cell()} {timing.problem}", flush=True)
+        for entry in their_methods(*libs, updates, f):
+            if entry.method not in names:
+                continue
+            timing = time_theirs(entry, plan)
+            ref = results.ours.get((entry.method, n, d, threads), Timing())
+            same = agreement(ref, timing)
+            results.theirs.append(Compared(entry, n, f, d, threads, timing, same))
+            timing.output = None
+            label = f"{entry.library} {entry.method}"
+            print(f"{where} {label}: {timing.cell()} {timing.problem} same={same}", flush=True)
+        for name in names:  # the outputs were kept only for the comparison
+            results.ours[(name, n, d, threads)].output = None
+
+
 # ---------------------------------------------------------------------------- tables
 
 
@@ -432,6 +513,71 @@ def agreement(ours: Timing, theirs: Timing) -> str:
     return "yes" if torch.allclose(a, b, rtol=1e-4, atol=1e-5 * max(scale, 1e-12)) else "NO"
 
 
+def print_ours(
+    results: Results, names: Sequence[str], columns: Sequence[tuple[int, int, int]], threads: int
+) -> None:
+    """The table of our times at one thread count, with the floor row and the footnotes."""
+    print(f"\nOurs, ms per call, {threads} thread(s) (agg(updates, ctx), validation included):")
+    header = ["aggregator"] + [f"n={n} d={d:,}" for n, _, d in columns]
+    rows, footnotes = [], []
+    for name in [*names, FLOOR]:
+        cells = [name + (" (beta=f/n)" if name == "trimmed_mean" else "")]
+        for n, f, d in columns:
+            timing = results.ours.get((name, n, d, threads))
+            if timing is None:
+                cells.append("skipped")
+                continue
+            cells.append(timing.cell())
+            if timing.problem:
+                footnotes.append(f"{name} at n={n}, f={f}, d={d:,}: {timing.problem}")
+        rows.append(cells)
+    print_table(header, rows)
+    for (n, d), why in results.skipped.items():
+        footnotes.append(f"n={n} d={d:,} skipped: {why}")
+    for note in footnotes:
+        print(f"  {note}")
+
+
+def comparison_row(results: Results, item: Compared) -> list[str]:
+    """One row of the theirs-vs-ours table."""
+    ref = results.ours.get((item.entry.method, item.n, item.d, item.threads), Timing(problem="-"))
+    ratio = target = "-"
+    if ref.ms is not None and item.timing.ms is not None:
+        value = item.timing.ms / ref.ms
+        prefix = "~>=" if item.timing.lower_bound else ("~" if item.timing.estimated else "")
+        ratio = f"{prefix}{value:.2f}"
+        target = "PASS" if value >= SPEEDUP_TARGET else "FAIL"
+    return [
+        item.entry.method,
+        item.entry.library,
+        str(item.threads),
+        str(item.n),
+        str(item.f),
+        f"{item.d:,}",
+        ref.cell(),
+        item.timing.cell(),
+        ratio,
+        target,
+        item.timing.problem or item.same,
+    ]
+
+
+def print_theirs(results: Results) -> None:
+    """The theirs-vs-ours table (every thread count) and a PASS count per library."""
+    print(
+        f"\nTheirs vs ours, ms per call; ratio = theirs / ours; target ours >= "
+        f"{SPEEDUP_TARGET:g}x faster:"
+    )
+    header = ["method", "library", "thr", "n", "f", "d", "ours", "theirs", "ratio", "target"]
+    rows = [comparison_row(results, item) for item in results.theirs]
+    print_table([*header, "same result"], rows)
+    print("flwr: torch -> numpy conversion (zero-copy) excluded from its times.")
+    for library in sorted({item.entry.library for item in results.theirs}):
+        mine = [row for row in rows if row[1] == library and row[9] != "-"]
+        passed = sum(row[9] == "PASS" for row in mine)
+        print(f"{library}: {passed} of {len(mine)} comparisons at least {SPEEDUP_TARGET:g}x")
+
+
 def load_average() -> str:
     """The 1, 5 and 15 minute load averages, or '?' where unavailable."""
     try:
@@ -445,7 +591,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: n=23, d <= 199,210")
     parser.add_argument("--skip-huge", action="store_true", help="leave out d = 9,231,114")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument(
+        "--threads", type=int, nargs="+", default=[1], help="torch thread counts (default 1)"
+    )
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per cell")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -458,30 +606,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=list(aggregators.REGISTRY),
         help="only these of ours (and of theirs, those among " + ", ".join(COMPARED) + ")",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if min(args.threads) < 1:
+        parser.error(f"--threads must be >= 1, got {min(args.threads)}")
+    return args
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Run the benchmark and print both tables."""
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    feds = [(n, f) for n, f in FEDERATIONS[: 1 if args.quick else None] if n in (args.n or [n])]
-    sizes = [d for d in SIZES if not (d == HUGE_D and (args.quick or args.skip_huge))]
-    sizes = [d for d in sizes if d in (args.d or [d])]
-    repeats = args.repeats or (3 if args.quick else 7)
-    normal = Plan(repeats=repeats, budget_s=1.5 if args.quick else 6.0)
-    huge = Plan(repeats=min(repeats, 2), budget_s=20.0)
+def method_names(args: argparse.Namespace) -> list[str]:
+    """Our registered rules to time, in registry order."""
+    return [name for name in aggregators.REGISTRY if name in (args.methods or [name])]
 
-    flwr_agg, flwr_desc = load_flower()
-    byzfl_agg, byzfl_desc = load_byzfl()
+
+def print_preamble(args: argparse.Namespace, descriptions: Sequence[str], repeats: int) -> None:
+    """Versions, load, memory cap and how the cells are measured."""
     cap = cap_address_space()
-    started = time.perf_counter()
+    threads = " and ".join(str(t) for t in args.threads)
     print(
-        f"torch {torch.__version__} ({args.threads} thread(s)), numpy {np.__version__}, "
+        f"torch {torch.__version__} ({threads} thread(s)), numpy {np.__version__}, "
         f"{os.cpu_count()} CPU(s), load average at start: {load_average()}"
     )
-    print(flwr_desc)
-    print(byzfl_desc)
+    for line in descriptions:
+        print(line)
     print(
         f"memory available: {mem_available() / 2**30:.1f} GiB; address space capped at "
         + ("(no cap)" if cap is None else f"{cap / 2**30:.1f} GiB")
@@ -489,114 +634,46 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     print(
         "ms per call: median of up to "
-        f"{repeats} calls after a warm-up (d = {HUGE_D:,}: up to {huge.repeats}); "
+        f"{repeats} calls after a warm-up (d = {HUGE_D:,}: up to 2); "
         f"* = one timed call; ~ = estimated, not run (~>= lower bound)\n"
     )
 
-    names = [name for name in aggregators.REGISTRY if name in (args.methods or [name])]
-    columns = [(n, f, d) for n, f in feds for d in sizes]
-    ours: dict[tuple[str, int, int], Timing] = {}
-    theirs: list[tuple[Theirs, int, int, int, Timing, str]] = []
-    skipped: dict[tuple[int, int], str] = {}
 
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the benchmark and print both tables."""
+    args = parse_args(argv)
+    feds = [(n, f) for n, f in FEDERATIONS[: 1 if args.quick else None] if n in (args.n or [n])]
+    sizes = [d for d in SIZES if not (d == HUGE_D and (args.quick or args.skip_huge))]
+    sizes = [d for d in sizes if d in (args.d or [d])]
+    repeats = args.repeats or (3 if args.quick else 7)
+    normal = Plan(repeats=repeats, budget_s=1.5 if args.quick else 6.0)
+    huge = Plan(repeats=min(repeats, 2), budget_s=20.0)
+    flwr_agg, flwr_desc = load_flower()
+    byzfl_agg, byzfl_desc = load_byzfl()
+    print_preamble(args, [flwr_desc, byzfl_desc], repeats)
+    started = time.perf_counter()
+    columns = [(n, f, d) for n, f in feds for d in sizes]
+    results = Results()
     for n, f, d in columns:
-        plan = huge if d == HUGE_D else normal
-        need = n * d * 4
-        avail = mem_available()
+        need, avail = n * d * 4, mem_available()
         if need * 2 > avail:
-            skipped[(n, d)] = f"needs {need / 2**30:.1f} GiB x2, {avail / 2**30:.1f} available"
-            print(f"n={n} d={d:,}: skipped ({skipped[(n, d)]})", flush=True)
+            results.skipped[(n, d)] = (
+                f"needs {need / 2**30:.1f} GiB x2, {avail / 2**30:.1f} available"
+            )
+            print(f"n={n} d={d:,}: skipped ({results.skipped[(n, d)]})", flush=True)
             continue
         tick = time.perf_counter()
-        updates = make_updates(n, d, args.seed)
-        where = f"  n={n} d={d:,}"
-        for name in names:
-            timing = ours[(name, n, d)] = time_ours(name, updates, f, args.seed, plan)
-            print(f"{where} ours {name}: {timing.cell()} {timing.problem}", flush=True)
-        for entry in their_methods(flwr_agg, byzfl_agg, updates, f):
-            if entry.method not in names:
-                continue
-            timing = time_theirs(entry, plan)
-            ref = ours.get((entry.method, n, d), Timing())
-            theirs.append((entry, n, f, d, timing, agreement(ref, timing)))
-            timing.output = None
-            label = f"{entry.library} {entry.method}"
-            same = theirs[-1][-1]
-            print(f"{where} {label}: {timing.cell()} {timing.problem} same={same}", flush=True)
-        for name in names:  # the outputs were kept only for the comparison
-            ours[(name, n, d)].output = None
+        plan = huge if d == HUGE_D else normal
+        measure_size(n, f, d, args, plan, (flwr_agg, byzfl_agg), results)
         print(
             f"n={n} f={f} d={d:,}: {time.perf_counter() - tick:.0f} s (load {load_average()})",
             flush=True,
         )
-        del updates
         gc.collect()
-
-    print("\nOurs, ms per call (agg(updates, ctx), validation included):")
-    header = ["aggregator"] + [f"n={n} d={d:,}" for n, _, d in columns]
-    rows = []
-    footnotes: list[str] = []
-    for name in names:
-        cells = [name + (" (beta=f/n)" if name == "trimmed_mean" else "")]
-        for n, f, d in columns:
-            timing = ours.get((name, n, d))
-            if timing is None:
-                cells.append("skipped")
-                continue
-            cells.append(timing.cell())
-            if timing.problem:
-                footnotes.append(f"{name} at n={n}, f={f}, d={d:,}: {timing.problem}")
-        rows.append(cells)
-    print_table(header, rows)
-    for (n, d), why in skipped.items():
-        footnotes.append(f"n={n} d={d:,} skipped: {why}")
-    for note in footnotes:
-        print(f"  {note}")
-
-    if theirs:
-        print(
-            f"\nTheirs vs ours, ms per call; ratio = theirs / ours; target ours >= "
-            f"{SPEEDUP_TARGET:g}x faster:"
-        )
-        header = [
-            "method",
-            "library",
-            "n",
-            "f",
-            "d",
-            "ours",
-            "theirs",
-            "ratio",
-            "target",
-            "same result",
-        ]
-        rows = []
-        for entry, n, f, d, timing, same in theirs:
-            ref = ours.get((entry.method, n, d), Timing(problem="-"))
-            ratio = target = "-"
-            if ref.ms is not None and timing.ms is not None:
-                value = timing.ms / ref.ms
-                prefix = "~>=" if timing.lower_bound else ("~" if timing.estimated else "")
-                ratio = f"{prefix}{value:.2f}"
-                target = "PASS" if value >= SPEEDUP_TARGET else "FAIL"
-            if timing.problem:
-                same = timing.problem
-            rows.append(
-                [
-                    entry.method,
-                    entry.library,
-                    str(n),
-                    str(f),
-                    f"{d:,}",
-                    ref.cell(),
-                    timing.cell(),
-                    ratio,
-                    target,
-                    same,
-                ]
-            )
-        print_table(header, rows)
-        print("flwr: torch -> numpy conversion (zero-copy) excluded from its times.")
+    for threads in args.threads:
+        print_ours(results, method_names(args), columns, threads)
+    if results.theirs:
+        print_theirs(results)
     for note in SEMANTIC_NOTES:
         print(f"note: {note}")
     print(f"\ntotal {time.perf_counter() - started:.0f} s; load average at end: {load_average()}")

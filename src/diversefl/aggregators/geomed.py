@@ -17,10 +17,17 @@ _CHUNK = CHUNK
 
 
 def _weighted_sum(points: Tensor, weights: Tensor) -> Tensor:
-    """``sum_i weights_i points_i`` in float64, column chunk by column chunk."""
-    out = torch.empty(points.shape[1], dtype=torch.float64, device=points.device)
-    for start in range(0, points.shape[1], _CHUNK):
-        out[start : start + _CHUNK] = weights @ points[:, start : start + _CHUNK].double()
+    """``sum_i weights_i points_i`` in float64, column chunk by column chunk (each chunk
+    widened into one reused, contiguous float64 buffer: the same product as on a fresh copy)."""
+    n, d = points.shape
+    out = torch.empty(d, dtype=torch.float64, device=points.device)
+    buffer = torch.empty(n * min(d, _CHUNK), dtype=torch.float64, device=points.device)
+    for start in range(0, d, _CHUNK):
+        block = points[:, start : start + _CHUNK]
+        chunk = buffer[: block.numel()].view(block.shape)
+        chunk.copy_(block)
+        # weights @ chunk as matmul computes it (chunk.T.mv(weights)), written into out
+        torch.mv(chunk.T, weights, out=out[start : start + _CHUNK])
     return out
 
 

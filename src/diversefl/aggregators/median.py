@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from diversefl.aggregators.base import Aggregate, Aggregator, RoundContext
-from diversefl.aggregators.order_stats import sort_clients
+from diversefl.aggregators.order_stats import sorted_rows
 
 
 def median_of_sorted(sorted_updates: Tensor) -> Tensor:
@@ -32,8 +32,13 @@ def median_of_sorted(sorted_updates: Tensor) -> Tensor:
 
 def coordinate_median(updates: Tensor) -> Tensor:
     """Coordinate-wise median ``[d]`` of ``updates [n, d]`` (even ``n``: mean of the two middle
-    values of each coordinate)."""
-    return median_of_sorted(sort_clients(updates))
+    values of each coordinate). Only the middle one or two sorted rows are formed."""
+    n = updates.shape[0]
+    if n == 0:
+        raise ValueError("median of zero rows is undefined")
+    lo = (n - 1) // 2  # the middle row (odd n) or the lower of the two middle rows (even n)
+    middle = sorted_rows(updates, lo, n // 2 + 1)
+    return median_of_sorted(middle) if n % 2 == 0 else middle[0]
 
 
 @dataclass

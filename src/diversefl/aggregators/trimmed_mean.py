@@ -12,7 +12,7 @@ from torch import Tensor
 
 from diversefl.aggregators.base import Aggregate, Aggregator, AggregatorError, RoundContext
 from diversefl.aggregators.median import median_of_sorted
-from diversefl.aggregators.order_stats import sort_clients
+from diversefl.aggregators.order_stats import sort_clients, sorted_rows
 
 
 def trimmed_count(beta: float, n: int) -> int:
@@ -41,7 +41,7 @@ def rank_trimmed_mean(updates: Tensor, trim: int) -> Tensor:
         raise ValueError(f"cannot trim {trim} values from each end of {n}")
     if trim == 0:
         return updates.mean(0)
-    return sort_clients(updates)[trim : n - trim].mean(0)
+    return sorted_rows(updates, trim, n - trim).mean(0)  # only the kept rows are formed
 
 
 def closest_window_start(ordered: Tensor, keep: int) -> Tensor:
