@@ -11,9 +11,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from diversefl.aggregators.base import Aggregate, Aggregator, AggregatorError, RoundContext
+from diversefl.aggregators.base import Aggregate, RoundContext
 from diversefl.aggregators.krum import pairwise_sq_dists
 from diversefl.aggregators.mean import mean_of
+from diversefl.aggregators.subset_search import SubsetSearch
 
 # Subset-by-pair entries gathered at once (bounds the [subsets, m, m] block to ~32 MB float64).
 _BLOCK_ENTRIES = 1 << 22
@@ -45,7 +46,7 @@ def min_diameter_subset(dist: Tensor, m: int) -> Tensor:
 
 
 @dataclass
-class MDA(Aggregator):
+class MDA(SubsetSearch):
     """Minimum-diameter averaging: the mean of the ``n - f`` updates whose diameter (largest
     pairwise Euclidean distance) is smallest.
 
@@ -65,26 +66,6 @@ class MDA(Aggregator):
 
     name: ClassVar[str] = "mda"
     max_subsets: int = 1_000_000  # refuse n, f with more than this many subsets C(n, f)
-
-    def __post_init__(self) -> None:
-        if self.max_subsets < 1:
-            raise AggregatorError(f"{self.name}: max_subsets must be >= 1, got {self.max_subsets}")
-
-    def check(self, n: int, f: int) -> None:
-        super().check(n, f)
-        if f < 0:
-            raise AggregatorError(f"{self.name}: f must be >= 0, got f={f}")
-        if n <= 2 * f:
-            raise AggregatorError(
-                f"{self.name}: needs n > 2f clients, got n={n}, f={f} (n must be at least "
-                f"{2 * f + 1})"
-            )
-        count = math.comb(n, f)
-        if count > self.max_subsets:
-            raise AggregatorError(
-                f"{self.name}: C(n={n}, f={f}) = {count} subsets exceeds max_subsets="
-                f"{self.max_subsets} (the exact search would be too slow)"
-            )
 
     def aggregate(self, updates: Tensor, ctx: RoundContext) -> Aggregate:
         n = updates.shape[0]

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diversefl.aggregators.base import Aggregate, Aggregator, AggregatorError, RoundContext
+from diversefl.aggregators.base import Aggregate, RoundContext
 from diversefl.aggregators.gram import CHUNK
 from diversefl.aggregators.mean import mean_of
+from diversefl.aggregators.subset_search import SubsetSearch
 
 # Subset-by-pair entries gathered at once (bounds the [subsets, m, m] block to ~32 MB float64).
 _BLOCK_ENTRIES = 1 << 22
@@ -65,7 +66,7 @@ def smallest_eigenvalue_subset(gram: Tensor, m: int) -> tuple[Tensor, float]:
 
 
 @dataclass
-class SMEA(Aggregator):
+class SMEA(SubsetSearch):
     """SMEA: the mean of the ``n - f`` updates whose empirical covariance has the smallest
     largest eigenvalue.
 
@@ -89,26 +90,6 @@ class SMEA(Aggregator):
 
     name: ClassVar[str] = "smea"
     max_subsets: int = 200_000  # refuse n, f with more than this many subsets C(n, f)
-
-    def __post_init__(self) -> None:
-        if self.max_subsets < 1:
-            raise AggregatorError(f"{self.name}: max_subsets must be >= 1, got {self.max_subsets}")
-
-    def check(self, n: int, f: int) -> None:
-        super().check(n, f)
-        if f < 0:
-            raise AggregatorError(f"{self.name}: f must be >= 0, got f={f}")
-        if n <= 2 * f:
-            raise AggregatorError(
-                f"{self.name}: needs n > 2f clients, got n={n}, f={f} (n must be at least "
-                f"{2 * f + 1})"
-            )
-        count = math.comb(n, f)
-        if count > self.max_subsets:
-            raise AggregatorError(
-                f"{self.name}: C(n={n}, f={f}) = {count} subsets exceeds max_subsets="
-                f"{self.max_subsets} (the exact search would be too slow)"
-            )
 
     def aggregate(self, updates: Tensor, ctx: RoundContext) -> Aggregate:
         n = updates.shape[0]
