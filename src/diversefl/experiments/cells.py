@@ -95,6 +95,24 @@ class CellResult:
     elsewhere: str = ""
 
 
+def claim_cell(cell: Cell, run_dir: Path) -> CellLock | CellResult:
+    """Take ``run_dir``'s lock for ``cell`` and return it, held; or, when another process holds
+    it or the cell is already finished there, a :class:`CellResult` saying so (lock released).
+    How the sweep, packs and Ray all claim a cell before writing its run directory."""
+    lock = CellLock(run_dir)
+    if not lock.acquire():
+        return CellResult(None, f"running in {holder(run_dir) or 'another process'}")
+    try:
+        done = finished_summary(cell, run_dir)
+    except BaseException:
+        lock.release()
+        raise
+    if done is not None:
+        lock.release()
+        return CellResult(done, "finished by another process")
+    return lock
+
+
 def run_cell(
     cell: Cell, run_dir: Path, data_dir: str | None, progress: bool, threads: int = 0
 ) -> CellResult:
@@ -111,13 +129,10 @@ def run_cell(
     # before the lock creates the run directory: a --jobs worker checks (and loads) the data
     # itself, and in the sweep's own process this finds what run_sweep checked in the cache
     check_setup([cell], data_dir)
-    lock = CellLock(run_dir)
-    if not lock.acquire():
-        return CellResult(None, f"running in {holder(run_dir) or 'another process'}")
+    lock = claim_cell(cell, run_dir)
+    if isinstance(lock, CellResult):
+        return lock
     try:
-        done = finished_summary(cell, run_dir)
-        if done is not None:
-            return CellResult(done, "finished by another process")
         resume = (run_dir / "checkpoint.pt").exists()
         run_dir.mkdir(parents=True, exist_ok=True)  # made by the lock, except without fcntl
         (run_dir / ".running").touch()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diversefl.cell_lock import CellLock, holder
+from diversefl.cell_lock import CellLock
 from diversefl.engine.packed import PACK_MAX_PARAMS, PackedFederation, pack_key
 from diversefl.engine.resume import read_resume_point
 from diversefl.engine.runner import ModelDivergedError, RunLoop
@@ -19,7 +19,7 @@ from diversefl.experiments.cells import (
     CellResult,
     _run_cell,
     check_setup,
-    finished_summary,
+    claim_cell,
 )
 from diversefl.results import check_run_dir, prepare_run_dir
 
@@ -111,16 +111,11 @@ def _claim(
     """Lock each cell's directory; cells running or finished elsewhere get their result."""
     todo = []
     for i, cell in enumerate(pack.cells):
-        run_dir = out / cell.dirname
-        lock = CellLock(run_dir)
-        if not lock.acquire():
-            results[i] = CellResult(None, f"running in {holder(run_dir) or 'another process'}")
+        lock = claim_cell(cell, out / cell.dirname)
+        if isinstance(lock, CellResult):
+            results[i] = lock
             continue
         locks[i] = lock
-        done = finished_summary(cell, run_dir)
-        if done is not None:
-            results[i] = CellResult(done, "finished by another process")
-            continue
         todo.append((i, cell))
     return todo
 

@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from diversefl.cell_lock import LOCK_NAME, CellLock, holder
-from diversefl.experiments.sweep import Cell, CellResult, finished_summary
+from diversefl.cell_lock import LOCK_NAME
+from diversefl.experiments.cells import Cell, CellResult, claim_cell, finished_summary
 from diversefl.results import ALL_RUN_FILES, atomic_write_bytes, load_checkpoint
 
 REQUIRED_FILES = ("config.toml", "metrics.csv", "summary.json")  # what every finished run has
@@ -95,13 +95,10 @@ def install_payload(
     Like a sweep process, it leaves alone a cell another process holds or has finished."""
     files = check_payload(files, cell.dirname, limits)
     created = not run_dir.exists()
-    lock = CellLock(run_dir)
-    if not lock.acquire():
-        return CellResult(None, f"running in {holder(run_dir) or 'another process'}")
+    lock = claim_cell(cell, run_dir)
+    if isinstance(lock, CellResult):
+        return lock
     try:
-        done = finished_summary(cell, run_dir)
-        if done is not None:
-            return CellResult(done, "finished by another process")
         for stale in run_dir.glob(f"{_STAGING}*"):  # left by a collector killed mid-write
             shutil.rmtree(stale, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=_STAGING, dir=run_dir))
