@@ -152,3 +152,35 @@ def test_reproduce_all_runs_each_figures_runs_once_longest_first_and_draws_them(
     text = _plain(capsys.readouterr().out)
     assert text.count("done already") == 9 and "[1/1] mnist-mlp/oracle__none__seed0" in text
     assert "reproduce all: 10 runs (1 run now)" in text
+
+
+@pytest.mark.slow
+def test_reproduce_all_with_pack_runs_the_softmax_runs_together_and_matches_them_alone(
+    mnist_dir: Path, tmp_path: Path, monkeypatch, capsys
+):
+    _small_figures(monkeypatch)
+    monkeypatch.setattr(reproduce_all, "round_seconds", _fake_round_seconds([]))
+    common = ["--rounds", "3", "--quiet", "--data-dir", str(mnist_dir)]
+    assert main(["reproduce", "all", "--out", str(tmp_path / "a"), *common]) == 0
+    assert main(["reproduce", "all", "--pack", "auto", "--out", str(tmp_path / "p"), *common]) == 0
+    text = _plain(capsys.readouterr().out)
+    assert "reproduce all: 10 runs (10 run now)" in text
+    sizes: dict[str, set[int]] = {}
+    for path in sorted((tmp_path / "p").glob("*-r3/*/summary.json")):
+        packed = json.loads(path.read_text())
+        sizes.setdefault(path.parent.parent.name, set()).add(packed.get("pack_size", 1))
+        alone = json.loads((tmp_path / "a" / path.relative_to(tmp_path / "p")).read_text())
+        # the same runs up to float rounding (the packed matmuls are wider)
+        assert packed["final_test_accuracy"] == pytest.approx(
+            alone["final_test_accuracy"], abs=2e-3
+        )
+        assert packed["best_test_accuracy"] == pytest.approx(alone["best_test_accuracy"], abs=2e-3)
+    # the four softmax runs (one seed, one batch draw) form one pack; the MLPs run alone
+    assert sizes == {"mnist-softmax-r3": {4}, "mnist-mlp-r3": {1}, "mnist-backdoor-r3": {1}}
+    for fig in ("fig3", "fig9", "fig10"):
+        assert (tmp_path / "p" / f"{fig}-r3.png").exists()
+
+
+def test_pack_is_refused_for_a_single_figure(capsys):
+    assert main(["reproduce", "fig9", "--pack", "2"]) != 0
+    assert "only with reproduce all" in _plain(capsys.readouterr().err)

@@ -266,3 +266,51 @@ def test_a_subclass_that_overrides_call_is_back_at_the_safe_default():
     assert Reads.uses_own_gradients is True
     assert Keeps.uses_own_gradients is False
     assert Declares.uses_own_gradients is False
+
+
+@pytest.mark.parametrize("name", sorted(attacks.REGISTRY))
+def test_the_honest_flag_says_whether_an_attack_reads_the_honest_gradients(name):
+    """An attack flagged ``uses_honest_gradients = False`` sends the same message when given
+    an empty ``[0, d]`` honest tensor (what the simulator then passes) as with the real rows."""
+    n, f, d = 9, 3, 12
+    gen = torch.Generator().manual_seed(0)
+    honest = torch.randn(n - f, d, generator=gen)
+    own = torch.randn(f, d, generator=gen)
+    guiding = torch.randn(n, d, generator=gen)
+    byz = torch.zeros(n, dtype=torch.bool)
+    byz[[0, 4, 7]] = True
+    attack = attacks.get(name)
+    if type(attack).uses_honest_gradients:
+        return  # read or not, the rows are passed: nothing to check
+    with_rows = attack(honest, own, _attack_ctx(n, f, byz, guiding))
+    without = attack(honest[:0], own, _attack_ctx(n, f, byz, guiding))
+    assert torch.equal(with_rows, without)
+
+
+def test_attacks_built_from_their_own_gradient_or_noise_skip_the_honest_copy():
+    flagged = {k for k, a in attacks.REGISTRY.items() if not a.uses_honest_gradients}
+    assert {"sign_flip", "gaussian", "same_value", "inf", "backdoor", "label_flip"} <= flagged
+    assert not {"alie", "ipm", "min_max", "mimic", "adaptive"} & flagged
+
+    class Reads(type(attacks.get("sign_flip"))):
+        def __call__(self, honest, byzantine, ctx):
+            return byzantine + honest.mean(0)
+
+    assert Reads.uses_honest_gradients is True
+
+
+@pytest.mark.parametrize("attack", ["sign_flip", "alie"])
+def test_simulator_passes_the_honest_rows_only_to_attacks_that_read_them(monkeypatch, attack):
+    seen: list[int] = []
+    cls = type(attacks.get(attack))
+    real = cls.__call__
+
+    def spy(self, honest, byzantine, ctx):
+        seen.append(int(honest.shape[0]))
+        return real(self, honest, byzantine, ctx)
+
+    monkeypatch.setattr(cls, "__call__", spy)
+    cfg = make_config(tiny_config(rounds=2, attack={"name": attack, "f": 2}))
+    sim = Simulation(cfg)
+    sim.step(1)
+    assert seen == ([0] if attack == "sign_flip" else [cfg.clients.n - 2])

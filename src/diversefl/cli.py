@@ -421,6 +421,7 @@ def _plot_several(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """``diversefl reproduce FIGURE``: the sweep behind one paper figure, then the figure;
     ``reproduce all``: every MNIST figure's runs in one pool, then the figures."""
+    from diversefl.config import ConfigError
     from diversefl.experiments.reproduce import reproduce
     from diversefl.experiments.reproduce_all import reproduce_all
 
@@ -435,8 +436,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         "jobs": args.jobs,
         "device": args.device,
     }
+    if args.pack and args.figure != "all":
+        raise ConfigError(
+            f"--pack {args.pack}: only with reproduce all (for one figure's runs: sweep --pack)"
+        )
     if args.figure == "all":
-        reproduce_all(**common, refresh=args.recalibrate)
+        reproduce_all(**common, refresh=args.recalibrate, pack=args.pack)
     else:
         reproduce(args.figure, **common)
     return 0
@@ -763,6 +768,12 @@ def _add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
     rp.add_argument(
         "--jobs", type=_positive_int, default=1, help="runs at once (as in sweep --jobs)"
     )
+    rp.add_argument(
+        "--pack", type=_pack_size, metavar="K|auto",
+        help="with all: run a preset's small-model runs K at a time in one process, as sweep "
+        "--pack does (auto: models under 50,000 parameters; equal to the runs alone up to "
+        "float rounding)"
+    )  # fmt: skip
     rp.set_defaults(func=cmd_reproduce)
 
 

@@ -34,6 +34,7 @@ class Backdoor(Attack):
     """Relabel source -> target in the Byzantine batches, then scale the update."""
 
     name: ClassVar[str] = "backdoor"
+    uses_honest_gradients: ClassVar[bool] = False
     metric_names: ClassVar[tuple[str, ...]] = ("main_accuracy", "backdoor_accuracy")
     # poison() changes labels only, so packed runs share the inputs (engine/packed.py)
     poisons_labels_only: ClassVar[bool] = True

@@ -25,6 +25,11 @@ class Attack:
     # simulator then skips computing the Byzantine clients' gradients (f/n of a round's work).
     # A subclass that overrides __call__ without setting it is back at True (the safe value).
     uses_own_gradients: ClassVar[bool] = True
+    # Whether __call__ reads the honest gradients. An attack built from its own gradient or
+    # from noise alone (sign flip, Gaussian) sets False, and the simulator then passes an empty
+    # ``[0, d]`` tensor instead of copying the honest rows out (at 1,000 softmax clients that
+    # copy was a tenth of a round). Overriding __call__ without setting it means True.
+    uses_honest_gradients: ClassVar[bool] = False
     # Whether the message is built from the other clients' updates (their mean and spread),
     # beyond the mean a node could stand in for with its own gradient: a deployed node sees
     # only its own gradient, with which such an attack sends that gradient unchanged, so the
@@ -38,6 +43,8 @@ class Attack:
         super().__init_subclass__(**kwargs)
         if "__call__" in cls.__dict__ and "uses_own_gradients" not in cls.__dict__:
             cls.uses_own_gradients = True
+        if "__call__" in cls.__dict__ and "uses_honest_gradients" not in cls.__dict__:
+            cls.uses_honest_gradients = True
 
     def choose_byzantine(self, labels: np.ndarray, parts: list[np.ndarray]) -> list[int] | None:
         """Clients this attack makes Byzantine given the partition, or None to use the config's

@@ -18,6 +18,7 @@ class Gaussian(Attack):
     """Each Byzantine entry is drawn i.i.d. from N(0, sigma^2)."""
 
     name: ClassVar[str] = "gaussian"
+    uses_honest_gradients: ClassVar[bool] = False
     uses_own_gradients: ClassVar[bool] = False
     sigma: float = 1e4  # sigma_G: 1e4 for softmax regression, 10 for neural networks
 

@@ -28,6 +28,7 @@ class Inf(Attack):
     """
 
     name: ClassVar[str] = "inf"
+    uses_honest_gradients: ClassVar[bool] = False
     uses_own_gradients: ClassVar[bool] = False
 
     def __call__(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:

@@ -18,6 +18,7 @@ class SameValue(Attack):
     """Every entry of the message equals ``sigma`` (sigma_S)."""
 
     name: ClassVar[str] = "same_value"
+    uses_honest_gradients: ClassVar[bool] = False
     uses_own_gradients: ClassVar[bool] = False
     sigma: float = 1e4  # sigma_S: 1e4 for softmax regression, 10 for neural networks
 

@@ -16,6 +16,7 @@ class SignFlip(Attack):
     """Every entry of the client's own gradient has its sign flipped: ``z = -g``."""
 
     name: ClassVar[str] = "sign_flip"
+    uses_honest_gradients: ClassVar[bool] = False
 
     def __call__(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
         return -byzantine

@@ -554,8 +554,15 @@ class Simulation:
             # the attackers know how many they are, whatever the defense assumes; their context
             # shares the round's guiding gradients (computed once, the ones the server tests)
             atk_ctx = ctx if ctx.f == self.f else ctx.sharing_guides(f=self.f)
-            grads[byz_d] = self.attack(grads[~byz_d], grads[byz_d], atk_ctx).to(grads.dtype)
+            grads[byz_d] = self.attack(self._honest_rows(grads, byz_d), grads[byz_d], atk_ctx).to(
+                grads.dtype
+            )
         return grads
+
+    def _honest_rows(self, grads: Tensor, byz: Tensor) -> Tensor:
+        """The honest rows the attack sees: a copy, or an empty ``[0, d]`` view for an attack
+        that never reads them (``uses_honest_gradients = False``), which saves the copy."""
+        return grads[~byz] if type(self.attack).uses_honest_gradients else grads[:0]
 
     def step(self, r: int) -> RoundRecord:
         """Run round r (1-based): client updates, aggregation, server step (eq. 11)."""
@@ -576,7 +583,8 @@ class Simulation:
 
         def attack(sent: Tensor) -> Tensor:
             if bool(byz.any()):
-                sent[byz_d] = self.attack(sent[~byz_d], sent[byz_d], ctx).to(sent.dtype)
+                honest = self._honest_rows(sent, byz_d)
+                sent[byz_d] = self.attack(honest, sent[byz_d], ctx).to(sent.dtype)
             return sent
 
         protocol = cast(Protocol, self.aggregator)  # step() sends only protocols here

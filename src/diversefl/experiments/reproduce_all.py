@@ -135,36 +135,86 @@ def _preset_runs(root: Path, rounds: int | None, device: str | None) -> list[Pre
     return list(groups.values())
 
 
+@dataclass(frozen=True)
+class Unit:
+    """What one worker runs at a time: one cell alone, or a pack of cells of one preset that
+    share their batches (``sweep --pack``), all under ``root``. ``work`` holds the indices of
+    its cells in the ``todo`` list."""
+
+    work: tuple[int, ...]
+    cells: tuple[Cell, ...]
+    root: Path
+    start: int = 0  # the round the pack's checkpoints reached
+
+    def run(self, data_dir: str | None, progress: bool, threads: int = 0) -> list[Any]:
+        """Each cell's :class:`CellResult`, or (in a pack) the error that stopped it."""
+        if len(self.cells) == 1:
+            cell = self.cells[0]
+            return [run_cell(cell, self.root / cell.dirname, data_dir, progress, threads)]
+        from diversefl.experiments.packing import Pack, run_pack
+
+        return run_pack(Pack(self.cells, self.start), self.root, data_dir, threads)
+
+
+def _units(
+    todo: list[tuple[PresetRuns, int]], pack: int | str | None, data_dir: str | None
+) -> list[Unit]:
+    """The work in ``todo``'s order (longest first): one unit per cell, or with ``pack`` the
+    cells of each preset grouped as ``sweep --pack`` groups them (a pack goes where its first
+    cell was)."""
+    if not pack:
+        return [Unit((k,), (g.grid[i],), g.root) for k, (g, i) in enumerate(todo)]
+    from diversefl.experiments.packing import plan_packs
+
+    where = {(id(g), g.grid[i].dirname): k for k, (g, i) in enumerate(todo)}
+    units: list[Unit] = []
+    for g in {id(g): g for g, _ in todo}.values():  # each preset once, in order
+        cells = [g.grid[i] for h, i in todo if h is g]
+        for p in plan_packs(cells, g.root, pack, data_dir):
+            work = tuple(where[(id(g), c.dirname)] for c in p.cells)
+            units.append(Unit(work, p.cells, g.root, p.start))
+    return sorted(units, key=lambda u: min(u.work))
+
+
 def _run_all(
-    work: list[tuple[Cell, Path]],
+    units: list[Unit],
     data_dir: str | None,
     jobs: int,
     progress: bool,
     record: Callable[[int, CellResult], None],
 ) -> None:
-    """Run ``work`` (cell, run directory) in this order: one after another here, or in one
-    pool of ``jobs`` spawned workers (each with an equal share of the threads), which take the
-    cells in the order given; ``record`` each result as it finishes."""
-    if jobs <= 1 or len(work) <= 1:
-        for k, (cell, run_dir) in enumerate(work):
-            record(k, run_cell(cell, run_dir, data_dir, progress))
-        return
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    """Run ``units`` in this order: one after another here, or in one pool of ``jobs``
+    spawned workers (each with an equal share of the threads), which take them in the order
+    given; ``record`` each cell's result as its unit finishes. A packed cell whose model
+    diverged does not stop its pack: its error is raised at the end."""
+    errors: list[BaseException] = []
 
-    threads = threads_per_run(jobs)
-    with ProcessPoolExecutor(
-        max_workers=jobs,
-        mp_context=mp.get_context("spawn"),
-        initializer=_exit_with_parent,
-        initargs=(os.getpid(),),
-    ) as pool:
-        futures = {
-            pool.submit(run_cell, cell, run_dir, data_dir, False, threads): k
-            for k, (cell, run_dir) in enumerate(work)
-        }
-        for fut in as_completed(futures):
-            record(futures[fut], fut.result())
+    def handle(unit: Unit, results: list[Any]) -> None:
+        for k, res in zip(unit.work, results, strict=True):
+            if isinstance(res, BaseException):
+                errors.append(res)
+            else:
+                record(k, res)
+
+    if jobs <= 1 or len(units) <= 1:
+        for unit in units:
+            handle(unit, unit.run(data_dir, progress))
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        threads = threads_per_run(jobs)
+        with ProcessPoolExecutor(
+            max_workers=jobs,
+            mp_context=mp.get_context("spawn"),
+            initializer=_exit_with_parent,
+            initargs=(os.getpid(),),
+        ) as pool:
+            futures = {pool.submit(u.run, data_dir, False, threads): u for u in units}
+            for fut in as_completed(futures):
+                handle(futures[fut], fut.result())
+    if errors:
+        raise errors[0]
 
 
 def _todo(
@@ -200,16 +250,20 @@ def reproduce_all(
     jobs: int = 1,
     device: str | None = None,
     refresh: bool = False,
+    pack: int | str | None = None,
 ) -> AllResult:
     """Run (or finish) the runs of every MNIST figure in one pool of ``jobs`` workers, longest
     first, then draw each figure; the same run directories as ``reproduce FIGURE`` (so either
-    finishes what the other started). ``refresh`` measures the per-round times anew."""
+    finishes what the other started). ``refresh`` measures the per-round times anew. ``pack``
+    (K or "auto") runs a preset's small-model runs in packs as ``sweep --pack`` does (equal to
+    the runs alone up to float rounding, not bit for bit)."""
     started = time.monotonic()
     root = Path(out) if out is not None else DEFAULT_OUT
     groups = _preset_runs(root, rounds, device)
     todo = _todo(groups, jobs, refresh, echo)
     check_setup([g.grid[i] for g, i in todo], data_dir, keep_data=jobs <= 1 or len(todo) <= 1)
     work = [(g.grid[i], g.root / g.grid[i].dirname) for g, i in todo]
+    units = _units(todo, pack, data_dir)
     ran: set[int] = set()
     finished_rounds: list[tuple[float, int]] = []
 
@@ -236,7 +290,7 @@ def reproduce_all(
 
     if work:
         root.mkdir(parents=True, exist_ok=True)
-    _run_all(work, data_dir, jobs, progress, record)
+    _run_all(units, data_dir, jobs, progress, record)
     for g in groups:
         g.refresh()
         if g.summaries:
