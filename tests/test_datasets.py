@@ -326,6 +326,27 @@ def test_digits(monkeypatch: pytest.MonkeyPatch) -> None:
     assert int(counts.min()) >= 35 and int(counts.max()) <= 37  # stratified 20%
 
 
+def test_bundled_digits_are_scikit_learns_split_bit_for_bit() -> None:
+    """The packaged ``digits.npz`` gives exactly what the earlier loader built from
+    scikit-learn (its digits, /16, stratified 80/20 split with seed 0): the demo's and the
+    tests' numbers do not move, and scikit-learn is no longer needed to run them."""
+    sk = pytest.importorskip("sklearn.datasets")
+    from sklearn.model_selection import train_test_split
+
+    bunch = sk.load_digits()
+    x = (bunch.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
+    y = bunch.target.astype(np.int64)
+    tr, te = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=0)
+    ds = load_dataset("digits")
+    for got, want in (
+        (ds.x_train, x[tr]),
+        (ds.y_train, y[tr]),
+        (ds.x_test, x[te]),
+        (ds.y_test, y[te]),
+    ):
+        assert torch.equal(got, torch.from_numpy(np.ascontiguousarray(want)))
+
+
 def _write_idx(path: Path, arr: np.ndarray, code: int) -> None:
     """A raw IDX file: magic (0, 0, type code, ndim), big-endian dims, big-endian data."""
     dims = np.array(arr.shape, dtype=">u4").tobytes()

@@ -101,6 +101,21 @@ def test_plan_packs_groups_by_shared_batches(tmp_path: Path) -> None:
         plan_packs(cells, tmp_path, 0)
 
 
+def test_auto_packs_are_as_equal_as_the_limit_allows(tmp_path: Path, monkeypatch) -> None:
+    from diversefl.experiments import packing
+
+    monkeypatch.setattr(packing, "AUTO_PACK", 3)
+    cells = [_cell(a, k) for a, k in ENTRIES]  # 4 runs sharing batches: 2 + 2, not 3 + 1
+    packs = plan_packs(cells, tmp_path, "auto")
+    assert [len(p.cells) for p in packs] == [2, 2]
+    assert [c for p in packs for c in p.cells] == cells  # every cell once, in grid order
+    ids = list(range(55))
+    for limit, want in ((32, [28, 27]), (16, [14, 14, 14, 13]), (55, [55]), (1, [1] * 55)):
+        parts = packing._split(ids, limit, balanced=True)  # type: ignore[arg-type]
+        assert [len(q) for q in parts] == want and sum(parts, []) == ids
+    assert [len(q) for q in packing._split(ids, 16, balanced=False)] == [16, 16, 16, 7]
+
+
 def test_pack_refuses_runs_with_other_batches() -> None:
     with pytest.raises(PackError, match="cannot be packed together"):
         PackedFederation([_cell("mean", "none").config, _cell("mean", "none", seed=1).config])

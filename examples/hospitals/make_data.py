@@ -14,7 +14,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from sklearn.datasets import load_breast_cancer
+
+try:
+    from sklearn.datasets import load_breast_cancer
+except ImportError:  # not part of diversefl's own install
+    sys.exit("make_data.py reads scikit-learn's breast-cancer table: pip install scikit-learn")
 
 #: Each hospital's share of the malignant and of the benign patients (columns sum to 1).
 SHARES = {

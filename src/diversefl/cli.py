@@ -298,16 +298,22 @@ def _sweep_status(cells: list, out: Path, jobs: int, name: str) -> int:
 
 
 def cmd_detection(args: argparse.Namespace) -> int:
-    """``diversefl detection SWEEP``: accuracy vs OracleSGD, TPR/FPR and C1/C2 pass rates."""
+    """``diversefl detection SWEEP``: accuracy vs OracleSGD, TPR/FPR and C1/C2 pass rates
+    (``--spread``: median and worst seed, and who escapes in the worst seed)."""
     from diversefl.experiments.detection import (
         cosine_table,
         detection_table,
+        escapes_section,
         per_client_table,
         read_sweep,
+        spread_table,
     )
 
     runs = read_sweep(args.path)
-    text = detection_table(runs)
+    if args.spread:
+        text = spread_table(runs) + "\n" + escapes_section(runs)
+    else:
+        text = detection_table(runs)
     for agg in args.per_client or []:
         text += f"\nPer Byzantine client, {agg}:\n\n" + per_client_table(runs, agg)
     if args.cosines:
@@ -678,6 +684,12 @@ def _add_detection_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also the honest clients' guide-update cosines (percentiles, and the share a "
         "min_cosine of 0.3 / 0.5 / 0.7 would reject): choose min_cosine from these",
+    )
+    de.add_argument(
+        "--spread",
+        action="store_true",
+        help="per defense and placement over seeds: TPR and the gap to OracleSGD as median and "
+        "worst seed, and which Byzantine client escapes in the worst seed and at what cosine",
     )
     de.set_defaults(func=cmd_detection)
 

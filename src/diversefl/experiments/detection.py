@@ -1,8 +1,9 @@
 """Detection report of a sweep: per aggregator and attack (placement), final accuracy next to
 OracleSGD's with the same placement and seed, TPR, FPR, how often each of DiverseFL's two
 tests alone would have let a Byzantine update through, and the honest clients' guide-update
-cosines that a ``min_cosine`` threshold is chosen from (from ``decisions.csv``). Reads only
-saved run files."""
+cosines that a ``min_cosine`` threshold is chosen from (from ``decisions.csv``); and the spread
+over seeds (median and worst seed) with the Byzantine client that escapes in the worst seed.
+Reads only saved run files."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class RunDetection:
     byzantine_ids: tuple[int, ...]
     per_client_pass: dict[int, float]  # Byzantine client -> share of rounds accepted
     honest_cos: tuple[float, ...] = ()  # guide-update cosine of every honest (client, round)
+    run_dir: Path | None = None  # where the run's files are (decisions.csv for escape profiles)
 
 
 def _labels(run_dir: Path) -> tuple[str, str, int]:
@@ -96,6 +98,7 @@ def read_run(run_dir: str | Path) -> RunDetection:
         byzantine_ids=tuple(ids) if isinstance(ids, list) else (),
         per_client_pass={c: a / t for c, (t, a) in sorted(per_client.items())},
         honest_cos=tuple(honest_cos),
+        run_dir=d,
     )
 
 
@@ -226,3 +229,187 @@ def cosine_table(runs: list[RunDetection]) -> str:
             cells.append(format_mean_std(shares))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _worst(pairs: list[tuple[float, int]], highest: bool = False) -> tuple[float, int] | None:
+    """The lowest (or, with ``highest``, the highest) ``(value, seed)``; ties go to the lowest
+    seed. None for no pairs."""
+    if not pairs:
+        return None
+    return min(pairs, key=lambda p: (-p[0] if highest else p[0], p[1]))
+
+
+def _spread_cells(pairs: list[tuple[float, int]], fmt: str, highest: bool = False) -> list[str]:
+    """Two cells: the median of the values and the worst one with its seed (``-`` for none)."""
+    worst = _worst(pairs, highest)
+    if worst is None:
+        return ["-", "-"]
+    median = statistics.median(v for v, _ in pairs)
+    return [format(median, fmt), f"{worst[0]:{fmt}} (seed {worst[1]})"]
+
+
+def spread_table(runs: list[RunDetection], oracle: str = "oracle") -> str:
+    """Markdown: one row per (attack, aggregator) other than ``oracle``, over seeds: TPR median
+    and worst (lowest) seed, the gap to OracleSGD (points, same attack and seed) median and worst
+    (most negative) seed, FPR median and highest seed. Means hide a bad seed; this shows it."""
+    base = {(r.attack, r.seed): r.final_accuracy for r in runs if r.aggregator == oracle}
+    groups: dict[tuple[str, str], list[RunDetection]] = defaultdict(list)
+    for r in runs:
+        if r.aggregator != oracle:
+            groups[(r.attack, r.aggregator)].append(r)
+    header = ["attack", "aggregator", "seeds", "TPR median", "TPR worst"]
+    header += ["vs Oracle median (pts)", "vs Oracle worst (pts)", "FPR median", "FPR max"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (atk, agg), rs in _ordered(groups, runs):
+        tprs = [(r.tpr, r.seed) for r in rs if r.tpr is not None]
+        fprs = [(r.fpr, r.seed) for r in rs if r.fpr is not None]
+        gaps = [
+            (100 * (r.final_accuracy - base[(r.attack, r.seed)]), r.seed)
+            for r in rs
+            if (r.attack, r.seed) in base
+        ]
+        cells = [atk, agg, str(len(rs))]
+        cells += _spread_cells(tprs, ".3f") + _spread_cells(gaps, "+.1f")
+        cells += _spread_cells(fprs, ".3f", highest=True)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _ordered(
+    groups: dict[tuple[str, str], list[RunDetection]], runs: list[RunDetection]
+) -> list[tuple[tuple[str, str], list[RunDetection]]]:
+    """The groups by attack, then aggregator, each in order of first appearance in ``runs`` (as
+    detection_table orders its rows)."""
+    agg_order = list(dict.fromkeys(r.aggregator for r in runs))
+    atk_order = list(dict.fromkeys(r.attack for r in runs))
+    keys = [(atk, agg) for atk in atk_order for agg in agg_order if (atk, agg) in groups]
+    return [(k, groups[k]) for k in keys]
+
+
+@dataclass(frozen=True)
+class EscapeProfile:
+    """When, and at what guide-update cosine, one client was accepted in one run."""
+
+    client: int
+    n_rounds: int  # the run's last round in decisions.csv
+    rounds_seen: int  # rounds with a decision for this client
+    accepted_rounds: tuple[int, ...]
+    median_cos: float | None  # over the accepted rounds (None: no cosine logged)
+    median_threshold: float | None  # likewise (None: the rule logs no cosine threshold)
+
+    @property
+    def first_round(self) -> int | None:
+        """The first round the client was accepted (None: never)."""
+        return min(self.accepted_rounds, default=None)
+
+    @property
+    def last_round(self) -> int | None:
+        """The last round the client was accepted (None: never)."""
+        return max(self.accepted_rounds, default=None)
+
+    @property
+    def early_cutoff(self) -> int:
+        """The last round of the run's first 10% (at least round 1)."""
+        return max(1, math.ceil(self.n_rounds / 10))
+
+    @property
+    def early_share(self) -> float | None:
+        """Share of the accepted rounds within the first 10% of the run (None: never accepted):
+        near 1 means the client only escapes while the model is young."""
+        if not self.accepted_rounds:
+            return None
+        early = sum(r <= self.early_cutoff for r in self.accepted_rounds)
+        return early / len(self.accepted_rounds)
+
+
+def _truthy(value: str | None) -> bool:
+    """A decisions.csv boolean cell (``1`` or ``True``)."""
+    return value in ("1", "True", "true")
+
+
+def _finite(value: str | None) -> float | None:
+    """A numeric decisions.csv cell, None when absent, empty or not finite."""
+    if value in (None, ""):
+        return None
+    x = float(value)
+    return x if math.isfinite(x) else None
+
+
+def escape_profile(run_dir: str | Path, client: int) -> EscapeProfile:
+    """Stream ``run_dir/decisions.csv`` for one client: the rounds it was accepted in and the
+    median ``cos`` and ``threshold`` over those rounds (why the test let it through)."""
+    path = Path(run_dir) / "decisions.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"no decisions.csv in {run_dir} (run with eval.decisions = true)")
+    n_rounds = seen = 0
+    rounds: list[int] = []
+    cosines: list[float] = []
+    thresholds: list[float] = []
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"round", "client", "accepted"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+        for row in reader:
+            rnd = int(row["round"])
+            n_rounds = max(n_rounds, rnd)
+            if int(row["client"]) != client:
+                continue
+            seen += 1
+            if not _truthy(row["accepted"]):
+                continue
+            rounds.append(rnd)
+            for cell, into in ((row.get("cos"), cosines), (row.get("threshold"), thresholds)):
+                value = _finite(cell)
+                if value is not None:
+                    into.append(value)
+    return EscapeProfile(
+        client=client,
+        n_rounds=n_rounds,
+        rounds_seen=seen,
+        accepted_rounds=tuple(rounds),
+        median_cos=statistics.median(cosines) if cosines else None,
+        median_threshold=statistics.median(thresholds) if thresholds else None,
+    )
+
+
+def _escape_line(run: RunDetection) -> str:
+    """One Markdown bullet: the worst-seed run's most-accepted Byzantine client, when and at
+    what cosine (and threshold) it was accepted."""
+    head = f"- {run.attack} / {run.aggregator}, seed {run.seed} (TPR {run.tpr:.3f}): "
+    if run.run_dir is None or not run.per_client_pass:
+        return head + "no decisions.csv, so which client escaped is unknown."
+    client = min(run.per_client_pass, key=lambda c: (-run.per_client_pass[c], c))
+    p = escape_profile(run.run_dir, client)
+    if not p.accepted_rounds:
+        return head + "no Byzantine client accepted in decisions.csv."
+    share = run.per_client_pass[client]  # = accepted / seen, from read_run
+    text = (
+        f"client {client} accepted in {len(p.accepted_rounds)} of {p.rounds_seen} rounds "
+        f"({share:.2f}), first in round {p.first_round}, last in round {p.last_round}; "
+        f"{p.early_share:.2f} of them in the first 10% of the run "
+        f"(rounds <= {p.early_cutoff} of {p.n_rounds}); "
+    )
+    if p.median_cos is None:
+        return head + text + "no cosine in decisions.csv."
+    text += f"over those rounds median cos {p.median_cos:+.3f}"
+    if p.median_threshold is None:
+        return head + text + " (no cosine threshold in decisions.csv)."
+    return head + text + f" against threshold {p.median_threshold:.3f}."
+
+
+def escapes_section(runs: list[RunDetection], oracle: str = "oracle") -> str:
+    """Markdown after :func:`spread_table`: for each (attack, aggregator) whose worst-seed TPR
+    is below 1, which Byzantine client escaped most in that seed and at what cosine."""
+    groups: dict[tuple[str, str], list[RunDetection]] = defaultdict(list)
+    for r in runs:
+        if r.aggregator != oracle and r.tpr is not None:
+            groups[(r.attack, r.aggregator)].append(r)
+    lines = []
+    for _, rs in _ordered(groups, runs):
+        worst = min(rs, key=lambda r: (r.tpr, r.seed))
+        if worst.tpr is not None and worst.tpr < 1:
+            lines.append(_escape_line(worst))
+    if not lines:
+        return "No escapes: every worst seed has TPR 1 (or no TPR was recorded).\n"
+    return "Escapes in each worst seed (TPR below 1):\n\n" + "\n".join(lines) + "\n"
