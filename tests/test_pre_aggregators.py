@@ -88,6 +88,10 @@ def test_nnm_then_krum_keeps_one_row_per_client():
 def test_what_cannot_be_composed_is_refused():
     with pytest.raises(AggregatorError, match="bucketing turns clients into groups"):
         build_method("diversefl", {}, ["bucketing"])
+    for stateful in ("foolsgold", "fldetector"):  # per-client history keyed by bucket: no
+        with pytest.raises(AggregatorError, match="keeps a history per client"):
+            build_method(stateful, {}, ["bucketing"])
+        build_method(stateful, {}, ["nnm"])  # rows stay the clients' own: allowed
     with pytest.raises(AggregatorError, match="protocol"):
         build_method("rsa", {}, ["nnm"])
     with pytest.raises(AggregatorError, match=r"n > 2f \+ 2"):

@@ -330,6 +330,7 @@ class FLDetector(Aggregator):
     """
 
     name: ClassVar[str] = "fldetector"
+    keeps_client_history: ClassVar[bool] = True  # keyed by client id: no regrouping first
     history: int = 10  # N: (model, update) difference pairs behind the L-BFGS estimate
     window: int = 10  # rounds of scores averaged into the suspicious score
     base: BaseRule = "mean"  # rule aggregating the unflagged clients: mean | median | trimmed_mean

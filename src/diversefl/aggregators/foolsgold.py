@@ -70,6 +70,7 @@ class FoolsGold(Aggregator):
     """
 
     name: ClassVar[str] = "foolsgold"
+    keeps_client_history: ClassVar[bool] = True  # keyed by client id: no regrouping first
     kappa: float = 1.0  # confidence parameter of the logit (paper: 1)
 
     def __post_init__(self) -> None:

@@ -40,10 +40,18 @@ class Pipeline(Aggregator):
         self.needs_guiding = self.rule.needs_guiding  # type: ignore[misc]
         regroups = [s.name for s in self.stages if not s.keeps_rows]
         reads_own = self.rule.needs_guiding or self.rule.name in ("oracle",)
-        if regroups and reads_own:
+        # a rule with per-client history (FoolsGold, FLDetector) would key it by group, and
+        # the groups are drawn anew every round: its history would mix different clients
+        keeps_history = getattr(self.rule, "keeps_client_history", False)
+        if regroups and (reads_own or keeps_history):
+            need = (
+                "keeps a history per client"
+                if keeps_history and not reads_own
+                else ("needs each client's own row")
+            )
             raise AggregatorError(
                 f"aggregator.pre: {regroups[0]} turns clients into groups, but "
-                f"{self.rule.name!r} needs each client's own row; put it without {regroups[0]}"
+                f"{self.rule.name!r} {need}; put it without {regroups[0]}"
             )
 
     def _rows(self, n: int) -> int:
