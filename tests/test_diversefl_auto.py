@@ -283,6 +283,7 @@ def test_a_state_without_thresholds_is_refused_by_an_auto_rule():
         ({"min_cosine": "auto", "auto_margin": 1.5}, r"auto_margin must be in \(0, 1\]"),
         ({"min_cosine": "auto", "auto_decay": 1.0}, r"auto_decay must be in \[0, 1\)"),
         ({"min_cosine": "auto", "auto_fallback": 0.99}, r"auto_fallback must be in \[0, 0.95\]"),
+        ({"min_cosine": 0.5, "auto_batch_noise": True}, "auto_batch_noise = true refines"),
     ],
 )
 def test_bad_auto_settings_are_one_clear_error(settings, message):
@@ -366,3 +367,98 @@ def test_the_flower_server_calibrates_as_the_simulator_does(tmp_path: Path):
     for x, y in zip(*rows, strict=True):
         assert (x["round"], x["client"], x["accepted"]) == (y["round"], y["client"], y["accepted"])
         assert float(x["threshold"]) == pytest.approx(float(y["threshold"]), abs=1e-4)
+
+
+# -- the batch-noise term (auto_batch_noise) -------------------------------------------------
+
+
+def _hand_batch(c: float, q: float, margin: float) -> float:
+    """2c / sqrt((1 + c)(2c + q (1 - c))), written out with rho = 2c / (1 - c):
+    rho / sqrt((rho + 1)(rho + q)), times the margin and capped."""
+    if c <= 0:
+        return 0.0
+    rho = 2 * c / (1 - c)
+    return min(margin * rho / math.sqrt((rho + 1) * (rho + q)), AUTO_CAP)
+
+
+def test_batch_noise_term_against_a_hand_computation():
+    c = torch.tensor([0.8, 1 / 3, 0.0, -0.5], dtype=torch.float64)
+    q = torch.tensor([0.3, 0.3, 0.3, 0.3], dtype=torch.float64)
+    got = predicted_honest_cosine(c, q)
+    # c = 1/3: rho = 1, so 1 / sqrt(2 * 1.3); c = 0.8: rho = 8, 8 / sqrt(9 * 8.3)
+    assert got[1].item() == pytest.approx(1 / math.sqrt(2.6), abs=1e-12)
+    assert got[0].item() == pytest.approx(8 / math.sqrt(9 * 8.3), abs=1e-12)
+    assert got[2:].tolist() == [0.0, 0.0]
+    # q = 0 is the batch-free prediction; a larger q lowers it; c = 1 (no noise) stays 1
+    zero = predicted_honest_cosine(c[:2], torch.zeros(2, dtype=torch.float64))
+    torch.testing.assert_close(zero, predicted_honest_cosine(c[:2]))
+    assert bool((got[:2] < zero).all())
+    one = predicted_honest_cosine(torch.tensor([1.0]), torch.tensor([5.0]))
+    assert one.item() == pytest.approx(1.0)
+    rule = AutoThreshold(margin=0.75, decay=0.9, fallback=0.0)
+    halves = torch.tensor([[[1.0, 0.0]], [[0.8, 0.6]]])  # c_half = 0.8
+    t = rule.thresholds(1, torch.arange(1), halves, torch.tensor([0.3]))
+    assert t.item() == pytest.approx(_hand_batch(0.8, 0.3, 0.75), abs=1e-7)  # float32 halves
+
+
+def test_batch_noise_prediction_matches_sampled_gradients():
+    """An independent check of the noise model: draw a true gradient g and per-example noise,
+    form two half-sample guides, the full guide and a batch mean, and compare the average
+    cosine of batch and full guide with the prediction from the halves' cosine."""
+    gen = torch.Generator().manual_seed(0)
+    d, s, m, trials = 4000, 40, 120, 30
+    g = torch.randn(d, generator=gen, dtype=torch.float64) * 0.05
+    c_halves, cos_batch = [], []
+    for _ in range(trials):
+        ex_s = g + torch.randn(s, d, generator=gen, dtype=torch.float64)
+        ex_m = g + torch.randn(m, d, generator=gen, dtype=torch.float64)
+        a, b = ex_s[::2].mean(0), ex_s[1::2].mean(0)
+        full, z = ex_s.mean(0), ex_m.mean(0)
+        c_halves.append(float(F.cosine_similarity(a, b, dim=0)))
+        cos_batch.append(float(F.cosine_similarity(full, z, dim=0)))
+    c = torch.tensor([sum(c_halves) / trials], dtype=torch.float64)
+    with_term = predicted_honest_cosine(c, torch.tensor([s / m], dtype=torch.float64)).item()
+    without = predicted_honest_cosine(c).item()
+    observed = sum(cos_batch) / trials
+    assert with_term == pytest.approx(observed, abs=0.03)
+    assert without > observed + 0.05  # the batch-free prediction overshoots here
+
+
+def test_the_rule_and_the_simulator_pass_each_clients_sample_over_batch(tmp_path: Path):
+    guide = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    halves = torch.tensor([[[1.0, 0.0], [1.0, 0.0]], [[0.8, 0.6], [0.8, 0.6]]])
+    at = torch.tensor([0.69, math.sqrt(1 - 0.69**2)])  # cosine 0.69 with the guide
+    ctx = _ctx(1, guide, halves)
+    ctx = RoundContext(**{**ctx.__dict__, "sample_over_batch": torch.tensor([0.0, 1.0])})
+    out = DiverseFL(min_cosine="auto", auto_batch_noise=True)(torch.stack([at, at]), ctx)
+    expected = [_hand_batch(0.8, 0.0, 0.75), _hand_batch(0.8, 1.0, 0.75)]
+    assert out.scores["threshold"].tolist() == pytest.approx(expected, abs=1e-6)
+    assert out.accepted.tolist() == [False, True]  # 0.69 < 0.707 (q = 0) but > 0.667 (q = 1)
+    with pytest.raises(AggregatorError, match="needs each client's sample size over its batch"):
+        DiverseFL(min_cosine="auto", auto_batch_noise=True)(guide, _ctx(1, guide, halves))
+    cfg = make_config(tiny_config(aggregator={"name": "diversefl", "min_cosine": "auto",
+                                              "auto_batch_noise": True}))  # fmt: skip
+    sim = Simulation(cfg)
+    q = sim.context(1, sim.byzantine_mask(1)).sample_over_batch
+    assert q is not None
+    want = sim.sample_k.double() / sim.batch_k.double()
+    torch.testing.assert_close(q, want)
+    sim.step(1)  # a whole round with the term on
+
+
+def test_the_attack_mirrors_the_batch_noise_threshold():
+    gen = torch.Generator().manual_seed(3)
+    n, d = 5, 16
+    guide = torch.randn(n, d, generator=gen)
+    halves = torch.stack([guide + torch.randn(n, d, generator=gen) for _ in range(2)])
+    byz = torch.tensor([False, True, False, True, False])
+    q = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9], dtype=torch.float64)
+    ctx = RoundContext(round=1, n=n, f=2, generator=torch.Generator().manual_seed(0),
+                       byzantine=byz, guiding_fn=lambda: guide,
+                       guiding_halves_fn=lambda: halves, sample_over_batch=q)  # fmt: skip
+    server = DiverseFL(min_cosine="auto", auto_batch_noise=True)._threshold(guide, ctx)
+    attack = ATTACKS["adaptive"](cos_min="auto", against="auto", auto_batch_noise=True)
+    mirrored = attack._server_threshold(ctx, guide)
+    torch.testing.assert_close(mirrored, server[byz].to(mirrored.dtype))
+    plain = ATTACKS["adaptive"](cos_min="auto", against="auto")._server_threshold(ctx, guide)
+    assert bool((plain > mirrored).all())  # without the term it would aim too high

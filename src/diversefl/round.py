@@ -48,6 +48,9 @@ class RoundContext:
     # (computed lazily like ``guiding``): DiverseFL's ``min_cosine = "auto"`` reads each
     # client's noise floor from their cosine. None where the caller does not compute them.
     guiding_halves_fn: Callable[[], Tensor] | None = field(default=None, compare=False)
+    # Each client's shared-sample size over its batch size ``[n]`` (the "auto" threshold's
+    # batch-noise term); None where the caller does not know the batch sizes.
+    sample_over_batch: Tensor | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.client_ids is None:

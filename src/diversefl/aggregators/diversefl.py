@@ -60,7 +60,10 @@ class DiverseFL(Aggregator):
       exponential moving average (``auto_decay``); the derivation is in
       :mod:`diversefl.aggregators.diversefl_auto`. A client whose sample cannot be halved (fewer
       than 2 rows) uses ``auto_fallback`` (a warning names it). Score ``threshold``; the
-      averages are state and travel with checkpoints.
+      averages are state and travel with checkpoints. ``auto_batch_noise = True`` also counts
+      the update's own batch noise (sample size over batch size per client,
+      ``ctx.sample_over_batch``), which lowers the prediction where the batch is not much
+      larger than the sample.
     - ``per_layer`` applies the direction test (sign, or cosine with ``min_cosine``) to every
       layer's block of the update on its own, in addition to the whole vector: a flipped
       output layer cannot hide behind agreeing hidden layers. Score ``layers_ok`` (0/1).
@@ -102,6 +105,9 @@ class DiverseFL(Aggregator):
     auto_margin: float = 0.75  # "auto": the threshold's share of the predicted honest cosine
     auto_decay: float = 0.9  # "auto": weight of the past in each client's moving average
     auto_fallback: float = 0.0  # "auto": the threshold of a client whose sample has < 2 rows
+    # "auto": also count the update's own batch noise (sample size / batch size per client,
+    # from ctx.sample_over_batch) in the predicted honest cosine
+    auto_batch_noise: bool = False
     per_layer: bool = False  # also apply the direction test to each layer's block
     clip_to_guide: bool = False  # scale accepted updates down to at most their guide's norm
     # bound what an accepted update can do: "none", "cone", "orthogonal" or "agreement"
@@ -157,6 +163,11 @@ class DiverseFL(Aggregator):
             )
         if not 0 <= self.auto_decay < 1:
             raise AggregatorError(f"diversefl: auto_decay must be in [0, 1), got {self.auto_decay}")
+        if self.auto_batch_noise and self.min_cosine != "auto":
+            raise AggregatorError(
+                "diversefl: auto_batch_noise = true refines min_cosine = 'auto'; got min_cosine "
+                f"= {self.min_cosine!r}"
+            )
         if not 0 <= self.auto_fallback <= AUTO_CAP:
             raise AggregatorError(
                 f"diversefl: auto_fallback must be in [0, {AUTO_CAP}], got {self.auto_fallback}"
@@ -217,7 +228,15 @@ class DiverseFL(Aggregator):
                 f"{tuple(updates.shape)} (expected [2, n, d])"
             )
         assert ctx.client_ids is not None  # RoundContext.__post_init__ fills it
-        t = self.auto.thresholds(ctx.round, ctx.client_ids, halves)
+        q = None
+        if self.auto_batch_noise:
+            if ctx.sample_over_batch is None:
+                raise AggregatorError(
+                    "diversefl: auto_batch_noise needs each client's sample size over its batch "
+                    "size (ctx.sample_over_batch), which this caller does not give"
+                )
+            q = ctx.sample_over_batch
+        t = self.auto.thresholds(ctx.round, ctx.client_ids, halves, q)
         return t.to(dtype=updates.dtype, device=updates.device)
 
     def _trusted(

@@ -17,6 +17,16 @@ in terms of ``c_half`` is
 
     cos_honest = sqrt(2 c_half / (1 + c_half)).
 
+With ``auto_batch_noise`` the update's own batch noise is kept too: a batch of ``m`` rows has
+noise ``V / m``, so with ``q = s / m`` (the client's sample size over its batch size, which the
+server knows from the configuration) the expected cosine is ``rho / sqrt((rho + 1)(rho + q))``,
+
+    cos_honest = 2 c_half / sqrt((1 + c_half) (2 c_half + q (1 - c_half))),
+
+which is the formula above at ``q = 0`` and lower when the batch is not much larger than the
+sample: late in training, when the gradients are mostly noise, this keeps the threshold under
+the honest cosines that the ``q = 0`` prediction overshoots.
+
 The threshold is a share of that prediction, ``threshold = auto_margin * cos_honest``: the
 margin absorbs what the model leaves out (a batch that is not much larger than the sample lowers
 the honest cosine, see :func:`predicted_honest_cosine`) and the spread of the honest cosines
@@ -55,18 +65,25 @@ def usable_halves(halves: Tensor) -> Tensor:
     return (torch.isfinite(norms) & (norms > 0)).all(dim=0)
 
 
-def predicted_honest_cosine(c_half: Tensor) -> Tensor:
-    """``sqrt(2 c / (1 + c))`` with ``c = c_half`` clipped to ``[0, 1]``: the cosine an honest
-    update (batch much larger than the sample) is expected to have with the full guide, given
-    the cosine of the two half-sample guides (the derivation is in the module docstring)."""
+def predicted_honest_cosine(c_half: Tensor, sample_over_batch: Tensor | None = None) -> Tensor:
+    """The cosine an honest update is expected to have with the full guide, given the cosine
+    ``c`` of the two half-sample guides (clipped to ``[0, 1]``): ``sqrt(2 c / (1 + c))`` for a
+    batch much larger than the sample, or with ``sample_over_batch`` (``q = s / m`` per client)
+    ``2 c / sqrt((1 + c) (2 c + q (1 - c)))`` (the derivation is in the module docstring)."""
     c = c_half.clamp(0.0, 1.0)
-    return torch.sqrt(2.0 * c / (1.0 + c))
+    if sample_over_batch is None:
+        return torch.sqrt(2.0 * c / (1.0 + c))
+    q = sample_over_batch.to(c.dtype).clamp_min(0.0)
+    denom = torch.sqrt((1.0 + c) * (2.0 * c + q * (1.0 - c)))
+    return torch.where(denom > 0, 2.0 * c / denom.clamp_min(torch.finfo(c.dtype).tiny), 0.0)
 
 
-def auto_threshold(c_half: Tensor, margin: float, cap: float = AUTO_CAP) -> Tensor:
-    """One round's threshold per client: ``margin * sqrt(2 c / (1 + c))`` clipped to
-    ``[0, cap]``."""
-    return (margin * predicted_honest_cosine(c_half)).clamp(0.0, cap)
+def auto_threshold(
+    c_half: Tensor, margin: float, cap: float = AUTO_CAP, sample_over_batch: Tensor | None = None
+) -> Tensor:
+    """One round's threshold per client: ``margin`` times :func:`predicted_honest_cosine`,
+    clipped to ``[0, cap]``."""
+    return (margin * predicted_honest_cosine(c_half, sample_over_batch)).clamp(0.0, cap)
 
 
 class ThresholdEMA:
@@ -149,11 +166,16 @@ class AutoThreshold:
         self.warn = warn
         self._warned: set[int] = set()
 
-    def thresholds(self, r: int, ids: Tensor, halves: Tensor) -> Tensor:
+    def thresholds(
+        self, r: int, ids: Tensor, halves: Tensor, sample_over_batch: Tensor | None = None
+    ) -> Tensor:
         """Round ``r``'s threshold ``[n]`` (float64, CPU) of clients ``ids`` given their
-        half-sample guides ``[2, n, d]``; updates the per-client averages."""
+        half-sample guides ``[2, n, d]`` (and, for the batch-noise term, each client's sample
+        size over its batch size ``[n]``); updates the per-client averages."""
         self.ema.begin_round(r)
-        raw = auto_threshold(half_cosine(halves.to(torch.float64)), self.margin)
+        c_half = half_cosine(halves.to(torch.float64))
+        q = None if sample_over_batch is None else sample_over_batch.to(c_half)
+        raw = auto_threshold(c_half, self.margin, sample_over_batch=q)
         usable = usable_halves(halves)
         smoothed = self.ema.update(ids, raw, usable)
         missing = smoothed.isnan()

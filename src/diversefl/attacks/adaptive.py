@@ -141,6 +141,7 @@ class AdaptiveDiverseFL(Attack):
     auto_margin: float = 0.75  # the rule's auto_margin (what the attacker mirrors)
     auto_decay: float = 0.9  # the rule's auto_decay
     auto_fallback: float = 0.0  # the rule's auto_fallback
+    auto_batch_noise: bool = False  # the rule's auto_batch_noise
     auto_above: float = 0.02  # with the "auto" threshold: the cosine sent this far above it
 
     def __post_init__(self) -> None:
@@ -207,7 +208,12 @@ class AdaptiveDiverseFL(Attack):
             )
         assert ctx.client_ids is not None and ctx.byzantine is not None
         halves = ctx.guiding_halves.to(like.dtype)
-        every = self._mirror.thresholds(ctx.round, ctx.client_ids, halves)
+        q = ctx.sample_over_batch if self.auto_batch_noise else None
+        if self.auto_batch_noise and q is None:
+            raise ValueError(
+                "the adaptive attack mirroring auto_batch_noise needs ctx.sample_over_batch"
+            )
+        every = self._mirror.thresholds(ctx.round, ctx.client_ids, halves, q)
         return every[ctx.byzantine.cpu()].to(like.device)
 
     def _message(

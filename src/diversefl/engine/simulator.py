@@ -462,6 +462,7 @@ class Simulation:
             byzantine=byz.to(self.device),
             guiding_fn=lambda: self.guiding(theta, r),
             guiding_halves_fn=lambda: self.guiding_halves(theta, r),
+            sample_over_batch=self.sample_k.double() / self.batch_k.double().clamp_min(1.0),
             server_grad_fn=lambda idx: self.server_gradient(theta, idx, r),
             shared_samples=self.sample_idx[self.sample_w > 0],
             layer_sizes=self.fm.layer_sizes,
