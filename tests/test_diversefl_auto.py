@@ -338,9 +338,11 @@ def test_diversefl_run_with_auto_and_each_bound(tmp_path: Path, bound: str):
     assert all(r["accepted"] == "0" for r in rows if r["byzantine"] == "1")
 
 
-def test_the_flower_server_calibrates_as_the_simulator_does(tmp_path: Path):
+@pytest.mark.parametrize("batch_noise", [False, True], ids=["auto", "auto_batch_noise"])
+def test_the_flower_server_calibrates_as_the_simulator_does(tmp_path: Path, batch_noise: bool):
     """Over Flower the server computes the half-sample guides on the uploaded samples (the
-    nodes upload them in their seeded order): the per-client thresholds and decisions of a
+    nodes upload them in their seeded order), and the sample-over-batch ratios from the
+    uploads and the batch sizes the nodes report: the per-client thresholds and decisions of a
     loopback federation are the simulator's."""
     pytest.importorskip("flwr")
     from test_flower import _loopback_grid
@@ -350,7 +352,7 @@ def test_the_flower_server_calibrates_as_the_simulator_does(tmp_path: Path):
 
     raw = tiny_config(
         model={"name": "mlp"},
-        aggregator={"name": "diversefl", "min_cosine": "auto"},
+        aggregator={"name": "diversefl", "min_cosine": "auto", "auto_batch_noise": batch_noise},
         attack={"name": "sign_flip", "f": 2},
         rounds=4,
         eval={"every": 2},

@@ -284,6 +284,15 @@ class FlowerFederation:
             raise RuntimeError("FlowerFederation: the task's shape is not known yet")
         return self.facts
 
+    def _sample_over_batch(self, pool: SamplePool) -> Tensor:
+        """Each partition's uploaded sample size over the batch size its node reported with
+        it (0 for a partition without a sample: its halves are unusable anyway)."""
+        q = torch.zeros(self.n, dtype=torch.float64)
+        sizes = pool.w.detach().cpu().gt(0).sum(dim=1).double()
+        for j, s in self.roster.held.items():
+            q[j] = sizes[j] / max(1, int(s.batch_size))
+        return q
+
     def _samples(self) -> SamplePool:
         if self.pool is None:
             raise RuntimeError("FlowerFederation: no samples installed yet")
@@ -339,6 +348,7 @@ class FlowerFederation:
             byzantine=byz.to(self.device),
             guiding_fn=lambda: self.guiding(theta, r),
             guiding_halves_fn=lambda: self.guiding_halves(theta, r),
+            sample_over_batch=self._sample_over_batch(pool),
             server_grad_fn=lambda keys: self.server_gradient(theta, keys, r),
             shared_samples=pool.keys,
             layer_sizes=self.fm.layer_sizes,
