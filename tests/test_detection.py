@@ -243,3 +243,10 @@ def test_cli_spread(tmp_path: Path, capsys):
     md = tmp_path / "spread.md"
     assert main(["detection", str(tmp_path / "sweep"), "--spread", "--out", str(md)]) == 0
     assert md.read_text().startswith("| attack | aggregator | seeds | TPR median | TPR worst |")
+
+
+def test_a_negative_that_rounds_to_zero_is_shown_as_zero():
+    from diversefl.experiments.detection import _fmt
+
+    assert _fmt(-0.04, "+.1f") == "+0.0" and _fmt(-0.06, "+.1f") == "-0.1"
+    assert _fmt(0.9996, ".3f") == "1.000" and _fmt(-0.0004, ".3f") == "0.000"

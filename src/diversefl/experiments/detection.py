@@ -245,7 +245,14 @@ def _spread_cells(pairs: list[tuple[float, int]], fmt: str, highest: bool = Fals
     if worst is None:
         return ["-", "-"]
     median = statistics.median(v for v, _ in pairs)
-    return [format(median, fmt), f"{worst[0]:{fmt}} (seed {worst[1]})"]
+    return [_fmt(median, fmt), f"{_fmt(worst[0], fmt)} (seed {worst[1]})"]
+
+
+def _fmt(value: float, fmt: str) -> str:
+    """``value`` formatted, a negative that rounds to zero shown as zero (not ``-0.0``)."""
+    text = format(value, fmt)
+    zero = format(0.0, fmt)
+    return zero if text.lstrip("+-") == zero.lstrip("+-") else text
 
 
 def spread_table(runs: list[RunDetection], oracle: str = "oracle") -> str:
