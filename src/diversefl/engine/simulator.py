@@ -234,6 +234,8 @@ class Simulation:
         self.shards, self.shard_len = pad_rows([torch.as_tensor(p) for p in parts])
         self.batch_k = torch.tensor([_count(cfg.clients.batch, int(L)) for L in self.shard_len])
         self.sample_k = torch.tensor([_count(cfg.clients.sample, int(L)) for L in self.shard_len])
+        # the "auto" threshold's batch-noise term: sample size over batch size, per client
+        self.sample_over_batch = self.sample_k.double() / self.batch_k.double().clamp_min(1.0)
         warn_capped(cfg, self.shard_len)
         # Loss scale per client: 1 (mean loss) or the client's batch size (summed loss). The
         # guiding gradient uses the same scale, so it estimates what an honest client sends.
@@ -462,7 +464,7 @@ class Simulation:
             byzantine=byz.to(self.device),
             guiding_fn=lambda: self.guiding(theta, r),
             guiding_halves_fn=lambda: self.guiding_halves(theta, r),
-            sample_over_batch=self.sample_k.double() / self.batch_k.double().clamp_min(1.0),
+            sample_over_batch=self.sample_over_batch,
             server_grad_fn=lambda idx: self.server_gradient(theta, idx, r),
             shared_samples=self.sample_idx[self.sample_w > 0],
             layer_sizes=self.fm.layer_sizes,

@@ -6,7 +6,6 @@ runs it shows)."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,12 +25,12 @@ from diversefl.experiments.reproduce import (
     run_root,
 )
 from diversefl.experiments.sweep import (
-    _exit_with_parent,
     _plan,
     _summary_row,
     format_duration,
     pace_text,
     seconds_left,
+    worker_pool,
     write_sweep_csv,
 )
 
@@ -200,16 +199,10 @@ def _run_all(
         for unit in units:
             handle(unit, unit.run(data_dir, progress))
     else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures import as_completed
 
         threads = threads_per_run(jobs)
-        with ProcessPoolExecutor(
-            max_workers=jobs,
-            mp_context=mp.get_context("spawn"),
-            initializer=_exit_with_parent,
-            initargs=(os.getpid(),),
-        ) as pool:
+        with worker_pool(jobs) as pool:
             futures = {pool.submit(u.run, data_dir, False, threads): u for u in units}
             for fut in as_completed(futures):
                 handle(futures[fut], fut.result())

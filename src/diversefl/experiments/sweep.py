@@ -403,6 +403,20 @@ def _plan(
     return summaries, todo
 
 
+def worker_pool(jobs: int) -> Any:
+    """``jobs`` spawned worker processes that end when this process is gone
+    (:func:`_exit_with_parent`): the pool every ``--jobs`` mode runs its cells in."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=mp.get_context("spawn"),
+        initializer=_exit_with_parent,
+        initargs=(os.getpid(),),
+    )
+
+
 def _run_in_pool(
     cells: list[Cell],
     todo: list[int],
@@ -413,19 +427,12 @@ def _run_in_pool(
 ) -> None:
     """Run the cells ``todo`` in ``jobs`` spawned worker processes, each with an equal share
     of torch's threads, and ``record`` each result as it finishes."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import as_completed
 
     import torch
 
     threads = max(1, torch.get_num_threads() // jobs)
-    ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(
-        max_workers=jobs,
-        mp_context=ctx,
-        initializer=_exit_with_parent,
-        initargs=(os.getpid(),),
-    ) as pool:
+    with worker_pool(jobs) as pool:
         futures = {
             pool.submit(_run_cell, cells[i], out / cells[i].dirname, data_dir, False, threads): i
             for i in todo
@@ -446,8 +453,7 @@ def _run_packs(
     """Run the cells ``todo`` in packs (:func:`~diversefl.experiments.packing.plan_packs`),
     the largest packs first, ``jobs`` packs at a time; ``record`` each cell's result. A cell
     that failed (its model diverged) does not stop its pack: its error is raised at the end."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import as_completed
 
     import torch
 
@@ -470,12 +476,7 @@ def _run_packs(
             handle(p.cells, run_pack(p, out, data_dir))
     else:
         threads = max(1, torch.get_num_threads() // jobs)
-        with ProcessPoolExecutor(
-            max_workers=jobs,
-            mp_context=mp.get_context("spawn"),
-            initializer=_exit_with_parent,
-            initargs=(os.getpid(),),
-        ) as pool:
+        with worker_pool(jobs) as pool:
             futures = {pool.submit(run_pack, p, out, data_dir, threads): p for p in packs}
             for fut in as_completed(futures):
                 handle(futures[fut].cells, fut.result())

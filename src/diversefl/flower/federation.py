@@ -123,6 +123,7 @@ class FlowerFederation:
         self.remote_eval: Callable[[Tensor], dict[str, float]] | None = None
         self.roster = Roster(self.n)
         self.pool: SamplePool | None = None
+        self.sample_over_batch: Tensor | None = None  # per partition, set with the pool
         self.loss_scale = torch.ones(self.n, device=self.device)
         self.reported: set[int] = set()  # partitions that reported (or declared) attacking
         self.faults: list[dict[str, Any]] = []  # rounds with a dropped or rejected update
@@ -201,6 +202,7 @@ class FlowerFederation:
             x = standardize_tensor(pool.x.reshape(-1, *shape), *self.feature_stats)
             pool = dataclasses.replace(pool, x=x.reshape(pool.x.shape))
         self.pool = pool
+        self.sample_over_batch = self._sample_over_batch(pool)
         if uses_local_training(self.cfg):  # the partitions' step counts from what they report
             self.local_steps = self._step_counts(held)
         if self.cfg.clients.loss == "sum":  # the scale follows the batch sizes nodes report
@@ -348,7 +350,7 @@ class FlowerFederation:
             byzantine=byz.to(self.device),
             guiding_fn=lambda: self.guiding(theta, r),
             guiding_halves_fn=lambda: self.guiding_halves(theta, r),
-            sample_over_batch=self._sample_over_batch(pool),
+            sample_over_batch=self.sample_over_batch,
             server_grad_fn=lambda keys: self.server_gradient(theta, keys, r),
             shared_samples=pool.keys,
             layer_sizes=self.fm.layer_sizes,
