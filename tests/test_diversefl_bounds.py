@@ -124,6 +124,26 @@ def test_the_rule_applies_a_bound_to_accepted_updates_only():
     torch.testing.assert_close(ortho.update, torch.tensor([0.65, 0.0]))
 
 
+def test_cone_auto_is_the_predicted_honest_cosine_behind_the_auto_threshold():
+    """Halves [1, 0] and [0.6, 0.8] (c_half = 0.6) predict an honest cosine sqrt(1.2 / 1.6) =
+    0.866 (sin 0.5); the threshold is 0.75 of it, 0.6495. [1, 0.8] (cos 0.781) passes and is
+    projected onto the cone's edge: a = 1, b = 0.8, reach = 0.866 + 0.4, then clipped to the
+    guide's norm: [0.866, 0.5]. [0.9, 0.1] is inside the cone and shorter than the guide:
+    kept. [0.5, 1] (cos 0.447) is rejected. Mean [0.8830, 0.3]."""
+    g = torch.tensor([[1.0, 0.0]] * 3, dtype=torch.float64)
+    halves = torch.stack([g, torch.tensor([[0.6, 0.8]] * 3, dtype=torch.float64)])
+    z = torch.tensor([[1.0, 0.8], [0.9, 0.1], [0.5, 1.0]], dtype=torch.float64)
+    rule = DiverseFL(min_cosine="auto", bound="cone", cone_cos="auto")
+    out = rule(z, _ctx(g, halves=halves))
+    cone = math.sqrt(1.2 / 1.6)
+    torch.testing.assert_close(out.scores["threshold"], torch.full((3,), 0.75 * cone).double())
+    assert out.accepted.tolist() == [True, True, False]
+    torch.testing.assert_close(out.update, torch.tensor([(cone + 0.9) / 2, 0.3]).double())
+    # the same as a cone of that cosine given by hand
+    by_hand = DiverseFL(min_cosine="auto", bound="cone", cone_cos=cone)(z, _ctx(g, halves=halves))
+    torch.testing.assert_close(out.update, by_hand.update)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_the_plain_rule_is_unchanged_bit_for_bit(seed: int):
     """The paper's rule: the plain mean of the rows that pass C1 > 0 and the ratio band, with
@@ -147,6 +167,9 @@ def test_the_plain_rule_is_unchanged_bit_for_bit(seed: int):
     [
         ({"bound": "box"}, "bound must be one of"),
         ({"bound": "cone", "cone_cos": 1.0}, r"cone_cos must be in \[0, 1\)"),
+        ({"bound": "cone", "cone_cos": "wide"}, "cone_cos must be a number in"),
+        ({"bound": "cone", "cone_cos": "auto"}, "needs min_cosine = 'auto' and bound = 'cone'"),
+        ({"min_cosine": "auto", "cone_cos": "auto"}, "bound = 'none'"),
     ],
 )
 def test_bad_bound_settings_are_one_clear_error(settings, message):
@@ -280,10 +303,30 @@ def test_against_auto_follows_the_moving_average_over_rounds():
         torch.testing.assert_close(gap, torch.full((2,), 0.02), atol=1e-5, rtol=0)
 
 
+def test_against_cone_auto_the_servers_predicted_honest_cosine():
+    """The Byzantine client's halves [1, 0, 0] and [1, 1, 0] (c_half = 1/sqrt 2) put the
+    server's cone at sqrt(2c / (1 + c)) = 0.9102, above the threshold 0.65 of that plus
+    0.02: the attacker sends the cone's edge at ratio 1, which the rule leaves as it is, and
+    no other passing message moves the aggregate farther."""
+    halves = torch.stack([GUIDES, GUIDES])
+    halves[1, 2] = torch.tensor([1.0, 1.0, 0.0])
+    c = 1 / R2
+    cone = math.sqrt(2 * c / (1 + c))
+    settings = {"cos_min": "auto", "against": "cone", "cone_cos": "auto", "auto_margin": 0.65}
+    sent = _sent(settings, halves)
+    torch.testing.assert_close(sent, _at(cone, 1.0))
+    rule = DiverseFL(min_cosine="auto", auto_margin=0.65, bound="cone", cone_cos="auto")
+    out = rule(torch.cat([HONEST, sent]), _ctx(GUIDES, halves=halves))
+    torch.testing.assert_close(out.update, torch.cat([HONEST, sent]).mean(0))  # untouched
+    candidates = [(0.65 * cone + 0.02, 1.0), (0.65 * cone + 0.02, 1.95), (0.95, 1.0), (0.8, 1.5)]
+    _assert_worst(rule, sent, candidates, halves)
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
         ({"against": "box"}, "against must be one of"),
+        ({"against": "cone", "cone_cos": "auto"}, "'auto' with cos_min = 'auto'"),
         ({"cos_min": "automatic"}, "cos_min must be a number"),
         ({"against": "clip", "eps2": 0.9, "eps1": 0.1}, "need eps1 < 1 < eps2"),
         ({"auto_above": 0.2}, r"auto_above must be in \(0, 0.05\)"),

@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Literal
 from torch import Tensor
 
 from diversefl.aggregators.base import Aggregate, Aggregator, AggregatorError, RoundContext
-from diversefl.aggregators.diversefl_auto import AUTO_CAP, AutoThreshold
+from diversefl.aggregators.diversefl_auto import AUTO_CAP, AutoThreshold, auto_cone
 from diversefl.aggregators.diversefl_bounds import BOUNDS, Bound, bounded_mean
 from diversefl.aggregators.diversefl_rule import (
     DiverseFLTest,
@@ -74,7 +74,9 @@ class DiverseFL(Aggregator):
     - ``bound`` limits what an accepted update can do beyond its norm
       (:mod:`diversefl.aggregators.diversefl_bounds`; each also clips to the guide's norm):
       ``"cone"`` projects it onto the cone of cosine ``cone_cos`` (default: the threshold in
-      use) around its guide, ``"orthogonal"`` keeps only its component along its guide,
+      use; ``"auto"`` with ``min_cosine = "auto"``: each client's predicted honest cosine, the
+      threshold without its margin) around its guide, ``"orthogonal"`` keeps only its
+      component along its guide,
       ``"agreement"`` weights it by its cosine with its guide in the mean.
     - ``quarantine`` > 0 keeps, per client id, how often its update failed the per-round test;
       once a client has been tested ``quarantine_after`` times, it is rejected in every round
@@ -112,7 +114,9 @@ class DiverseFL(Aggregator):
     clip_to_guide: bool = False  # scale accepted updates down to at most their guide's norm
     # bound what an accepted update can do: "none", "cone", "orthogonal" or "agreement"
     bound: Bound = "none"
-    cone_cos: float | None = None  # bound = "cone": the cone's cosine (None: the threshold)
+    # bound = "cone": the cone's cosine (None: the threshold; "auto": the predicted honest
+    # cosine behind the "auto" threshold, i.e. the threshold over auto_margin)
+    cone_cos: float | Literal["auto"] | None = None
     quarantine: float = 0.0  # reject clients whose failure rate so far exceeds this (0: off)
     quarantine_after: int = 10  # tests a client must have had before quarantine applies
     quarantine_on: str = "any"  # count failures of the whole test ("any") or of "direction" only
@@ -125,8 +129,7 @@ class DiverseFL(Aggregator):
         self._check_threshold_settings()
         if self.bound not in BOUNDS:
             raise AggregatorError(f"diversefl: bound must be one of {BOUNDS}, got {self.bound!r}")
-        if self.cone_cos is not None and not 0 <= self.cone_cos < 1:
-            raise AggregatorError(f"diversefl: cone_cos must be in [0, 1), got {self.cone_cos}")
+        self._check_cone_cos()
         if not 0 <= self.quarantine < 1:
             raise AggregatorError(f"diversefl: quarantine must be in [0, 1), got {self.quarantine}")
         if self.quarantine_on not in ("any", "direction"):
@@ -173,6 +176,23 @@ class DiverseFL(Aggregator):
                 f"diversefl: auto_fallback must be in [0, {AUTO_CAP}], got {self.auto_fallback}"
             )
 
+    def _check_cone_cos(self) -> None:
+        """``cone_cos``: a cosine in [0, 1), or "auto" with the "auto" threshold and the cone."""
+        if isinstance(self.cone_cos, str):
+            if self.cone_cos != "auto":
+                raise AggregatorError(
+                    f"diversefl: cone_cos must be a number in [0, 1) or 'auto', got "
+                    f"{self.cone_cos!r}"
+                )
+            if self.min_cosine != "auto" or self.bound != "cone":
+                raise AggregatorError(
+                    "diversefl: cone_cos = 'auto' is the predicted honest cosine behind "
+                    "min_cosine = 'auto'; it needs min_cosine = 'auto' and bound = 'cone', got "
+                    f"min_cosine = {self.min_cosine!r}, bound = {self.bound!r}"
+                )
+        elif self.cone_cos is not None and not 0 <= self.cone_cos < 1:
+            raise AggregatorError(f"diversefl: cone_cos must be in [0, 1), got {self.cone_cos}")
+
     def check(self, n: int, f: int) -> None:
         """DiverseFL's test is per client, so any n >= 1 works (no bound on f)."""
         if n < 1:
@@ -206,8 +226,7 @@ class DiverseFL(Aggregator):
         if self.bound == "none":
             update = mean_of(updates, accepted)
         else:
-            cone = threshold if self.cone_cos is None else self.cone_cos
-            update = bounded_mean(self.bound, guiding, updates, accepted, cone)
+            update = bounded_mean(self.bound, guiding, updates, accepted, self._cone(threshold))
         return Aggregate(update=update, accepted=accepted, scores=scores)
 
     def _threshold(self, updates: Tensor, ctx: RoundContext) -> float | Tensor:
@@ -238,6 +257,15 @@ class DiverseFL(Aggregator):
             q = ctx.sample_over_batch
         t = self.auto.thresholds(ctx.round, ctx.client_ids, halves, q)
         return t.to(dtype=updates.dtype, device=updates.device)
+
+    def _cone(self, threshold: float | Tensor) -> float | Tensor:
+        """The cone's cosine (one, or one per client) for ``bound = "cone"``."""
+        if self.cone_cos is None:
+            return threshold
+        if self.cone_cos == "auto":
+            assert isinstance(threshold, Tensor)  # cone_cos = "auto" needs min_cosine = "auto"
+            return auto_cone(threshold, self.auto_margin)
+        return self.cone_cos
 
     def _trusted(
         self, passed: Tensor, direction: Tensor, ctx: RoundContext, scores: dict[str, Tensor]

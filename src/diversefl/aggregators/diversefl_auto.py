@@ -50,6 +50,7 @@ from diversefl.aggregators.diversefl_rule import cosine
 from diversefl.aggregators.quarantine import client_index
 
 AUTO_CAP = 0.95  # the largest threshold "auto" sets: a cosine above it is not asked for
+AUTO_CONE_CAP = 0.99  # cone_cos = "auto": the narrowest cone (a cosine of 1 would leave a line)
 
 
 def half_cosine(halves: Tensor) -> Tensor:
@@ -84,6 +85,14 @@ def auto_threshold(
     """One round's threshold per client: ``margin`` times :func:`predicted_honest_cosine`,
     clipped to ``[0, cap]``."""
     return (margin * predicted_honest_cosine(c_half, sample_over_batch)).clamp(0.0, cap)
+
+
+def auto_cone(threshold: Tensor, margin: float) -> Tensor:
+    """``cone_cos = "auto"``: per client, the predicted honest cosine behind its "auto"
+    threshold (``threshold / margin``, undoing the margin), clipped to ``[0, AUTO_CONE_CAP]``.
+    A cone this narrow leaves an honest update at its expected cosine as it is and allows an
+    accepted attacker no more orthogonal freedom than an average honest client has."""
+    return (threshold / margin).clamp(0.0, AUTO_CONE_CAP)
 
 
 class ThresholdEMA:

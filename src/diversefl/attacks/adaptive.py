@@ -13,7 +13,7 @@ from torch import Tensor
 
 from diversefl.aggregators.base import RoundContext
 from diversefl.aggregators.diversefl import diversefl_accept, diversefl_scores
-from diversefl.aggregators.diversefl_auto import AutoThreshold
+from diversefl.aggregators.diversefl_auto import AutoThreshold, auto_cone
 from diversefl.aggregators.diversefl_bounds import bounded_mean
 from diversefl.aggregators.diversefl_rule import cosine, cosine_pass
 from diversefl.attacks.base import Attack
@@ -90,7 +90,8 @@ class AdaptiveDiverseFL(Attack):
     - ``"clip"`` (``clip_to_guide``): cosine ``c`` at ratio 1; a longer message is clipped to
       ``|g_j|`` anyway, so this is the largest step that survives, with room in the band.
     - ``"cone"`` (``bound = "cone"``): on the cone's edge, cosine ``max(c, cone_cos)``
-      (``cone_cos`` None: ``c``), at ratio 1: projection and clipping leave it as it is.
+      (``cone_cos`` None: ``c``; ``"auto"``: the mirrored threshold over ``auto_margin``, the
+      server's per-client cone), at ratio 1: projection and clipping leave it as it is.
     - ``"orthogonal"`` (``bound = "orthogonal"``): only ``min(z . u_j, |g_j|) u_j`` survives, a
       positive multiple of the client's own guide, so the harm is in the multiple only. The
       distance of the aggregate from the honest mean is convex in it, so one of the two ends
@@ -137,7 +138,8 @@ class AdaptiveDiverseFL(Attack):
     cos_min: float | Literal["auto"] = 0.05
     # the defense it faces: plain, clip, cone, orthogonal, agreement, or auto (min_cosine auto)
     against: Against = "plain"
-    cone_cos: float | None = None  # against "cone": the rule's cone_cos (None: the threshold)
+    # against "cone": the rule's cone_cos (None: the threshold; "auto": mirrored, as the rule's)
+    cone_cos: float | Literal["auto"] | None = None
     auto_margin: float = 0.75  # the rule's auto_margin (what the attacker mirrors)
     auto_decay: float = 0.9  # the rule's auto_decay
     auto_fallback: float = 0.0  # the rule's auto_fallback
@@ -163,7 +165,13 @@ class AdaptiveDiverseFL(Attack):
                 f"against {self.against!r} sends ratio |z| / |g| = 1: need eps1 < 1 < eps2, got "
                 f"eps1={self.eps1}, eps2={self.eps2}"
             )
-        if self.cone_cos is not None and not 0 <= self.cone_cos < 1:
+        if isinstance(self.cone_cos, str):
+            if self.cone_cos != "auto" or self.cos_min != "auto":
+                raise ValueError(
+                    f"cone_cos must be a number in [0, 1), or 'auto' with cos_min = 'auto', got "
+                    f"cone_cos = {self.cone_cos!r}, cos_min = {self.cos_min!r}"
+                )
+        elif self.cone_cos is not None and not 0 <= self.cone_cos < 1:
             raise ValueError(f"cone_cos must be in [0, 1), got {self.cone_cos}")
         if not 0 < self.auto_above < 0.05:
             raise ValueError(f"auto_above must be in (0, 0.05), got {self.auto_above}")
@@ -189,7 +197,7 @@ class AdaptiveDiverseFL(Attack):
         cos = self.cos_min if threshold is None else (threshold + self.auto_above).clamp(max=0.99)
         assert not isinstance(cos, str)  # "auto" is resolved through the mirror
         target = -honest.mean(0)
-        sent = self._message(honest, guiding, g_norm, target, cos, ctx)
+        sent = self._message(honest, guiding, g_norm, target, cos, ctx, threshold)
         if not bool(usable.all()):
             sent = torch.where(usable[:, None], sent, target.to(torch.float64)[None, :])
         sent = sent.to(byzantine.dtype)
@@ -224,15 +232,17 @@ class AdaptiveDiverseFL(Attack):
         target: Tensor,
         cos: float | Tensor,
         ctx: RoundContext,
+        threshold: Tensor | None = None,
     ) -> Tensor:
-        """The Byzantine rows ``[f, d]`` (float64) for the defense named by ``against``."""
+        """The Byzantine rows ``[f, d]`` (float64) for the defense named by ``against``
+        (``threshold``: the mirrored "auto" thresholds, which ``cone_cos = "auto"`` reads)."""
         scale = g_norm[:, None]
         if self.against in ("plain", "auto"):
             return (self.eps2 - self.margin) * scale * cone_direction(guiding, target, cos)
         if self.against == "clip":
             return scale * cone_direction(guiding, target, cos)
         if self.against == "cone":
-            edge = cos if self.cone_cos is None else _at_least(cos, self.cone_cos)
+            edge = cos if self.cone_cos is None else _at_least(cos, self._cone(threshold))
             return scale * cone_direction(guiding, target, edge)
         if self.against == "orthogonal":
             low = (self.eps1 + self.margin) * scale * cone_direction(guiding, target, cos)
@@ -240,6 +250,15 @@ class AdaptiveDiverseFL(Attack):
         steps = torch.linspace(0.0, 1.0, AGREEMENT_STEPS, dtype=torch.float64).tolist()
         tried = [scale * cone_direction(guiding, target, _between(cos, s)) for s in steps]
         return self._worst(honest, guiding, ctx, tried)
+
+    def _cone(self, threshold: Tensor | None) -> float | Tensor:
+        """The server's cone cosine: ``cone_cos``, or with "auto" the mirrored threshold over
+        ``auto_margin`` per Byzantine row."""
+        if self.cone_cos == "auto":
+            assert threshold is not None  # cone_cos = "auto" needs cos_min = "auto"
+            return auto_cone(threshold, self.auto_margin)
+        assert self.cone_cos is not None
+        return self.cone_cos
 
     def _worst(
         self, honest: Tensor, guiding: Tensor, ctx: RoundContext, candidates: list[Tensor]
@@ -294,8 +313,10 @@ class AdaptiveDiverseFL(Attack):
             self._mirror.ema.load_state_dict(state["auto"])
 
 
-def _at_least(cos: float | Tensor, floor: float) -> float | Tensor:
-    """``max(cos, floor)``, per row when ``cos`` is a tensor."""
+def _at_least(cos: float | Tensor, floor: float | Tensor) -> float | Tensor:
+    """``max(cos, floor)``, per row when either is a tensor."""
+    if isinstance(floor, Tensor):
+        return torch.maximum(torch.as_tensor(cos, dtype=floor.dtype), floor)
     return cos.clamp(min=floor) if isinstance(cos, Tensor) else max(cos, floor)
 
 
