@@ -338,12 +338,20 @@ def test_diversefl_run_with_auto_and_each_bound(tmp_path: Path, bound: str):
     assert all(r["accepted"] == "0" for r in rows if r["byzantine"] == "1")
 
 
-@pytest.mark.parametrize("batch_noise", [False, True], ids=["auto", "auto_batch_noise"])
-def test_the_flower_server_calibrates_as_the_simulator_does(tmp_path: Path, batch_noise: bool):
+AUTO_SETTINGS = {
+    "auto": {},
+    "auto_batch_noise": {"auto_batch_noise": True},
+    "cone_auto": {"auto_batch_noise": True, "bound": "cone", "cone_cos": "auto"},
+}
+
+
+@pytest.mark.parametrize("settings", list(AUTO_SETTINGS.values()), ids=list(AUTO_SETTINGS))
+def test_the_flower_server_calibrates_as_the_simulator_does(tmp_path: Path, settings: dict):
     """Over Flower the server computes the half-sample guides on the uploaded samples (the
     nodes upload them in their seeded order), and the sample-over-batch ratios from the
     uploads and the batch sizes the nodes report: the per-client thresholds and decisions of a
-    loopback federation are the simulator's."""
+    loopback federation are the simulator's (with the cone of the predicted honest cosine too,
+    whose projected updates steer every later round's model)."""
     pytest.importorskip("flwr")
     from test_flower import _loopback_grid
 
@@ -352,7 +360,7 @@ def test_the_flower_server_calibrates_as_the_simulator_does(tmp_path: Path, batc
 
     raw = tiny_config(
         model={"name": "mlp"},
-        aggregator={"name": "diversefl", "min_cosine": "auto", "auto_batch_noise": batch_noise},
+        aggregator={"name": "diversefl", "min_cosine": "auto", **settings},
         attack={"name": "sign_flip", "f": 2},
         rounds=4,
         eval={"every": 2},
