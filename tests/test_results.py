@@ -1,7 +1,8 @@
-"""The committed leaderboard results (results/leaderboard/<grid>/<cell>/) are what the tables in
-docs/leaderboard.md are drawn from: every finished run must belong to its grid's current config
-(a config edited after the runs makes them stale, and a stale run would be read as a result of
-the new config), and its summary must agree with its own metrics."""
+"""The committed results (results/leaderboard/<grid>/<cell>/, results/hardening/<grid>/<cell>/)
+are what the tables in docs/leaderboard.md and docs/label-flip.md are drawn from: every finished
+run must belong to its grid's current config (a config edited after the runs makes them stale,
+and a stale run would be read as a result of the new config), and its summary must agree with
+its own metrics."""
 
 from __future__ import annotations
 
@@ -13,19 +14,39 @@ import pytest
 import diversefl
 from diversefl.sweep import finished_summary, load_sweep
 
-RESULTS = Path(__file__).resolve().parents[1] / "results" / "leaderboard"
-CONFIGS = Path(diversefl.__file__).parent / "configs" / "leaderboard"
-GRIDS = sorted(p for p in RESULTS.iterdir() if p.is_dir()) if RESULTS.is_dir() else []
+ROOT = Path(__file__).resolve().parents[1] / "results"
+CONFIGS = Path(diversefl.__file__).parent / "configs"
+# results/hardening/<dir> -> configs/hardening/<config>.toml (docs/label-flip.md's tables);
+# results/leaderboard/<grid> has the config of its own name
+HARDENING = {
+    "dirichlet": "attacks-dirichlet",
+    "sorted": "attacks-sorted",
+    "label-flip": "label-flip-spread",
+    "sample-size": "sample-size",
+}
+
+
+def _grids(kind: str) -> list[Path]:
+    where = ROOT / kind
+    return sorted(p for p in where.iterdir() if p.is_dir()) if where.is_dir() else []
+
+
+GRIDS = _grids("leaderboard") + _grids("hardening")
+
+
+def _config(grid: Path) -> Path:
+    name = HARDENING.get(grid.name, grid.name) if grid.parent.name == "hardening" else grid.name
+    return CONFIGS / grid.parent.name / f"{name}.toml"
 
 
 def test_every_results_grid_has_its_config():
     for grid in GRIDS:
-        assert (CONFIGS / f"{grid.name}.toml").is_file(), f"{grid} has no config {grid.name}.toml"
+        assert _config(grid).is_file(), f"{grid} has no config {_config(grid)}"
 
 
-@pytest.mark.parametrize("grid", GRIDS, ids=lambda p: p.name)
+@pytest.mark.parametrize("grid", GRIDS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_committed_runs_belong_to_the_current_grid(grid: Path):
-    cells = {c.dirname: c for c in load_sweep(CONFIGS / f"{grid.name}.toml")}
+    cells = {c.dirname: c for c in load_sweep(_config(grid))}
     finished = [d for d in sorted(grid.iterdir()) if (d / "summary.json").is_file()]
     if not finished:
         pytest.skip(f"no finished run in {grid} yet")
