@@ -342,3 +342,98 @@ def test_the_attack_mirrors_the_rules_auto_defaults():
     rule, attack = DiverseFL(), ATTACKS["adaptive"]()
     for key in ("auto_margin", "auto_decay", "auto_fallback"):
         assert getattr(attack, key) == getattr(rule, key)
+
+
+# -- auto_mad: the round's spread raises the "auto" thresholds ---------------------------------
+
+
+def test_spread_threshold_by_hand():
+    """Six clients predicted at 1.0 (threshold 0.75, margin 0.75) with cosines 0.99 ... 0.95 and
+    0.5: median ratio 0.965, MAD 0.015 (x 1.4826 = 0.02224), so at k = 4 every threshold rises
+    to 0.965 - 0.08896 = 0.87604; the 0.5 client fails it, the others pass. A client without a
+    prediction (threshold 0) keeps its threshold; five calibrated clients are the least that
+    give a spread."""
+    from diversefl.aggregators.diversefl_auto import spread_threshold
+
+    cos = torch.tensor([0.99, 0.98, 0.97, 0.96, 0.95, 0.5], dtype=torch.float64)
+    base = torch.full((6,), 0.75, dtype=torch.float64)
+    got = spread_threshold(cos, base, 0.75, 4.0)
+    lo = 0.965 - 4 * 1.4826 * 0.015
+    torch.testing.assert_close(got, torch.full((6,), lo, dtype=torch.float64))
+    assert (cos > got).tolist() == [True] * 5 + [False]
+    # a wide spread never lowers a threshold
+    wide = torch.tensor([0.99, 0.5, 0.9, 0.3, 0.8, 0.6], dtype=torch.float64)
+    assert torch.equal(spread_threshold(wide, base, 0.75, 4.0), base)
+    # client 0 has no prediction: excluded from the spread and left at 0
+    with_zero = base.clone()
+    with_zero[0] = 0.0
+    out = spread_threshold(torch.cat([cos, cos[:1]]), torch.cat([with_zero, base[:1]]), 0.75, 4.0)
+    assert float(out[0]) == 0.0 and bool((out[1:] > 0.75).all())
+    few = spread_threshold(cos[:4], base[:4], 0.75, 4.0)
+    assert torch.equal(few, base[:4])
+
+
+def test_the_rule_with_auto_mad_tests_against_the_raised_thresholds():
+    """The rule's logged thresholds are spread_threshold of its "auto" ones and the round's
+    cosines, and it accepts exactly the rows above them; the cone stays at the prediction."""
+    from diversefl.aggregators.diversefl_auto import spread_threshold
+
+    gen = torch.Generator().manual_seed(3)
+    n, d = 9, 40
+    guides = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    halves = guides[None] + 0.3 * torch.randn(2, n, d, generator=gen, dtype=torch.float64)
+    scale = torch.tensor([0.1] * (n - 1) + [0.5], dtype=torch.float64)[:, None]
+    z = guides + scale * torch.randn(n, d, generator=gen, dtype=torch.float64)
+    plain = DiverseFL(min_cosine="auto")(z, _ctx(guides, halves=halves))
+    out = DiverseFL(min_cosine="auto", auto_mad=2.0)(z, _ctx(guides, halves=halves))
+    want = spread_threshold(plain.scores["cos"], plain.scores["threshold"], 0.75, 2.0)
+    torch.testing.assert_close(out.scores["threshold"], want)
+    assert bool((want > plain.scores["threshold"]).any())  # the spread binds here
+    band = plain.scores["c2"].gt(0.5) & plain.scores["c2"].lt(2.0)
+    assert out.accepted.tolist() == ((out.scores["cos"] > want) & band).tolist()
+    assert not bool(out.accepted[-1]) and bool(plain.accepted[-1])  # caught by the spread only
+    coned = DiverseFL(min_cosine="auto", auto_mad=2.0, bound="cone", cone_cos="auto")
+    cone = (plain.scores["threshold"] / 0.75).clamp(max=0.99)
+    got = coned(z, _ctx(guides, halves=halves)).update
+    torch.testing.assert_close(got, cone_bound(guides, z, cone)[out.accepted].mean(0))
+
+
+def test_against_auto_mad_every_message_passes_the_raised_threshold():
+    """Over rounds, the attack that mirrors auto_mad sends messages the rule accepts, each at
+    most auto_above (plus rounding) over the raised threshold it faces, and the rule's raised
+    thresholds are above the plain "auto" ones in some round."""
+    gen = torch.Generator().manual_seed(11)
+    n, d = 12, 60
+    byz = torch.zeros(n, dtype=torch.bool)
+    byz[[2, 7, 9]] = True
+    attack = ATTACKS["adaptive"](against="auto", auto_mad=3.0)
+    rule, plain_rule = DiverseFL(min_cosine="auto", auto_mad=3.0), DiverseFL(min_cosine="auto")
+    raised_any = False
+    for r in range(1, 6):
+        guides = torch.randn(n, d, generator=gen)
+        halves = guides[None] + 0.5 * torch.randn(2, n, d, generator=gen)
+        honest = guides[~byz] + 0.15 * torch.randn(n - 3, d, generator=gen)
+        ctx = _ctx(guides, byz, halves, r)
+        rows = torch.zeros(n, d)
+        rows[~byz] = honest
+        rows[byz] = attack(honest, torch.zeros(3, d), ctx)
+        out = rule(rows, _ctx(guides, halves=halves, r=r))
+        assert bool(out.accepted[byz].all())
+        gap = out.scores["cos"][byz] - out.scores["threshold"][byz]
+        assert bool((gap > 0).all()) and bool((gap < 0.02 + 1e-4).all()), gap
+        plain = plain_rule(rows, _ctx(guides, halves=halves, r=r))
+        raised_any |= bool((out.scores["threshold"] > plain.scores["threshold"] + 1e-6).any())
+    assert raised_any
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: DiverseFL(min_cosine=0.5, auto_mad=4.0), "auto_mad must be >= 0 and needs"),
+        (lambda: DiverseFL(min_cosine="auto", auto_mad=-1.0), "auto_mad must be >= 0"),
+        (lambda: ATTACKS["adaptive"](cos_min=0.6, auto_mad=4.0), "auto_mad must be >= 0 and"),
+    ],
+)
+def test_bad_auto_mad_is_one_clear_error(make, message):
+    with pytest.raises((AggregatorError, ValueError), match=message):
+        make()

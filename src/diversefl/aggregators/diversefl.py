@@ -9,7 +9,12 @@ from typing import Any, ClassVar, Literal
 from torch import Tensor
 
 from diversefl.aggregators.base import Aggregate, Aggregator, AggregatorError, RoundContext
-from diversefl.aggregators.diversefl_auto import AUTO_CAP, AutoThreshold, auto_cone
+from diversefl.aggregators.diversefl_auto import (
+    AUTO_CAP,
+    AutoThreshold,
+    auto_cone,
+    spread_threshold,
+)
 from diversefl.aggregators.diversefl_bounds import BOUNDS, Bound, bounded_mean
 from diversefl.aggregators.diversefl_rule import (
     DiverseFLTest,
@@ -63,7 +68,10 @@ class DiverseFL(Aggregator):
       averages are state and travel with checkpoints. ``auto_batch_noise = True`` also counts
       the update's own batch noise (sample size over batch size per client,
       ``ctx.sample_over_batch``), which lowers the prediction where the batch is not much
-      larger than the sample.
+      larger than the sample. ``auto_mad = k`` (> 0) also reads the round's spread: every
+      client's threshold is raised to its prediction times the median minus ``k`` MADs of the
+      round's cosine-to-prediction ratios over the clients
+      (:func:`~diversefl.aggregators.diversefl_auto.spread_threshold`).
     - ``per_layer`` applies the direction test (sign, or cosine with ``min_cosine``) to every
       layer's block of the update on its own, in addition to the whole vector: a flipped
       output layer cannot hide behind agreeing hidden layers. Score ``layers_ok`` (0/1).
@@ -110,6 +118,9 @@ class DiverseFL(Aggregator):
     # "auto": also count the update's own batch noise (sample size / batch size per client,
     # from ctx.sample_over_batch) in the predicted honest cosine
     auto_batch_noise: bool = False
+    # "auto": raise thresholds to the prediction times (median - auto_mad MADs) of the round's
+    # cosine / prediction ratios over the clients (0: off)
+    auto_mad: float = 0.0
     per_layer: bool = False  # also apply the direction test to each layer's block
     clip_to_guide: bool = False  # scale accepted updates down to at most their guide's norm
     # bound what an accepted update can do: "none", "cone", "orthogonal" or "agreement"
@@ -171,6 +182,11 @@ class DiverseFL(Aggregator):
                 "diversefl: auto_batch_noise = true refines min_cosine = 'auto'; got min_cosine "
                 f"= {self.min_cosine!r}"
             )
+        if self.auto_mad < 0 or (self.auto_mad > 0 and self.min_cosine != "auto"):
+            raise AggregatorError(
+                f"diversefl: auto_mad must be >= 0 and needs min_cosine = 'auto', got auto_mad = "
+                f"{self.auto_mad}, min_cosine = {self.min_cosine!r}"
+            )
         if not 0 <= self.auto_fallback <= AUTO_CAP:
             raise AggregatorError(
                 f"diversefl: auto_fallback must be in [0, {AUTO_CAP}], got {self.auto_fallback}"
@@ -206,7 +222,9 @@ class DiverseFL(Aggregator):
         # cos is logged for every setting: the honest clients' cosines are what `min_cosine` is
         # chosen from (`diversefl detection --cosines`), so a run of the paper's rule needs them
         scores = test.scores()
-        threshold = self._threshold(updates, ctx)
+        threshold = base = self._threshold(updates, ctx)
+        if isinstance(threshold, Tensor) and self.auto_mad > 0:
+            threshold = spread_threshold(test.cos, threshold, self.auto_margin, self.auto_mad)
         if isinstance(threshold, Tensor):  # "auto": one threshold per client
             scores["threshold"] = threshold
             direction = cosine_pass(test.cos, threshold)
@@ -226,7 +244,7 @@ class DiverseFL(Aggregator):
         if self.bound == "none":
             update = mean_of(updates, accepted)
         else:
-            update = bounded_mean(self.bound, guiding, updates, accepted, self._cone(threshold))
+            update = bounded_mean(self.bound, guiding, updates, accepted, self._cone(base))
         return Aggregate(update=update, accepted=accepted, scores=scores)
 
     def _threshold(self, updates: Tensor, ctx: RoundContext) -> float | Tensor:
@@ -259,7 +277,9 @@ class DiverseFL(Aggregator):
         return t.to(dtype=updates.dtype, device=updates.device)
 
     def _cone(self, threshold: float | Tensor) -> float | Tensor:
-        """The cone's cosine (one, or one per client) for ``bound = "cone"``."""
+        """The cone's cosine (one, or one per client) for ``bound = "cone"`` (``threshold``:
+        the "auto" one before ``auto_mad`` raises it, whose ratio to the margin is the
+        prediction)."""
         if self.cone_cos is None:
             return threshold
         if self.cone_cos == "auto":

@@ -51,6 +51,9 @@ from diversefl.aggregators.quarantine import client_index
 
 AUTO_CAP = 0.95  # the largest threshold "auto" sets: a cosine above it is not asked for
 AUTO_CONE_CAP = 0.99  # cone_cos = "auto": the narrowest cone (a cosine of 1 would leave a line)
+AUTO_MAD_CAP = 0.95  # auto_mad: the largest share of the prediction the round's spread may ask for
+AUTO_MAD_MIN_CLIENTS = 5  # auto_mad: fewer calibrated clients in a round give no spread to read
+MAD_TO_SD = 1.4826  # the median absolute deviation of a normal sample, in standard deviations
 
 
 def half_cosine(halves: Tensor) -> Tensor:
@@ -93,6 +96,29 @@ def auto_cone(threshold: Tensor, margin: float) -> Tensor:
     A cone this narrow leaves an honest update at its expected cosine as it is and allows an
     accepted attacker no more orthogonal freedom than an average honest client has."""
     return (threshold / margin).clamp(0.0, AUTO_CONE_CAP)
+
+
+def spread_threshold(cos: Tensor, threshold: Tensor, margin: float, k: float) -> Tensor:
+    """``auto_mad = k``: raise each client's "auto" threshold to ``p_j * lo`` where ``p_j =
+    threshold_j / margin`` is its predicted honest cosine and ``lo = median - k * MAD`` (the
+    MAD scaled to a standard deviation) of this round's ratios ``cos_j / p_j`` over the
+    clients with a prediction, at most ``AUTO_MAD_CAP``; never lowered, at most ``AUTO_CAP``.
+
+    The prediction says where an honest cosine should be; the ratios of the round's clients
+    say how far honest cosines actually stray from it, so the margin follows the spread the
+    server observes instead of a fixed share. Median and MAD are robust to a minority of
+    Byzantine ratios. Rounds with fewer than ``AUTO_MAD_MIN_CLIENTS`` calibrated clients keep
+    the thresholds as they are."""
+    pred = threshold / margin
+    ok = (pred > 0) & torch.isfinite(cos) & torch.isfinite(pred)
+    if int(ok.sum()) < AUTO_MAD_MIN_CLIENTS:
+        return threshold
+    ratio = cos[ok].to(torch.float64) / pred[ok].to(torch.float64)
+    med = ratio.quantile(0.5)
+    mad = MAD_TO_SD * (ratio - med).abs().quantile(0.5)
+    lo = (med - k * mad).clamp(max=AUTO_MAD_CAP).to(threshold.dtype)
+    raised = torch.maximum(threshold, (pred * lo).clamp(max=AUTO_CAP))
+    return torch.where(ok, raised, threshold)
 
 
 class ThresholdEMA:

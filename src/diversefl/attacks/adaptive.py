@@ -13,7 +13,7 @@ from torch import Tensor
 
 from diversefl.aggregators.base import RoundContext
 from diversefl.aggregators.diversefl import diversefl_accept, diversefl_scores
-from diversefl.aggregators.diversefl_auto import AutoThreshold, auto_cone
+from diversefl.aggregators.diversefl_auto import AutoThreshold, auto_cone, spread_threshold
 from diversefl.aggregators.diversefl_bounds import bounded_mean
 from diversefl.aggregators.diversefl_rule import cosine, cosine_pass
 from diversefl.attacks.base import Attack
@@ -21,6 +21,7 @@ from diversefl.attacks.base import Attack
 Against = Literal["plain", "clip", "cone", "orthogonal", "agreement", "auto"]
 AGAINST: tuple[str, ...] = ("plain", "clip", "cone", "orthogonal", "agreement", "auto")
 AGREEMENT_STEPS = 9  # against "agreement": the cosines tried, from the threshold's to 1
+SPREAD_PASSES = 20  # against auto_mad: passes to find messages above the thresholds they raise
 
 
 def _edge(u: Tensor, v: Tensor, cos_min: float | Tensor) -> Tensor:
@@ -145,6 +146,7 @@ class AdaptiveDiverseFL(Attack):
     auto_fallback: float = 0.0  # the rule's auto_fallback
     auto_batch_noise: bool = False  # the rule's auto_batch_noise
     auto_above: float = 0.02  # with the "auto" threshold: the cosine sent this far above it
+    auto_mad: float = 0.0  # the rule's auto_mad (the round's spread raises the thresholds)
 
     def __post_init__(self) -> None:
         if not self.margin > 0:
@@ -175,11 +177,21 @@ class AdaptiveDiverseFL(Attack):
             raise ValueError(f"cone_cos must be in [0, 1), got {self.cone_cos}")
         if not 0 < self.auto_above < 0.05:
             raise ValueError(f"auto_above must be in (0, 0.05), got {self.auto_above}")
+        if self.auto_mad < 0 or (self.auto_mad > 0 and self._mirror_needed() is False):
+            raise ValueError(
+                f"auto_mad must be >= 0 and needs the 'auto' threshold (cos_min = 'auto' or "
+                f"against = 'auto'), got auto_mad = {self.auto_mad}"
+            )
+        self._every: Tensor | None = None  # every client's mirrored threshold this round
         self._mirror: AutoThreshold | None = None  # the server's "auto" thresholds, mirrored
         if self.cos_min == "auto" or self.against == "auto":
             self._mirror = AutoThreshold(
                 self.auto_margin, self.auto_decay, self.auto_fallback, warn=False
             )
+
+    def _mirror_needed(self) -> bool:
+        """Does this attack mirror the server's "auto" threshold?"""
+        return self.cos_min == "auto" or self.against == "auto"
 
     def __call__(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
         if byzantine.shape[0] == 0 or honest.shape[0] == 0:
@@ -201,8 +213,62 @@ class AdaptiveDiverseFL(Attack):
         if not bool(usable.all()):
             sent = torch.where(usable[:, None], sent, target.to(torch.float64)[None, :])
         sent = sent.to(byzantine.dtype)
-        self._check(guiding.to(sent.dtype), sent, usable, threshold)
+        tested = threshold
+        if self.auto_mad > 0:
+            assert isinstance(cos, Tensor) and threshold is not None  # auto_mad needs "auto"
+            parts = (honest, guiding, g_norm, target, ctx)
+            sent, tested = self._above_the_spread(parts, sent, cos, threshold, usable)
+        self._check(guiding.to(sent.dtype), sent, usable, tested)
         return sent
+
+    def _above_the_spread(
+        self,
+        parts: tuple[Tensor, Tensor, Tensor, Tensor, RoundContext],
+        sent: Tensor,
+        cos: Tensor,
+        base: Tensor,
+        usable: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """Against ``auto_mad``: the server raises thresholds from the round's cosines, the
+        Byzantine ones included, so the messages and the thresholds they face are found
+        together. Starting at the "auto" threshold plus ``auto_above``, each pass computes the
+        server's raised thresholds from the honest cosines (every client's guide: the
+        simulator's omniscient adversary) and the messages' own, and lifts each message's
+        cosine to its raised threshold plus ``auto_above``, until every message passes (at
+        most ``SPREAD_PASSES``; a row still failing then sends its own guide). Returns the
+        messages and the Byzantine rows' raised thresholds."""
+        honest, guiding, g_norm, target, ctx = parts
+        byz = ctx.byzantine
+        assert byz is not None and self._every is not None
+        if ctx.guiding.shape[0] != byz.shape[0]:
+            raise ValueError(
+                "the adaptive attack against auto_mad needs every client's guiding gradient "
+                "(the round's spread includes the honest cosines): run it in the simulator"
+            )
+        dtype = sent.dtype
+        byz_cpu = byz.cpu()
+        h_guides = self._honest_guides(honest, ctx).to(dtype)
+        cos_all = torch.zeros(byz.shape[0], dtype=dtype)
+        cos_all[~byz_cpu] = cosine(h_guides, honest.to(dtype)).cpu()
+        every = self._every.to(dtype)
+        raised = base
+        for _ in range(SPREAD_PASSES):
+            cos_all[byz_cpu] = cosine(guiding.to(dtype), sent).cpu()
+            raised = spread_threshold(cos_all, every, self.auto_margin, self.auto_mad)[byz_cpu]
+            raised = raised.to(device=sent.device, dtype=torch.float64)
+            ok = cosine_pass(cos_all[byz_cpu].to(sent.device), raised.to(dtype))
+            if bool(ok[usable].all()):
+                return sent, raised
+            cos = torch.maximum(cos, raised + self.auto_above).clamp(max=0.99)
+            rows = self._message(honest, guiding, g_norm, target, cos, ctx, base)
+            sent = torch.where(usable[:, None], rows.to(dtype), sent)
+        cos_all[byz_cpu] = cosine(guiding.to(dtype), sent).cpu()
+        raised = spread_threshold(cos_all, every, self.auto_margin, self.auto_mad)[byz_cpu]
+        ok = cosine_pass(cos_all[byz_cpu], raised).to(sent.device)
+        sent = torch.where(ok[:, None] | ~usable[:, None], sent, guiding.to(dtype))
+        cos_all[byz_cpu] = cosine(guiding.to(dtype), sent).cpu()
+        raised = spread_threshold(cos_all, every, self.auto_margin, self.auto_mad)[byz_cpu]
+        return sent, raised.to(device=sent.device, dtype=torch.float64)
 
     def _server_threshold(self, ctx: RoundContext, like: Tensor) -> Tensor | None:
         """With the "auto" threshold: the server's threshold ``[f]`` (float64) for each
@@ -222,6 +288,7 @@ class AdaptiveDiverseFL(Attack):
                 "the adaptive attack mirroring auto_batch_noise needs ctx.sample_over_batch"
             )
         every = self._mirror.thresholds(ctx.round, ctx.client_ids, halves, q)
+        self._every = every  # every client's, which auto_mad's spread reads
         return every[ctx.byzantine.cpu()].to(like.device)
 
     def _message(
