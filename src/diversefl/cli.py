@@ -395,10 +395,27 @@ def cmd_plot(args: argparse.Namespace) -> int:
         return 0
     if args.c1c2:
         path = plots.plot_c1c2(args.path, out=args.out, clients=args.clients)
+    elif args.cosines is not None:
+        path = plots.plot_cosines(
+            args.path, out=args.out, clients=_client_ids(args.cosines), title=args.title
+        )
     else:
         path = plots.plot_curves(args.path, metric=args.metric, out=args.out, title=args.title)
     console.print(f"wrote {path}")
     return 0
+
+
+def _client_ids(text: str) -> list[int] | None:
+    """``--cosines``' value: "byzantine" (None: the run's Byzantine clients) or ids "11,12"."""
+    if text == "byzantine":
+        return None
+    try:
+        ids = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(
+            f"--cosines takes client ids separated by commas (e.g. 11,12), got {text!r}"
+        ) from None
+    return ids
 
 
 def _plot_several(args: argparse.Namespace) -> int:
@@ -410,6 +427,7 @@ def _plot_several(args: argparse.Namespace) -> int:
         "--heatmap": args.heatmap,
         "--bars": args.bars,
         "--c1c2": args.c1c2,
+        "--cosines": args.cosines,
         "--seed-spread": args.seed_spread,
         "--seeds": args.seeds,
     }
@@ -717,6 +735,15 @@ def _add_plot_parser(sub: argparse._SubParsersAction) -> None:
         help="the paper's Fig. 2: DiverseFL's C1 x C2 per client and round",
     )
     pl.add_argument("--clients", type=int, help="--c1c2: honest clients to draw (default all)")
+    pl.add_argument(
+        "--cosines",
+        nargs="?",
+        const="byzantine",
+        metavar="IDS",
+        help="one run's DiverseFL direction test over rounds: these clients' (default the "
+        "Byzantine ones; e.g. 11,12) guide-update cosines and thresholds, the rounds they were "
+        "accepted, and the honest clients' band",
+    )
     _add_plot_table_options(pl)
     pl.set_defaults(func=cmd_plot)
 
