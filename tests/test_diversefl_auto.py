@@ -342,6 +342,7 @@ AUTO_SETTINGS = {
     "auto": {},
     "auto_batch_noise": {"auto_batch_noise": True},
     "cone_auto": {"auto_batch_noise": True, "bound": "cone", "cone_cos": "auto"},
+    "cone_mad": {"auto_batch_noise": True, "bound": "cone", "cone_cos": "auto", "auto_mad": 2.0},
 }
 
 
