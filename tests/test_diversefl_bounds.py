@@ -282,22 +282,29 @@ def test_against_auto_the_servers_own_threshold_plus_a_small_margin():
     assert not _harm(rule, _at(threshold - 0.02, 1.95), halves)[0]  # just below: rejected
 
 
+def _attacked_rounds(attack, rule, byz, d, seed, noise):
+    """Five rounds of random guides, half-sample guides (noise[0]) and honest rows (noise[1])
+    with the attack's rows in place of the Byzantine ones: (rows, the rule's output, the
+    server's context) per round."""
+    gen = torch.Generator().manual_seed(seed)
+    n, f = byz.shape[0], int(byz.sum())
+    for r in range(1, 6):
+        guides = torch.randn(n, d, generator=gen)
+        halves = guides[None] + noise[0] * torch.randn(2, n, d, generator=gen)
+        honest = guides[~byz] + noise[1] * torch.randn(n - f, d, generator=gen)
+        rows = torch.zeros(n, d)
+        rows[~byz] = honest
+        rows[byz] = attack(honest, torch.zeros(f, d), _ctx(guides, byz, halves, r))
+        server = _ctx(guides, halves=halves, r=r)
+        yield rows, rule(rows, server), _ctx(guides, halves=halves, r=r)
+
+
 def test_against_auto_follows_the_moving_average_over_rounds():
     """Over rounds with changing halves the attacker's mirror stays the server's threshold:
     every message is accepted at exactly auto_above over the server's logged threshold."""
-    gen = torch.Generator().manual_seed(7)
-    n, d = 6, 10
     byz = torch.tensor([False, True, False, False, True, False])
     attack, rule = ATTACKS["adaptive"](against="auto"), DiverseFL(min_cosine="auto")
-    for r in range(1, 6):
-        guides = torch.randn(n, d, generator=gen)
-        halves = guides[None] + 0.7 * torch.randn(2, n, d, generator=gen)
-        honest = guides[~byz] + 0.3 * torch.randn(n - 2, d, generator=gen)
-        ctx = _ctx(guides, byz, halves, r)
-        rows = torch.zeros(n, d)
-        rows[~byz] = honest
-        rows[byz] = attack(honest, torch.zeros(2, d), ctx)
-        out = rule(rows, _ctx(guides, halves=halves, r=r))
+    for _, out, _ in _attacked_rounds(attack, rule, byz, 10, seed=7, noise=(0.7, 0.3)):
         assert bool(out.accepted[byz].all())
         gap = out.scores["cos"][byz] - out.scores["threshold"][byz]
         torch.testing.assert_close(gap, torch.full((2,), 0.02), atol=1e-5, rtol=0)
@@ -402,26 +409,16 @@ def test_against_auto_mad_every_message_passes_the_raised_threshold():
     """Over rounds, the attack that mirrors auto_mad sends messages the rule accepts, each at
     most auto_above (plus rounding) over the raised threshold it faces, and the rule's raised
     thresholds are above the plain "auto" ones in some round."""
-    gen = torch.Generator().manual_seed(11)
-    n, d = 12, 60
-    byz = torch.zeros(n, dtype=torch.bool)
+    byz = torch.zeros(12, dtype=torch.bool)
     byz[[2, 7, 9]] = True
     attack = ATTACKS["adaptive"](against="auto", auto_mad=3.0)
     rule, plain_rule = DiverseFL(min_cosine="auto", auto_mad=3.0), DiverseFL(min_cosine="auto")
     raised_any = False
-    for r in range(1, 6):
-        guides = torch.randn(n, d, generator=gen)
-        halves = guides[None] + 0.5 * torch.randn(2, n, d, generator=gen)
-        honest = guides[~byz] + 0.15 * torch.randn(n - 3, d, generator=gen)
-        ctx = _ctx(guides, byz, halves, r)
-        rows = torch.zeros(n, d)
-        rows[~byz] = honest
-        rows[byz] = attack(honest, torch.zeros(3, d), ctx)
-        out = rule(rows, _ctx(guides, halves=halves, r=r))
+    for rows, out, ctx in _attacked_rounds(attack, rule, byz, 60, seed=11, noise=(0.5, 0.15)):
         assert bool(out.accepted[byz].all())
         gap = out.scores["cos"][byz] - out.scores["threshold"][byz]
         assert bool((gap > 0).all()) and bool((gap < 0.02 + 1e-4).all()), gap
-        plain = plain_rule(rows, _ctx(guides, halves=halves, r=r))
+        plain = plain_rule(rows, ctx)
         raised_any |= bool((out.scores["threshold"] > plain.scores["threshold"] + 1e-6).any())
     assert raised_any
 
