@@ -4,8 +4,8 @@ Only reads files; matplotlib is imported lazily with the Agg backend."""
 
 from diversefl.plots.bars import metric_bars, plot_metric_bars
 from diversefl.plots.c1c2 import plot_c1c2
-from diversefl.plots.cosines import plot_cosines
 from diversefl.plots.compare import RunSeries, compare_series, plot_runs
+from diversefl.plots.cosines import plot_cosines
 from diversefl.plots.curves import plot_curves
 from diversefl.plots.heatmap import heatmap_grid, plot_heatmap
 from diversefl.plots.runs import as_number, table_rows
