@@ -251,24 +251,25 @@ class AdaptiveDiverseFL(Attack):
         cos_all = torch.zeros(byz.shape[0], dtype=dtype)
         cos_all[~byz_cpu] = cosine(h_guides, honest.to(dtype)).cpu()
         every = self._every.to(dtype)
-        raised = base
-        for _ in range(SPREAD_PASSES):
-            cos_all[byz_cpu] = cosine(guiding.to(dtype), sent).cpu()
+
+        def facing(rows: Tensor) -> tuple[Tensor, Tensor]:
+            """The server's raised thresholds for the Byzantine rows (float64) if they send
+            ``rows``, and whether each passes them."""
+            cos_all[byz_cpu] = cosine(guiding.to(dtype), rows).cpu()
             raised = spread_threshold(cos_all, every, self.auto_margin, self.auto_mad)[byz_cpu]
-            raised = raised.to(device=sent.device, dtype=torch.float64)
-            ok = cosine_pass(cos_all[byz_cpu].to(sent.device), raised.to(dtype))
+            ok = cosine_pass(cos_all[byz_cpu], raised).to(rows.device)
+            return raised.to(device=rows.device, dtype=torch.float64), ok
+
+        for _ in range(SPREAD_PASSES):
+            raised, ok = facing(sent)
             if bool(ok[usable].all()):
                 return sent, raised
             cos = torch.maximum(cos, raised + self.auto_above).clamp(max=0.99)
             rows = self._message(honest, guiding, g_norm, target, cos, ctx, base)
             sent = torch.where(usable[:, None], rows.to(dtype), sent)
-        cos_all[byz_cpu] = cosine(guiding.to(dtype), sent).cpu()
-        raised = spread_threshold(cos_all, every, self.auto_margin, self.auto_mad)[byz_cpu]
-        ok = cosine_pass(cos_all[byz_cpu], raised).to(sent.device)
+        _, ok = facing(sent)
         sent = torch.where(ok[:, None] | ~usable[:, None], sent, guiding.to(dtype))
-        cos_all[byz_cpu] = cosine(guiding.to(dtype), sent).cpu()
-        raised = spread_threshold(cos_all, every, self.auto_margin, self.auto_mad)[byz_cpu]
-        return sent, raised.to(device=sent.device, dtype=torch.float64)
+        return sent, facing(sent)[0]
 
     def _server_threshold(self, ctx: RoundContext, like: Tensor) -> Tensor | None:
         """With the "auto" threshold: the server's threshold ``[f]`` (float64) for each
