@@ -23,6 +23,7 @@ from diversefl.aggregators.diversefl_auto import (
     ThresholdEMA,
     auto_threshold,
     predicted_honest_cosine,
+    predicted_honest_ratio,
 )
 from diversefl.attacks import REGISTRY as ATTACKS
 from diversefl.cli import main
@@ -284,6 +285,7 @@ def test_a_state_without_thresholds_is_refused_by_an_auto_rule():
         ({"min_cosine": "auto", "auto_decay": 1.0}, r"auto_decay must be in \[0, 1\)"),
         ({"min_cosine": "auto", "auto_fallback": 0.99}, r"auto_fallback must be in \[0, 0.95\]"),
         ({"min_cosine": 0.5, "auto_batch_noise": True}, "auto_batch_noise = true refines"),
+        ({"min_cosine": "auto", "auto_ratio": True}, "auto_ratio = true predicts the honest"),
     ],
 )
 def test_bad_auto_settings_are_one_clear_error(settings, message):
@@ -343,6 +345,13 @@ AUTO_SETTINGS = {
     "auto_batch_noise": {"auto_batch_noise": True},
     "cone_auto": {"auto_batch_noise": True, "bound": "cone", "cone_cos": "auto"},
     "cone_mad": {"auto_batch_noise": True, "bound": "cone", "cone_cos": "auto", "auto_mad": 2.0},
+    "cone_mad_ratio": {
+        "auto_batch_noise": True,
+        "bound": "cone",
+        "cone_cos": "auto",
+        "auto_mad": 2.0,
+        "auto_ratio": True,
+    },  # fmt: skip
 }
 
 
@@ -473,3 +482,69 @@ def test_the_attack_mirrors_the_batch_noise_threshold():
     torch.testing.assert_close(mirrored, server[byz].to(mirrored.dtype))
     plain = ATTACKS["adaptive"](cos_min="auto", against="auto")._server_threshold(ctx, guide)
     assert bool((plain > mirrored).all())  # without the term it would aim too high
+
+
+# -- the predicted honest norm ratio (auto_ratio) ----------------------------------------------
+
+
+@pytest.mark.parametrize("q", [0.1, 0.3, 1.0, 3.0])
+def test_predicted_ratio_inverts_the_noise_model(q: float):
+    """Written in the signal-to-noise ratio rho, an honest update's cosine with its guide is
+    rho / sqrt((rho + 1)(rho + q)) and its norm ratio sqrt((rho + q) / (rho + 1)): the ratio
+    predicted from the cosine alone must be the latter, from no noise (1) to noise only
+    (sqrt(q))."""
+    rho = torch.tensor([0.0, 0.1, 1.0, 5.0, 50.0, 1e6], dtype=torch.float64)
+    p = rho / torch.sqrt((rho + 1) * (rho + q))
+    want = torch.sqrt((rho + q) / (rho + 1))
+    torch.testing.assert_close(predicted_honest_ratio(p, torch.full_like(p, q)), want)
+    assert predicted_honest_ratio(torch.tensor([0.0]), torch.tensor([q])).item() == (
+        pytest.approx(math.sqrt(q))
+    )
+    assert predicted_honest_ratio(torch.tensor([1.0]), torch.tensor([q])).item() == (
+        pytest.approx(1.0)
+    )
+
+
+def test_ratio_prediction_matches_sampled_gradients():
+    """As for the cosine: sample per-example gradients around a true one, and compare the
+    average |batch mean| / |sample mean| with the ratio predicted from the halves' cosine."""
+    gen = torch.Generator().manual_seed(1)
+    d, s, m, trials = 4000, 40, 120, 30
+    g = torch.randn(d, generator=gen, dtype=torch.float64) * 0.05
+    c_halves, ratios = [], []
+    for _ in range(trials):
+        ex_s = g + torch.randn(s, d, generator=gen, dtype=torch.float64)
+        ex_m = g + torch.randn(m, d, generator=gen, dtype=torch.float64)
+        a, b = ex_s[::2].mean(0), ex_s[1::2].mean(0)
+        c_halves.append(float(F.cosine_similarity(a, b, dim=0)))
+        ratios.append(float(ex_m.mean(0).norm() / ex_s.mean(0).norm()))
+    q = torch.tensor([s / m], dtype=torch.float64)
+    p = predicted_honest_cosine(torch.tensor([sum(c_halves) / trials], dtype=torch.float64), q)
+    predicted = predicted_honest_ratio(p, q).item()
+    observed = sum(ratios) / trials
+    assert predicted == pytest.approx(observed, abs=0.03)
+    assert observed < 0.5 + 0.2 and predicted < 1.0 - 0.2  # well below the noise-free 1
+
+
+def test_the_rule_with_auto_ratio_by_hand():
+    """Three clients with guide [1, 0] and the update [0.4, 0] (cosine 1, ratio 0.4), q = 0.3.
+    Client 0's halves agree (c_half = 1: predicted cosine 1, ratio 1, lower edge 0.5): rejected.
+    Client 1's halves are orthogonal (c_half = 0: noise only, ratio sqrt(0.3) = 0.5477, lower
+    edge 0.2739): accepted. Client 2's halves are zero (never calibrated): the paper's 0.5,
+    rejected. Without auto_ratio all three fail the band."""
+    guide = torch.tensor([[1.0, 0.0]] * 3)
+    halves = torch.tensor(
+        [[[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]], [[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]]
+    )
+    updates = torch.tensor([[0.4, 0.0]] * 3)
+    ctx = _ctx(1, guide, halves)
+    ctx = RoundContext(**{**ctx.__dict__, "sample_over_batch": torch.full((3,), 0.3)})
+    with pytest.warns(UserWarning, match=r"cannot calibrate clients \[2\]"):
+        out = DiverseFL(min_cosine="auto", auto_batch_noise=True, auto_ratio=True)(updates, ctx)
+    assert out.scores["ratio_lo"].tolist() == pytest.approx([0.5, 0.5 * math.sqrt(0.3), 0.5])
+    assert out.accepted.tolist() == [False, True, False]
+    torch.testing.assert_close(out.update, updates[1])
+    with pytest.warns(UserWarning):
+        plain = DiverseFL(min_cosine="auto", auto_batch_noise=True)(updates, ctx)
+    assert plain.accepted.tolist() == [False, False, False]
+    assert "ratio_lo" not in plain.scores

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+import torch
 from torch import Tensor
 
 from diversefl.aggregators.base import Aggregate, Aggregator, AggregatorError, RoundContext
@@ -13,6 +14,7 @@ from diversefl.aggregators.diversefl_auto import (
     AUTO_CAP,
     AutoThreshold,
     auto_cone,
+    predicted_honest_ratio,
     spread_threshold,
 )
 from diversefl.aggregators.diversefl_bounds import BOUNDS, Bound, bounded_mean
@@ -26,6 +28,7 @@ from diversefl.aggregators.diversefl_rule import (
     diversefl_scores,
     diversefl_test,
     layer_direction_pass,
+    ratio_in_band,
 )
 from diversefl.aggregators.mean import mean_of
 from diversefl.aggregators.quarantine import FailureLedger, quarantine_trusted
@@ -71,7 +74,13 @@ class DiverseFL(Aggregator):
       larger than the sample. ``auto_mad = k`` (> 0) also reads the round's spread: every
       client's threshold is raised to its prediction times the median minus ``k`` MADs of the
       round's cosine-to-prediction ratios over the clients
-      (:func:`~diversefl.aggregators.diversefl_auto.spread_threshold`).
+      (:func:`~diversefl.aggregators.diversefl_auto.spread_threshold`). ``auto_ratio = True``
+      (with ``auto_batch_noise``) lowers the ratio band's lower edge to ``eps1`` times the
+      client's predicted honest ratio ``|z| / |g|`` (at most 1; score ``ratio_lo``,
+      :func:`~diversefl.aggregators.diversefl_auto.predicted_honest_ratio`): a guide on fewer
+      rows than the batch is the noisier and longer of the two, so late in training an honest
+      update is about ``sqrt(sample / batch)`` times its guide's norm, which the paper's fixed
+      0.5 rejects; the upper edge stays ``eps2``.
     - ``per_layer`` applies the direction test (sign, or cosine with ``min_cosine``) to every
       layer's block of the update on its own, in addition to the whole vector: a flipped
       output layer cannot hide behind agreeing hidden layers. Score ``layers_ok`` (0/1).
@@ -121,6 +130,9 @@ class DiverseFL(Aggregator):
     # "auto": raise thresholds to the prediction times (median - auto_mad MADs) of the round's
     # cosine / prediction ratios over the clients (0: off)
     auto_mad: float = 0.0
+    # "auto" + auto_batch_noise: the ratio band's lower edge is eps1 times each client's
+    # predicted honest |z| / |g| (at most 1) instead of eps1
+    auto_ratio: bool = False
     per_layer: bool = False  # also apply the direction test to each layer's block
     clip_to_guide: bool = False  # scale accepted updates down to at most their guide's norm
     # bound what an accepted update can do: "none", "cone", "orthogonal" or "agreement"
@@ -187,6 +199,12 @@ class DiverseFL(Aggregator):
                 f"diversefl: auto_mad must be >= 0 and needs min_cosine = 'auto', got auto_mad = "
                 f"{self.auto_mad}, min_cosine = {self.min_cosine!r}"
             )
+        if self.auto_ratio and not self.auto_batch_noise:
+            raise AggregatorError(
+                "diversefl: auto_ratio = true predicts the honest |z| / |g| from the batch-noise "
+                "term; it needs min_cosine = 'auto' and auto_batch_noise = true, got "
+                f"min_cosine = {self.min_cosine!r}, auto_batch_noise = {self.auto_batch_noise}"
+            )
         if not 0 <= self.auto_fallback <= AUTO_CAP:
             raise AggregatorError(
                 f"diversefl: auto_fallback must be in [0, {AUTO_CAP}], got {self.auto_fallback}"
@@ -235,7 +253,13 @@ class DiverseFL(Aggregator):
             layers_ok = layer_direction_pass(guiding, updates, self._sizes(ctx), threshold)
             scores["layers_ok"] = layers_ok.to(updates.dtype)
             direction = direction & layers_ok
-        passed = direction & test.in_band  # the paper's test.accepted when nothing hardens it
+        in_band = test.in_band
+        if self.auto_ratio:
+            assert isinstance(base, Tensor)  # auto_ratio needs min_cosine = "auto"
+            ratio_lo = self._ratio_floor(base, ctx).to(test.c2.dtype)
+            scores["ratio_lo"] = ratio_lo
+            in_band = ratio_in_band(test.c2, ratio_lo, self.eps2)
+        passed = direction & in_band  # the paper's test.accepted when nothing hardens it
         accepted = passed
         if self.quarantine > 0:
             accepted = passed & self._trusted(passed, direction, ctx, scores)
@@ -275,6 +299,16 @@ class DiverseFL(Aggregator):
             q = ctx.sample_over_batch
         t = self.auto.thresholds(ctx.round, ctx.client_ids, halves, q)
         return t.to(dtype=updates.dtype, device=updates.device)
+
+    def _ratio_floor(self, base: Tensor, ctx: RoundContext) -> Tensor:
+        """``auto_ratio``: per client, ``eps1`` times its predicted honest ratio (at most 1;
+        ``eps1`` itself for a client never calibrated, whose threshold is the fallback)."""
+        assert self.auto is not None and ctx.client_ids is not None
+        assert ctx.sample_over_batch is not None  # _threshold refused its absence
+        ratio = predicted_honest_ratio(base.double() / self.auto_margin, ctx.sample_over_batch)
+        ratio = ratio.clamp(max=1.0).to(base.device)
+        known = self.auto.calibrated(ctx.client_ids).to(base.device)
+        return self.eps1 * torch.where(known, ratio, 1.0)
 
     def _cone(self, threshold: float | Tensor) -> float | Tensor:
         """The cone's cosine (one, or one per client) for ``bound = "cone"`` (``threshold``:

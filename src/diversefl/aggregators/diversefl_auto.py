@@ -82,6 +82,24 @@ def predicted_honest_cosine(c_half: Tensor, sample_over_batch: Tensor | None = N
     return torch.where(denom > 0, 2.0 * c / denom.clamp_min(torch.finfo(c.dtype).tiny), 0.0)
 
 
+def predicted_honest_ratio(predicted_cos: Tensor, sample_over_batch: Tensor) -> Tensor:
+    """``auto_ratio``: the norm ratio ``|z| / |g_s|`` an honest update is expected to have with
+    its full guide, given its predicted honest cosine ``p`` (with the batch-noise term) and
+    ``q = s / m``: ``r = (p (1 - q) + sqrt(p^2 (1 - q)^2 + 4 q)) / 2``.
+
+    In the module's model ``|g_s|^2 = |g|^2 (1 + 1 / rho)`` and ``|z|^2 = |g|^2 (1 + q / rho)``,
+    so ``r^2 = (rho + q) / (rho + 1)``; with ``p = rho / sqrt((rho + 1)(rho + q))``, ``p r =
+    rho / (rho + 1)`` and ``r^2 = q + (1 - q) p r``, whose positive root is the formula. It is 1
+    without noise (``p = 1``) and ``sqrt(q)`` when noise is all there is (``p = 0``): a guide on
+    fewer rows than the batch is the longer of the two, so late in training an honest update
+    sits near ``sqrt(q)`` times its guide's norm, which for a 3% sample and a 10% batch
+    (``sqrt(0.3) = 0.55``) is at the paper's lower bound of 0.5."""
+    p = predicted_cos.to(torch.float64).clamp(0.0, 1.0)
+    q = sample_over_batch.to(torch.float64).clamp_min(0.0)
+    b = p * (1.0 - q)
+    return (b + torch.sqrt(b * b + 4.0 * q)) / 2.0
+
+
 def auto_threshold(
     c_half: Tensor, margin: float, cap: float = AUTO_CAP, sample_over_batch: Tensor | None = None
 ) -> Tensor:
@@ -217,6 +235,11 @@ class AutoThreshold:
         if bool(missing.any()):
             self._warn(client_index(ids)[missing].tolist())
         return torch.where(missing, self.fallback, smoothed)
+
+    def calibrated(self, ids: Tensor) -> Tensor:
+        """Per client ``ids``: has it had a usable round, so that its threshold is a
+        prediction (not the fixed ``fallback``)?"""
+        return ~self.ema.current(ids).isnan()
 
     def _warn(self, ids: list[int]) -> None:
         new = sorted(set(ids) - self._warned)

@@ -42,8 +42,9 @@ def diversefl_scores(guiding: Tensor, updates: Tensor) -> tuple[Tensor, Tensor]:
     return _c1_c2(*dots_and_norms(guiding, updates))
 
 
-def ratio_in_band(c2: Tensor, eps1: float, eps2: float) -> Tensor:
-    """The norm condition of eq. 10: ``eps1 < C2 < eps2``, both strict (NaN fails)."""
+def ratio_in_band(c2: Tensor, eps1: float | Tensor, eps2: float | Tensor) -> Tensor:
+    """The norm condition of eq. 10: ``eps1 < C2 < eps2``, both strict (NaN fails); a bound
+    may be one per client (``[n]``)."""
     return (c2 > eps1) & (c2 < eps2)
 
 
