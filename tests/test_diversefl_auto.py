@@ -286,6 +286,14 @@ def test_a_state_without_thresholds_is_refused_by_an_auto_rule():
         ({"min_cosine": "auto", "auto_fallback": 0.99}, r"auto_fallback must be in \[0, 0.95\]"),
         ({"min_cosine": 0.5, "auto_batch_noise": True}, "auto_batch_noise = true refines"),
         ({"min_cosine": "auto", "auto_ratio": True}, "auto_ratio = true predicts the honest"),
+        (
+            {"min_cosine": "auto", "auto_batch_noise": True, "auto_clip": True},
+            "auto_clip = true clips to the predicted honest norm; it needs",
+        ),
+        (
+            {"min_cosine": "auto", "clip_to_guide": True, "auto_clip": True},
+            "auto_clip = true clips to the predicted honest norm; it needs",
+        ),
     ],
 )
 def test_bad_auto_settings_are_one_clear_error(settings, message):
@@ -351,6 +359,14 @@ AUTO_SETTINGS = {
         "cone_cos": "auto",
         "auto_mad": 2.0,
         "auto_ratio": True,
+    },  # fmt: skip
+    "cone_mad_ratio_clip": {
+        "auto_batch_noise": True,
+        "bound": "cone",
+        "cone_cos": "auto",
+        "auto_mad": 2.0,
+        "auto_ratio": True,
+        "auto_clip": True,
     },  # fmt: skip
 }
 
@@ -548,3 +564,26 @@ def test_the_rule_with_auto_ratio_by_hand():
         plain = DiverseFL(min_cosine="auto", auto_batch_noise=True)(updates, ctx)
     assert plain.accepted.tolist() == [False, False, False]
     assert "ratio_lo" not in plain.scores
+
+
+@pytest.mark.parametrize(
+    "settings", [{"clip_to_guide": True}, {"bound": "cone", "cone_cos": "auto"}], ids=str
+)
+def test_auto_clip_clips_to_the_predicted_honest_norm_by_hand(settings: dict):
+    """Two clients with guide [1, 0] and the update [1.5, 0], q = 0.3. Client 0's halves agree
+    (predicted ratio 1: clipped to [1, 0]); client 1's are orthogonal (noise only: ratio
+    sqrt(0.3), clipped to [0.5477, 0]). Both pass (cosine 1), so the mean is [0.7739, 0];
+    clipped to the guides' own norm it would be [1, 0]."""
+    guide = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    halves = torch.tensor([[[1.0, 0.0], [1.0, 0.0]], [[1.0, 0.0], [0.0, 1.0]]])
+    updates = torch.tensor([[1.5, 0.0], [1.5, 0.0]])
+    ctx = _ctx(1, guide, halves)
+    ctx = RoundContext(**{**ctx.__dict__, "sample_over_batch": torch.full((2,), 0.3)})
+    common = {"min_cosine": "auto", "auto_batch_noise": True, **settings}
+    out = DiverseFL(**common, auto_clip=True)(updates, ctx)
+    r = math.sqrt(0.3)
+    assert out.accepted.tolist() == [True, True]
+    assert out.scores["clip_ratio"].tolist() == pytest.approx([1.0, r])
+    torch.testing.assert_close(out.update, torch.tensor([(1.0 + r) / 2, 0.0]))
+    plain = DiverseFL(**common)(updates, ctx)
+    torch.testing.assert_close(plain.update, torch.tensor([1.0, 0.0]))

@@ -80,7 +80,11 @@ class DiverseFL(Aggregator):
       :func:`~diversefl.aggregators.diversefl_auto.predicted_honest_ratio`): a guide on fewer
       rows than the batch is the noisier and longer of the two, so late in training an honest
       update is about ``sqrt(sample / batch)`` times its guide's norm, which the paper's fixed
-      0.5 rejects; the upper edge stays ``eps2``.
+      0.5 rejects; the upper edge stays ``eps2``. ``auto_clip = True`` (with
+      ``auto_batch_noise``, and ``clip_to_guide`` or a ``bound``) clips accepted updates to that
+      predicted honest norm, ``ratio * |g|`` (score ``clip_ratio``), instead of the guide's own:
+      a guide on a small sample is long with noise, and an attacker clipped to it could push
+      harder than the client's honest update would.
     - ``per_layer`` applies the direction test (sign, or cosine with ``min_cosine``) to every
       layer's block of the update on its own, in addition to the whole vector: a flipped
       output layer cannot hide behind agreeing hidden layers. Score ``layers_ok`` (0/1).
@@ -133,6 +137,9 @@ class DiverseFL(Aggregator):
     # "auto" + auto_batch_noise: the ratio band's lower edge is eps1 times each client's
     # predicted honest |z| / |g| (at most 1) instead of eps1
     auto_ratio: bool = False
+    # "auto" + auto_batch_noise, with clip_to_guide or a bound: clip accepted updates to the
+    # predicted honest norm (predicted ratio x |g|, at most |g|) instead of |g|
+    auto_clip: bool = False
     per_layer: bool = False  # also apply the direction test to each layer's block
     clip_to_guide: bool = False  # scale accepted updates down to at most their guide's norm
     # bound what an accepted update can do: "none", "cone", "orthogonal" or "agreement"
@@ -205,6 +212,15 @@ class DiverseFL(Aggregator):
                 "term; it needs min_cosine = 'auto' and auto_batch_noise = true, got "
                 f"min_cosine = {self.min_cosine!r}, auto_batch_noise = {self.auto_batch_noise}"
             )
+        if self.auto_clip and not (
+            self.auto_batch_noise and (self.clip_to_guide or self.bound != "none")
+        ):
+            raise AggregatorError(
+                "diversefl: auto_clip = true clips to the predicted honest norm; it needs "
+                "min_cosine = 'auto', auto_batch_noise = true and clip_to_guide = true or a "
+                f"bound, got auto_batch_noise = {self.auto_batch_noise}, clip_to_guide = "
+                f"{self.clip_to_guide}, bound = {self.bound!r}"
+            )
         if not 0 <= self.auto_fallback <= AUTO_CAP:
             raise AggregatorError(
                 f"diversefl: auto_fallback must be in [0, {AUTO_CAP}], got {self.auto_fallback}"
@@ -256,19 +272,25 @@ class DiverseFL(Aggregator):
         in_band = test.in_band
         if self.auto_ratio:
             assert isinstance(base, Tensor)  # auto_ratio needs min_cosine = "auto"
-            ratio_lo = self._ratio_floor(base, ctx).to(test.c2.dtype)
+            ratio_lo = (self.eps1 * self._predicted_ratio(base, ctx)).to(test.c2.dtype)
             scores["ratio_lo"] = ratio_lo
             in_band = ratio_in_band(test.c2, ratio_lo, self.eps2)
         passed = direction & in_band  # the paper's test.accepted when nothing hardens it
         accepted = passed
         if self.quarantine > 0:
             accepted = passed & self._trusted(passed, direction, ctx, scores)
+        g_norm, bound_guides = test.g_norm, guiding
+        if self.auto_clip:  # clip to ratio * |g|: the same directions, shorter guides
+            assert isinstance(base, Tensor)  # auto_clip needs min_cosine = "auto"
+            clip_ratio = self._predicted_ratio(base, ctx).to(guiding.dtype)
+            scores["clip_ratio"] = clip_ratio
+            g_norm, bound_guides = g_norm * clip_ratio, guiding * clip_ratio[:, None]
         if self.clip_to_guide:
-            updates = clip_to_guide(updates, test.g_norm, test.z_norm)
+            updates = clip_to_guide(updates, g_norm, test.z_norm)
         if self.bound == "none":
             update = mean_of(updates, accepted)
         else:
-            update = bounded_mean(self.bound, guiding, updates, accepted, self._cone(base))
+            update = bounded_mean(self.bound, bound_guides, updates, accepted, self._cone(base))
         return Aggregate(update=update, accepted=accepted, scores=scores)
 
     def _threshold(self, updates: Tensor, ctx: RoundContext) -> float | Tensor:
@@ -300,15 +322,15 @@ class DiverseFL(Aggregator):
         t = self.auto.thresholds(ctx.round, ctx.client_ids, halves, q)
         return t.to(dtype=updates.dtype, device=updates.device)
 
-    def _ratio_floor(self, base: Tensor, ctx: RoundContext) -> Tensor:
-        """``auto_ratio``: per client, ``eps1`` times its predicted honest ratio (at most 1;
-        ``eps1`` itself for a client never calibrated, whose threshold is the fallback)."""
+    def _predicted_ratio(self, base: Tensor, ctx: RoundContext) -> Tensor:
+        """``auto_ratio`` and ``auto_clip``: per client, its predicted honest ratio ``|z| / |g|``
+        at most 1 (1 for a client never calibrated, whose threshold is the fallback)."""
         assert self.auto is not None and ctx.client_ids is not None
         assert ctx.sample_over_batch is not None  # _threshold refused its absence
         ratio = predicted_honest_ratio(base.double() / self.auto_margin, ctx.sample_over_batch)
         ratio = ratio.clamp(max=1.0).to(base.device)
         known = self.auto.calibrated(ctx.client_ids).to(base.device)
-        return self.eps1 * torch.where(known, ratio, 1.0)
+        return torch.where(known, ratio, 1.0)
 
     def _cone(self, threshold: float | Tensor) -> float | Tensor:
         """The cone's cosine (one, or one per client) for ``bound = "cone"`` (``threshold``:
