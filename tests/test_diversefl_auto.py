@@ -437,14 +437,14 @@ def test_batch_noise_term_against_a_hand_computation():
     assert t.item() == pytest.approx(_hand_batch(0.8, 0.3, 0.75), abs=1e-7)  # float32 halves
 
 
-def test_batch_noise_prediction_matches_sampled_gradients():
-    """An independent check of the noise model: draw a true gradient g and per-example noise,
-    form two half-sample guides, the full guide and a batch mean, and compare the average
-    cosine of batch and full guide with the prediction from the halves' cosine."""
-    gen = torch.Generator().manual_seed(0)
-    d, s, m, trials = 4000, 40, 120, 30
+def _sampled_noise_model(seed: int, d: int = 4000, s: int = 40, m: int = 120, trials: int = 30):
+    """The noise model drawn: a true gradient g, per-example noise, ``trials`` times a sample of
+    ``s`` rows (its two halves and its mean, the full guide) and a batch of ``m`` rows. Returns
+    the average cosine of the halves, of batch and full guide, and the average ratio of their
+    norms ``|batch| / |guide|``."""
+    gen = torch.Generator().manual_seed(seed)
     g = torch.randn(d, generator=gen, dtype=torch.float64) * 0.05
-    c_halves, cos_batch = [], []
+    c_halves, cos_batch, ratios = [], [], []
     for _ in range(trials):
         ex_s = g + torch.randn(s, d, generator=gen, dtype=torch.float64)
         ex_m = g + torch.randn(m, d, generator=gen, dtype=torch.float64)
@@ -452,10 +452,18 @@ def test_batch_noise_prediction_matches_sampled_gradients():
         full, z = ex_s.mean(0), ex_m.mean(0)
         c_halves.append(float(F.cosine_similarity(a, b, dim=0)))
         cos_batch.append(float(F.cosine_similarity(full, z, dim=0)))
-    c = torch.tensor([sum(c_halves) / trials], dtype=torch.float64)
-    with_term = predicted_honest_cosine(c, torch.tensor([s / m], dtype=torch.float64)).item()
+        ratios.append(float(z.norm() / full.norm()))
+    return sum(c_halves) / trials, sum(cos_batch) / trials, sum(ratios) / trials
+
+
+def test_batch_noise_prediction_matches_sampled_gradients():
+    """An independent check of the noise model: draw a true gradient g and per-example noise,
+    form two half-sample guides, the full guide and a batch mean, and compare the average
+    cosine of batch and full guide with the prediction from the halves' cosine."""
+    c_half, observed, _ = _sampled_noise_model(seed=0)
+    c = torch.tensor([c_half], dtype=torch.float64)
+    with_term = predicted_honest_cosine(c, torch.tensor([40 / 120], dtype=torch.float64)).item()
     without = predicted_honest_cosine(c).item()
-    observed = sum(cos_batch) / trials
     assert with_term == pytest.approx(observed, abs=0.03)
     assert without > observed + 0.05  # the batch-free prediction overshoots here
 
@@ -524,20 +532,10 @@ def test_predicted_ratio_inverts_the_noise_model(q: float):
 def test_ratio_prediction_matches_sampled_gradients():
     """As for the cosine: sample per-example gradients around a true one, and compare the
     average |batch mean| / |sample mean| with the ratio predicted from the halves' cosine."""
-    gen = torch.Generator().manual_seed(1)
-    d, s, m, trials = 4000, 40, 120, 30
-    g = torch.randn(d, generator=gen, dtype=torch.float64) * 0.05
-    c_halves, ratios = [], []
-    for _ in range(trials):
-        ex_s = g + torch.randn(s, d, generator=gen, dtype=torch.float64)
-        ex_m = g + torch.randn(m, d, generator=gen, dtype=torch.float64)
-        a, b = ex_s[::2].mean(0), ex_s[1::2].mean(0)
-        c_halves.append(float(F.cosine_similarity(a, b, dim=0)))
-        ratios.append(float(ex_m.mean(0).norm() / ex_s.mean(0).norm()))
-    q = torch.tensor([s / m], dtype=torch.float64)
-    p = predicted_honest_cosine(torch.tensor([sum(c_halves) / trials], dtype=torch.float64), q)
+    c_half, _, observed = _sampled_noise_model(seed=1)
+    q = torch.tensor([40 / 120], dtype=torch.float64)
+    p = predicted_honest_cosine(torch.tensor([c_half], dtype=torch.float64), q)
     predicted = predicted_honest_ratio(p, q).item()
-    observed = sum(ratios) / trials
     assert predicted == pytest.approx(observed, abs=0.03)
     assert observed < 0.5 + 0.2 and predicted < 1.0 - 0.2  # well below the noise-free 1
 
