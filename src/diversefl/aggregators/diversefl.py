@@ -270,9 +270,13 @@ class DiverseFL(Aggregator):
             scores["layers_ok"] = layers_ok.to(updates.dtype)
             direction = direction & layers_ok
         in_band = test.in_band
+        ratio = None  # auto_ratio, auto_clip: each client's predicted honest |z| / |g|
+        if self.auto_ratio or self.auto_clip:
+            assert isinstance(base, Tensor)  # both need min_cosine = "auto"
+            ratio = self._predicted_ratio(base, ctx)
         if self.auto_ratio:
-            assert isinstance(base, Tensor)  # auto_ratio needs min_cosine = "auto"
-            ratio_lo = (self.eps1 * self._predicted_ratio(base, ctx)).to(test.c2.dtype)
+            assert ratio is not None
+            ratio_lo = (self.eps1 * ratio).to(test.c2.dtype)
             scores["ratio_lo"] = ratio_lo
             in_band = ratio_in_band(test.c2, ratio_lo, self.eps2)
         passed = direction & in_band  # the paper's test.accepted when nothing hardens it
@@ -281,8 +285,8 @@ class DiverseFL(Aggregator):
             accepted = passed & self._trusted(passed, direction, ctx, scores)
         g_norm, bound_guides = test.g_norm, guiding
         if self.auto_clip:  # clip to ratio * |g|: the same directions, shorter guides
-            assert isinstance(base, Tensor)  # auto_clip needs min_cosine = "auto"
-            clip_ratio = self._predicted_ratio(base, ctx).to(guiding.dtype)
+            assert ratio is not None
+            clip_ratio = ratio.to(guiding.dtype)
             scores["clip_ratio"] = clip_ratio
             g_norm, bound_guides = g_norm * clip_ratio, guiding * clip_ratio[:, None]
         if self.clip_to_guide:
