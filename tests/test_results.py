@@ -23,6 +23,7 @@ HARDENING = {
     "sorted": "attacks-sorted",
     "label-flip": "label-flip-spread",
     "sample-size": "sample-size",
+    "backdoor": "backdoor-two-class",
 }
 
 
