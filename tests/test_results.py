@@ -23,7 +23,6 @@ HARDENING = {
     "sorted": "attacks-sorted",
     "label-flip": "label-flip-spread",
     "sample-size": "sample-size",
-    "backdoor": "backdoor-two-class",
 }
 
 
