@@ -54,8 +54,8 @@ def _config(name: str) -> Path:
 def test_mlp_leaderboards_run_oracle_under_one_attack_and_the_rest_under_all():
     for name in ("leaderboard/mnist-mlp.toml", "leaderboard/mnist-mlp-dirichlet.toml"):
         cells = load_sweep(_config(name))
-        # 25 rules x 17 attacks x 3 seeds, and OracleSGD under no attack, sign flip and the two
+        # 26 rules x 17 attacks x 3 seeds, and OracleSGD under no attack, sign flip and the two
         # trigger backdoors (their backdoor accuracy needs the triggered test pass)
-        assert len(cells) == (25 * 17 + 4) * 3
+        assert len(cells) == (26 * 17 + 4) * 3
         oracle = {c.attack for c in cells if c.aggregator == "oracle"}
         assert oracle == {"none", "sign_flip", "badnets", "dba"}
