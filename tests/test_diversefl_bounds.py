@@ -162,6 +162,67 @@ def test_the_plain_rule_is_unchanged_bit_for_bit(seed: int):
     assert torch.equal(out.accepted, test.accepted)
 
 
+def _guide_stand_in(guiding: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Each row replaced by its guide's direction at the row's own length (a plain loop)."""
+    out = torch.zeros_like(rows)
+    for j in range(rows.shape[0]):
+        out[j] = rows[j].norm() * guiding[j] / guiding[j].norm()
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_cone_bounds_what_accepted_attackers_move_the_aggregate(seed: int):
+    """docs/label-flip.md#attacker-bound: with the cone of cosine p and the clip to the guide,
+    the aggregate is within (f_acc / n_acc) max_j |g_j| sqrt(2 (1 - p)) of the aggregate with
+    every accepted Byzantine row replaced by its guide's direction at that row's length, where
+    f_acc of the n_acc accepted rows are Byzantine, whatever those rows are (messages turned the
+    same way, up to 30 degrees outside the cone, at random lengths); a per-row reference."""
+    gen = torch.Generator().manual_seed(seed)
+    n, d, p = 12, 40, 0.6
+    g = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    honest = g + 0.3 * torch.randn(n, d, generator=gen, dtype=torch.float64)
+    z = honest.clone()
+    byz = torch.zeros(n, dtype=torch.bool)
+    byz[:4] = True
+    turn = torch.randn(d, generator=gen, dtype=torch.float64)  # one harm direction for all
+    for j in range(4):  # inside the test's acceptance region, up to 30 degrees off the cone
+        u = g[j] / g[j].norm()
+        v = turn - (turn @ u) * u
+        v = v / v.norm()
+        angle = math.acos(p) + float(torch.rand(1, generator=gen)) * math.pi / 6  # < 90 deg
+        length = g[j].norm() * (0.6 + 1.3 * float(torch.rand(1, generator=gen)))
+        z[j] = length * (math.cos(angle) * u + math.sin(angle) * v)
+    rule = DiverseFL(min_cosine=0.0, bound="cone", cone_cos=p)
+    out = rule(z, _ctx(g, byz))
+    acc = out.accepted
+    assert bool(acc[:4].all())  # positive cosine, ratio in (0.5, 2): every attacker passes
+    bounded = cone_bound(g, z, p)
+    stand_in = torch.where(byz[:, None], _guide_stand_in(g, bounded), bounded)
+    reference = stand_in[acc].mean(dim=0)
+    f_acc, n_acc = int((acc & byz).sum()), int(acc.sum())
+    limit = f_acc / n_acc * float(g[byz].norm(dim=1).max()) * math.sqrt(2 * (1 - p))
+    gap = float((out.update - reference).norm())
+    assert gap <= limit + 1e-12
+    assert gap > 0.2 * limit  # the attackers do move it: the bound is not vacuous here
+
+
+def test_the_cone_bound_is_reached_by_attackers_aligned_on_one_direction():
+    """Equality: two attackers sharing one guide direction send 80 degrees off it at 1.5 times
+    its norm, turned the same way; the cone of cosine p = 0.8 and the clip put them on the cone's
+    edge at the guide's norm, so the aggregate moves by exactly (f / n) |g| sqrt(2 (1 - p))
+    from the guide stand-in (2 of 4 clients, |g| = 2: 0.5 * 2 * sqrt(0.4))."""
+    p, angle = 0.8, math.radians(80)
+    g = torch.tensor([[2.0, 0.0, 0.0]] * 4, dtype=torch.float64)
+    sent = 3.0 * torch.tensor([math.cos(angle), math.sin(angle), 0.0], dtype=torch.float64)
+    z = torch.stack([sent, sent, g[2], g[3]])
+    byz = torch.tensor([True, True, False, False])
+    out = DiverseFL(bound="cone", cone_cos=p)(z, _ctx(g, byz))
+    assert out.accepted.all()
+    reference = g.mean(dim=0)  # the stand-in: each attacker's guide at its bounded length |g|
+    gap = float((out.update - reference).norm())
+    assert gap == pytest.approx(0.5 * 2.0 * math.sqrt(2 * (1 - p)), abs=1e-12)
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
