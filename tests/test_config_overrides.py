@@ -285,3 +285,29 @@ def test_cli_device_is_one_error_line_and_writes_nothing(tmp_path: Path, capsys,
     assert f"engine.device: {device!r} is not supported" in " ".join(err.split())
     assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
     assert not out.exists()
+
+
+# 4. a name is a string, and a union's error names every allowed kind --------------------------
+
+
+@pytest.mark.parametrize("word", ["inf", "nan"])
+def test_a_bare_inf_or_nan_for_a_name_is_the_name(word):
+    """`--set attack.name=inf` names the Inf attack (TOML would read a float infinity, which no
+    name is); the same word for a number setting stays the number."""
+    assert apply_overrides({}, [f"attack.name={word}"]) == {"attack": {"name": word}}
+    value = apply_overrides({}, [f"attack.sigma={word}"])["attack"]["sigma"]
+    assert isinstance(value, float) and value != 1.0  # inf, or nan (which equals nothing)
+
+
+def test_inf_attack_from_the_command_line_validates():
+    cfg = make_config(apply_overrides(tiny_config(), ["attack.name=inf", "attack.f=1"]))
+    assert cfg.attack.name == "inf"
+
+
+def test_a_union_setting_error_names_every_allowed_kind():
+    """min_cosine is a number or "auto": a typo says both, not only "a valid number"."""
+    raw = apply_overrides(
+        tiny_config(), ["aggregator.name=diversefl", "aggregator.min_cosine=autom"]
+    )
+    with pytest.raises(ValueError, match=r"min_cosine: .*valid number, or 'auto' \(got 'autom'\)"):
+        make_config(raw)

@@ -99,3 +99,13 @@ def test_fetch_from_a_plain_folder(tmp_path: Path) -> None:
     assert {p.name: _md5(p) for p in paths} == CHECKSUMS["mnist"]
     with pytest.raises(DataError, match="no such folder"):
         fetch("mnist", tmp_path / "x", base_url=str(tmp_path / "missing"), progress=False)
+
+
+def test_a_local_folder_without_the_files_says_which_folder_to_give(tmp_path: Path) -> None:
+    """A data root laid out as $DIVERSEFL_DATA (the files one level down) is a local folder,
+    not a network problem: the error says to give the dataset's own folder."""
+    (tmp_path / "root" / "mnist").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"must be the folder that holds the files themselves") as e:
+        fetch("mnist", tmp_path / "dest", base_url=str(tmp_path / "root"), progress=False)
+    assert "check the network" not in str(e.value)
+    assert not list((tmp_path / "dest").rglob("*.gz"))  # nothing half-written is left

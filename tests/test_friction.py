@@ -201,6 +201,21 @@ def test_resume_without_a_run_says_so_and_what_is_there(tmp_path: Path, capsys):
 
 
 # -- 5. sweep --status after a sweep with --rounds ----------------------------------------------
+def test_resume_of_a_finished_run_says_nothing_was_trained(tmp_path: Path, capsys):
+    """`run --resume` on a finished run returns it as saved and says so, instead of a line that
+    reads as if it had just trained; with a larger --rounds it trains and says that."""
+    out = tmp_path / "done"
+    cfg = _write_config(tmp_path / "c.toml", {**GAUSS, "rounds": 3})
+    assert main(["run", cfg, "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["run", "--out", str(out), "--resume", "--quiet"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"{out} holds a finished run of 3 rounds (nothing to resume" in text
+    assert main(["run", "--out", str(out), "--resume", "--rounds", "4", "--quiet"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "final test accuracy" in text and "nothing to resume" not in text
+
+
 def test_sweep_status_applies_the_overrides_the_sweep_ran_with(tmp_path: Path, capsys):
     raw = {**tiny_config(rounds=30), "sweep": {"aggregators": ["mean"], "attacks": ["none"]}}
     grid, out = _write_config(tmp_path / "grid.toml", raw), tmp_path / "sweep"
@@ -350,3 +365,23 @@ def test_a_run_config_toml_reruns_with_another_rule_and_attack(tmp_path: Path):
         ValueError, match="aggregator.eps2: unknown setting for aggregator 'median'"
     ):
         load_config(saved, ["aggregator.name=median"])
+
+
+def test_show_config_prints_every_key_with_the_overrides_and_runs_nothing(
+    tmp_path: Path, capsys, monkeypatch
+):
+    """`run CONFIG --show-config` prints the config the run would save (every default written
+    out, --set applied) as TOML, and neither trains nor writes a run folder."""
+    monkeypatch.chdir(tmp_path)
+    cfg = _write_config(tmp_path / "c.toml", GAUSS)
+    assert main(["run", cfg, "--set", "aggregator.eps2=3.0", "--show-config"]) == 0
+    shown = tomllib.loads(capsys.readouterr().out)
+    expected = to_toml_dict(
+        make_config({**GAUSS, "aggregator": {"name": "diversefl", "eps2": 3.0}})
+    )
+    assert shown == json.loads(json.dumps(expected))
+    assert shown["aggregator"]["eps2"] == 3.0 and "eps1" in shown["aggregator"]  # defaults too
+    assert shown["attack"]["sigma"] == 10000.0  # the Gaussian attack's own default
+    assert not (tmp_path / "runs").exists()
+    assert main(["run", "--show-config"]) == 0  # no config: the demo's DiverseFL run
+    assert tomllib.loads(capsys.readouterr().out)["aggregator"]["name"] == "diversefl"

@@ -115,8 +115,17 @@ def test_run_a_preset_by_name_from_another_folder(elsewhere: Path, mnist_dir: Pa
 def test_sweep_status_of_a_preset_by_name(elsewhere: Path, capsys):
     assert main(["sweep", "paper/mnist-softmax", "--status"]) == 0
     out = " ".join(capsys.readouterr().out.split())  # rich wraps the title
-    assert "sweep mnist-softmax.toml in runs/mnist-softmax" in out  # relative to this folder
+    # relative to this folder, and the preset's group in the path: the label-flip and the
+    # leaderboard presets of the same stem get folders of their own
+    assert "sweep mnist-softmax.toml in runs/paper/mnist-softmax" in out
     assert f"0 of {len(load_sweep(SOFTMAX))} runs done" in out
+    assert main(["sweep", "label-flip/mnist-softmax", "--status"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "in runs/label-flip/mnist-softmax" in out
+    local = elsewhere / "my-grid.toml"
+    local.write_text(SOFTMAX.read_text())
+    assert main(["sweep", str(local), "--status"]) == 0
+    assert "in runs/my-grid" in " ".join(capsys.readouterr().out.split())
 
 
 def test_unknown_preset_is_one_error_line_for_run_and_sweep(elsewhere: Path, capsys):

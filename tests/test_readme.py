@@ -1,11 +1,14 @@
-"""The README's Python examples run as printed (the README must stay true).
+"""The Python examples of the README and the docs run as printed (the docs must stay true).
 
 Only what cannot hold on a test machine is adapted: the example's data directory becomes the
-test data directory and a full run is cut to a few rounds (by wrapping ``diversefl.run``)."""
+test data directory, its run folders go to a temporary folder, and a full run is cut to a few
+rounds (by wrapping ``diversefl.run``)."""
 
 from __future__ import annotations
 
 import re
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -15,25 +18,41 @@ import diversefl
 from diversefl import aggregators, attacks
 from diversefl.models import MODELS
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+DOCS = [README, *sorted((REPO / "docs").rglob("*.md"))]
 
 
-def python_blocks() -> list[str]:
-    """Every fenced ```python block of the README, in order."""
-    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+def python_blocks(path: Path = README) -> list[str]:
+    """Every fenced ```python block of one Markdown file, in order."""
+    return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
+
+
+EXAMPLES = [
+    (path.relative_to(REPO).as_posix(), i, code)
+    for path in DOCS
+    for i, code in enumerate(python_blocks(path))
+]
 
 
 def test_readme_has_python_examples() -> None:
     blocks = python_blocks()
     assert len(blocks) >= 1
     assert any("diversefl.run(" in b for b in blocks)
+    assert len({where for where, _, _ in EXAMPLES}) >= 3  # the docs' examples are collected too
 
 
-@pytest.mark.parametrize("index", range(len(python_blocks())))
+@pytest.mark.parametrize(
+    ("where", "index", "code"), EXAMPLES, ids=[f"{w}:{i}" for w, i, _ in EXAMPLES]
+)
 def test_readme_python_example_runs(
-    index: int, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, capsys
+    where: str,
+    index: int,
+    code: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys,
 ) -> None:
-    code = python_blocks()[index]
     mnist_dir = request.getfixturevalue("mnist_dir") if "diversefl.run(" in code else None
     real_run = diversefl.run
     calls: list[Any] = []
@@ -41,8 +60,10 @@ def test_readme_python_example_runs(
     def short_run(config: Any = None, **kwargs: Any) -> Any:
         kwargs["data_dir"] = mnist_dir
         kwargs["overrides"] = [*(kwargs.get("overrides") or []), "rounds=3", "eval.every=1"]
-        # the default run folder is runs/<name>-<time> under the cwd (the checkout): not here
-        kwargs.setdefault("out", request.getfixturevalue("tmp_path") / f"run{len(calls)}")
+        # run folders (the default runs/<name>-<time>, or the example's) are under the cwd,
+        # the checkout: a temporary folder here
+        if kwargs.get("out", True) is not False:
+            kwargs["out"] = request.getfixturevalue("tmp_path") / f"run{len(calls)}"
         result = real_run(config, **kwargs)
         calls.append(result)
         return result
@@ -51,9 +72,12 @@ def test_readme_python_example_runs(
     for registry in (MODELS, aggregators.REGISTRY, attacks.REGISTRY):  # examples may register
         monkeypatch.setattr(registry, "_entries", dict(registry._entries))
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # configs/ paths are repo-relative
-    exec(compile(code, f"README.md python block {index}", "exec"), {"__name__": "readme"})
+    module = types.ModuleType("doc_example")  # a real module: dataclasses look theirs up
+    monkeypatch.setitem(sys.modules, "doc_example", module)
+    exec(compile(code, f"{where} python block {index}", "exec"), module.__dict__)
     printed = capsys.readouterr().out
-    assert printed.strip(), "every README example prints its result"
+    if "print(" in code:
+        assert printed.strip(), "an example that prints shows its result"
     if "diversefl.run(" in code:
         assert calls
         for result in calls:  # every run the example makes ran, and printed its accuracy

@@ -147,3 +147,27 @@ def test_batched_gradients_of_user_models_equal_a_plain_loop(factory, shape):
     w[2, 3:] = 0  # a client with a smaller batch
     fast = batched_grads(fm, theta, x, y, w)
     torch.testing.assert_close(fast, loop_grads(fm, theta, x, y, w), atol=1e-5, rtol=1e-4)
+
+
+def test_a_factory_module_in_the_current_folder_gets_the_pythonpath_hint(tmp_path, monkeypatch):
+    """The `diversefl` command's import path does not hold the current folder: a mynet.py
+    beside the user is not importable, and the error says how to make it so."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mynet_not_on_path_x.py").write_text("def net(s, c):\n    return None\n")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    with pytest.raises(
+        ValueError, match=r"mynet_not_on_path_x.py is in this folder.*PYTHONPATH=\."
+    ):
+        load_factory("mynet_not_on_path_x:net")
+    with pytest.raises(ValueError, match="must be installed or in a folder on PYTHONPATH"):
+        load_factory("no_such_module_y:net")
+
+
+def test_mlp_widths_with_a_factory_say_to_remove_them():
+    from conftest import tiny_config
+
+    from diversefl.config import ConfigError, make_config
+
+    raw = tiny_config(model={"name": "mlp", "hidden": [8], "factory": "m:f"})
+    with pytest.raises(ConfigError, match=r"model.hidden: .*model.factory = 'm:f'.*remove"):
+        make_config(raw)

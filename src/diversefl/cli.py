@@ -59,6 +59,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from diversefl.cli_hints import Interrupted, resume_advice, saved_config
     from diversefl.config import ConfigError
 
+    if args.show_config:
+        return _show_config(args)
     if args.config is None and not args.resume:
         return _run_demo(args)
     if args.config is not None:  # a file, else a preset name (paper/mnist-softmax)
@@ -75,6 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "(`diversefl sweep` runs the grid)"
         )
     out = Path(args.out) if args.out else _default_out(cfg.name or Path(str(config)).stem)
+    finished = args.resume and _finished_rounds(out) == cfg.rounds  # nothing left to train
     try:
         result = run(
             cfg,
@@ -87,10 +90,50 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         raise Interrupted(resume_advice(out)) from None
     s = result.summary
-    console.print(
+    accuracy = (
         f"final test accuracy {s['final_test_accuracy']:.4f} (best {s['best_test_accuracy']:.4f})"
-        f" in {s['wall_seconds']:.1f} s; run files in {out}"
     )
+    if finished:
+        console.print(
+            f"{out} holds a finished run of {cfg.rounds} rounds (nothing to resume; --rounds N "
+            f"extends it): {accuracy}, trained in {s['wall_seconds']:.1f} s"
+        )
+        return 0
+    console.print(f"{accuracy} in {s['wall_seconds']:.1f} s; run files in {out}")
+    return 0
+
+
+def _finished_rounds(out: Path) -> int | None:
+    """The rounds of the finished run in ``out`` (its ``summary.json`` and saved config), None
+    when it holds no finished run: a ``--resume`` to as many rounds trains nothing."""
+    from diversefl.config import ConfigError, load_config
+
+    if not (out / "summary.json").is_file():
+        return None
+    try:
+        return load_config(out / "config.toml").rounds
+    except (ConfigError, OSError, ValueError):
+        return None  # the resume itself reports what is wrong with the folder
+
+
+def _show_config(args: argparse.Namespace) -> int:
+    """``run [CONFIG] --show-config``: the resolved config, every key with its value or default
+    (what the run's config.toml would hold), printed as TOML; nothing runs or is written."""
+    import tomli_w
+
+    from diversefl.api import resolve_config
+    from diversefl.cli_hints import saved_config
+    from diversefl.config import to_toml_dict
+    from diversefl.demo import demo_config
+
+    if args.config is not None:
+        config: Any = resolve_config_arg(args.config)
+    elif args.resume and args.out:
+        config = saved_config(Path(args.out))
+    else:  # the demo's DiverseFL run
+        config = demo_config("diversefl")
+    cfg = resolve_config(config, _run_overrides(args))
+    sys.stdout.write(tomli_w.dumps(to_toml_dict(cfg)))
     return 0
 
 
@@ -157,7 +200,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     args.config = resolve_config_arg(args.config)  # a file, else a preset name
     overrides = _run_overrides(args)
     cells = load_sweep(args.config, overrides)
-    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    out = Path(args.out) if args.out else _default_sweep_out(Path(args.config))
     if args.status:
         if not overrides:  # what the sweep in `out` ran with (--rounds 20, ...)
             cells = _recorded_grid(args.config, out) or cells
@@ -249,6 +292,17 @@ def _report_failed(failed: dict[str, str]) -> int:
     return 1 if failed else 0
 
 
+def _default_sweep_out(config: Path) -> Path:
+    """``runs/<group>/<name>`` for a shipped preset (``paper/mnist-softmax`` and
+    ``label-flip/mnist-softmax`` do not share a folder), ``runs/<file stem>`` otherwise."""
+    from diversefl.presets import PRESET_DIR
+
+    try:
+        return Path("runs") / config.resolve().relative_to(PRESET_DIR.resolve()).with_suffix("")
+    except ValueError:  # not a preset
+        return Path("runs") / config.stem
+
+
 def _recorded_grid(config: str, out: Path) -> list | None:
     """The cells of ``config`` with the overrides the sweep in ``out`` recorded (None when it
     recorded none), so that ``--status`` checks the runs against the grid they belong to."""
@@ -259,7 +313,12 @@ def _recorded_grid(config: str, out: Path) -> list | None:
     if not recorded:
         return None
     shown = " ".join(f"--set {item}" for item in recorded)
-    console.print(f"as the sweep in {out} ran: {shown}", highlight=False, markup=False)
+    console.print(
+        f"as the sweep in {out} ran: {shown} (to go on with it, run the sweep with the same; "
+        "without them its finished runs differ from the grid's and are refused)",
+        highlight=False,
+        markup=False,
+    )
     return load_sweep(config, recorded)
 
 
@@ -584,6 +643,12 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
         "returned as saved, or extended with a larger --rounds",
     )
     r.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    r.add_argument(
+        "--show-config",
+        action="store_true",
+        help="print the resolved config (every key, defaults included, with --set applied) as "
+        "TOML and exit without running",
+    )
     r.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     r.set_defaults(func=cmd_run)
 
@@ -595,7 +660,10 @@ def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
         "config", help="TOML file (or preset name) with a base config and a [sweep] table"
     )
     sw.add_argument("--data-dir", help="dataset directory (default: $DIVERSEFL_DATA)")
-    sw.add_argument("--out", help="sweep directory (default: runs/<config name>)")
+    sw.add_argument(
+        "--out",
+        help="sweep directory (default: runs/GROUP/NAME for a preset, runs/<file stem> otherwise)",
+    )
     sw.add_argument(
         "--set",
         action="append",
@@ -727,7 +795,12 @@ def _add_plot_parser(sub: argparse._SubParsersAction) -> None:
         help="test_accuracy | test_loss | main_accuracy | backdoor_accuracy | tpr | "
         "fpr | n_accepted",
     )
-    pl.add_argument("--out", help="output file (.png, .pdf, .svg; .md with --table)")
+    pl.add_argument(
+        "--out",
+        help="output file (.png, .pdf, .svg; .md with --table). Default: in the run or sweep "
+        "directory, METRIC.png (curves), c1c2.png, cosines.png or bars.png; several runs: "
+        "compare-METRIC.png in the current directory; --table prints to the terminal",
+    )
     pl.add_argument("--title")
     pl.add_argument(
         "--c1c2",

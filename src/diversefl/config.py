@@ -124,7 +124,12 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _settings_fit_the_model(self) -> ModelConfig:
-        if self.hidden is not None and (self.name != "mlp" or self.factory):
+        if self.hidden is not None and self.factory:
+            raise ValueError(
+                f"model.hidden: the widths of the built-in mlp, but model.factory = "
+                f"{self.factory!r} builds the whole network; remove model.hidden from the config"
+            )
+        if self.hidden is not None and self.name != "mlp":
             raise ValueError(f"model.hidden: only for name = 'mlp' (got {self.name!r})")
         if self.hidden is not None and (not self.hidden or min(self.hidden) < 1):
             raise ValueError(f"model.hidden: layer widths must be >= 1, got {self.hidden}")
@@ -545,6 +550,9 @@ def parse_value(text: str, item: str | None = None) -> Any:
         ) from None
     if isinstance(value["v"], datetime.date | datetime.time):  # datetime is a date too
         return text  # no setting is a date: 2024-05-01 is a name
+    key = (item or "").split("=", 1)[0].strip()
+    if key.rsplit(".", 1)[-1] == "name" and text.strip() in ("inf", "nan"):
+        return text.strip()  # a name is a string: attack.name=inf is the Inf attack
     return value["v"]
 
 

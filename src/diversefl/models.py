@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -197,11 +198,25 @@ def load_factory(spec: str) -> ModelFactory:
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise ValueError(f"model.factory: cannot import {module_name!r} ({err})") from None
+        raise ValueError(
+            f"model.factory: cannot import {module_name!r} ({err}); {_import_hint(module_name)}"
+        ) from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ValueError(f"model.factory: {module_name!r} has no function {attr!r}")
     return factory
+
+
+def _import_hint(module_name: str) -> str:
+    """What to do when a factory's module is not importable: a file of that name in the
+    current folder is not on the import path of the ``diversefl`` command."""
+    here = Path.cwd() / (module_name.replace(".", "/") + ".py")
+    if here.is_file():
+        return (
+            f"{here.name} is in this folder, which is not on the command's import path: run "
+            "PYTHONPATH=. diversefl ..."
+        )
+    return "the module must be installed or in a folder on PYTHONPATH"
 
 
 def per_batch_state(module: nn.Module) -> list[str]:

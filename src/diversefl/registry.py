@@ -147,8 +147,18 @@ def _check_strict(cls: Any, kind: str, params: dict[str, Any]) -> None:
         try:
             _adapter(hints[key]).validate_python(value, strict=True)
         except pydantic.ValidationError as err:
-            msg = err.errors()[0]["msg"].removeprefix("Value error, ")
-            raise ValueError(f"{kind}.{key}: {msg} (got {value!r})") from None
+            raise ValueError(f"{kind}.{key}: {_messages(err)} (got {value!r})") from None
+
+
+def _messages(err: pydantic.ValidationError) -> str:
+    """The errors of one setting as one phrase: a union's alternatives joined (``Input should
+    be a valid number, or 'auto'``), so the message names every value that is allowed."""
+    texts: list[str] = []
+    for e in err.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        if msg not in texts:
+            texts.append(msg)
+    return texts[0] + "".join(", or " + t.removeprefix("Input should be ") for t in texts[1:])
 
 
 @functools.cache

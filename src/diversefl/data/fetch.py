@@ -64,6 +64,12 @@ def _download(url: str, dest: Path, expected_md5: str, name: str, progress: bool
                             print(f"\r  {dest.name}: {done / 1e6:.1f} MB{pct}", end="",
                                   file=sys.stderr, flush=True)  # fmt: skip
             except (urllib.error.URLError, OSError, ValueError) as exc:
+                if url.startswith("file:"):  # a local folder: no network is involved
+                    raise DataError(
+                        f"{url} for {dest}: {exc}; --base-url must be the folder that holds "
+                        f"the files themselves (say DATA/{name} for a data folder laid out as "
+                        "$DIVERSEFL_DATA)"
+                    ) from exc
                 raise DataError(
                     f"download of {url} for {dest} failed: {exc}; check the network or pass "
                     "--base-url pointing at a folder that holds the files"

@@ -94,7 +94,8 @@ def find_sources(path: str | Path, fmt: str = "auto", layout: str = "auto") -> S
         raise DataError(f"unknown data layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
     path = Path(path).expanduser()
     if not path.exists():
-        raise DataError(f"data path {path} does not exist")
+        where = "" if path.is_absolute() else f" (relative to the current folder, {Path.cwd()})"
+        raise DataError(f"data path {path} does not exist{where}")
     if path.is_file():
         if layout == "per-client":
             raise DataError(
