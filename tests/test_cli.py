@@ -111,6 +111,7 @@ def test_bad_config_is_a_clear_error_before_training(tmp_path: Path, capsys):
     assert not out.exists()  # nothing written, not even an empty directory
 
 
+@pytest.mark.slow  # 2 s or more on a 2-core CPU
 def test_console_script_help():
     res = subprocess.run(
         [sys.executable, "-m", "diversefl.cli", "--help"], capture_output=True, text=True

@@ -89,6 +89,7 @@ def test_doc_command_configs_exist(where: str, argv: list[str]) -> None:
     [(w, a) for w, a in COMMANDS if a[:1] in (["run"], ["sweep"])],
     ids=[w[:90] for w, a in COMMANDS if a[:1] in (["run"], ["sweep"])],
 )
+@pytest.mark.slow  # 2 s or more on a 2-core CPU
 def test_doc_run_and_sweep_configs_validate(where: str, argv: list[str]) -> None:
     """The config a documented `run` / `sweep` names, with its `--set`, `--seed` and
     `--rounds`, is a valid config (a renamed key would fail here, not in a user's hands)."""

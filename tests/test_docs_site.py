@@ -150,6 +150,7 @@ def test_generated_pages_are_not_also_on_disk() -> None:
         assert not (REPO / "docs" / path).exists(), f"docs/{path} is generated: delete the file"
 
 
+@pytest.mark.slow  # 2 s or more on a 2-core CPU
 def test_site_builds_strictly(tmp_path: Path) -> None:
     pytest.importorskip("mkdocs")
     pytest.importorskip("mkdocstrings")

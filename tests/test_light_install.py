@@ -36,6 +36,7 @@ sys.exit(code)
 """
 
 
+@pytest.mark.slow  # 2 s or more on a 2-core CPU
 def test_demo_run_and_table_need_no_optional_package(tmp_path: Path):
     script = _WITHOUT_EXTRAS.format(optional=OPTIONAL)
     demo, run = tmp_path / "demo", tmp_path / "run"

@@ -310,6 +310,7 @@ def test_refusals_before_the_first_round_name_the_setting():
         sim.guiding(sim.theta)
 
 
+@pytest.mark.slow  # 2 s or more on a 2-core CPU
 def test_diversefl_run_with_five_local_steps_learns(tmp_path: Path):
     """`diversefl run` end to end on the tiny config: five local steps bring the test loss
     well below one step's in the same number of rounds, at an accuracy far above chance (0.1;

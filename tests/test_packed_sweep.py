@@ -121,6 +121,7 @@ def test_pack_refuses_runs_with_other_batches() -> None:
         PackedFederation([_cell("mean", "none").config, _cell("mean", "none", seed=1).config])
 
 
+@pytest.mark.slow  # 2 s or more on a 2-core CPU
 def test_sweep_command_with_pack(tmp_path: Path) -> None:
     """`diversefl sweep --pack 3` through the command line: every cell of the grid finishes,
     sweep.csv lists them, packed cells say so, rsa (a protocol) runs alone; --jobs 2 runs

@@ -32,6 +32,7 @@ def _plain(text: str) -> str:
     return " ".join(text.split())  # undo the console's line wrapping
 
 
+@pytest.mark.slow  # 2 s or more on a 2-core CPU
 def test_list_estimates_are_runs_x_rounds_x_the_measured_seconds_per_round(monkeypatch, capsys):
     calls: list[int] = []
     monkeypatch.setattr(reproduce_all, "round_seconds", _fake_round_seconds(calls))

@@ -45,6 +45,7 @@ def test_every_results_grid_has_its_config():
 
 
 @pytest.mark.parametrize("grid", GRIDS, ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.slow  # 2 s or more on a 2-core CPU
 def test_committed_runs_belong_to_the_current_grid(grid: Path):
     cells = {c.dirname: c for c in load_sweep(_config(grid))}
     finished = [d for d in sorted(grid.iterdir()) if (d / "summary.json").is_file()]

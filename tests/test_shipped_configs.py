@@ -22,6 +22,7 @@ def test_configs_are_shipped():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.slow  # 2 s or more on a 2-core CPU
 def test_shipped_config_is_valid(path: Path):
     raw = tomllib.loads(path.read_text())
     if "sweep" not in raw:
@@ -39,6 +40,7 @@ def test_shipped_config_is_valid(path: Path):
     assert len({c.dirname for c in cells}) == len(cells)  # one run directory per cell
 
 
+@pytest.mark.slow  # 2 s or more on a 2-core CPU
 def test_backdoor_board_pairs_every_leaderboard_defense_with_the_backdoor():
     board = {c.aggregator for c in load_sweep(_config("leaderboard/mnist-mlp-backdoor.toml"))}
     grid = {c.aggregator for c in load_sweep(_config("leaderboard/mnist-mlp.toml"))}
@@ -51,6 +53,7 @@ def _config(name: str) -> Path:
     return next(p for p in CONFIGS if p.as_posix().endswith(name))
 
 
+@pytest.mark.slow  # 2 s or more on a 2-core CPU
 def test_mlp_leaderboards_run_oracle_under_one_attack_and_the_rest_under_all():
     for name in ("leaderboard/mnist-mlp.toml", "leaderboard/mnist-mlp-dirichlet.toml"):
         cells = load_sweep(_config(name))

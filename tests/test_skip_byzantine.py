@@ -39,8 +39,16 @@ def _setup(name: str, n: int = 7, m: int = 40, unequal: bool = False, seed: int 
     return fm, theta, x, y, w
 
 
-def _check(full: torch.Tensor, part: torch.Tensor, compute: torch.Tensor) -> None:
-    assert torch.equal(part[compute], full[compute])  # the very same bits
+def _check(
+    full: torch.Tensor, part: torch.Tensor, compute: torch.Tensor, exact: bool = True
+) -> None:
+    """The wanted rows equal the full call's, the very same bits on one thread; with more
+    threads a BLAS may split a one-client matmul across them and round it differently (seen on
+    an Intel Xeon, not on an AMD EPYC), so there they agree to float rounding."""
+    if exact:
+        assert torch.equal(part[compute], full[compute])
+    else:
+        torch.testing.assert_close(part[compute], full[compute], **TIGHT)
     assert bool((part[~compute] == 0).all())
 
 
@@ -81,7 +89,7 @@ def test_dense_padded_computes_only_the_wanted_runs(monkeypatch, threads, name, 
     full = batched_grads(fm, theta, x, y, w)
     calls = _calls(monkeypatch, "padded_grads")
     part = batched_grads(fm, theta, x, y, w, compute=compute)
-    _check(full, part, compute)
+    _check(full, part, compute, exact=threads == 1)
     # one call per run of wanted clients, none for the others (nobody wanted: the full call)
     runs = client_runs(compute)
     assert calls == ([b - a for a, b in runs] if runs else [7])
@@ -98,7 +106,7 @@ def test_dense_unequal_batches_unpadded(monkeypatch, threads, mask):
     full = batched_grads(fm, theta, x, y, w)
     calls = _calls(monkeypatch, "dense_grads_ragged")
     part = batched_grads(fm, theta, x, y, w, compute=compute)
-    _check(full, part, compute)
+    _check(full, part, compute, exact=threads == 1)
     wanted = int((w[compute] != 0).sum())
     assert calls == ([wanted] if wanted else [int((w != 0).sum())])  # only the wanted examples
     ref = gradients.loop_grads(fm, theta, x, y, w)  # and both equal the plain loop
