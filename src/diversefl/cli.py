@@ -58,10 +58,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from diversefl.api import resolve_config, run
     from diversefl.cli_hints import Interrupted, resume_advice, saved_config
     from diversefl.config import ConfigError
+    from diversefl.demo import demo_config
 
-    if args.show_config:
-        return _show_config(args)
     if args.config is None and not args.resume:
+        if args.show_config:  # the demo's DiverseFL run
+            return _show_config(resolve_config(demo_config("diversefl"), _run_overrides(args)))
         return _run_demo(args)
     if args.config is not None:  # a file, else a preset name (paper/mnist-softmax)
         args.config = resolve_config_arg(args.config)
@@ -71,6 +72,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None:  # --resume with only --out: the saved config is used
         config = saved_config(Path(args.out))
     cfg = resolve_config(config, _run_overrides(args))
+    if args.show_config:
+        return _show_config(cfg)
     if args.config and "[sweep]" in Path(args.config).read_text():
         console.print(
             "note: this file defines a \\[sweep] grid; running only its base config "
@@ -116,23 +119,13 @@ def _finished_rounds(out: Path) -> int | None:
         return None  # the resume itself reports what is wrong with the folder
 
 
-def _show_config(args: argparse.Namespace) -> int:
+def _show_config(cfg: Any) -> int:
     """``run [CONFIG] --show-config``: the resolved config, every key with its value or default
     (what the run's config.toml would hold), printed as TOML; nothing runs or is written."""
     import tomli_w
 
-    from diversefl.api import resolve_config
-    from diversefl.cli_hints import saved_config
     from diversefl.config import to_toml_dict
-    from diversefl.demo import demo_config
 
-    if args.config is not None:
-        config: Any = resolve_config_arg(args.config)
-    elif args.resume and args.out:
-        config = saved_config(Path(args.out))
-    else:  # the demo's DiverseFL run
-        config = demo_config("diversefl")
-    cfg = resolve_config(config, _run_overrides(args))
     sys.stdout.write(tomli_w.dumps(to_toml_dict(cfg)))
     return 0
 

@@ -459,13 +459,11 @@ def _error_key(loc: tuple[int | str, ...]) -> str:
 
 def _error_line(key: str, errors: list[Any]) -> str:
     """``key: message (got value)`` for the errors of one key."""
-    messages: list[str] = []
-    for e in errors:
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        msg = msg.removeprefix("Value error, ")
-        if msg not in messages:
-            messages.append(msg)
-    text = messages[0] + "".join(", or " + m.removeprefix("Input should be ") for m in messages[1:])
+    from diversefl.registry import join_messages
+
+    text = join_messages(
+        "unknown key" if e["type"] == "extra_forbidden" else e["msg"] for e in errors
+    )
     shown = [e for e in errors if e["type"] not in ("value_error", "extra_forbidden")]
     if shown and "input" in shown[0]:
         text = f"{text} (got {shown[0]['input']!r})"

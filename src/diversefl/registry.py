@@ -151,11 +151,16 @@ def _check_strict(cls: Any, kind: str, params: dict[str, Any]) -> None:
 
 
 def _messages(err: pydantic.ValidationError) -> str:
-    """The errors of one setting as one phrase: a union's alternatives joined (``Input should
-    be a valid number, or 'auto'``), so the message names every value that is allowed."""
+    """The errors of one setting as one phrase (:func:`join_messages`)."""
+    return join_messages(e["msg"] for e in err.errors())
+
+
+def join_messages(messages: typing.Iterable[str]) -> str:
+    """Pydantic messages of one key as one phrase: a union's alternatives joined (``Input
+    should be a valid number, or 'auto'``), so the message names every value that is allowed."""
     texts: list[str] = []
-    for e in err.errors():
-        msg = e["msg"].removeprefix("Value error, ")
+    for msg in messages:
+        msg = msg.removeprefix("Value error, ")
         if msg not in texts:
             texts.append(msg)
     return texts[0] + "".join(", or " + t.removeprefix("Input should be ") for t in texts[1:])
