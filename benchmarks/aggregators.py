@@ -1,7 +1,8 @@
 """Milliseconds per call of every registered aggregator, and of Flower's and byzfl's versions.
 
-Part 1 times every aggregator in :data:`diversefl.aggregators.REGISTRY` (``agg(updates, ctx)``,
-so the base class's row validation is included) at n in {23, 100} clients (f = 5 and f = 20)
+Part 1 times every aggregator in :data:`diversefl.aggregators.REGISTRY` and the leaderboards'
+pre-aggregator pipelines (:data:`PIPELINES`, e.g. ``nnm+krum``) (``agg(updates, ctx)``, so the
+base class's row validation is included) at n in {23, 100} clients (f = 5 and f = 20)
 and d in {7,850; 199,210; 9,231,114} (softmax-MNIST, MLP-MNIST and VGG11-CIFAR10 sizes). Each
 cell is the median of several calls after one warm-up call; where one call takes long the
 repeats shrink, and a call over 60 s is timed once (marked ``*``). A method that rejects the
@@ -68,6 +69,7 @@ from torch import Tensor
 
 from diversefl import aggregators
 from diversefl.aggregators import AggregatorError, RoundContext
+from diversefl.methods import build_method
 
 SIZES: dict[int, str] = {
     7_850: "softmax-MNIST",
@@ -80,6 +82,13 @@ SPEEDUP_TARGET = 5.0  # ours at least 5x faster than each of theirs
 SINGLE_CALL_CAP_S = 60.0  # a call longer than this is timed once (or, for theirs, estimated)
 MEMORY_MARGIN = 3 << 30  # bytes left free for the rest of the machine under the address cap
 RANDOM_BLOCK = 1 << 20  # columns of fresh random numbers; longer rows repeat the block
+#: The leaderboards' pre-aggregator pipelines (``aggregator.pre`` + rule), timed after the rules.
+PIPELINES: tuple[str, ...] = (
+    "nnm+krum",
+    "nnm+trimmed_mean",
+    "bucketing+centered_clipping",
+    "arc+median",
+)
 COMPARED = ("mean", "median", "trimmed_mean", "krum", "multi_krum", "bulyan", "geomed")
 CONTEXT_FIELDS = frozenset(f.name for f in dataclasses.fields(RoundContext))
 
@@ -381,7 +390,13 @@ def time_theirs(entry: Theirs, plan: Plan) -> Timing:
 
 
 def build_ours(name: str, n: int, f: int) -> aggregators.Aggregator:
-    """The registered aggregator ``name`` with the settings this benchmark uses."""
+    """The registered aggregator ``name`` (or pipeline ``pre+...+rule``) with the settings this
+    benchmark uses."""
+    if "+" in name:
+        *pre, rule = name.split("+")
+        pipeline = build_method(rule, {}, list(pre))
+        assert isinstance(pipeline, aggregators.Aggregator)
+        return pipeline
     if name == "trimmed_mean":
         return aggregators.get(name, beta=f / n)  # trims floor(beta*n) = f, like theirs
     return aggregators.get(name)
@@ -603,7 +618,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--methods",
         nargs="+",
-        choices=list(aggregators.REGISTRY),
+        choices=[*aggregators.REGISTRY, *PIPELINES],
         help="only these of ours (and of theirs, those among " + ", ".join(COMPARED) + ")",
     )
     args = parser.parse_args(argv)
@@ -614,7 +629,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def method_names(args: argparse.Namespace) -> list[str]:
     """Our registered rules to time, in registry order."""
-    return [name for name in aggregators.REGISTRY if name in (args.methods or [name])]
+    return [
+        name for name in (*aggregators.REGISTRY, *PIPELINES) if name in (args.methods or [name])
+    ]
 
 
 def print_preamble(args: argparse.Namespace, descriptions: Sequence[str], repeats: int) -> None:

@@ -35,6 +35,21 @@ def test_nnm_is_the_mean_of_each_rows_nearest_neighbours():
         assert torch.allclose(got[i], want)
 
 
+def test_nnm_picks_true_neighbours_among_large_nearly_equal_float32_rows():
+    # rows of norm ~1e4 a few units apart: |a|^2 + |b|^2 - 2 a.b cancels in float32, so the
+    # neighbours must come from exact differences (a plain float64 loop is the reference)
+    gen = torch.Generator().manual_seed(3)
+    base = torch.full((1, 50), 1e3)
+    x = (base + torch.randn(9, 50, generator=gen) * torch.arange(1.0, 10.0)[:, None]).float()
+    f = 3
+    got = nearest_neighbour_mixing(x, f)
+    x64 = x.double()
+    for i in range(9):
+        near = sorted(range(9), key=lambda j: (float((x64[i] - x64[j]).square().sum()), j))
+        want = x64[near[: 9 - f]].mean(0).float()
+        assert torch.allclose(got[i], want, rtol=1e-6, atol=0)
+
+
 def test_bucketing_averages_the_shuffled_buckets():
     x = torch.arange(10.0).reshape(5, 2)
     perm = torch.tensor([3, 0, 4, 1, 2])

@@ -9,18 +9,27 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from diversefl.aggregators.krum import pairwise_sq_dists
 from diversefl.aggregators.pre.base import PreAggregator, identity_members
 from diversefl.round import RoundContext
 
 
 def nearest_neighbour_mixing(updates: Tensor, f: int) -> Tensor:
     """Row i replaced by the mean of its ``k - f`` nearest rows (itself included), by
-    Euclidean distance; ties broken by the lower row index."""
+    Euclidean distance; ties broken by the lower row index.
+
+    The distances are Krum's (:func:`pairwise_sq_dists`: one float64 Gram product, exact
+    differences where it could cancel) and the means one ``[k, k] @ [k, d]`` product of a 0/1
+    neighbour matrix, divided by ``k - f``: on the MLP's 23 x 199,210 updates 0.22 s a round
+    became a few ms (``torch.cdist`` takes its slow direct path under 25 rows, and gathering
+    ``[k, k - f, d]`` copies 20 times the updates)."""
     k = updates.shape[0]
     keep = k - f
-    dist = torch.cdist(updates, updates)
+    dist = pairwise_sq_dists(updates)
     order = torch.sort(dist, dim=1, stable=True).indices[:, :keep]  # [k, keep]
-    return updates[order].mean(dim=1)
+    neighbours = torch.zeros(k, k, dtype=updates.dtype, device=updates.device)
+    neighbours.scatter_(1, order, 1.0)
+    return (neighbours @ updates) / keep
 
 
 @dataclass
