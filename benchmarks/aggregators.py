@@ -1,7 +1,8 @@
 """Milliseconds per call of every registered aggregator, and of Flower's and byzfl's versions.
 
 Part 1 times every aggregator in :data:`diversefl.aggregators.REGISTRY` and the leaderboards'
-pre-aggregator pipelines (:data:`PIPELINES`, e.g. ``nnm+krum``) (``agg(updates, ctx)``, so the
+pre-aggregator pipelines (:data:`PIPELINES`, e.g. ``nnm+krum``) and DiverseFL's bounds
+(:data:`VARIANTS`, e.g. ``diversefl[bound=cone]``) (``agg(updates, ctx)``, so the
 base class's row validation is included) at n in {23, 100} clients (f = 5 and f = 20)
 and d in {7,850; 199,210; 9,231,114} (softmax-MNIST, MLP-MNIST and VGG11-CIFAR10 sizes). Each
 cell is the median of several calls after one warm-up call; where one call takes long the
@@ -89,6 +90,12 @@ PIPELINES: tuple[str, ...] = (
     "bucketing+centered_clipping",
     "arc+median",
 )
+#: DiverseFL's bounds on accepted updates (docs/label-flip.md), timed after the pipelines.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "diversefl[bound=cone]": {"bound": "cone", "cone_cos": 0.6},
+    "diversefl[bound=orthogonal]": {"bound": "orthogonal"},
+    "diversefl[bound=agreement]": {"bound": "agreement"},
+}
 COMPARED = ("mean", "median", "trimmed_mean", "krum", "multi_krum", "bulyan", "geomed")
 CONTEXT_FIELDS = frozenset(f.name for f in dataclasses.fields(RoundContext))
 
@@ -392,6 +399,8 @@ def time_theirs(entry: Theirs, plan: Plan) -> Timing:
 def build_ours(name: str, n: int, f: int) -> aggregators.Aggregator:
     """The registered aggregator ``name`` (or pipeline ``pre+...+rule``) with the settings this
     benchmark uses."""
+    if name in VARIANTS:
+        return aggregators.get(name.split("[")[0], **VARIANTS[name])
     if "+" in name:
         *pre, rule = name.split("+")
         pipeline = build_method(rule, {}, list(pre))
@@ -618,7 +627,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--methods",
         nargs="+",
-        choices=[*aggregators.REGISTRY, *PIPELINES],
+        choices=[*aggregators.REGISTRY, *PIPELINES, *VARIANTS],
         help="only these of ours (and of theirs, those among " + ", ".join(COMPARED) + ")",
     )
     args = parser.parse_args(argv)
@@ -630,7 +639,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def method_names(args: argparse.Namespace) -> list[str]:
     """Our registered rules to time, in registry order."""
     return [
-        name for name in (*aggregators.REGISTRY, *PIPELINES) if name in (args.methods or [name])
+        name
+        for name in (*aggregators.REGISTRY, *PIPELINES, *VARIANTS)
+        if name in (args.methods or [name])
     ]
 
 

@@ -15,6 +15,7 @@ from diversefl.aggregators.diversefl import DiverseFL
 from diversefl.aggregators.diversefl_bounds import (
     agreement_mean,
     agreement_weights,
+    bounded_mean,
     cone_bound,
     orthogonal_bound,
     project_to_cone,
@@ -495,3 +496,35 @@ def test_against_auto_mad_every_message_passes_the_raised_threshold():
 def test_bad_auto_mad_is_one_clear_error(make, message):
     with pytest.raises((AggregatorError, ValueError), match=message):
         make()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("bound", ["cone", "orthogonal", "agreement"])
+def test_bounded_mean_equals_the_mean_of_the_bounded_rows(bound: str, dtype: torch.dtype):
+    """The coefficient form (two weighted sums) against the row-wise reference: random rows at
+    every angle to their guides, a zero guide, a zero update, an update along and one against
+    its guide, per-client cones; rejected rows (any value) do not count."""
+    from diversefl.aggregators.diversefl_bounds import bounded_rows
+
+    gen = torch.Generator().manual_seed(11)
+    n, d = 12, 300
+    g = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    z = torch.randn(n, d, generator=gen, dtype=torch.float64) * 2.0
+    z[:4] = g[:4] * torch.tensor([0.5, 1.5, 3.0, 0.9])[:, None] + 0.3 * z[:4]  # near the guide
+    g[5] = 0.0  # no guide: its row counts as zero
+    z[6] = 0.0  # a zero update
+    z[7] = 2.0 * g[7]  # exactly along (clipped to |g|)
+    z[8] = -g[8]  # exactly against
+    g, z = g.to(dtype), z.to(dtype)
+    accepted = torch.ones(n, dtype=torch.bool)
+    accepted[9] = False
+    cone = torch.linspace(0.0, 0.95, n, dtype=dtype)
+    got = bounded_mean(bound, g, z, accepted, cone)
+    if bound == "agreement":
+        want = agreement_mean(g, z, accepted)
+    else:
+        want = bounded_rows(bound, g, z, cone)[accepted].mean(0)
+    tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-6}
+    torch.testing.assert_close(got, want, **tol)
+    none = torch.zeros(n, dtype=torch.bool)
+    assert torch.equal(bounded_mean(bound, g, z, none, cone), torch.zeros(d, dtype=dtype))

@@ -29,8 +29,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from diversefl.aggregators.diversefl_rule import clip_to_guide, cosine
-from diversefl.aggregators.mean import mean_of
+from diversefl.aggregators.diversefl_rule import clip_to_guide, cosine, cosine_of, dots_and_norms
 
 Bound = Literal["none", "cone", "orthogonal", "agreement"]
 BOUNDS: tuple[str, ...] = ("none", "cone", "orthogonal", "agreement")
@@ -110,11 +109,77 @@ def bounded_rows(bound: str, guiding: Tensor, updates: Tensor, cone_cos: float |
     raise ValueError(f"bounded_rows: {bound!r} is not a row-wise bound (cone, orthogonal)")
 
 
+def _scalars(guiding: Tensor, updates: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``z_j . g_j``, ``|g_j|`` and ``|z_j|`` (one pass each), widened to float64 for the
+    per-row arithmetic of :func:`bound_coefficients`."""
+    dots, g_norm, z_norm = dots_and_norms(guiding, updates)
+    wide = torch.float64
+    return dots.to(wide), g_norm.to(wide), z_norm.to(wide)
+
+
+def _clip_factor(g_norm: Tensor, row_norm: Tensor) -> Tensor:
+    """``min(1, |g| / |row|)`` as :func:`clip_to_guide` computes it (a NaN factor becomes 0)."""
+    factor = torch.clamp(g_norm / row_norm.clamp_min(torch.finfo(row_norm.dtype).tiny), max=1.0)
+    return factor.nan_to_num(0.0)
+
+
+def bound_coefficients(
+    bound: str, guiding: Tensor, updates: Tensor, cone_cos: float | Tensor
+) -> tuple[Tensor, Tensor]:
+    """float64 ``(alpha, beta)`` ``[n]`` with ``bounded_rows(bound, ...)[j] = alpha_j z_j +
+    beta_j g_j``: both row-wise bounds only rescale the update and add a multiple of its guide,
+    so their rows follow from three numbers per client (``z.g``, ``|g|``, ``|z|``) instead of a
+    dozen ``[n, d]`` passes. With ``a = z.g / |g|`` and ``b = sqrt(|z|^2 - a^2)``, the cone's
+    edge point ``reach (c u + s p / b)`` is ``(reach s / b) z + reach (c - s a / b) u``, of norm
+    ``reach``; the orthogonal bound is ``a u``, of norm ``|a|``."""
+    dots, g_norm, z_norm = _scalars(guiding, updates)
+    has_guide = g_norm > 0
+    tiny = torch.finfo(torch.float64).tiny
+    a = torch.where(has_guide, dots / g_norm.clamp_min(tiny), 0.0)
+    zero = torch.zeros_like(a)
+    if bound == "orthogonal":
+        alpha, gamma = zero, a * _clip_factor(g_norm, a.abs())
+    elif bound == "cone":
+        c = torch.as_tensor(cone_cos, dtype=torch.float64, device=a.device).expand(a.shape[0])
+        s = torch.sqrt(1.0 - c * c)
+        b = (z_norm * z_norm - a * a).clamp_min(0.0).sqrt()
+        inside = a >= c * z_norm
+        reach = a * c + b * s
+        edge = ~inside & (reach > 0) & (b > 0)
+        safe_b = b.clamp_min(tiny)
+        alpha = torch.where(inside, 1.0, torch.where(edge, reach * s / safe_b, 0.0))
+        gamma = torch.where(edge, reach * (c - s * a / safe_b), 0.0)
+        row_norm = torch.where(inside, z_norm, torch.where(edge, reach, 0.0))
+        factor = _clip_factor(g_norm, row_norm)
+        alpha, gamma = alpha * factor, gamma * factor
+    else:
+        raise ValueError(
+            f"bound_coefficients: {bound!r} is not a row-wise bound (cone, orthogonal)"
+        )
+    alpha = torch.where(has_guide, alpha, 0.0)
+    beta = torch.where(has_guide, gamma / g_norm.clamp_min(tiny), 0.0)  # u = g / |g|
+    return alpha, beta
+
+
 def bounded_mean(
     bound: str, guiding: Tensor, updates: Tensor, accepted: Tensor, cone_cos: float | Tensor
 ) -> Tensor:
     """The aggregate ``[d]`` of the accepted updates under ``bound`` ("cone", "orthogonal":
-    the plain mean of the bounded accepted rows; "agreement": :func:`agreement_mean`)."""
+    the plain mean of the bounded accepted rows; "agreement": :func:`agreement_mean`), as two
+    weighted sums over the clients (:func:`bound_coefficients`): on the MLP's 23 x 199,210
+    updates 5 passes over them instead of ~15 (equal to the row-wise form up to float
+    rounding)."""
+    k = int(accepted.sum())
+    if k == 0:
+        return torch.zeros(updates.shape[1], dtype=updates.dtype, device=updates.device)
     if bound == "agreement":
-        return agreement_mean(guiding, updates, accepted)
-    return mean_of(bounded_rows(bound, guiding, updates, cone_cos), accepted)
+        dots, g_norm, z_norm = _scalars(guiding, updates)
+        w = torch.where(accepted, cosine_of(dots, g_norm, z_norm).clamp_min(0.0), 0.0)
+        total = w.sum()
+        if not bool(total > 0):
+            return torch.zeros(updates.shape[1], dtype=updates.dtype, device=updates.device)
+        alpha = w * _clip_factor(g_norm, z_norm) / total
+        return alpha.to(updates.dtype) @ updates
+    alpha, beta = bound_coefficients(bound, guiding, updates, cone_cos)
+    keep = accepted.to(torch.float64) / k
+    return (alpha * keep).to(updates.dtype) @ updates + (beta * keep).to(guiding.dtype) @ guiding
