@@ -637,7 +637,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def method_names(args: argparse.Namespace) -> list[str]:
-    """Our registered rules to time, in registry order."""
+    """Our rules to time: the registered ones in registry order, then the pipelines and
+    DiverseFL's bounds."""
     return [
         name
         for name in (*aggregators.REGISTRY, *PIPELINES, *VARIANTS)
