@@ -501,9 +501,9 @@ def test_bad_auto_mad_is_one_clear_error(make, message):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("bound", ["cone", "orthogonal", "agreement"])
 def test_bounded_mean_equals_the_mean_of_the_bounded_rows(bound: str, dtype: torch.dtype):
-    """The coefficient form (two weighted sums) against the row-wise reference: random rows at
-    every angle to their guides, a zero guide, a zero update, an update along and one against
-    its guide, per-client cones; rejected rows (any value) do not count."""
+    """The coefficient form (weighted sums) against the row-wise reference (agreement: a plain
+    loop): random rows at every angle to their guides, a zero guide, a zero update, an update
+    along and one against its guide, per-client cones; rejected rows (any value) do not count."""
     from diversefl.aggregators.diversefl_bounds import bounded_rows
 
     gen = torch.Generator().manual_seed(11)
@@ -520,8 +520,12 @@ def test_bounded_mean_equals_the_mean_of_the_bounded_rows(bound: str, dtype: tor
     accepted[9] = False
     cone = torch.linspace(0.0, 0.95, n, dtype=dtype)
     got = bounded_mean(bound, g, z, accepted, cone)
-    if bound == "agreement":
-        want = agreement_mean(g, z, accepted)
+    if bound == "agreement":  # a plain loop: weights max(cos, 0) of accepted rows, rows clipped
+        w = agreement_weights(g, z, accepted)
+        rows = [
+            w[j] * z[j] * min(1.0, float(g[j].norm() / z[j].norm())) for j in range(n) if w[j] > 0
+        ]
+        want = sum(rows) / w.sum()
     else:
         want = bounded_rows(bound, g, z, cone)[accepted].mean(0)
     tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-6}

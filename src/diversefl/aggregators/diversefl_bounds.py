@@ -29,7 +29,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from diversefl.aggregators.diversefl_rule import clip_to_guide, cosine, cosine_of, dots_and_norms
+from diversefl.aggregators.diversefl_rule import (
+    clip_factor,
+    clip_to_guide,
+    cosine,
+    cosine_of,
+    dots_and_norms,
+)
 
 Bound = Literal["none", "cone", "orthogonal", "agreement"]
 BOUNDS: tuple[str, ...] = ("none", "cone", "orthogonal", "agreement")
@@ -91,13 +97,14 @@ def agreement_weights(guiding: Tensor, updates: Tensor, accepted: Tensor) -> Ten
 
 def agreement_mean(guiding: Tensor, updates: Tensor, accepted: Tensor) -> Tensor:
     """``bound = "agreement"``: ``sum_j w_j clip(z_j) / sum_j w_j`` over the accepted rows with
-    :func:`agreement_weights` (zeros when every weight is 0)."""
-    w = agreement_weights(guiding, updates, accepted)
+    :func:`agreement_weights` (zeros when every weight is 0), as one weighted sum over the
+    clients from ``z.g``, ``|g|`` and ``|z|``."""
+    dots, g_norm, z_norm = _scalars(guiding, updates)
+    w = torch.where(accepted, cosine_of(dots, g_norm, z_norm).clamp_min(0.0), 0.0)
     total = w.sum()
     if not bool(total > 0):
         return torch.zeros(updates.shape[1], dtype=updates.dtype, device=updates.device)
-    clipped = _clip(updates, guiding.norm(dim=1))
-    return (clipped * w[:, None]).sum(dim=0) / total
+    return (w * clip_factor(g_norm, z_norm) / total).to(updates.dtype) @ updates
 
 
 def bounded_rows(bound: str, guiding: Tensor, updates: Tensor, cone_cos: float | Tensor) -> Tensor:
@@ -117,12 +124,6 @@ def _scalars(guiding: Tensor, updates: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return dots.to(wide), g_norm.to(wide), z_norm.to(wide)
 
 
-def _clip_factor(g_norm: Tensor, row_norm: Tensor) -> Tensor:
-    """``min(1, |g| / |row|)`` as :func:`clip_to_guide` computes it (a NaN factor becomes 0)."""
-    factor = torch.clamp(g_norm / row_norm.clamp_min(torch.finfo(row_norm.dtype).tiny), max=1.0)
-    return factor.nan_to_num(0.0)
-
-
 def bound_coefficients(
     bound: str, guiding: Tensor, updates: Tensor, cone_cos: float | Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -138,7 +139,7 @@ def bound_coefficients(
     a = torch.where(has_guide, dots / g_norm.clamp_min(tiny), 0.0)
     zero = torch.zeros_like(a)
     if bound == "orthogonal":
-        alpha, gamma = zero, a * _clip_factor(g_norm, a.abs())
+        alpha, gamma = zero, a * clip_factor(g_norm, a.abs())
     elif bound == "cone":
         c = torch.as_tensor(cone_cos, dtype=torch.float64, device=a.device).expand(a.shape[0])
         s = torch.sqrt(1.0 - c * c)
@@ -150,7 +151,7 @@ def bound_coefficients(
         alpha = torch.where(inside, 1.0, torch.where(edge, reach * s / safe_b, 0.0))
         gamma = torch.where(edge, reach * (c - s * a / safe_b), 0.0)
         row_norm = torch.where(inside, z_norm, torch.where(edge, reach, 0.0))
-        factor = _clip_factor(g_norm, row_norm)
+        factor = clip_factor(g_norm, row_norm)
         alpha, gamma = alpha * factor, gamma * factor
     else:
         raise ValueError(
@@ -173,13 +174,7 @@ def bounded_mean(
     if k == 0:
         return torch.zeros(updates.shape[1], dtype=updates.dtype, device=updates.device)
     if bound == "agreement":
-        dots, g_norm, z_norm = _scalars(guiding, updates)
-        w = torch.where(accepted, cosine_of(dots, g_norm, z_norm).clamp_min(0.0), 0.0)
-        total = w.sum()
-        if not bool(total > 0):
-            return torch.zeros(updates.shape[1], dtype=updates.dtype, device=updates.device)
-        alpha = w * _clip_factor(g_norm, z_norm) / total
-        return alpha.to(updates.dtype) @ updates
+        return agreement_mean(guiding, updates, accepted)
     alpha, beta = bound_coefficients(bound, guiding, updates, cone_cos)
     keep = accepted.to(torch.float64) / k
     return (alpha * keep).to(updates.dtype) @ updates + (beta * keep).to(guiding.dtype) @ guiding

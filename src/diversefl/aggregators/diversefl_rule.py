@@ -127,8 +127,13 @@ def layer_direction_pass(
     return ok
 
 
+def clip_factor(g_norm: Tensor, z_norm: Tensor) -> Tensor:
+    """Per row ``min(1, |g_j| / |z_j|)``: 1 for a zero row, 0 where the ratio is NaN."""
+    factor = torch.clamp(g_norm / z_norm.clamp_min(torch.finfo(z_norm.dtype).tiny), max=1.0)
+    return factor.nan_to_num(0.0)
+
+
 def clip_to_guide(updates: Tensor, g_norm: Tensor, z_norm: Tensor) -> Tensor:
     """The ``clip_to_guide`` hardening: every row scaled down to at most its guide's norm,
     ``z_j * min(1, |g_j| / |z_j|)`` (a zero update stays zero; a NaN factor becomes 0)."""
-    factor = torch.clamp(g_norm / z_norm.clamp_min(torch.finfo(z_norm.dtype).tiny), max=1.0)
-    return updates * factor.nan_to_num(0.0)[:, None]
+    return updates * clip_factor(g_norm, z_norm)[:, None]
