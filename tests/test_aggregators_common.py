@@ -55,6 +55,23 @@ def test_permutation_permutes_accepted_and_keeps_aggregate(name):
     assert b.accepted.tolist() == a.accepted[perm].tolist()
 
 
+@pytest.mark.parametrize("name", [*NAMES, "nnm+krum", "bucketing+centered_clipping", "arc+median"])
+def test_rules_leave_their_input_rows_as_they_were(name):
+    # the optimised attacks reuse one buffer of rows across candidates (rule_search.py)
+    from diversefl.attacks.rule_search import build_rule
+
+    n, f, d = 11, 2, 6
+    gen = torch.Generator().manual_seed(3)
+    updates = torch.randn(n, d, generator=gen)
+    updates[4] *= 50.0  # an outlier, so clipping and filtering rules act
+    guiding = updates + 0.5 * torch.randn(n, d, generator=gen)
+    byz = torch.zeros(n, dtype=torch.bool)
+    byz[[1, 4]] = True
+    before = updates.clone()
+    build_rule(name)(updates, _ctx(n, f, guiding.clone(), byz))
+    assert torch.equal(updates, before)
+
+
 BAD = st.sampled_from(["nan", "inf", "-inf", "huge", "zeros"])
 
 

@@ -16,6 +16,7 @@ from diversefl import aggregators, attacks
 from diversefl.aggregators import RoundContext
 from diversefl.attacks.alie import alie_z_max
 from diversefl.attacks.fang import krum_lambda_bound
+from diversefl.attacks.rule_search import build_rule
 from diversefl.cli import main
 
 NEW = ["inf", "mimic", "fang_krum", "fang_trmean", "alie_opt", "ipm_opt"]
@@ -213,6 +214,31 @@ def test_opt_attacks_place_messages_at_the_byzantine_positions_for_the_rule():
     ctx = _ctx(n, f, byzantine=byz_mask)
     sent = attacks.get("ipm_opt", rule="oracle")(honest, torch.zeros(f, d), ctx)
     torch.testing.assert_close(sent[0], -0.01 * honest.mean(0).float())
+
+
+@pytest.mark.parametrize("rule", ["median", "trimmed_mean_guerraoui", "nnm+krum", "diversefl"])
+def test_opt_attack_matches_a_plain_search_with_messages_between_the_honest_rows(rule):
+    # the search lays the honest rows out once and rewrites the message rows per candidate;
+    # the reference builds every candidate's n rows afresh and runs the rule on them
+    n, f, d = 9, 3, 6
+    gen = torch.Generator().manual_seed(11)
+    honest = torch.randn(n - f, d, generator=gen)
+    guiding = torch.randn(n, d, generator=gen)
+    byz = torch.tensor([False, True, False, False, True, False, False, False, True])
+    ctx = _full_ctx(n, f, guiding, byz)
+    sent = attacks.get("alie_opt", rule=rule)(honest, torch.zeros(f, d), ctx)
+    mu, sigma = honest.mean(0), honest.std(0, correction=0)
+    candidates = sorted({*(5.0 * i / 20 for i in range(21)), alie_z_max(n, f)})
+    gaps = []
+    for z in candidates:
+        rows = torch.empty(n, d)
+        rows[~byz] = honest
+        rows[byz] = (mu - z * sigma).expand(f, -1)
+        out = build_rule(rule)(rows, _full_ctx(n, f, guiding, byz)).update.double()
+        gaps.append(float((out - honest.double().mean(0)).norm()))
+    best = candidates[gaps.index(max(gaps))]
+    assert sent.shape == (f, d)
+    torch.testing.assert_close(sent[0], mu - best * sigma)
 
 
 def test_opt_attack_settings_are_validated():

@@ -56,14 +56,28 @@ def build_rule(rule: str) -> Aggregator:
 def with_messages(honest: Tensor, sent: Tensor, f: int, ctx: RoundContext) -> Tensor:
     """All n rows in the round's client order: the honest rows, and ``f`` copies of ``sent`` at
     the Byzantine positions of ``ctx.byzantine`` (after the honest rows when it is unknown)."""
-    copies = sent.to(honest.dtype).expand(f, -1)
+    rows, slots = message_slots(honest, f, ctx)
+    return fill_messages(rows, slots, sent)
+
+
+def message_slots(honest: Tensor, f: int, ctx: RoundContext) -> tuple[Tensor, Tensor]:
+    """A buffer of all n rows with the honest rows in their places (the round's client order)
+    and the indices of the ``f`` Byzantine rows still to fill (:func:`fill_messages`); the
+    Byzantine rows follow the honest ones when ``ctx.byzantine`` does not name ``f`` of n."""
+    n = honest.shape[0] + f
     byz = ctx.byzantine
-    if byz is None or int(byz.sum()) != f or byz.numel() != honest.shape[0] + f:
-        return torch.cat([honest, copies])
-    rows = torch.empty(byz.numel(), honest.shape[1], dtype=honest.dtype, device=honest.device)
+    rows = torch.empty(n, honest.shape[1], dtype=honest.dtype, device=honest.device)
+    if byz is None or int(byz.sum()) != f or byz.numel() != n:
+        rows[: honest.shape[0]] = honest
+        return rows, torch.arange(honest.shape[0], n, device=honest.device)
     mask = byz.to(honest.device)
     rows[~mask] = honest
-    rows[mask] = copies
+    return rows, mask.nonzero().flatten()
+
+
+def fill_messages(rows: Tensor, slots: Tensor, sent: Tensor) -> Tensor:
+    """``rows`` with ``sent`` written into every row of ``slots`` (in place; returned)."""
+    rows.index_copy_(0, slots, sent.to(rows.dtype).expand(slots.numel(), -1))
     return rows
 
 
@@ -81,11 +95,14 @@ def best_factor(
     Each candidate is judged by a fresh rule with default settings (:func:`build_rule`), so a
     stateful rule (centered clipping's momentum) is judged from its initial state, and with a
     copy of the round's generator, so a random rule (bucketing, noisy median) sees the same
-    draws for every candidate and the server's own draws this round are left as they were."""
+    draws for every candidate and the server's own draws this round are left as they were.
+    The honest rows are laid out once; each candidate rewrites only the ``f`` message rows
+    (rules read their rows and never write them: tests/test_registry_properties.py)."""
     mean = honest.to(torch.float64).mean(0)
     best, best_gap = candidates[0], -1.0
+    buffer, slots = message_slots(honest, f, ctx)
     for factor in candidates:
-        rows = with_messages(honest, message(factor), f, ctx)
+        rows = fill_messages(buffer, slots, message(factor))
         judged = ctx.sharing_guides(generator=copied_generator(ctx.generator))
         out = build_rule(rule)(rows, judged).update.to(torch.float64)
         gap = float((out - mean).norm())
