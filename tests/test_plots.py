@@ -585,3 +585,20 @@ def test_worst_attack_is_the_highest_where_lower_is_better(tmp_path: Path, monke
     (tmp_path / "sweep.csv").write_text("\n".join(lines[:3:2]) + "\n")
     one = accuracy_table(tmp_path, metric="final_backdoor_accuracy")
     assert "Worst attack" not in one and "lower is better" not in one
+
+
+def test_every_registered_attack_has_a_table_name() -> None:
+    """Table and heat-map headers name every attack readably (not 'alie opt'), each variant
+    right after the attack it refines, and panel titles use the same names."""
+    from diversefl import attacks
+    from diversefl.plots.style import ATTACK_SHORT, attack_name, attack_sort_key
+
+    assert set(attacks.REGISTRY) <= set(ATTACK_SHORT)
+    assert len(set(ATTACK_SHORT.values())) == len(ATTACK_SHORT)
+    order = sorted(attacks.REGISTRY, key=attack_sort_key)
+    assert order.index("alie_opt") == order.index("alie") + 1
+    assert order.index("ipm_opt") == order.index("ipm") + 1
+    assert order.index("fang_trmean") == order.index("fang_krum") + 1
+    assert attack_name("alie_opt") == "ALIE (opt.) Attack"
+    assert attack_name("sign_flip") == "Sign Flip Attack"  # the paper's panel titles stay
+    assert attack_name("my_thing") == "My Thing Attack"

@@ -53,6 +53,14 @@ ATTACK_SHORT = {
     "min_max": "Min-Max",
     "min_sum": "Min-Sum",
     "adaptive": "Adaptive",
+    "inf": "Inf",
+    "mimic": "Mimic",
+    "fang_krum": "Fang (Krum)",
+    "fang_trmean": "Fang (TrMean)",
+    "alie_opt": "ALIE (opt.)",
+    "ipm_opt": "IPM (opt.)",
+    "badnets": "BadNets",
+    "dba": "DBA",
 }
 # name -> (display name, colour, linestyle, marker); the order is the legend/table order
 _KNOWN: dict[str, tuple[str, str, str, str]] = {
@@ -147,6 +155,8 @@ def attack_name(label: str) -> str:
     """Readable attack name as in the paper's panel titles ('sign_flip' -> 'Sign Flip Attack')."""
     if label in ATTACK_NAMES:
         return ATTACK_NAMES[label]
+    if label in ATTACK_SHORT:  # the later literature's: 'alie_opt' -> 'ALIE (opt.) Attack'
+        return f"{ATTACK_SHORT[label]} Attack"
     words = label.replace("_", " ").replace("-", " ").title()
     return words if words.lower().endswith("attack") else f"{words} Attack"
 
