@@ -19,8 +19,19 @@ from diversefl.config import ConfigError, load_config, make_config, to_toml_dict
         (["clients.n=0"], "clients.n"),
         (['clients.n="many"'], "clients.n"),
         (["clients.batch=1.5"], "clients.batch"),
-        (["aggregator.name=krumm"], "aggregator.name: unknown aggregator 'krumm'; allowed:"),
-        (["attack.name=nope"], "attack.name: unknown attack 'nope'; allowed:"),
+        (["aggregator.name=krumm"], "unknown aggregator 'krumm' (did you mean 'krum'?); allowed:"),
+        (["attack.name=xyz"], "attack.name: unknown attack 'xyz'; allowed:"),  # nothing close
+        (["attack.name=alie_optt"], "(did you mean 'alie_opt'?)"),
+        (["model.name=mpl"], "(did you mean 'mlp'?)"),
+        (
+            ["aggregator.name=diversefl", "aggregator.min_cosin=0.5"],
+            "unknown setting for aggregator 'diversefl' (did you mean 'min_cosine'?)",
+        ),
+        (["aggregator.name=nnm+krum"], 'aggregator.pre = ["nnm"] and aggregator.name = "krum"'),
+        (
+            ["aggregator.name=arc+nnm+median"],
+            """--set 'aggregator.pre=["arc", "nnm"]' --set aggregator.name=median""",
+        ),
         (["attack.name=sign_flip", "attack.sigma=3"], "attack.sigma: unknown setting"),
         (['attack.name="gaussian"', 'attack.sigma="x"'], "attack.sigma"),
         (['data.dataset="svhn"'], "data.dataset"),

@@ -308,6 +308,23 @@ class EngineConfig(_Section):
         return v
 
 
+def _check_not_pipeline(name: str) -> None:
+    """A leaderboard's pipeline label (``nnm+krum``) given as ``aggregator.name``: a ValueError
+    that spells out the config form (pre-aggregators in ``aggregator.pre``, the rule in
+    ``aggregator.name``) instead of "unknown aggregator"."""
+    from diversefl.aggregators.pipeline_name import SEPARATOR
+
+    if SEPARATOR not in name:
+        return
+    *stages, rule = name.split(SEPARATOR)
+    pre = "[" + ", ".join(f'"{s}"' for s in stages) + "]"
+    raise ValueError(
+        f"aggregator.name: {name!r} is a pipeline's label; a config names its parts: "
+        f'aggregator.pre = {pre} and aggregator.name = "{rule}" (on the command line: '
+        f"--set 'aggregator.pre={pre}' --set aggregator.name={rule})"
+    )
+
+
 class Config(_Section):
     """A full run: what `diversefl run` reads from TOML and writes back as config.toml."""
 
@@ -336,6 +353,7 @@ class Config(_Section):
         from diversefl.attacks import REGISTRY as ATTACKS
         from diversefl.methods import METHODS
 
+        _check_not_pipeline(self.aggregator.name)
         rule = METHODS.validate(self.aggregator.name, self.aggregator.params())  # settings only
         ATTACKS.validate(self.attack.name, self.attack.params())
         f = self.byzantine_count()

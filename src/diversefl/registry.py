@@ -5,6 +5,7 @@ answers the config's questions ("which names are allowed?", "is this choice vali
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import typing
 from collections.abc import Iterator, Mapping
@@ -17,6 +18,23 @@ T = TypeVar("T")
 
 class UnknownNameError(ValueError):
     """A config names an aggregator, attack, model, dataset, ... that does not exist."""
+
+
+def close_hint(name: str, allowed: typing.Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the allowed name closest to a mistyped ``name`` (and any as
+    close), or ``""`` when none is near: a typo's fix one glance away, before the full list."""
+    scores = {c: difflib.SequenceMatcher(None, str(name), c).ratio() for c in allowed}
+    best = max(scores.values(), default=0.0)
+    if best < 0.6:
+        return ""
+    close = sorted((c for c, r in scores.items() if r >= best - 0.05), key=lambda c: -scores[c])
+    return f" (did you mean {' or '.join(repr(c) for c in close[:3])}?)"
+
+
+def unknown_name(where: str, kind: str, name: str, allowed: typing.Iterable[str]) -> str:
+    """The message for a ``kind`` named ``name`` that is not one of ``allowed``."""
+    names = sorted(allowed)
+    return f"{where}: unknown {kind} {name!r}{close_hint(name, names)}; allowed: {', '.join(names)}"
 
 
 class Registry(Mapping[str, T], Generic[T]):
@@ -56,9 +74,7 @@ class Registry(Mapping[str, T], Generic[T]):
         """The entry for ``name``; an unknown name names the config ``key`` and the choices."""
         if name not in self._entries:
             where = key or f"{self.kind}.name"
-            raise UnknownNameError(
-                f"{where}: unknown {self.kind} {name!r}; allowed: {', '.join(self.names())}"
-            )
+            raise UnknownNameError(unknown_name(where, self.kind, name, self.names()))
         return self._entries[name]
 
     def check_name(self, name: str, key: str | None = None) -> str:
@@ -123,7 +139,8 @@ def build_validated(cls: Any, kind: str, name: str, params: dict[str, Any]) -> A
     if unknown:
         allowed = ", ".join(sorted(fields)) or "(none)"
         raise ValueError(
-            f"{kind}.{unknown[0]}: unknown setting for {kind} {name!r}; allowed: {allowed}"
+            f"{kind}.{unknown[0]}: unknown setting for {kind} {name!r}"
+            f"{close_hint(unknown[0], fields)}; allowed: {allowed}"
         )
     if params:
         _check_strict(cls, kind, params)
@@ -178,6 +195,5 @@ def build(registry: Mapping[str, type], kind: str, name: str, params: dict[str, 
     """Instantiate ``registry[name](**params)`` with validated settings (kept for callers of
     the function form; :meth:`Registry.build` is the same)."""
     if name not in registry:
-        allowed = ", ".join(sorted(registry))
-        raise UnknownNameError(f"{kind}.name: unknown {kind} {name!r}; allowed: {allowed}")
+        raise UnknownNameError(unknown_name(f"{kind}.name", kind, name, registry))
     return build_validated(registry[name], kind, name, params)

@@ -23,6 +23,7 @@ from diversefl.config import Config
 from diversefl.flower.deploy_errors import DeployInputError
 from diversefl.flower.processes import config_args
 from diversefl.flower.workdir import check_workdir
+from diversefl.registry import unknown_name
 
 #: The repository whose ``pyproject.toml`` declares the Flower app (the default ``app_dir``).
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -304,8 +305,7 @@ def chosen_byzantine_nodes(
             )
         if name not in attacks.REGISTRY:
             raise DeployInputError(
-                f"byzantine node {j}: unknown attack {name!r}; allowed: "
-                f"{', '.join(sorted(attacks.REGISTRY))}"
+                unknown_name(f"byzantine node {j}", "attack", name, attacks.REGISTRY)
             )
         try:
             check_deployable_attack(name)
