@@ -53,13 +53,6 @@ def build_rule(rule: str) -> Aggregator:
     return Pipeline(build_stages(list[str | dict[str, Any]](stages)), RULES.build(name, {}))
 
 
-def with_messages(honest: Tensor, sent: Tensor, f: int, ctx: RoundContext) -> Tensor:
-    """All n rows in the round's client order: the honest rows, and ``f`` copies of ``sent`` at
-    the Byzantine positions of ``ctx.byzantine`` (after the honest rows when it is unknown)."""
-    rows, slots = message_slots(honest, f, ctx)
-    return fill_messages(rows, slots, sent)
-
-
 def message_slots(honest: Tensor, f: int, ctx: RoundContext) -> tuple[Tensor, Tensor]:
     """A buffer of all n rows with the honest rows in their places (the round's client order)
     and the indices of the ``f`` Byzantine rows still to fill (:func:`fill_messages`); the
@@ -97,7 +90,7 @@ def best_factor(
     copy of the round's generator, so a random rule (bucketing, noisy median) sees the same
     draws for every candidate and the server's own draws this round are left as they were.
     The honest rows are laid out once; each candidate rewrites only the ``f`` message rows
-    (rules read their rows and never write them: tests/test_registry_properties.py)."""
+    (rules read their rows and never write them: tests/test_aggregators_common.py)."""
     mean = honest.to(torch.float64).mean(0)
     best, best_gap = candidates[0], -1.0
     buffer, slots = message_slots(honest, f, ctx)
